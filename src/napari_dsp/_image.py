@@ -1,0 +1,123 @@
+"""Input checks and conversions: channel axis, dtype -> float32 in [0, 1], padding.
+
+Layouts: the public functions take images as ``(Y, X)``, ``(Y, X, C)`` (RGB/RGBA, the
+layout napari and scikit-image use for colour) or any 3-D array with an explicit
+``channel_axis``. Internally the image is ``(C, Y, X)`` float32.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+#: Smallest accepted side: three stride-2 stages with reflection padding need 16 pixels.
+MIN_SIDE = 16
+#: Height and width are padded to a multiple of this (three stride-2 stages).
+MULTIPLE = 8
+#: Percentiles used for robust intensity normalisation.
+LOW_PERCENTILE, HIGH_PERCENTILE = 0.1, 99.9
+
+
+def to_channels_first(image, channel_axis: Optional[int] = None) -> np.ndarray:
+    """Validate ``image`` and return it as a ``(C, Y, X)`` array (no dtype change).
+
+    A 2-D array is grayscale. A 3-D array needs ``channel_axis`` unless its last axis has
+    3 or 4 entries (RGB/RGBA, alpha dropped).
+    """
+    if hasattr(image, "__array__") and not isinstance(image, np.ndarray):
+        image = np.asarray(image)
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"image must be a numpy array (or array-like), got "
+                        f"{type(image).__name__}")
+    if image.dtype.kind not in "biuf":
+        raise TypeError(f"image has dtype {image.dtype}; pass a boolean, integer or real "
+                        f"floating-point image (for complex data, pass np.abs(image))")
+    if image.size == 0:
+        raise ValueError(f"image is empty (shape {image.shape}); pass an image with pixels")
+    if channel_axis is not None:
+        if isinstance(channel_axis, bool) or not isinstance(channel_axis, (int, np.integer)):
+            raise TypeError(f"channel_axis must be an integer or None, got {channel_axis!r}")
+        if image.ndim != 3:
+            raise ValueError(f"channel_axis={channel_axis} needs a 3-D image (Y, X and "
+                             f"channels); this image has shape {image.shape}")
+        if not -3 <= channel_axis < 3:
+            raise ValueError(f"channel_axis={channel_axis} is out of range for a 3-D image; "
+                             f"use 0, 1, 2 or -1")
+        chw = np.moveaxis(image, channel_axis, 0)
+    elif image.ndim == 2:
+        chw = image[None]
+    elif image.ndim == 3 and image.shape[-1] in (3, 4):
+        chw = np.moveaxis(image[..., :3], -1, 0)
+    elif image.ndim == 3:
+        raise ValueError(
+            f"image has shape {image.shape}: a 3-D image needs channel_axis=... (for example "
+            f"channel_axis=0 for a (C, Y, X) multichannel image); only a last axis of 3 or 4 "
+            f"is taken as RGB(A) by itself")
+    else:
+        raise ValueError(
+            f"image has {image.ndim} dimensions (shape {image.shape}); pass a 2-D image "
+            f"(Y, X), an RGB(A) image (Y, X, 3|4) or a 3-D multichannel image with "
+            f"channel_axis=...; for stacks and time-lapses pass one plane, e.g. image[0]")
+    if min(chw.shape[1:]) < MIN_SIDE:
+        raise ValueError(f"image is {chw.shape[1]}x{chw.shape[2]} pixels; at least "
+                         f"{MIN_SIDE}x{MIN_SIDE} is needed (upsample it or pick a larger "
+                         f"region); if this is a channel axis, pass channel_axis=...")
+    return chw
+
+
+def normalize(chw: np.ndarray) -> np.ndarray:
+    """Map a ``(C, Y, X)`` image to float32 in [0, 1] robustly.
+
+    Booleans map to {0, 1}. Everything else is stretched between its 0.1 and 99.9
+    percentiles (taken over all channels together, so colours keep their balance) and
+    clipped; a 16-bit image with values in 33,000-35,000 therefore uses the full range.
+    NaN/Inf and constant images raise ``ValueError``.
+    """
+    if chw.dtype == bool:
+        out = chw.astype(np.float32)
+        if out.min() == out.max():
+            raise ValueError("image is constant (all pixels the same); there is nothing "
+                             "to segment")
+        return out
+    data = chw.astype(np.float64) if chw.dtype.kind in "iu" else chw
+    if chw.dtype.kind == "f" and not np.all(np.isfinite(chw)):
+        bad = int(np.size(chw) - np.count_nonzero(np.isfinite(chw)))
+        raise ValueError(f"image contains {bad} NaN or infinite value(s); replace them "
+                         f"first, e.g. np.nan_to_num(image, nan=0.0)")
+    lo, hi = (float(v) for v in np.percentile(_subsample(data), [LOW_PERCENTILE,
+                                                                   HIGH_PERCENTILE]))
+    if not hi > lo:
+        lo, hi = float(np.min(data)), float(np.max(data))
+        if not hi > lo:
+            raise ValueError(f"image is constant (every pixel is {lo:g}); there is nothing "
+                             f"to segment")
+    out = (np.asarray(data, dtype=np.float64) - lo) / (hi - lo)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def _subsample(data: np.ndarray, limit: int = 2_000_000) -> np.ndarray:
+    flat = data.reshape(-1)
+    if flat.size <= limit:
+        return flat
+    return flat[:: flat.size // limit + 1]
+
+
+def pad_to_multiple(chw: np.ndarray, multiple: int = MULTIPLE) -> tuple[np.ndarray, tuple]:
+    """Reflect-pad Y and X up to a multiple of ``multiple``; return the crop to undo it."""
+    _, h, w = chw.shape
+    ph, pw = (-h) % multiple, (-w) % multiple
+    top, left = ph // 2, pw // 2
+    padded = np.pad(chw, ((0, 0), (top, ph - top), (left, pw - left)), mode="reflect")
+    return padded, (slice(top, top + h), slice(left, left + w))
+
+
+def from_channels_first(chw: np.ndarray, like_ndim: int, channel_axis: Optional[int]
+                        ) -> np.ndarray:
+    """Return ``(C, Y, X)`` results in the caller's layout: ``(Y, X)`` for grayscale,
+    channels where the input had them otherwise."""
+    if like_ndim == 2:
+        return chw[0]
+    if channel_axis is None:
+        return np.moveaxis(chw, 0, -1)
+    return np.moveaxis(chw, 0, channel_axis)

@@ -1,0 +1,144 @@
+"""The generator of the Deep Segmentation Prior, as an ensemble of independent members.
+
+``EnsembleGenerator(n_members=G, ...)`` is G copies of the "skip" encoder-decoder of
+Deep Image Prior with the skip paths switched off (``algorithm.md`` section 2), trained at
+once as ONE model: every convolution is grouped (``groups=G``), so member g only ever sees
+its own channels. BatchNorm, LeakyReLU, bilinear upsampling and the sigmoid act per
+channel, so the grouped model is mathematically G separate networks. Tensor layout:
+input ``(1, G * in_channels, H, W)``, output ``(1, G * out_channels, H, W)`` with member
+g's output in channels ``g * out_channels : (g + 1) * out_channels``.
+
+Each member's weights are drawn from its own seeded ``torch.Generator`` with PyTorch's
+default initialisation for a stand-alone layer, so member g of an ensemble equals a
+one-member model built with the same seed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+#: Research defaults (algorithm.md section 2).
+CHANNELS = (8, 16, 32)
+NOISE_CHANNELS = 2
+NOISE_SCALE = 0.01
+
+
+class _GroupedConv(nn.Conv2d):
+    """A convolution over G members, reflection padded like the research code."""
+
+    def __init__(self, members: int, cin: int, cout: int, kernel: int, stride: int = 1):
+        super().__init__(members * cin, members * cout, kernel, stride=stride, padding=0,
+                         groups=members, bias=True)
+        self.pad = (kernel - 1) // 2
+        self.members, self.cin, self.cout = members, cin, cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pad:
+            x = nn.functional.pad(x, (self.pad,) * 4, mode="reflect")
+        return super().forward(x)
+
+    @torch.no_grad()
+    def init_member(self, g: int, gen: torch.Generator) -> None:
+        # torch's default for a stand-alone Conv2d: kaiming_uniform(a=sqrt(5)) on the weight
+        # and U(-1/sqrt(fan_in), 1/sqrt(fan_in)) on the bias; both bounds are 1/sqrt(fan_in).
+        fan_in = self.cin * self.kernel_size[0] * self.kernel_size[1]
+        bound = 1.0 / math.sqrt(fan_in)
+        sl = slice(g * self.cout, (g + 1) * self.cout)
+        w = torch.empty(self.weight[sl].shape, dtype=torch.float64)
+        b = torch.empty(self.cout, dtype=torch.float64)
+        w.uniform_(-bound, bound, generator=gen)
+        b.uniform_(-bound, bound, generator=gen)
+        self.weight[sl] = w.to(self.weight.dtype)
+        self.bias[sl] = b.to(self.bias.dtype)
+
+
+def _bn(members: int, channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(members * channels)
+
+
+def _act() -> nn.LeakyReLU:
+    return nn.LeakyReLU(0.2, inplace=True)
+
+
+class _Down(nn.Sequential):
+    def __init__(self, g: int, cin: int, cout: int):
+        super().__init__(_GroupedConv(g, cin, cout, 3, stride=2), _bn(g, cout), _act(),
+                         _GroupedConv(g, cout, cout, 3), _bn(g, cout), _act())
+
+
+class _Up(nn.Sequential):
+    def __init__(self, g: int, cin: int, cout: int):
+        super().__init__(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                         _bn(g, cin), _GroupedConv(g, cin, cout, 3), _bn(g, cout), _act(),
+                         _GroupedConv(g, cout, cout, 1), _bn(g, cout), _act())
+
+
+class EnsembleGenerator(nn.Module):
+    """G independent DIP generators (no skips) evaluated as one grouped network.
+
+    Parameters
+    ----------
+    n_members : int
+        Ensemble size G.
+    out_channels : int
+        Image channels C.
+    seeds : sequence of int
+        One seed per member for its weights (``len(seeds) == n_members``).
+    channels : sequence of int
+        Channels per scale, down = up (research default ``(8, 16, 32)``).
+    in_channels : int
+        Channels of the noise input (2).
+    """
+
+    def __init__(self, n_members: int, out_channels: int, seeds: Sequence[int],
+                 channels: Sequence[int] = CHANNELS, in_channels: int = NOISE_CHANNELS):
+        super().__init__()
+        if len(seeds) != n_members:
+            raise ValueError(f"need one seed per member: {n_members} members, "
+                             f"{len(seeds)} seeds")
+        g = n_members
+        self.n_members, self.out_channels, self.in_channels = g, out_channels, in_channels
+        downs, ups = [], []
+        cin = in_channels
+        for i, c in enumerate(channels):
+            downs.append(_Down(g, cin, c))
+            deeper = channels[i + 1] if i + 1 < len(channels) else c
+            ups.append(_Up(g, deeper, c))
+            cin = c
+        self.down = nn.ModuleList(downs)
+        self.up = nn.ModuleList(ups)
+        self.head = _GroupedConv(g, channels[0], out_channels, 1)
+        for m, seed in enumerate(seeds):
+            gen = torch.Generator().manual_seed(int(seed))
+            for module in self.modules():
+                if isinstance(module, _GroupedConv):
+                    module.init_member(m, gen)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.down:
+            x = block(x)
+        for block in reversed(self.up):
+            x = block(x)
+        return torch.sigmoid(self.head(x))
+
+
+def make_noise(seeds: Sequence[int], in_channels: int, height: int, width: int
+               ) -> torch.Tensor:
+    """The fixed inputs: per member, U[-0.5, 0.5) * 0.01 drawn from its own seed.
+
+    Returns a float32 tensor ``(1, G * in_channels, height, width)``.
+    """
+    parts = []
+    for seed in seeds:
+        gen = torch.Generator().manual_seed(int(seed) + 1)
+        parts.append((torch.rand((in_channels, height, width), generator=gen,
+                                 dtype=torch.float64) - 0.5) * NOISE_SCALE)
+    return torch.cat(parts, 0)[None].float()
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

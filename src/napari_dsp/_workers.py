@@ -1,0 +1,207 @@
+"""CPU fits split over worker processes, each training its share of the ensemble as one
+grouped model.
+
+Why processes: on a CPU a second OpenMP thread gives only 1.2-1.45x, while two
+single-threaded processes each fitting half of the ensemble give close to 2x, and they do
+not collapse when napari's own threads are busy (``shared/docs/performance-notes.md``).
+The workers are plain ``python -c`` subprocesses that talk over their stdin/stdout pipes
+(length-prefixed pickles), not ``multiprocessing``: spawning through ``multiprocessing``
+re-imports the user's ``__main__``, which breaks scripts without a main guard. The worker
+tunes glibc's allocator for itself; the parent process (napari) is left untouched.
+
+Messages from a worker: ``("progress", step, total, preview_or_None, loss)``,
+``("done", members)``, ``("error", exception class name, message)``.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import queue
+import struct
+import subprocess
+import sys
+import threading
+from typing import BinaryIO, Generator, Optional, Sequence
+
+import numpy as np
+
+from ._fit import FitProgress
+
+_HEADER = struct.Struct("<Q")
+#: Images smaller than this (pixels) are fitted in-process: a worker's start (importing
+#: torch, about 2 s) would cost more than it saves.
+MIN_PIXELS_FOR_WORKERS = 160 * 160
+
+
+def send(stream: BinaryIO, obj) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_HEADER.pack(len(data)))
+    stream.write(data)
+    stream.flush()
+
+
+def receive(stream: BinaryIO):
+    head = stream.read(_HEADER.size)
+    if len(head) < _HEADER.size:
+        raise EOFError
+    (size,) = _HEADER.unpack(head)
+    data = stream.read(size)
+    if len(data) < size:
+        raise EOFError
+    return pickle.loads(data)
+
+
+def default_workers(n_runs: int, n_pixels: int) -> int:
+    """Worker processes for a CPU fit: one per core (at most one per run), or 0 (fit in
+    this process) for small images and single-core machines."""
+    cores = _cores()
+    if cores < 2 or n_runs < 2 or n_pixels < MIN_PIXELS_FOR_WORKERS:
+        return 0
+    return min(cores, n_runs)
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def split(seeds: Sequence[int], n: int) -> list[list[int]]:
+    """Consecutive, nearly equal shares of ``seeds`` (the larger shares first)."""
+    base, extra = divmod(len(seeds), n)
+    out, start = [], 0
+    for i in range(n):
+        size = base + (1 if i < extra else 0)
+        out.append(list(seeds[start:start + size]))
+        start += size
+    return [s for s in out if s]
+
+
+def iter_members_parallel(image: np.ndarray, crop: tuple, *, n_workers: int,
+                          seeds: Sequence[int], preview_every: int = 0,
+                          **fit_kwargs) -> Generator[FitProgress, None, np.ndarray]:
+    """Same contract as :func:`napari_dsp._fit.iter_members`, over worker processes.
+
+    Each worker fits its share of ``seeds`` as one grouped model with
+    ``cores // n_workers`` threads. Closing the generator (or an error) kills the workers.
+    """
+    shares = split(list(seeds), n_workers)
+    threads = max(1, _cores() // len(shares))
+    inbox: "queue.Queue[tuple[int, object]]" = queue.Queue()
+    procs: list[subprocess.Popen] = []
+    readers: list[threading.Thread] = []
+    try:
+        for k, share in enumerate(shares):
+            proc = subprocess.Popen(
+                [sys.executable, "-c", "from napari_dsp._workers import serve; serve()"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                env=_child_env())
+            procs.append(proc)
+            send(proc.stdin, {"image": image, "crop": crop, "seeds": share,
+                              "threads": threads, "preview_every": preview_every,
+                              "kwargs": fit_kwargs})
+            proc.stdin.close()
+            reader = threading.Thread(target=_pump, args=(k, proc, inbox), daemon=True)
+            reader.start()
+            readers.append(reader)
+        steps = [0] * len(shares)
+        totals = [fit_kwargs["n_iter"]] * len(shares)
+        previews: list[Optional[np.ndarray]] = [None] * len(shares)
+        results: list[Optional[np.ndarray]] = [None] * len(shares)
+        while any(r is None for r in results):
+            k, msg = inbox.get()
+            kind = msg[0]
+            if kind == "progress":
+                _, steps[k], totals[k], preview, loss = msg
+                if preview is not None:
+                    previews[k] = preview
+                ready = preview is not None and all(p is not None for p in previews)
+                yield FitProgress(sum(steps), sum(totals),
+                                  np.concatenate(previews, 0) if ready else None, loss)
+            elif kind == "done":
+                results[k] = msg[1]
+            elif kind == "error":
+                _, name, text = msg
+                raise {"ValueError": ValueError, "TypeError": TypeError,
+                       "MemoryError": MemoryError}.get(name, RuntimeError)(text)
+            else:  # "died"
+                raise RuntimeError(f"a fitting worker process stopped unexpectedly "
+                                   f"(exit code {msg[1]}): {msg[2] or 'no message'}; "
+                                   f"try n_workers=0 to fit in this process")
+        return np.concatenate(results, 0)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+        for proc in procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:  # pragma: no cover
+                pass
+        for reader in readers:
+            reader.join(timeout=1)
+        for proc in procs:
+            for stream in (proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
+
+
+def _child_env() -> dict:
+    env = dict(os.environ)
+    # The package must be importable in the child exactly as it is here.
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
+                                else "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def _pump(k: int, proc: subprocess.Popen, inbox: queue.Queue) -> None:
+    """Forward a worker's messages to ``inbox`` until it ends."""
+    while True:
+        try:
+            msg = receive(proc.stdout)
+        except (EOFError, OSError, ValueError):
+            break
+        inbox.put((k, msg))
+        if msg[0] in ("done", "error"):
+            return
+    code = proc.wait()
+    err = b""
+    try:
+        err = proc.stderr.read() or b""
+    except (OSError, ValueError):
+        pass
+    lines = err.decode(errors="replace").strip().splitlines()
+    inbox.put((k, ("died", code, lines[-1] if lines else "")))
+
+
+def serve() -> None:
+    """Worker main: read one job from stdin, fit, stream messages to stdout."""
+    import torch
+
+    from ._fit import iter_members, tune_cpu_allocator
+
+    out = sys.stdout.buffer
+    sys.stdout = sys.stderr  # nothing else may write into the message stream
+    job = receive(sys.stdin.buffer)
+    tune_cpu_allocator()
+    torch.set_num_threads(job["threads"])
+    try:
+        kwargs = dict(job["kwargs"])
+        kwargs["device"] = torch.device("cpu")
+        fit = iter_members(job["image"], job["crop"], seeds=job["seeds"],
+                           preview_every=job["preview_every"], **kwargs)
+        while True:
+            try:
+                p = next(fit)
+            except StopIteration as stop:
+                send(out, ("done", stop.value))
+                return
+            send(out, ("progress", p.step, p.total, p.preview, p.loss))
+    except BrokenPipeError:  # the parent went away (cancelled): just stop
+        return
+    except Exception as exc:  # reported to the parent, which raises it
+        send(out, ("error", type(exc).__name__, str(exc)))

@@ -1,0 +1,324 @@
+"""The public orchestration: ``fit_prior`` and ``segment`` (and their generator forms).
+
+Array layouts: images are ``(Y, X)`` grayscale, ``(Y, X, 3|4)`` RGB(A), or 3-D with an
+explicit ``channel_axis``. The prior comes back in the same layout as the image (RGBA
+loses its alpha channel); labels and the spread are always ``(Y, X)``.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generator, Optional, Union
+
+import numpy as np
+
+from . import _cluster, _fit, _image, _workers
+from ._fit import FitProgress
+from .settings import Settings, make_settings
+
+ProgressCallback = Callable[[FitProgress], Any]
+
+
+@dataclass(frozen=True)
+class PriorResult:
+    """The prior of one image, with the ensemble's spread and how it was made.
+
+    Attributes
+    ----------
+    prior : ndarray, float32 in [0, 1]
+        Same layout as the input image (``(Y, X)`` or channels where the input had them).
+    spread : ndarray, shape (Y, X), float32
+        Per-pixel standard deviation across the ensemble members (mean over channels): an
+        uncertainty map, high where the fits disagree.
+    metadata : dict
+        Settings actually used (the seed included), device, package versions.
+    channel_axis : int or None
+        Where the channels of ``prior`` are (None for grayscale).
+
+    ``np.asarray(result)`` gives ``result.prior``.
+    """
+
+    prior: np.ndarray
+    spread: np.ndarray
+    metadata: dict = field(default_factory=dict)
+    channel_axis: Optional[int] = None
+
+    def __array__(self, dtype=None, copy=None):
+        return self.prior if dtype is None else self.prior.astype(dtype)
+
+    @property
+    def shape(self) -> tuple:
+        return self.prior.shape
+
+    def channels_first(self) -> np.ndarray:
+        """The prior as ``(C, Y, X)``."""
+        if self.prior.ndim == 2:
+            return self.prior[None]
+        return np.moveaxis(self.prior, -1 if self.channel_axis is None else
+                           self.channel_axis, 0)
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    """Labels with the prior they came from and the metadata of the run."""
+
+    labels: np.ndarray
+    prior: PriorResult
+    metadata: dict
+
+
+def versions() -> dict:
+    """Versions of the packages that determine a result."""
+    import sklearn
+    import torch
+
+    from . import __version__
+
+    return {"napari_dsp": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "scikit-learn": sklearn.__version__, "python": platform.python_version()}
+
+
+def draw_seed() -> int:
+    """A fresh random seed in [0, 2**32)."""
+    return int(np.random.SeedSequence().entropy % (2**32))
+
+
+def member_seeds(seed: int, n_runs: int) -> list[int]:
+    """The seeds of the ensemble members, derived from the run's seed."""
+    return [int(s) for s in np.random.SeedSequence(seed).generate_state(n_runs)]
+
+
+def iter_fit_prior(image, settings: Optional[Settings] = None, *,
+                   channel_axis: Optional[int] = None, batch_size: Optional[int] = None,
+                   **overrides: Any) -> Generator[FitProgress, None, PriorResult]:
+    """Fit the prior step by step: yields :class:`FitProgress`, returns a
+    :class:`PriorResult` (``StopIteration.value``; ``yield from`` hands it over).
+
+    Previews (``FitProgress.preview``) are in the image's layout. Stop early by simply
+    no longer iterating (``close()`` the generator). Parameters as :func:`fit_prior`.
+    """
+    settings = make_settings(settings, **overrides)
+    chw = _image.to_channels_first(image, channel_axis)
+    ndim = np.ndim(image)
+    data = _image.normalize(chw)
+    device = _fit.resolve_device(settings.device)
+    seed = draw_seed() if settings.seed is None else int(settings.seed)
+    padded, crop = _image.pad_to_multiple(data)
+    n_pixels = padded.shape[1] * padded.shape[2]
+    fit_kwargs = dict(n_iter=settings.n_iter, learning_rate=settings.learning_rate,
+                      precision=settings.precision)
+    seeds = member_seeds(seed, settings.n_runs)
+    workers = settings.n_workers
+    if device.type != "cpu":
+        workers = 0
+    elif workers is None:
+        workers = _workers.default_workers(settings.n_runs, n_pixels)
+    if workers:
+        fit = _workers.iter_members_parallel(padded, crop, n_workers=workers, seeds=seeds,
+                                             preview_every=settings.preview_every,
+                                             batch_size=batch_size, **fit_kwargs)
+    else:
+        if batch_size is None:
+            batch_size = _fit.default_batch_size(settings.n_runs, n_pixels,
+                                                 padded.shape[0], device)
+        fit = _fit.iter_members(padded, crop, seeds=seeds, device=device,
+                                preview_every=settings.preview_every,
+                                batch_size=batch_size, **fit_kwargs)
+    try:
+        while True:
+            try:
+                progress = next(fit)
+            except StopIteration as stop:
+                median, spread = _fit.summarize(stop.value)
+                break
+            if progress.preview is not None:
+                progress = FitProgress(progress.step, progress.total,
+                                       _image.from_channels_first(
+                                           _fit.summarize(progress.preview)[0], ndim,
+                                           channel_axis), progress.loss)
+            yield progress
+    finally:
+        fit.close()  # a stopped consumer stops the fit (and its worker processes) now
+    metadata = {"settings": settings.replace(seed=seed).to_dict(),
+                "device": _describe_device(device), "workers": workers, "versions": versions(),
+                "input_shape": tuple(int(s) for s in np.shape(image)),
+                "input_dtype": str(np.asarray(image).dtype), "channel_axis": channel_axis}
+    prior = _image.from_channels_first(median, ndim, channel_axis)
+    out_axis = None if ndim == 2 else (-1 if channel_axis is None else channel_axis)
+    return PriorResult(prior, spread, metadata, out_axis)
+
+
+def _describe_device(device) -> str:
+    if device.type == "cuda":
+        import torch
+
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+def fit_prior(image, *, channel_axis: Optional[int] = None,
+              settings: Optional[Settings] = None,
+              progress: Optional[ProgressCallback] = None, **overrides: Any) -> PriorResult:
+    """Fit the Deep Segmentation Prior of one 2-D image.
+
+    An ensemble of ``n_runs`` small generators is fitted to the image for ``n_iter``
+    iterations each (trained together as one grouped model), and the per-pixel median of
+    their outputs is the prior: a de-textured version of the image in which objects are
+    flat blobs.
+
+    Parameters
+    ----------
+    image : array_like, shape (Y, X), (Y, X, 3|4) or 3-D with ``channel_axis``
+        Any boolean, integer or real dtype. Intensities are stretched between their 0.1 and
+        99.9 percentiles to [0, 1]. Any height and width of at least 16 pixels.
+    channel_axis : int, optional
+        Axis of the channels for a multichannel image. Not needed for RGB(A).
+    settings : Settings, optional
+        Defaults for every parameter; keyword ``overrides`` (``n_iter=``, ``n_runs=``,
+        ``seed=``, ``device=``, ``precision=``, ...) replace single values.
+    progress : callable, optional
+        Called with a :class:`FitProgress` after every iteration.
+
+    Returns
+    -------
+    PriorResult
+        ``.prior`` float32 in [0, 1], same layout as ``image``; ``.spread`` ``(Y, X)``;
+        ``.metadata`` with the seed actually used.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For an image of the wrong kind or shape, NaN/Inf, a constant image, or invalid
+        settings; the message says what to change.
+    """
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be a callable taking a FitProgress, got {progress!r}")
+    settings = make_settings(settings, **overrides)
+    if progress is None:
+        settings = settings.replace(preview_every=0)
+    return _drain(iter_fit_prior(image, settings, channel_axis=channel_axis), progress)
+
+
+def _drain(gen: Generator, callback: Optional[ProgressCallback]):
+    while True:
+        try:
+            item = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if callback is not None:
+            callback(item)
+
+
+PriorLike = Union[PriorResult, np.ndarray]
+
+
+def iter_segment(image=None, *, prior: Optional[PriorLike] = None,
+                 channel_axis: Optional[int] = None, settings: Optional[Settings] = None,
+                 **overrides: Any) -> Generator[FitProgress, None, SegmentResult]:
+    """Generator form of :func:`segment`: yields fit progress, returns a
+    :class:`SegmentResult`. With ``prior`` given there is no fit and nothing is yielded."""
+    settings = make_settings(settings, **overrides)
+    if prior is None:
+        if image is None:
+            raise ValueError("segment needs an image, a prior, or both")
+        result = yield from iter_fit_prior(image, settings, channel_axis=channel_axis)
+    else:
+        result = _as_prior_result(prior, image, channel_axis)
+    return cluster(result, settings)
+
+
+def cluster(prior: PriorLike, settings: Optional[Settings] = None, **overrides: Any
+            ) -> SegmentResult:
+    """Cluster an existing prior (no fit): K-means on window features, see :func:`segment`."""
+    settings = make_settings(settings, **overrides)
+    result = _as_prior_result(prior, None, None)
+    seed = result.metadata.get("settings", {}).get("seed")
+    if settings.seed is not None:
+        seed = int(settings.seed)
+    if seed is None:
+        seed = draw_seed()
+    labels, info = _cluster.cluster_prior(result.channels_first(),
+                                          n_classes=settings.n_classes,
+                                          window=settings.window, seed=seed,
+                                          invert=settings.invert)
+    fit_settings = dict(result.metadata.get("settings", {}))
+    fit_settings.update(n_classes=settings.n_classes, window=settings.window,
+                        invert=settings.invert, seed=seed)
+    metadata = dict(result.metadata)
+    metadata.update(settings=fit_settings, clustering=info)
+    metadata.setdefault("versions", versions())
+    return SegmentResult(labels, result, metadata)
+
+
+def _as_prior_result(prior: PriorLike, image, channel_axis) -> PriorResult:
+    if isinstance(prior, PriorResult):
+        result = prior
+    else:
+        arr = np.asarray(prior)
+        if arr.dtype.kind not in "fiub":
+            raise TypeError(f"prior must be a PriorResult or a real array, got dtype "
+                            f"{arr.dtype}")
+        chw = _image.to_channels_first(arr, channel_axis)
+        if not np.all(np.isfinite(chw)):
+            raise ValueError("prior contains NaN or infinite values; pass the prior "
+                             "returned by fit_prior")
+        axis = None if arr.ndim == 2 else (-1 if channel_axis is None else channel_axis)
+        result = PriorResult(arr.astype(np.float32, copy=False),
+                             np.zeros(chw.shape[1:], np.float32), {}, axis)
+    if image is not None:
+        spatial = _image.to_channels_first(image, channel_axis).shape[1:]
+        if result.spread.shape != spatial:
+            raise ValueError(f"prior covers {result.spread.shape[0]}x{result.spread.shape[1]}"
+                             f" pixels but the image is {spatial[0]}x{spatial[1]}; pass the "
+                             f"prior fitted to this image")
+    return result
+
+
+def segment(image=None, *, n_classes: Optional[int] = None,
+            prior: Optional[PriorLike] = None, channel_axis: Optional[int] = None,
+            settings: Optional[Settings] = None, progress: Optional[ProgressCallback] = None,
+            full_output: bool = False, **overrides: Any):
+    """Segment a 2-D image with the Deep Segmentation Prior.
+
+    The prior (see :func:`fit_prior`) is clustered by K-means over each pixel's
+    ``window x window`` neighbourhood of prior values (all channels).
+
+    Parameters
+    ----------
+    image : array_like, optional
+        As for :func:`fit_prior`. May be omitted when ``prior`` is given.
+    n_classes : int, optional
+        2 (default): foreground/background, 0 = background, 1 = foreground. The background
+        is the class that covers more of the image border (a band 2 % of the shorter side
+        wide); if both cover it about equally, the smaller class is the foreground.
+        ``invert=True`` swaps the two. K > 2: classes 1..K ordered by increasing mean
+        prior intensity.
+    prior : PriorResult or ndarray, optional
+        A prior computed before (re-clustering with another ``n_classes`` or ``invert``
+        costs no refit).
+    channel_axis, settings, progress, overrides
+        As for :func:`fit_prior` (``window=``, ``invert=``, ``seed=``, ...).
+    full_output : bool
+        Return a :class:`SegmentResult` (labels, prior, metadata) instead of the labels.
+
+    Returns
+    -------
+    labels : ndarray, shape (Y, X), uint8
+        Or a :class:`SegmentResult` with ``full_output=True``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As for :func:`fit_prior`, and for a prior whose shape does not match the image.
+    """
+    if n_classes is not None:
+        overrides["n_classes"] = n_classes
+    settings = make_settings(settings, **overrides)
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be a callable taking a FitProgress, got {progress!r}")
+    if progress is None:
+        settings = settings.replace(preview_every=0)
+    result = _drain(iter_segment(image, prior=prior, channel_axis=channel_axis,
+                                 settings=settings), progress)
+    return result if full_output else result.labels
