@@ -38,16 +38,21 @@ def read_image(path: Path) -> np.ndarray:
         if suffix in (".tif", ".tiff"):
             import tifffile
 
-            return np.asarray(tifffile.imread(path))
-        if suffix == ".npy":
-            return np.load(path, allow_pickle=False)
-        import imageio.v3 as iio
+            data = np.asarray(tifffile.imread(path))
+        elif suffix == ".npy":
+            data = np.load(path, allow_pickle=False)
+        else:
+            import imageio.v3 as iio
 
-        return np.asarray(iio.imread(path))
+            data = np.asarray(iio.imread(path))
     except Exception as exc:  # any reader failure is the file's problem, said in one line
         raise InputError(f"{path}: cannot be read as an image ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else 'corrupt file'})"
                          ) from None
+    if data.size == 0:
+        raise InputError(f"{path}: cannot be read as an image (no pixel data: corrupt or "
+                         f"truncated file?)")
+    return data
 
 
 def write_atomic(path: Path, write) -> None:

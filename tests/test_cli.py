@@ -1,0 +1,110 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_dsp._cli import main
+from napari_dsp._synthetic import dark_on_bright
+
+FAST = ["--iterations", "4", "--runs", "2", "--workers", "0", "--seed", "0", "--quiet"]
+
+
+@pytest.fixture
+def images(tmp_path):
+    a, _ = dark_on_bright((40, 48), seed=1)
+    b, _ = dark_on_bright((32, 32), seed=2)
+    paths = {"a": tmp_path / "a.tif", "b": tmp_path / "b.npy", "c": tmp_path / "c.png"}
+    tifffile.imwrite(paths["a"], (a * 1000).astype(np.uint16))
+    np.save(paths["b"], b)
+    import imageio.v3 as iio
+
+    iio.imwrite(paths["c"], (np.clip(b, 0, 1) * 255).astype(np.uint8))
+    return paths
+
+
+def test_single_file(images, tmp_path):
+    out = tmp_path / "res" / "a_out.tif"
+    assert main(["segment", str(images["a"]), "-o", str(out), "--prior", *FAST]) == 0
+    labels = tifffile.imread(out)
+    assert labels.shape == (40, 48) and labels.dtype == np.uint8
+    assert set(np.unique(labels)) <= {0, 1}
+    meta = json.loads((tmp_path / "res" / "a_out.json").read_text())
+    assert meta["settings"]["seed"] == 0 and meta["settings"]["n_iter"] == 4
+    assert meta["device"] == "cpu" and "torch" in meta["versions"]
+    prior = tifffile.imread(tmp_path / "res" / "a_out_prior.tif")
+    assert prior.shape == (40, 48) and prior.dtype == np.float32
+
+
+def test_batch_with_a_corrupt_file_goes_on_and_fails(images, tmp_path, capsys):
+    bad = tmp_path / "broken.tif"
+    bad.write_bytes(b"II*\x00this is not a tiff")
+    out = tmp_path / "out"
+    code = main(["segment", str(images["a"]), str(bad), str(images["b"]), str(images["c"]),
+                 "-o", str(out), "--classes", "3", *FAST])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "broken.tif: cannot be read as an image" in err
+    assert "Traceback" not in err
+    assert "3 of 4 file(s) done, 1 failed" in err
+    for stem, shape in (("a", (40, 48)), ("b", (32, 32)), ("c", (32, 32))):
+        labels = tifffile.imread(out / f"{stem}_labels.tif")
+        assert labels.shape == shape and set(np.unique(labels)) <= {1, 2, 3}
+        assert (out / f"{stem}_labels.json").exists()
+    assert not (out / "broken_labels.tif").exists()
+    assert not list(out.glob("*.part"))
+
+
+def test_existing_output_is_not_overwritten(images, tmp_path, capsys):
+    out = tmp_path / "keep.tif"
+    out.write_bytes(b"precious")
+    assert main(["segment", str(images["a"]), "-o", str(out), *FAST]) == 0
+    assert out.read_bytes() == b"precious"
+    assert "exists, skipped (use --overwrite" in capsys.readouterr().err
+    assert main(["segment", str(images["a"]), "-o", str(out), "--overwrite", *FAST]) == 0
+    assert tifffile.imread(out).shape == (40, 48)
+
+
+def test_bad_input_files_give_one_line(tmp_path, capsys):
+    txt = tmp_path / "notes.txt"
+    txt.write_text("hello")
+    const = tmp_path / "flat.npy"
+    np.save(const, np.zeros((32, 32)))
+    code = main(["segment", str(txt), str(const), str(tmp_path / "missing.tif"), "-o",
+                 str(tmp_path / "o"), *FAST])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "unsupported file type '.txt'" in err
+    assert "flat.npy: image is constant" in err
+    assert "missing.tif: no such file" in err
+    assert "Traceback" not in err
+
+
+def test_bad_setting_is_one_line(images, tmp_path, capsys):
+    code = main(["segment", str(images["a"]), "-o", str(tmp_path / "x.tif"), "--window",
+                 "4", "--quiet"])
+    assert code == 2
+    assert "window must be odd" in capsys.readouterr().err
+
+
+def test_subprocess_console_script(images, tmp_path):
+    out = tmp_path / "sub"
+    proc = subprocess.run([sys.executable, "-m", "napari_dsp._cli", "segment",
+                           str(images["a"]), str(images["b"]), "-o", str(out),
+                           "--iterations", "4", "--runs", "2", "--workers", "0"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "2/2" in proc.stderr  # the progress bar
+    assert tifffile.imread(out / "a_labels.tif").shape == (40, 48)
+    assert tifffile.imread(out / "b_labels.tif").shape == (32, 32)
+
+
+def test_demo_runs_on_builtin_data(tmp_path, capsys):
+    assert main(["demo", "--iterations", "3", "--runs", "2", "--workers", "0", "--quiet",
+                 "-o", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "foreground:" in out and "connected objects" in out
+    labels = tifffile.imread(tmp_path / "coins_labels.tif")
+    assert labels.shape == (303, 384)
