@@ -179,7 +179,8 @@ def iter_members(image: np.ndarray, crop: tuple, *, n_iter: int, seeds: Sequence
             preview = None
             if preview_every and (step % preview_every == 0 or last):
                 current = out.detach().float()[0].view(g, c, h, w)[:, :, crop[0], crop[1]]
-                preview = torch.cat(outputs + [current], 0).cpu().numpy()
+                preview = (torch.cat([torch.stack(outputs), current], 0) if outputs
+                           else current).cpu().numpy()
                 if not last:
                     loss_value = float(loss.detach()) / g
             yield FitProgress(step, total, preview, loss_value)
@@ -217,13 +218,14 @@ def default_batch_size(n_runs: int, n_pixels: int, n_channels: int,
     """How many members to train as one grouped model.
 
     On a GPU as many as half the free memory holds (one big step instead of many small
-    ones). On a CPU at most 4: measured at 512x512 on 2 cores, groups of 2-6 members are
-    equally fast and all 11 at once is 10 % slower and needs 2.8 GB; large images get
-    smaller groups so the activations of one group stay under about 1.5 GB.
+    ones). On a CPU 2: measured at 512x512 on 2 cores, a worker process fitting its 6
+    members in groups of 1-2 took 56-60 s in float32 where one group of 6 took 75 s (and
+    twice the memory); large images get smaller groups so the activations of one group
+    stay under about 1.5 GB.
     """
     per_member = _activation_bytes(n_pixels, n_channels)
     if device.type == "cpu":
-        return int(max(1, min(n_runs, 4, math.floor(1.5e9 / per_member))))
+        return int(max(1, min(n_runs, 2, math.floor(1.5e9 / per_member))))
     budget = 0.5 * _free_device_bytes(device)
     return int(max(1, min(n_runs, math.floor(budget / max(per_member, 1)))))
 

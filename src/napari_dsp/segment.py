@@ -114,14 +114,14 @@ def iter_fit_prior(image, settings: Optional[Settings] = None, *,
         workers = 0
     elif workers is None:
         workers = _workers.default_workers(settings.n_runs, n_pixels)
+    if batch_size is None:
+        batch_size = _fit.default_batch_size(settings.n_runs, n_pixels, padded.shape[0],
+                                             device)
     if workers:
         fit = _workers.iter_members_parallel(padded, crop, n_workers=workers, seeds=seeds,
                                              preview_every=settings.preview_every,
                                              batch_size=batch_size, **fit_kwargs)
     else:
-        if batch_size is None:
-            batch_size = _fit.default_batch_size(settings.n_runs, n_pixels,
-                                                 padded.shape[0], device)
         fit = _fit.iter_members(padded, crop, seeds=seeds, device=device,
                                 preview_every=settings.preview_every,
                                 batch_size=batch_size, **fit_kwargs)

@@ -79,7 +79,9 @@ class Settings:
     n_runs : int
         Ensemble size; the prior is the per-pixel median over the runs (default 11).
     window : int
-        Odd side of the square window of prior values used as a pixel's feature (7).
+        Odd side of the square window of prior values used as a pixel's feature (3; the
+        research code used 7, which on the reference cases moves object outlines outwards
+        and loses 0.01-0.03 IoU: the prior is already smooth).
     seed : int or None
         Seed of every random choice; ``None`` draws one (reported in the result).
     device : {'auto', 'cpu', 'cuda', 'mps'}
@@ -104,7 +106,7 @@ class Settings:
     invert: bool = False
     n_iter: int = 50
     n_runs: int = 11
-    window: int = 7
+    window: int = 3
     seed: Optional[int] = None
     device: str = "auto"
     precision: str = "float32"

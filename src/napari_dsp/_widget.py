@@ -1,0 +1,434 @@
+"""The napari dock widget: a thin driver of :func:`napari_dsp.iter_segment`.
+
+It does four things: read the form into :class:`~napari_dsp.Settings`; copy the chosen
+layer's data on the main thread; run the fit generator in a napari ``thread_worker``;
+map ``yielded`` to the progress bar and the live prior, ``returned`` to layers,
+``aborted``/``errored`` to a clean reset. Nothing inside the worker touches the viewer.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Optional
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FloatSpinBox,
+    Label,
+    PushButton,
+    SpinBox,
+    create_widget,
+)
+from napari.qt.threading import create_worker
+from napari.utils import progress as napari_progress
+from napari.utils.notifications import show_error, show_info, show_warning
+
+from .segment import PriorResult, SegmentResult, cluster, iter_segment
+from .settings import FIELDS, Settings
+
+if TYPE_CHECKING:  # pragma: no cover
+    import napari
+
+MODES = ("foreground / background", "K classes")
+#: Seconds between two updates of the live prior layer (the GUI never drowns).
+PREVIEW_INTERVAL = 0.4
+#: Keys under which results are stored in a layer's metadata.
+META_KEY = "napari_dsp"
+
+
+def device_choices() -> list[tuple[str, str]]:
+    """(label, value) pairs of the devices that exist here, 'auto' first."""
+    import torch
+
+    choices = [("auto", "auto"), ("CPU", "cpu")]
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            choices.append((f"CUDA {i}: {torch.cuda.get_device_name(i)}", f"cuda:{i}"))
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        choices.append(("Apple MPS", "mps"))
+    return choices
+
+
+def placement(layer) -> dict:
+    """The world placement of ``layer`` as keyword arguments for a new layer."""
+    kwargs = {"scale": np.array(layer.scale), "translate": np.array(layer.translate),
+              "rotate": np.array(layer.rotate), "shear": np.array(layer.shear),
+              "affine": np.array(layer.affine.affine_matrix)}
+    units = getattr(layer, "units", None)
+    if units is not None:
+        kwargs["units"] = units
+    return kwargs
+
+
+@dataclass
+class _Outputs:
+    """What one source layer got from this widget."""
+
+    prior: Optional[PriorResult] = None
+    prior_layer: Any = None
+    labels_layer: Any = None
+    spread_layer: Any = None
+    previous_prior_data: Any = None  # restored if a re-run is cancelled
+    created_prior_layer: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+class FitError(Exception):
+    """A failure inside the fit (a torch RuntimeError, CUDA out of memory, ...)."""
+
+
+def _drive(gen):
+    """The worker's generator: hands the fit's progress on and returns its result.
+
+    superqt takes a RuntimeError coming out of a worker for a deleted Qt object and then
+    emits neither ``errored`` nor ``finished``; torch reports most failures (CUDA out of
+    memory included) as RuntimeError, so they are re-raised as :class:`FitError`.
+    """
+    try:
+        return (yield from gen)
+    except RuntimeError as exc:
+        raise FitError(str(exc)) from exc
+
+
+def _spin(name: str, value, **kw):
+    spec = FIELDS[name]
+    kind = FloatSpinBox if isinstance(value, float) else SpinBox
+    extra = {"step": 0.001} if kind is FloatSpinBox else {}
+    return kind(name=name, value=value, min=spec.minimum, max=spec.maximum,
+                tooltip=spec.help, **extra, **kw)
+
+
+class DSPWidget(Container):
+    """Deep Segmentation Prior: fit the prior of an Image layer and segment it."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer):
+        super().__init__(labels=True)
+        viewer = self._viewer = napari_viewer
+        d = Settings()
+        self._image = create_widget(annotation="napari.layers.Image", name="image",
+                                    label="image")
+        self._mode = ComboBox(name="mode", choices=MODES, value=MODES[0],
+                              tooltip="Foreground/background (0 = background, 1 = "
+                                      "foreground) or K classes 1..K")
+        self._classes = _spin("n_classes", 3, label="classes")
+        self._invert = CheckBox(name="invert", value=d.invert, text="invert foreground",
+                                tooltip=FIELDS["invert"].help)
+        self._n_iter = _spin("n_iter", d.n_iter, label="iterations")
+        self._n_runs = _spin("n_runs", d.n_runs, label="runs")
+        self._window = _spin("window", d.window, label="window", step=2)
+        self._device = ComboBox(name="device", choices=device_choices(), value="auto",
+                                tooltip=FIELDS["device"].help)
+        self._seed = SpinBox(name="seed", value=-1, min=-1, max=2**31 - 1,
+                             tooltip="Random seed; -1 draws one (the seed used is stored "
+                                     "in the layers' metadata).")
+        self._show_spread = CheckBox(name="show_spread", value=False,
+                                     text="add uncertainty (ensemble spread) layer")
+        self._advanced = CheckBox(name="advanced", value=False, text="advanced settings")
+        self._precision = ComboBox(name="precision", choices=FIELDS["precision"].choices,
+                                   value=d.precision, tooltip=FIELDS["precision"].help)
+        self._learning_rate = _spin("learning_rate", d.learning_rate, label="learning rate")
+        self._preview_every = _spin("preview_every", d.preview_every, label="preview every")
+        self._workers = SpinBox(name="n_workers", value=-1, min=-1,
+                                max=FIELDS["n_workers"].maximum, label="CPU workers",
+                                tooltip=FIELDS["n_workers"].help + " (-1 = automatic)")
+        self._run = PushButton(name="run", text="Run")
+        self._status = Label(name="status", value="")
+        self._advanced_widgets = [self._precision, self._learning_rate,
+                                  self._preview_every, self._workers]
+        self.extend([self._image, self._mode, self._classes, self._invert, self._n_iter,
+                     self._n_runs, self._window, self._device, self._seed,
+                     self._show_spread, self._advanced, *self._advanced_widgets,
+                     self._run, self._status])
+        for w in self._advanced_widgets:
+            w.visible = False
+        self._classes.enabled = False
+
+        self._worker = None
+        self._gen = None
+        self._progress = None
+        self._running_layer = None
+        self._last_preview = 0.0
+        self._outputs: dict[int, _Outputs] = {}
+
+        self._run.changed.connect(self._on_run_clicked)
+        self._advanced.changed.connect(self._toggle_advanced)
+        self._mode.changed.connect(self._on_mode)
+        for w in (self._classes, self._invert, self._window):
+            w.changed.connect(self._recluster)
+        viewer.layers.selection.events.active.connect(self._follow_selection)
+        viewer.layers.events.removed.connect(self._on_layer_removed)
+        self.native.destroyed.connect(self._cancel_quietly)
+        self._follow_selection()
+
+    # -- form ------------------------------------------------------------------------
+    def _toggle_advanced(self, on: bool) -> None:
+        for w in self._advanced_widgets:
+            w.visible = bool(on)
+
+    def _on_mode(self, mode: str) -> None:
+        k = mode == MODES[1]
+        self._classes.enabled = k
+        self._invert.enabled = not k
+        self._recluster()
+
+    def _follow_selection(self, event=None) -> None:
+        from napari.layers import Image
+
+        active = self._viewer.layers.selection.active
+        if isinstance(active, Image) and self._worker is None:
+            self._image.reset_choices()
+            self._image.value = active
+
+    def settings(self) -> Settings:
+        """The form as a validated :class:`Settings` (raises ValueError/TypeError)."""
+        k = self._mode.value == MODES[1]
+        return Settings(
+            n_classes=int(self._classes.value) if k else 2,
+            invert=bool(self._invert.value) and not k,
+            n_iter=int(self._n_iter.value), n_runs=int(self._n_runs.value),
+            window=int(self._window.value),
+            seed=None if self._seed.value < 0 else int(self._seed.value),
+            device=str(self._device.value), precision=str(self._precision.value),
+            learning_rate=float(self._learning_rate.value),
+            preview_every=int(self._preview_every.value),
+            n_workers=None if self._workers.value < 0 else int(self._workers.value))
+
+    # -- running -----------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._worker is not None
+
+    def _on_run_clicked(self, *_) -> None:
+        if self.running:
+            self.cancel()
+        else:
+            self.run()
+
+    def run(self):
+        """Start a fit on the chosen layer; returns the worker (None if refused)."""
+        if self.running:
+            show_warning("napari-dsp: a fit is already running; cancel it first")
+            return None
+        layer = self._image.value
+        if layer is None:
+            show_error("napari-dsp: choose an Image layer to segment (open one, or "
+                       "File > Open Sample > napari-dsp)")
+            return None
+        try:
+            settings = self.settings()
+            data, channel_axis = self._layer_data(layer)
+            gen = iter_segment(data, channel_axis=channel_axis, settings=settings)
+        except (TypeError, ValueError) as exc:
+            show_error(f"napari-dsp: {exc}")
+            return None
+        self._gen = gen
+        self._running_layer = layer
+        out = self._outputs.setdefault(id(layer), _Outputs())
+        out.previous_prior_data = None
+        out.created_prior_layer = False
+        self._last_preview = 0.0
+        # The total is corrected by the first progress report (it depends on batching).
+        self._progress = napari_progress(total=settings.n_iter,
+                                         desc=f"DSP fit: {layer.name}")
+        worker = create_worker(_drive, gen, _start_thread=False, _connect={
+            "yielded": self._on_yielded, "returned": self._on_returned,
+            "errored": self._on_errored, "aborted": self._on_aborted,
+            "finished": self._on_finished})
+        self._worker = worker
+        self._run.text = "Cancel"
+        self._status.value = "fitting..."
+        worker.start()
+        return worker
+
+    def _layer_data(self, layer):
+        if getattr(layer, "multiscale", False):
+            raise ValueError("multiscale layers are not supported yet; add the level you "
+                             "want as a plain Image layer, e.g. "
+                             "viewer.add_image(layer.data[1])")
+        data = np.asarray(layer.data)
+        if layer.rgb:
+            return data.copy(), None
+        if data.ndim != 2:
+            raise ValueError(f"layer '{layer.name}' has {data.ndim} dimensions; this "
+                             f"version segments 2-D images and RGB(A) images; add one "
+                             f"plane as its own layer, e.g. viewer.add_image("
+                             f"viewer.layers['{layer.name}'].data[0])")
+        return data.copy(), None
+
+    def cancel(self) -> None:
+        """Ask the running fit to stop (takes effect at its next iteration)."""
+        if self._worker is not None:
+            self._status.value = "cancelling..."
+            self._worker.quit()
+
+    def _cancel_quietly(self, *_) -> None:
+        worker, gen = self._worker, self._gen
+        if worker is not None:
+            worker.quit()
+        if gen is not None:
+            try:
+                gen.close()
+            except ValueError:  # still executing in the worker thread: it stops at quit
+                pass
+
+    def _gui_alive(self) -> bool:
+        """False once Qt has deleted the widget (dock closed, viewer closed)."""
+        try:
+            self._run.native.objectName()
+        except RuntimeError:
+            return False
+        return True
+
+    def _on_yielded(self, p) -> None:
+        if not self._gui_alive():
+            self._cancel_quietly()
+            return
+        if self._progress is not None:
+            self._progress.total = p.total
+            self._progress.n = p.step
+            self._progress.refresh()
+        self._status.value = f"iteration {p.step} / {p.total}"
+        now = time.monotonic()
+        if p.preview is None or now - self._last_preview < PREVIEW_INTERVAL:
+            return
+        self._last_preview = now
+        layer = self._running_layer
+        if layer is None:
+            return
+        out = self._outputs.setdefault(id(layer), _Outputs())
+        name = f"{layer.name} prior"
+        if out.prior_layer is not None and out.prior_layer in self._viewer.layers:
+            if out.previous_prior_data is None and not out.created_prior_layer:
+                out.previous_prior_data = out.prior_layer.data
+            out.prior_layer.data = p.preview
+            out.prior_layer.name = name + " (running)"
+        else:
+            out.prior_layer = self._viewer.add_image(
+                p.preview, name=name + " (running)", rgb=p.preview.ndim == 3,
+                **placement(layer))
+            out.created_prior_layer = True
+
+    def _on_returned(self, result: SegmentResult) -> None:
+        if not self._gui_alive():
+            return
+        layer = self._running_layer
+        if layer is None or layer not in self._viewer.layers:
+            show_warning("napari-dsp: the image layer was removed during the fit; the "
+                         "result was discarded")
+            self._drop_partial_prior(layer)
+            return
+        out = self._outputs.setdefault(id(layer), _Outputs())
+        out.prior = result.prior
+        meta = {META_KEY: result.metadata}
+        prior = result.prior.prior
+        name = f"{layer.name} prior"
+        if out.prior_layer is not None and out.prior_layer in self._viewer.layers:
+            out.prior_layer.data = prior
+            out.prior_layer.name = name
+            out.prior_layer.metadata.update(meta)
+        else:
+            out.prior_layer = self._viewer.add_image(prior, name=name, metadata=meta,
+                                                     rgb=prior.ndim == 3,
+                                                     **placement(layer))
+        out.previous_prior_data = None
+        out.created_prior_layer = False
+        self._show_labels(layer, out, result)
+        if self._show_spread.value:
+            self._show_spread_layer(layer, out)
+        seed = result.metadata["settings"]["seed"]
+        self._status.value = f"done on {result.metadata['device']} (seed {seed})"
+
+    def _show_labels(self, layer, out: _Outputs, result: SegmentResult) -> None:
+        meta = {META_KEY: result.metadata}
+        name = f"{layer.name} labels"
+        if out.labels_layer is not None and out.labels_layer in self._viewer.layers:
+            out.labels_layer.data = result.labels
+            out.labels_layer.metadata.update(meta)
+        else:
+            out.labels_layer = self._viewer.add_labels(result.labels, name=name,
+                                                       metadata=meta, **placement(layer))
+
+    def _show_spread_layer(self, layer, out: _Outputs) -> None:
+        spread = out.prior.spread
+        if out.spread_layer is not None and out.spread_layer in self._viewer.layers:
+            out.spread_layer.data = spread
+        else:
+            out.spread_layer = self._viewer.add_image(
+                spread, name=f"{layer.name} spread", colormap="magma", visible=True,
+                metadata={META_KEY: {"what": "per-pixel standard deviation across the "
+                                             "ensemble (mean over channels)"}},
+                **placement(layer))
+
+    def _drop_partial_prior(self, layer) -> None:
+        out = self._outputs.get(id(layer)) if layer is not None else None
+        if out is None or out.prior_layer is None:
+            return
+        if out.prior_layer in self._viewer.layers:
+            if out.created_prior_layer:
+                self._viewer.layers.remove(out.prior_layer)
+                out.prior_layer = None
+            elif out.previous_prior_data is not None:
+                out.prior_layer.data = out.previous_prior_data
+                out.prior_layer.name = f"{layer.name} prior"
+        out.previous_prior_data = None
+        out.created_prior_layer = False
+
+    def _on_errored(self, exc: Exception) -> None:
+        if not self._gui_alive():
+            return
+        self._drop_partial_prior(self._running_layer)
+        text = str(exc)
+        if "out of memory" in text.lower():
+            text += " (try fewer runs, a smaller image or device 'cpu')"
+        show_error(f"napari-dsp: {text}")
+        self._status.value = "failed"
+
+    def _on_aborted(self) -> None:
+        if self._gen is not None:
+            try:
+                self._gen.close()  # stops worker processes now, not at garbage collection
+            except ValueError:
+                pass
+        if self._gui_alive():
+            self._drop_partial_prior(self._running_layer)
+            self._status.value = "cancelled"
+
+    def _on_finished(self) -> None:
+        if self._progress is not None:
+            self._progress.close()
+        self._progress = None
+        self._worker = None
+        self._gen = None
+        self._running_layer = None
+        if self._gui_alive():
+            self._run.text = "Run"
+
+    # -- re-clustering without a refit ---------------------------------------------------
+    def _recluster(self, *_) -> None:
+        layer = self._image.value
+        out = self._outputs.get(id(layer)) if layer is not None else None
+        if self.running or out is None or out.prior is None:
+            return
+        if out.labels_layer is None or out.labels_layer not in self._viewer.layers:
+            return
+        try:
+            result = cluster(out.prior, self.settings())
+        except (TypeError, ValueError) as exc:
+            show_error(f"napari-dsp: {exc}")
+            return
+        self._show_labels(layer, out, result)
+        self._status.value = "re-clustered from the existing prior"
+
+    def _on_layer_removed(self, event) -> None:
+        removed = event.value
+        out = self._outputs.pop(id(removed), None)
+        if out is not None and removed is self._running_layer:
+            self._outputs[id(removed)] = out  # keep until the run ends
+            show_info("napari-dsp: the image layer being fitted was removed; cancelling")
+            self.cancel()
+

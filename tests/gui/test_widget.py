@@ -1,0 +1,233 @@
+"""The dock widget in a real napari viewer (run under Xvfb: napari's canvas needs OpenGL)."""
+
+import numpy as np
+import pytest
+from napari.layers import Image, Labels
+from napari.utils.notifications import notification_manager
+
+from napari_dsp._synthetic import dark_on_bright
+from napari_dsp._widget import DSPWidget
+
+TIMEOUT = 120_000  # ms
+
+
+@pytest.fixture
+def viewer(make_napari_viewer):
+    return make_napari_viewer()
+
+
+@pytest.fixture
+def notes():
+    seen = []
+
+    def keep(notification):
+        seen.append(str(notification.message))
+
+    notification_manager.notification_ready.connect(keep)
+    yield seen
+    notification_manager.notification_ready.disconnect(keep)
+
+
+def open_widget(viewer) -> DSPWidget:
+    _, widget = viewer.window.add_plugin_dock_widget("napari-dsp", "Deep Segmentation Prior")
+    assert isinstance(widget, DSPWidget)
+    return widget
+
+
+def tiny(widget, n_iter=6, n_runs=2):
+    widget._n_iter.value = n_iter
+    widget._n_runs.value = n_runs
+    widget._seed.value = 3
+    widget._workers.value = 0
+
+
+def run_and_wait(qtbot, widget):
+    worker = widget.run()
+    assert worker is not None
+    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT):
+        pass
+    return worker
+
+
+def add_disc(viewer, name="cells"):
+    image, mask = dark_on_bright((48, 64), seed=2)
+    layer = viewer.add_image(image, name=name, scale=(2.0, 0.5), translate=(10.0, -4.0))
+    return layer, mask
+
+
+def test_widget_opens_through_the_manifest_and_follows_the_selection(viewer):
+    first, _ = add_disc(viewer, "first")
+    widget = open_widget(viewer)
+    assert widget._image.value is first
+    second, _ = add_disc(viewer, "second")
+    viewer.layers.selection.active = second
+    assert widget._image.value is second
+    viewer.layers.selection.active = first
+    assert widget._image.value is first
+
+
+def test_run_adds_prior_and_labels_in_place_with_metadata(viewer, qtbot):
+    layer, mask = add_disc(viewer)
+    widget = open_widget(viewer)
+    tiny(widget, n_iter=25, n_runs=3)
+    run_and_wait(qtbot, widget)
+    prior, labels = viewer.layers["cells prior"], viewer.layers["cells labels"]
+    assert isinstance(prior, Image) and isinstance(labels, Labels)
+    assert prior.data.shape == labels.data.shape == (48, 64)
+    assert prior.data.dtype == np.float32 and labels.data.dtype == np.uint8
+    for out in (prior, labels):
+        np.testing.assert_allclose(out.scale, layer.scale)
+        np.testing.assert_allclose(out.translate, layer.translate)
+        meta = out.metadata["napari_dsp"]
+        assert meta["settings"]["seed"] == 3 and meta["settings"]["n_iter"] == 25
+        assert meta["device"] == "cpu" and "torch" in meta["versions"]
+    fg = labels.data == 1
+    assert np.logical_and(fg, mask).sum() / np.logical_or(fg, mask).sum() > 0.85
+    assert widget._run.text == "Run"
+    np.testing.assert_array_equal(layer.data, dark_on_bright((48, 64), seed=2)[0])
+
+
+def test_rerun_updates_instead_of_duplicating(viewer, qtbot):
+    add_disc(viewer)
+    widget = open_widget(viewer)
+    tiny(widget)
+    run_and_wait(qtbot, widget)
+    n_layers = len(viewer.layers)
+    prior_layer = viewer.layers["cells prior"]
+    widget._seed.value = 4
+    run_and_wait(qtbot, widget)
+    assert len(viewer.layers) == n_layers
+    assert viewer.layers["cells prior"] is prior_layer
+    assert prior_layer.metadata["napari_dsp"]["settings"]["seed"] == 4
+
+
+def test_classes_and_invert_recluster_without_refit(viewer, qtbot):
+    add_disc(viewer)
+    widget = open_widget(viewer)
+    tiny(widget, n_iter=20)
+    run_and_wait(qtbot, widget)
+    labels = viewer.layers["cells labels"]
+    before = labels.data.copy()
+    prior_before = viewer.layers["cells prior"].data.copy()
+    widget._invert.value = True
+    assert not widget.running
+    np.testing.assert_array_equal(labels.data, 1 - before)
+    widget._invert.value = False
+    widget._mode.value = "K classes"
+    widget._classes.value = 3
+    assert not widget.running
+    assert set(np.unique(labels.data)) == {1, 2, 3}
+    np.testing.assert_array_equal(viewer.layers["cells prior"].data, prior_before)
+
+
+def test_cancel_leaves_no_labels_and_no_partial_prior(viewer, qtbot):
+    add_disc(viewer)
+    widget = open_widget(viewer)
+    tiny(widget, n_iter=3000, n_runs=2)
+    widget._preview_every.value = 1
+    worker = widget.run()
+    assert widget._run.text == "Cancel"
+    with qtbot.waitSignal(worker.yielded, timeout=TIMEOUT):
+        pass
+    qtbot.wait(600)  # let a preview reach the viewer
+    with qtbot.waitSignal(worker.finished, timeout=5000):
+        widget._run.changed.emit(True)  # the button, now reading "Cancel"
+    names = [layer.name for layer in viewer.layers]
+    assert names == ["cells"]
+    assert widget._run.text == "Run" and widget._status.value == "cancelled"
+
+
+def test_bad_input_becomes_a_notification(viewer, qtbot, notes):
+    viewer.add_image(np.full((40, 40), 7.0), name="flat")
+    widget = open_widget(viewer)
+    tiny(widget)
+    run_and_wait(qtbot, widget)
+    assert any("constant" in n for n in notes), notes
+    assert [layer.name for layer in viewer.layers] == ["flat"]
+    assert widget._run.text == "Run"
+
+
+def test_bad_settings_and_unsupported_layers_are_refused_up_front(viewer, notes):
+    viewer.add_image(np.zeros((4, 40, 40)), name="stack")
+    widget = open_widget(viewer)
+    assert widget.run() is None
+    assert any("3 dimensions" in n for n in notes), notes
+    widget._window.value = 4
+    viewer.add_image(np.random.default_rng(0).random((40, 40)), name="plane")
+    widget._image.value = viewer.layers["plane"]
+    assert widget.run() is None
+    assert any("window must be odd" in n for n in notes), notes
+    assert len(viewer.layers) == 2
+
+
+def test_event_loop_keeps_running_during_a_fit(viewer, qtbot):
+    from qtpy.QtCore import QTimer
+
+    image = np.random.default_rng(0).random((96, 96)).astype(np.float32)
+    viewer.add_image(image, name="noise")
+    widget = open_widget(viewer)
+    tiny(widget, n_iter=3000, n_runs=3)
+    ticks = []
+    timer = QTimer()
+    timer.setInterval(50)
+    timer.timeout.connect(lambda: ticks.append(1))
+    timer.start()
+    worker = widget.run()
+    qtbot.wait(3000)
+    timer.stop()
+    assert widget.running
+    with qtbot.waitSignal(worker.finished, timeout=5000):
+        widget.cancel()
+    # 3 s at 20 Hz = 60 ticks; a blocked event loop would give a handful.
+    assert len(ticks) >= 40, len(ticks)
+
+
+def test_closing_the_viewer_during_a_run_stops_the_worker(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    add_disc(viewer)
+    widget = open_widget(viewer)
+    tiny(widget, n_iter=3000)
+    worker = widget.run()
+    with qtbot.waitSignal(worker.yielded, timeout=TIMEOUT):
+        pass
+    with qtbot.waitSignal(worker.finished, timeout=5000):
+        viewer.close()
+
+
+def test_removing_the_layer_during_a_run_cancels(viewer, qtbot, notes):
+    layer, _ = add_disc(viewer)
+    viewer.add_image(np.ones((8, 8)), name="other")
+    widget = open_widget(viewer)
+    widget._image.value = layer
+    tiny(widget, n_iter=3000)
+    worker = widget.run()
+    with qtbot.waitSignal(worker.yielded, timeout=TIMEOUT):
+        pass
+    with qtbot.waitSignal(worker.finished, timeout=5000):
+        viewer.layers.remove(layer)
+    assert [x.name for x in viewer.layers] == ["other"]
+
+
+def test_spread_layer_on_request(viewer, qtbot):
+    add_disc(viewer)
+    widget = open_widget(viewer)
+    tiny(widget)
+    widget._show_spread.value = True
+    run_and_wait(qtbot, widget)
+    spread = viewer.layers["cells spread"]
+    assert spread.data.shape == (48, 64) and spread.data.dtype == np.float32
+
+
+def test_sample_data_opens_and_segments_sensibly_with_defaults(viewer, qtbot):
+    viewer.open_sample("napari-dsp", "nuclei")
+    assert [x.name for x in viewer.layers] == ["synthetic nuclei",
+                                               "synthetic nuclei reference mask"]
+    viewer.open_sample("napari-dsp", "coins")
+    assert viewer.layers["coins"].data.shape == (303, 384)
+    widget = open_widget(viewer)
+    widget._image.value = viewer.layers["synthetic nuclei"]
+    widget._seed.value = 0
+    run_and_wait(qtbot, widget)  # the default settings: 11 runs x 50 iterations
+    fg = viewer.layers["synthetic nuclei labels"].data == 1
+    mask = viewer.layers["synthetic nuclei reference mask"].data == 1
+    assert np.logical_and(fg, mask).sum() / np.logical_or(fg, mask).sum() > 0.7
