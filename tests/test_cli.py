@@ -108,3 +108,36 @@ def test_demo_runs_on_builtin_data(tmp_path, capsys):
     assert "foreground:" in out and "connected objects" in out
     labels = tifffile.imread(tmp_path / "coins_labels.tif")
     assert labels.shape == (303, 384)
+
+
+def test_kanezaki_with_scribbles_from_a_file(tmp_path):
+    from napari_dsp._synthetic import scribbles_for, textured_regions
+
+    image, truth = textured_regions(3, size=64, seed=1)
+    np.save(tmp_path / "img.npy", image)
+    tifffile.imwrite(tmp_path / "strokes.tif", scribbles_for(truth, 1).astype(np.uint8))
+    out = tmp_path / "k.tif"
+    code = main(["segment", str(tmp_path / "img.npy"), "-o", str(out), "--method",
+                 "kanezaki", "--scribbles", str(tmp_path / "strokes.tif"), "--min-labels",
+                 "3", "--runs", "3", "--iterations", "20", "--workers", "0", "--seed", "0",
+                 "--quiet", "--prior"])
+    assert code == 0
+    labels = tifffile.imread(out)
+    assert set(np.unique(labels)) == {1, 2, 3}
+    meta = json.loads((tmp_path / "k.json").read_text())
+    assert meta["settings"]["method"] == "kanezaki" and meta["scribbles"] is True
+    assert (tmp_path / "k_prior.tif").exists()
+
+
+def test_no_prior_flag(tmp_path):
+    from napari_dsp._synthetic import textured_regions
+
+    image, _ = textured_regions(3, size=48, seed=0)
+    np.save(tmp_path / "img.npy", image)
+    code = main(["segment", str(tmp_path / "img.npy"), "-o", str(tmp_path / "o.tif"),
+                 "--method", "kanezaki", "--no-prior", "--max-iter", "30", "--quiet",
+                 "--prior", "--seed", "0"])
+    assert code == 0
+    meta = json.loads((tmp_path / "o.json").read_text())
+    assert meta["settings"]["use_prior"] is False
+    assert not (tmp_path / "o_prior.tif").exists()

@@ -107,12 +107,16 @@ class ProgressBar:
     def __call__(self, progress) -> None:
         now = time.perf_counter()
         done = progress.step >= progress.total
+        if progress.stage != getattr(self, "stage", progress.stage) and self.last >= 0:
+            self.stream.write("\n")  # the prior is done; the self-training starts
+        self.stage = progress.stage
         if not done and now - self.last < 0.2:
             return
         self.last = now
         frac = progress.step / max(progress.total, 1)
         fill = int(round(frac * self.width))
-        self.stream.write(f"\r{self.label} [{'#' * fill}{'.' * (self.width - fill)}] "
+        self.stream.write(f"\r{self.label} {progress.stage:7s} "
+                          f"[{'#' * fill}{'.' * (self.width - fill)}] "
                           f"{progress.step}/{progress.total} {now - self.start:5.1f}s")
         if done:
             self.stream.write("\n")
@@ -126,8 +130,8 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
         flag = spec.flag or "--" + name.replace("_", "-")
         helptext = f"{spec.help} (default: {default})"
         if isinstance(default, bool):
-            parser.add_argument(flag, dest=name, action="store_true", default=None,
-                                help=helptext)
+            parser.add_argument(flag, dest=name, action="store_false" if default else
+                                "store_true", default=None, help=spec.help)
         elif spec.choices:
             parser.add_argument(flag, dest=name, choices=spec.choices, default=None,
                                 help=helptext)
@@ -159,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--overwrite", action="store_true",
                      help="replace existing outputs (otherwise they are kept and the "
                           "input is skipped)")
+    seg.add_argument("--scribbles", type=Path, default=None, metavar="FILE",
+                     help="label image of user strokes (0 = unlabelled) for --method "
+                          "kanezaki; same height and width as the input(s)")
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_setting_flags(seg)
     demo = sub.add_parser("demo", help="segment a built-in sample image (scikit-image's "
@@ -199,6 +206,7 @@ def _run_segment(args) -> int:
     try:
         settings = _settings_from_args(args)
         plan = _plan_outputs(args.inputs, args.output)
+        scribbles = read_image(args.scribbles) if args.scribbles is not None else None
     except (InputError, TypeError, ValueError) as exc:
         print(f"napari-dsp: error: {exc}", file=sys.stderr)
         return 2
@@ -216,8 +224,8 @@ def _run_segment(args) -> int:
             image = read_image(src)
             bar = None if args.quiet else ProgressBar(f"[{i}/{len(plan)}] {src.name}")
             result = segment(image, channel_axis=args.channel_axis, settings=settings,
-                             progress=bar, full_output=True)
-            if args.prior:
+                             progress=bar, full_output=True, scribbles=scribbles)
+            if args.prior and result.prior is not None:
                 write_tiff(prior_path, result.prior.prior)
             meta = dict(result.metadata, input=str(src), labels=str(dst))
             write_json(json_path, meta)

@@ -24,15 +24,18 @@ from ._nets import NOISE_CHANNELS, EnsembleGenerator, make_noise
 class FitProgress:
     """One step of a running fit.
 
-    ``step`` of ``total`` iterations are done (``total = n_iter * number of member
-    batches``). ``preview`` is the running prior (the per-pixel median of the members'
-    latest outputs, already cropped, ``(C, Y, X)`` float32) on preview steps, else None.
+    ``step`` of ``total`` iterations of the current ``stage`` are done: ``"prior"`` (the
+    generator fits; ``total = n_iter * number of member groups``) or ``"classes"`` (the
+    self-training of ``method="kanezaki"``; ``total`` shrinks once the stopping point is
+    known). ``preview`` on preview steps: the running prior in the image's layout, or the
+    current ``(Y, X)`` label map in the ``"classes"`` stage; else None.
     """
 
     step: int
     total: int
     preview: Optional[np.ndarray] = None
     loss: Optional[float] = None
+    stage: str = "prior"
 
 
 def resolve_device(device: str) -> torch.device:

@@ -55,3 +55,37 @@ def dark_on_bright(shape: tuple[int, int] = (64, 64), seed: int = 0, noise: floa
     mask = (yy - h / 2) ** 2 + (xx - w / 2) ** 2 <= (min(h, w) / 4) ** 2
     image = np.where(mask, 0.25, 0.75) + rng.normal(0, noise, shape)
     return image.astype(np.float32), mask
+
+
+def textured_regions(n: int, size: int = 96, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` Voronoi regions, each with its own mean intensity and sinusoidal texture,
+    plus noise. Returns ``(float32 image (size, size), region ids 0..n-1)``."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    pts = rng.uniform(0, size, (n, 2))
+    dist = (yy[None] - pts[:, 0, None, None]) ** 2 + (xx[None] - pts[:, 1, None, None]) ** 2
+    truth = dist.argmin(0)
+    means = np.linspace(0.15, 0.85, n)
+    rng.shuffle(means)
+    image = np.zeros((size, size), np.float32)
+    for k in range(n):
+        freq = 0.3 + 0.4 * k / n
+        texture = 0.08 * np.sin(freq * xx + k) * np.cos(freq * yy * (1 + k % 2))
+        region = means[k] + texture + rng.normal(0, 0.05, (size, size))
+        image[truth == k] = region[truth == k]
+    return image, truth
+
+
+def scribbles_for(truth: np.ndarray, seed: int = 0, radius: int = 2) -> np.ndarray:
+    """A short stroke inside each region (ids 1..n), away from its edges."""
+    rng = np.random.default_rng(seed)
+    strokes = np.zeros(truth.shape, np.int32)
+    for k in np.unique(truth):
+        inner = ndi.binary_erosion(truth == k, iterations=radius + 3)
+        ys, xs = np.nonzero(inner if inner.any() else truth == k)
+        i = rng.integers(len(ys))
+        y, x = ys[i], xs[i]
+        line = np.zeros(truth.shape, bool)
+        line[max(0, y - radius):y + radius + 1, max(0, x - 6):x + 7] = True
+        strokes[line & (truth == k)] = k + 1
+    return strokes

@@ -61,10 +61,11 @@ class PriorResult:
 
 @dataclass(frozen=True)
 class SegmentResult:
-    """Labels with the prior they came from and the metadata of the run."""
+    """Labels with the prior they came from (None for ``method='kanezaki'`` with
+    ``use_prior=False``) and the metadata of the run."""
 
     labels: np.ndarray
-    prior: PriorResult
+    prior: Optional[PriorResult]
     metadata: dict
 
 
@@ -215,17 +216,80 @@ PriorLike = Union[PriorResult, np.ndarray]
 
 def iter_segment(image=None, *, prior: Optional[PriorLike] = None,
                  channel_axis: Optional[int] = None, settings: Optional[Settings] = None,
-                 **overrides: Any) -> Generator[FitProgress, None, SegmentResult]:
-    """Generator form of :func:`segment`: yields fit progress, returns a
-    :class:`SegmentResult`. With ``prior`` given there is no fit and nothing is yielded."""
+                 scribbles=None, **overrides: Any
+                 ) -> Generator[FitProgress, None, SegmentResult]:
+    """Generator form of :func:`segment`: yields progress, returns a
+    :class:`SegmentResult`. With ``prior`` given there is no fit; K-means then yields
+    nothing, ``method='kanezaki'`` yields its self-training steps."""
     settings = make_settings(settings, **overrides)
-    if prior is None:
-        if image is None:
-            raise ValueError("segment needs an image, a prior, or both")
-        result = yield from iter_fit_prior(image, settings, channel_axis=channel_axis)
-    else:
+    kanezaki = settings.method == "kanezaki"
+    if scribbles is not None and not kanezaki:
+        raise ValueError("scribbles are used by method='kanezaki' only; pass "
+                         "method='kanezaki' (or drop the scribbles)")
+    if kanezaki and image is None:
+        raise ValueError("method='kanezaki' trains on the image itself: pass the image "
+                         "(and, to skip the fit, its prior)")
+    if image is None and prior is None:
+        raise ValueError("segment needs an image, a prior, or both")
+    if kanezaki:
+        chw = _image.to_channels_first(image, channel_axis)
+        scribbles = _check_scribbles(scribbles, chw.shape[1:], settings.n_features)
+    result = None
+    if prior is not None:
         result = _as_prior_result(prior, image, channel_axis)
-    return cluster(result, settings)
+    elif not kanezaki or settings.use_prior:
+        result = yield from iter_fit_prior(image, settings, channel_axis=channel_axis)
+    if not kanezaki:
+        return cluster(result, settings)
+    return (yield from _iter_kanezaki(chw, result, settings, scribbles))
+
+
+def _check_scribbles(scribbles, spatial: tuple, n_features: int) -> Optional[np.ndarray]:
+    if scribbles is None:
+        return None
+    arr = np.asarray(scribbles)
+    if arr.dtype.kind not in "iub":
+        raise TypeError(f"scribbles must be an integer label image (0 = unlabelled), got "
+                        f"dtype {arr.dtype}")
+    if arr.shape != tuple(spatial):
+        raise ValueError(f"scribbles have shape {arr.shape} but the image is "
+                         f"{spatial[0]}x{spatial[1]}; paint them on a Labels layer of the "
+                         f"image's size")
+    arr = arr.astype(np.int64)
+    if arr.min() < 0 or arr.max() >= n_features:
+        raise ValueError(f"scribble ids must lie in 1..{n_features - 1} (0 = unlabelled); "
+                         f"got {arr.min()}..{arr.max()}")
+    if not arr.any():
+        return None
+    return arr
+
+
+def _iter_kanezaki(chw: np.ndarray, prior: Optional[PriorResult], settings: Settings,
+                   scribbles: Optional[np.ndarray]):
+    from . import _kanezaki
+
+    data = _image.normalize(chw)
+    seed = settings.seed
+    if seed is None:
+        seed = (prior.metadata.get("settings", {}).get("seed") if prior else None)
+    if seed is None:
+        seed = draw_seed()
+    device = _fit.resolve_device(settings.device)
+    guide = prior.channels_first() if (prior is not None and settings.use_prior) else None
+    labels, info = yield from _kanezaki.iter_kanezaki(
+        data, guide, seed=int(seed), device=device, n_features=settings.n_features,
+        n_conv=settings.n_conv, learning_rate=settings.kanezaki_lr,
+        min_labels=settings.min_labels, max_iter=settings.max_iter,
+        stabilize_iter=settings.stabilize_iter, n_superpixels=settings.n_superpixels,
+        compactness=settings.compactness, continuity_weight=settings.continuity_weight,
+        similarity_weight=settings.similarity_weight, scribbles=scribbles,
+        scribble_weight=settings.scribble_weight, preview_every=settings.preview_every)
+    metadata = dict(prior.metadata) if prior is not None else {}
+    used = settings.replace(seed=int(seed)).to_dict()
+    metadata.update(settings=used, kanezaki=info, device=_describe_device(device),
+                    versions=versions(), scribbles=scribbles is not None)
+    dtype = np.uint8 if labels.max() < 256 else np.uint16
+    return SegmentResult(labels.astype(dtype), prior, metadata)
 
 
 def cluster(prior: PriorLike, settings: Optional[Settings] = None, **overrides: Any
@@ -278,7 +342,7 @@ def _as_prior_result(prior: PriorLike, image, channel_axis) -> PriorResult:
 def segment(image=None, *, n_classes: Optional[int] = None,
             prior: Optional[PriorLike] = None, channel_axis: Optional[int] = None,
             settings: Optional[Settings] = None, progress: Optional[ProgressCallback] = None,
-            full_output: bool = False, **overrides: Any):
+            full_output: bool = False, scribbles=None, **overrides: Any):
     """Segment a 2-D image with the Deep Segmentation Prior.
 
     The prior (see :func:`fit_prior`) is clustered by K-means over each pixel's
@@ -301,6 +365,13 @@ def segment(image=None, *, n_classes: Optional[int] = None,
         As for :func:`fit_prior` (``window=``, ``invert=``, ``seed=``, ...).
     full_output : bool
         Return a :class:`SegmentResult` (labels, prior, metadata) instead of the labels.
+    scribbles : ndarray, shape (Y, X), int, optional
+        ``method='kanezaki'`` only: user strokes, 0 = unlabelled, v = class v; painted
+        classes keep their ids in the output.
+
+    With ``method='kanezaki'`` the number of classes is found by self-training on
+    superpixels of the prior (see ``Settings``); labels are 1..K, scribbled ids kept, the
+    other classes numbered after them by increasing mean intensity.
 
     Returns
     -------
@@ -320,5 +391,5 @@ def segment(image=None, *, n_classes: Optional[int] = None,
     if progress is None:
         settings = settings.replace(preview_every=0)
     result = _drain(iter_segment(image, prior=prior, channel_axis=channel_axis,
-                                 settings=settings), progress)
+                                 settings=settings, scribbles=scribbles), progress)
     return result if full_output else result.labels

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+METHODS = ("kmeans", "kanezaki")
 PRECISIONS = ("float32", "bfloat16")
 
 
@@ -37,6 +38,19 @@ FIELDS: dict[str, Field] = {
               "1 = foreground); K > 2 = classes 1..K ordered by mean prior intensity.",
               minimum=2, maximum=32, flag="--classes"),
         Field("invert", "Swap foreground and background (2 classes only).", flag="--invert"),
+        Field("method", "'kmeans': K-means on the prior with n_classes classes; 'kanezaki': "
+              "self-training on superpixels of the prior that finds the number of classes "
+              "itself (stops at min_labels).", choices=METHODS, flag="--method"),
+        Field("min_labels", "kanezaki: stop once the number of classes has fallen to this "
+              "(then train stabilize_iter more iterations).", minimum=1, maximum=99,
+              flag="--min-labels"),
+        Field("max_iter", "kanezaki: most self-training iterations.", minimum=1,
+              maximum=100000, flag="--max-iter"),
+        Field("use_prior", "kanezaki: superpixels on the prior (True) or on the raw image "
+              "(False, no prior fit: to see what the prior brings).", flag="--no-prior"),
+        Field("continuity_weight", "kanezaki: >0 selects the TIP 2020 variant: a spatial "
+              "continuity loss of this weight instead of superpixels.", minimum=0.0,
+              maximum=1000.0, flag="--continuity-weight"),
         Field("n_iter", "Iterations of each generator fit. Few (tens) is the point: the "
               "prior is the early, de-textured fit.", minimum=1, maximum=5000,
               flag="--iterations"),
@@ -57,6 +71,23 @@ FIELDS: dict[str, Field] = {
               maximum=64, flag="--workers", advanced=True),
         Field("learning_rate", "Adam learning rate of the generator fits.", minimum=1e-5,
               maximum=1.0, flag="--learning-rate", advanced=True),
+        Field("stabilize_iter", "kanezaki: iterations after min_labels is reached.",
+              minimum=0, maximum=10000, flag="--stabilize-iter", advanced=True),
+        Field("n_superpixels", "kanezaki: SLIC superpixels on the prior.", minimum=2,
+              maximum=10**6, flag="--superpixels", advanced=True),
+        Field("compactness", "kanezaki: SLIC compactness.", minimum=0.001, maximum=10000.0,
+              flag="--compactness", advanced=True),
+        Field("similarity_weight", "kanezaki: weight of the feature-similarity loss.",
+              minimum=0.0, maximum=1000.0, flag="--similarity-weight", advanced=True),
+        Field("scribble_weight", "kanezaki: weight of the scribble loss.", minimum=0.0,
+              maximum=1000.0, flag="--scribble-weight", advanced=True),
+        Field("kanezaki_lr", "kanezaki: SGD learning rate (momentum 0.9).", minimum=1e-5,
+              maximum=10.0, flag="--kanezaki-lr", advanced=True),
+        Field("n_features", "kanezaki: response channels of the feature network (the most "
+              "classes it can find).", minimum=2, maximum=1000, flag="--features",
+              advanced=True),
+        Field("n_conv", "kanezaki: 3x3 convolution layers of the feature network.",
+              minimum=1, maximum=10, flag="--n-conv", advanced=True),
         Field("preview_every", "Hand out the running prior every this many iterations "
               "(for live display); 0 = never.", minimum=0, maximum=5000,
               flag="--preview-every", advanced=True),
@@ -74,6 +105,12 @@ class Settings:
         Number of K-means classes on the prior (2 = foreground/background).
     invert : bool
         Swap foreground and background (``n_classes == 2`` only).
+    method : {'kmeans', 'kanezaki'}
+        K-means on the prior, or Kanezaki's self-training seeded by the prior, which
+        finds the number of classes itself.
+    min_labels, max_iter, use_prior, continuity_weight, stabilize_iter, n_superpixels,
+    compactness, similarity_weight, scribble_weight, kanezaki_lr, n_features, n_conv
+        Settings of ``method='kanezaki'`` (algorithm.md section 5 defaults).
     n_iter : int
         Iterations of each generator fit (research default 50).
     n_runs : int
@@ -104,6 +141,11 @@ class Settings:
 
     n_classes: int = 2
     invert: bool = False
+    method: str = "kmeans"
+    min_labels: int = 3
+    max_iter: int = 1000
+    use_prior: bool = True
+    continuity_weight: float = 0.0
     n_iter: int = 50
     n_runs: int = 11
     window: int = 3
@@ -113,6 +155,14 @@ class Settings:
     n_workers: Optional[int] = None
     learning_rate: float = 0.01
     preview_every: int = 5
+    stabilize_iter: int = 50
+    n_superpixels: int = 10000
+    compactness: float = 100.0
+    similarity_weight: float = 1.0
+    scribble_weight: float = 0.5
+    kanezaki_lr: float = 0.1
+    n_features: int = 100
+    n_conv: int = 2
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -120,6 +170,9 @@ class Settings:
         if self.window % 2 == 0:
             raise ValueError(f"window must be odd (got {self.window}); use "
                              f"{self.window - 1} or {self.window + 1}")
+        if self.min_labels >= self.n_features:
+            raise ValueError(f"min_labels ({self.min_labels}) must be below n_features "
+                             f"({self.n_features})")
         if self.invert and self.n_classes != 2:
             raise ValueError("invert only applies to foreground/background "
                              f"(n_classes=2), got n_classes={self.n_classes}")

@@ -1,0 +1,213 @@
+"""Multi-class segmentation that finds the number of classes itself (Kanezaki 2018),
+seeded by the prior, with the TIP 2020 variant (spatial continuity loss, scribbles).
+
+A small convolutional network on the ORIGINAL image outputs ``n_features`` responses per
+pixel; the per-pixel argmax is the current labelling. Each iteration the target is that
+argmax made uniform inside each superpixel (majority vote; superpixels come from SLIC on
+the PRIOR, so they follow objects rather than texture), and the network is trained
+towards it with cross-entropy. Classes merge as training goes on; the fit stops
+``stabilize_iter`` iterations after the number of labels has fallen to ``min_labels``,
+or at ``max_iter``.
+
+TIP 2020 variant (``continuity_weight > 0``): no superpixels; the target is the plain
+argmax, and an L1 penalty on the responses' horizontal and vertical differences keeps
+regions contiguous. Scribbles (``(Y, X)`` ints, 0 = unlabelled) add a cross-entropy term
+that pulls painted pixels to channel = their scribble id, so painted classes keep their ids.
+"""
+
+from __future__ import annotations
+
+from typing import Generator, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._fit import FitProgress
+
+#: Fewest pixels per superpixel on average (caps n_superpixels on small images).
+MIN_SUPERPIXEL_AREA = 25
+
+
+class FeatureNet(nn.Module):
+    """conv3x3 (C -> F) -> ReLU -> BN, (n_conv - 1) x [conv3x3 (F -> F) -> ReLU -> BN],
+    conv1x1 (F -> F) -> BN (algorithm.md section 5)."""
+
+    def __init__(self, in_channels: int, n_features: int = 100, n_conv: int = 2):
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = in_channels
+        for _ in range(n_conv):
+            layers += [nn.Conv2d(cin, n_features, 3, padding=1), nn.ReLU(inplace=True),
+                       nn.BatchNorm2d(n_features)]
+            cin = n_features
+        layers += [nn.Conv2d(n_features, n_features, 1), nn.BatchNorm2d(n_features)]
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def superpixels(guide: np.ndarray, n_segments: int, compactness: float, seed: int
+                ) -> np.ndarray:
+    """SLIC superpixels of a ``(C, Y, X)`` guide in [0, 1] (the prior, or the image).
+
+    RGB guides are clustered in Lab (as the research code did); other guides are scaled to
+    [0, 100] first, the range of Lab lightness, so ``compactness`` means the same.
+    Returns ``(Y, X)`` int32 ids 0..N-1.
+    """
+    from skimage.segmentation import slic
+
+    c = guide.shape[0]
+    if c == 3:
+        img, kw = np.moveaxis(guide, 0, -1), {"channel_axis": -1, "convert2lab": True}
+    else:
+        img = np.moveaxis(guide, 0, -1) * 100.0
+        kw = {"channel_axis": -1, "convert2lab": False}
+    sp = slic(img.astype(np.float64), n_segments=n_segments, compactness=compactness,
+              start_label=0, enforce_connectivity=True, **kw)
+    _, sp = np.unique(sp, return_inverse=True)
+    return sp.reshape(guide.shape[1:]).astype(np.int32)
+
+
+def majority(target: np.ndarray, sp: np.ndarray, n_sp: int, n_features: int) -> np.ndarray:
+    """Replace each pixel's label by the most frequent label in its superpixel."""
+    counts = np.bincount(sp * n_features + target, minlength=n_sp * n_features)
+    return counts.reshape(n_sp, n_features).argmax(1)[sp]
+
+
+def compact_ids(labels: np.ndarray, image: np.ndarray, keep: Optional[np.ndarray] = None
+                ) -> np.ndarray:
+    """Renumber raw channel labels to 1..K.
+
+    Channels listed in ``keep`` (scribble ids) keep their value; the others get the next
+    ids, ordered by increasing mean intensity of ``image`` (``(C, Y, X)``) over the class.
+    """
+    keep_set = set(int(k) for k in (keep if keep is not None else []))
+    present = np.unique(labels)
+    intensity = image.mean(0)
+    others = [int(c) for c in present if int(c) not in keep_set]
+    means = [float(intensity[labels == c].mean()) for c in others]
+    mapping = np.zeros(int(labels.max()) + 1, dtype=np.int64)
+    next_id = max(keep_set) + 1 if keep_set else 1
+    for c in present:
+        if int(c) in keep_set:
+            mapping[c] = int(c)
+    for c in (others[i] for i in np.argsort(means, kind="stable")):
+        mapping[c] = next_id
+        next_id += 1
+    return mapping[labels]
+
+
+def merge_unpainted(labels: np.ndarray, response: np.ndarray, painted: np.ndarray,
+                    target: int) -> tuple[np.ndarray, int]:
+    """With scribbles, when more classes than the stopping point remain at the end
+    (``max_iter`` came first, or a class reappeared while stabilising): merge the smallest
+    unpainted class into the class whose response is highest on its pixels, until at most
+    ``target`` classes remain or only painted ones are left. Returns (labels, merges)."""
+    labels = labels.copy()
+    painted_set = set(int(p) for p in painted)
+    merges = 0
+    while True:
+        present, counts = np.unique(labels, return_counts=True)
+        free = [(n, int(c)) for c, n in zip(present, counts) if int(c) not in painted_set]
+        if len(present) <= target or not free:
+            return labels, merges
+        _, c = min(free)
+        mask = labels == c
+        others = [int(k) for k in present if int(k) != c]
+        scores = [float(response[k][mask].mean()) for k in others]
+        labels[mask] = others[int(np.argmax(scores))]
+        merges += 1
+
+
+def iter_kanezaki(image: np.ndarray, guide: Optional[np.ndarray], *, seed: int,
+                  device: torch.device, n_features: int = 100, n_conv: int = 2,
+                  learning_rate: float = 0.1, momentum: float = 0.9, min_labels: int = 3,
+                  max_iter: int = 1000, stabilize_iter: int = 50, n_superpixels: int = 10000,
+                  compactness: float = 100.0, continuity_weight: float = 0.0,
+                  similarity_weight: float = 1.0, scribbles: Optional[np.ndarray] = None,
+                  scribble_weight: float = 0.5, preview_every: int = 0,
+                  ) -> Generator[FitProgress, None, tuple[np.ndarray, dict]]:
+    """Run the self-training; yields progress, returns ``(labels 1..K (Y, X), info)``.
+
+    Parameters
+    ----------
+    image : ndarray, shape (C, Y, X), float32 in [0, 1]
+        The original image (the network's input).
+    guide : ndarray, shape (C, Y, X), or None
+        What the superpixels are computed on (the prior; or the image, to run without the
+        prior). Ignored when ``continuity_weight > 0``.
+    scribbles : ndarray, shape (Y, X), int, optional
+        0 = unlabelled, v > 0 = class v (v < n_features). The stopping point is then at
+        least the number of painted classes.
+    """
+    c, h, w = image.shape
+    torch.manual_seed(seed)
+    use_superpixels = continuity_weight <= 0
+    if use_superpixels:
+        # 10,000 superpixels suit the research's ~0.1-megapixel photos; a small image would
+        # get superpixels of one pixel, where the majority vote does nothing.
+        n_segments = int(min(n_superpixels, max(2, h * w // MIN_SUPERPIXEL_AREA)))
+        sp = superpixels(guide if guide is not None else image, n_segments, compactness,
+                         seed).reshape(-1)
+        n_sp = int(sp.max()) + 1
+    scr = None
+    if scribbles is not None:
+        scr = np.asarray(scribbles).reshape(-1).astype(np.int64)
+        painted = scr > 0
+        scr_idx = torch.from_numpy(np.flatnonzero(painted)).to(device)
+        free_idx = torch.from_numpy(np.flatnonzero(~painted)).to(device)
+        scr_target = torch.from_numpy(scr[painted]).to(device)
+        # The painted classes must survive: stop no lower than their number.
+        min_labels = max(min_labels, len(np.unique(scr[painted])))
+    net = FeatureNet(c, n_features, n_conv).to(device)
+    x = torch.from_numpy(np.ascontiguousarray(image))[None].to(device)
+    opt = torch.optim.SGD(net.parameters(), lr=learning_rate, momentum=momentum)
+    ce = nn.CrossEntropyLoss()
+    reached_at: Optional[int] = None
+    labels = None
+    it = 0
+    for it in range(1, max_iter + 1):
+        out = net(x)[0]  # (F, h, w)
+        flat = out.permute(1, 2, 0).reshape(-1, n_features)
+        argmax = flat.argmax(1)
+        raw = argmax.cpu().numpy()
+        n_labels = len(np.unique(raw))
+        if use_superpixels:
+            target = torch.from_numpy(majority(raw, sp, n_sp, n_features)).to(device)
+        else:
+            target = argmax
+        if scr is None:
+            loss = similarity_weight * ce(flat, target)
+        else:
+            loss = (similarity_weight * ce(flat[free_idx], target[free_idx])
+                    + scribble_weight * ce(flat[scr_idx], scr_target))
+        if continuity_weight > 0:
+            dy = (out[:, 1:, :] - out[:, :-1, :]).abs().mean()
+            dx = (out[:, :, 1:] - out[:, :, :-1]).abs().mean()
+            loss = loss + continuity_weight * (dy + dx)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        labels = raw
+        if reached_at is None and n_labels <= min_labels:
+            reached_at = it
+        preview = None
+        if preview_every and it % preview_every == 0:
+            preview = raw.reshape(h, w)
+        total = min(max_iter, reached_at + stabilize_iter) if reached_at else max_iter
+        yield FitProgress(it, total, preview, float(loss.detach()), stage="classes")
+        if reached_at is not None and it >= reached_at + stabilize_iter:
+            break
+    with torch.no_grad():
+        response = net(x)[0].cpu().numpy()
+    final = response.argmax(0)
+    keep = np.unique(scr[scr > 0]) if scr is not None else None
+    merged = 0
+    if keep is not None:
+        final, merged = merge_unpainted(final, response, keep, min_labels)
+    labels = compact_ids(final, image, keep)
+    info = {"iterations": it, "min_labels_reached_at": reached_at,
+            "n_labels": int(len(np.unique(labels))), "merged_classes": merged}
+    return labels, info

@@ -1,0 +1,111 @@
+"""method='kanezaki': self-training seeded by the prior finds the number of classes."""
+
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from napari_dsp import fit_prior, iter_segment, segment
+from napari_dsp._kanezaki import FeatureNet, compact_ids, majority
+from napari_dsp._synthetic import scribbles_for, textured_regions
+
+PRIOR = dict(n_runs=5, n_iter=50, n_workers=0, seed=0)
+
+
+def run(n, size, seed, scribbles=False, **kw):
+    image, truth = textured_regions(n, size=size, seed=seed)
+    prior = fit_prior(image, **PRIOR)
+    strokes = scribbles_for(truth, seed) if scribbles else None
+    result = segment(image, prior=prior, method="kanezaki", seed=0, scribbles=strokes,
+                     full_output=True, **kw)
+    return result, truth, strokes
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_three_regions_found_with_good_agreement(seed):
+    result, truth, _ = run(3, 96, seed)
+    found = len(np.unique(result.labels))
+    assert abs(found - 3) <= 1
+    assert adjusted_rand_score(truth.ravel(), result.labels.ravel()) >= 0.8
+    labels = np.unique(result.labels)
+    np.testing.assert_array_equal(labels, np.arange(1, found + 1))  # compact 1..K
+
+
+@pytest.mark.slow
+def test_four_regions_found_with_good_agreement():
+    result, truth, _ = run(4, 64, 0)
+    assert abs(len(np.unique(result.labels)) - 4) <= 1
+    assert adjusted_rand_score(truth.ravel(), result.labels.ravel()) >= 0.8
+
+
+@pytest.mark.parametrize("n", [3, 4])
+def test_scribbles_give_exactly_the_painted_classes_and_keep_their_ids(n):
+    result, truth, strokes = run(n, 96, 0, scribbles=True)
+    assert set(np.unique(result.labels)) == set(range(1, n + 1))
+    assert adjusted_rand_score(truth.ravel(), result.labels.ravel()) >= 0.9
+    for k in range(1, n + 1):
+        painted = result.labels[strokes == k]
+        assert np.bincount(painted).argmax() == k  # the painted id is kept
+    assert result.metadata["scribbles"] is True
+
+
+def test_without_prior_no_fit_is_made():
+    image, truth = textured_regions(3, size=64, seed=1)
+    seen = []
+    result = segment(image, method="kanezaki", use_prior=False, seed=0, full_output=True,
+                     progress=seen.append)
+    assert result.prior is None
+    assert {p.stage for p in seen} == {"classes"}
+    assert adjusted_rand_score(truth.ravel(), result.labels.ravel()) > 0.5
+
+
+def test_progress_stages_and_label_previews_and_stop():
+    image, _ = textured_regions(3, size=48, seed=0)
+    gen = iter_segment(image, method="kanezaki", n_runs=2, n_iter=5, n_workers=0, seed=0,
+                       preview_every=2)
+    stages, previews = [], []
+    for p in gen:
+        stages.append(p.stage)
+        if p.stage == "classes" and p.preview is not None:
+            previews.append(p.preview)
+        if len(previews) == 2:
+            break
+    gen.close()
+    assert stages[0] == "prior" and stages[-1] == "classes"
+    assert previews[0].shape == (48, 48)
+
+
+def test_same_seed_same_labels():
+    image, _ = textured_regions(3, size=48, seed=2)
+    prior = fit_prior(image, **PRIOR)
+    a = segment(image, prior=prior, method="kanezaki", seed=3, max_iter=60)
+    b = segment(image, prior=prior, method="kanezaki", seed=3, max_iter=60)
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(scribbles=np.zeros((48, 48), int)), ValueError, "method='kanezaki' only"),
+    (dict(method="kanezaki", scribbles=np.zeros((10, 10), int)), ValueError,
+     "scribbles have shape"),
+    (dict(method="kanezaki", scribbles=np.full((48, 48), -1)), ValueError, "scribble ids"),
+    (dict(method="kanezaki", scribbles=np.zeros((48, 48), float)), TypeError,
+     "integer label image"),
+    (dict(method="kanezaki", min_labels=50, n_features=20), ValueError, "below n_features"),
+])
+def test_bad_kanezaki_arguments(kwargs, error, match):
+    image, _ = textured_regions(3, size=48, seed=0)
+    with pytest.raises(error, match=match):
+        segment(image, n_runs=2, n_iter=2, n_workers=0, **kwargs)
+
+
+def test_helpers():
+    net = FeatureNet(3, 100, 2)
+    # conv(3->100) + BN + conv(100->100) + BN + conv1x1(100->100) + BN
+    expected = (3 * 100 * 9 + 100) + 200 + (100 * 100 * 9 + 100) + 200 + (100 * 100 + 100) + 200
+    assert sum(p.numel() for p in net.parameters()) == expected
+    sp = np.array([0, 0, 0, 1, 1])
+    np.testing.assert_array_equal(majority(np.array([2, 2, 5, 7, 7]), sp, 2, 10),
+                                  [2, 2, 2, 7, 7])
+    labels = np.array([[40, 40], [7, 9]])
+    image = np.array([[[0.9, 0.9], [0.1, 0.5]]])
+    np.testing.assert_array_equal(compact_ids(labels, image), [[3, 3], [1, 2]])
+    np.testing.assert_array_equal(compact_ids(labels, image, keep=[9]), [[11, 11], [10, 9]])
