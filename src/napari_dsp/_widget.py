@@ -33,7 +33,7 @@ from .settings import FIELDS, Settings
 if TYPE_CHECKING:  # pragma: no cover
     import napari
 
-MODES = ("foreground / background", "K classes")
+MODES = ("foreground / background", "K classes", "self-training (finds classes)")
 #: Seconds between two updates of the live prior layer (the GUI never drowns).
 PREVIEW_INTERVAL = 0.4
 #: Keys under which results are stored in a layer's metadata.
@@ -75,6 +75,8 @@ class _Outputs:
     spread_layer: Any = None
     previous_prior_data: Any = None  # restored if a re-run is cancelled
     created_prior_layer: bool = False
+    previous_labels_data: Any = None
+    created_labels_layer: bool = False
     extra: dict = field(default_factory=dict)
 
 
@@ -116,6 +118,14 @@ class DSPWidget(Container):
                               tooltip="Foreground/background (0 = background, 1 = "
                                       "foreground) or K classes 1..K")
         self._classes = _spin("n_classes", 3, label="classes")
+        self._min_labels = _spin("min_labels", d.min_labels, label="min classes")
+        from napari.layers import Labels
+
+        self._scribbles = create_widget(annotation=Optional[Labels], name="scribbles",
+                                        label="scribbles",
+                                        options={"tooltip": "optional Labels layer of "
+                                                 "strokes (0 = unlabelled); painted "
+                                                 "classes keep their ids"})
         self._invert = CheckBox(name="invert", value=d.invert, text="invert foreground",
                                 tooltip=FIELDS["invert"].help)
         self._n_iter = _spin("n_iter", d.n_iter, label="iterations")
@@ -140,13 +150,16 @@ class DSPWidget(Container):
         self._status = Label(name="status", value="")
         self._advanced_widgets = [self._precision, self._learning_rate,
                                   self._preview_every, self._workers]
-        self.extend([self._image, self._mode, self._classes, self._invert, self._n_iter,
+        self.extend([self._image, self._mode, self._classes, self._min_labels,
+                     self._scribbles, self._invert, self._n_iter,
                      self._n_runs, self._window, self._device, self._seed,
                      self._show_spread, self._advanced, *self._advanced_widgets,
                      self._run, self._status])
         for w in self._advanced_widgets:
             w.visible = False
         self._classes.enabled = False
+        self._min_labels.visible = False
+        self._scribbles.visible = False
 
         self._worker = None
         self._gen = None
@@ -171,9 +184,11 @@ class DSPWidget(Container):
             w.visible = bool(on)
 
     def _on_mode(self, mode: str) -> None:
-        k = mode == MODES[1]
+        k, self_training = mode == MODES[1], mode == MODES[2]
         self._classes.enabled = k
-        self._invert.enabled = not k
+        self._invert.enabled = mode == MODES[0]
+        self._min_labels.visible = self_training
+        self._scribbles.visible = self_training
         self._recluster()
 
     def _follow_selection(self, event=None) -> None:
@@ -187,9 +202,12 @@ class DSPWidget(Container):
     def settings(self) -> Settings:
         """The form as a validated :class:`Settings` (raises ValueError/TypeError)."""
         k = self._mode.value == MODES[1]
+        fg_bg = self._mode.value == MODES[0]
         return Settings(
             n_classes=int(self._classes.value) if k else 2,
-            invert=bool(self._invert.value) and not k,
+            invert=bool(self._invert.value) and fg_bg,
+            method="kanezaki" if self._mode.value == MODES[2] else "kmeans",
+            min_labels=int(self._min_labels.value),
             n_iter=int(self._n_iter.value), n_runs=int(self._n_runs.value),
             window=int(self._window.value),
             seed=None if self._seed.value < 0 else int(self._seed.value),
@@ -222,7 +240,11 @@ class DSPWidget(Container):
         try:
             settings = self.settings()
             data, channel_axis = self._layer_data(layer)
-            gen = iter_segment(data, channel_axis=channel_axis, settings=settings)
+            scribbles = None
+            if settings.method == "kanezaki" and self._scribbles.value is not None:
+                scribbles = np.asarray(self._scribbles.value.data).copy()
+            gen = iter_segment(data, channel_axis=channel_axis, settings=settings,
+                               scribbles=scribbles)
         except (TypeError, ValueError) as exc:
             show_error(f"napari-dsp: {exc}")
             return None
@@ -231,6 +253,8 @@ class DSPWidget(Container):
         out = self._outputs.setdefault(id(layer), _Outputs())
         out.previous_prior_data = None
         out.created_prior_layer = False
+        out.previous_labels_data = None
+        out.created_labels_layer = False
         self._last_preview = 0.0
         # The total is corrected by the first progress report (it depends on batching).
         self._progress = napari_progress(total=settings.n_iter,
@@ -301,6 +325,9 @@ class DSPWidget(Container):
         if layer is None:
             return
         out = self._outputs.setdefault(id(layer), _Outputs())
+        if p.stage == "classes":
+            self._preview_labels(layer, out, p.preview)
+            return
         name = f"{layer.name} prior"
         if out.prior_layer is not None and out.prior_layer in self._viewer.layers:
             if out.previous_prior_data is None and not out.created_prior_layer:
@@ -313,6 +340,17 @@ class DSPWidget(Container):
                 **placement(layer))
             out.created_prior_layer = True
 
+    def _preview_labels(self, layer, out: _Outputs, labels: np.ndarray) -> None:
+        name = f"{layer.name} labels (running)"
+        if out.labels_layer is not None and out.labels_layer in self._viewer.layers:
+            if out.previous_labels_data is None and not out.created_labels_layer:
+                out.previous_labels_data = out.labels_layer.data
+            out.labels_layer.data = labels
+            out.labels_layer.name = name
+        else:
+            out.labels_layer = self._viewer.add_labels(labels, name=name, **placement(layer))
+            out.created_labels_layer = True
+
     def _on_returned(self, result: SegmentResult) -> None:
         if not self._gui_alive():
             return
@@ -323,6 +361,17 @@ class DSPWidget(Container):
             self._drop_partial_prior(layer)
             return
         out = self._outputs.setdefault(id(layer), _Outputs())
+        if result.prior is not None:
+            self._show_prior(layer, out, result)
+        self._show_labels(layer, out, result)
+        out.previous_labels_data = None
+        out.created_labels_layer = False
+        if self._show_spread.value and out.prior is not None:
+            self._show_spread_layer(layer, out)
+        seed = result.metadata["settings"]["seed"]
+        self._status.value = f"done on {result.metadata['device']} (seed {seed})"
+
+    def _show_prior(self, layer, out: _Outputs, result: SegmentResult) -> None:
         out.prior = result.prior
         meta = {META_KEY: result.metadata}
         prior = result.prior.prior
@@ -337,17 +386,13 @@ class DSPWidget(Container):
                                                      **placement(layer))
         out.previous_prior_data = None
         out.created_prior_layer = False
-        self._show_labels(layer, out, result)
-        if self._show_spread.value:
-            self._show_spread_layer(layer, out)
-        seed = result.metadata["settings"]["seed"]
-        self._status.value = f"done on {result.metadata['device']} (seed {seed})"
 
     def _show_labels(self, layer, out: _Outputs, result: SegmentResult) -> None:
         meta = {META_KEY: result.metadata}
         name = f"{layer.name} labels"
         if out.labels_layer is not None and out.labels_layer in self._viewer.layers:
             out.labels_layer.data = result.labels
+            out.labels_layer.name = name
             out.labels_layer.metadata.update(meta)
         else:
             out.labels_layer = self._viewer.add_labels(result.labels, name=name,
@@ -365,8 +410,21 @@ class DSPWidget(Container):
                 **placement(layer))
 
     def _drop_partial_prior(self, layer) -> None:
+        """Undo what a run that did not finish put in the viewer: layers it created go,
+        layers of an earlier run get their data back."""
         out = self._outputs.get(id(layer)) if layer is not None else None
-        if out is None or out.prior_layer is None:
+        if out is None:
+            return
+        if out.labels_layer is not None and out.labels_layer in self._viewer.layers:
+            if out.created_labels_layer:
+                self._viewer.layers.remove(out.labels_layer)
+                out.labels_layer = None
+            elif out.previous_labels_data is not None:
+                out.labels_layer.data = out.previous_labels_data
+                out.labels_layer.name = f"{layer.name} labels"
+        out.previous_labels_data = None
+        out.created_labels_layer = False
+        if out.prior_layer is None:
             return
         if out.prior_layer in self._viewer.layers:
             if out.created_prior_layer:
@@ -412,7 +470,7 @@ class DSPWidget(Container):
     def _recluster(self, *_) -> None:
         layer = self._image.value
         out = self._outputs.get(id(layer)) if layer is not None else None
-        if self.running or out is None or out.prior is None:
+        if self.running or out is None or out.prior is None or self._mode.value == MODES[2]:
             return
         if out.labels_layer is None or out.labels_layer not in self._viewer.layers:
             return

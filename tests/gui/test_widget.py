@@ -44,8 +44,9 @@ def tiny(widget, n_iter=6, n_runs=2):
 def run_and_wait(qtbot, widget):
     worker = widget.run()
     assert worker is not None
-    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT):
-        pass
+    # The widget's own handlers were connected before the thread started, so waiting on
+    # their effect cannot miss a signal emitted before this line.
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT)
     return worker
 
 
@@ -127,8 +128,7 @@ def test_cancel_leaves_no_labels_and_no_partial_prior(viewer, qtbot):
     widget._preview_every.value = 1
     worker = widget.run()
     assert widget._run.text == "Cancel"
-    with qtbot.waitSignal(worker.yielded, timeout=TIMEOUT):
-        pass
+    qtbot.waitUntil(lambda: widget._status.value.startswith("iteration"), timeout=TIMEOUT)
     qtbot.wait(600)  # let a preview reach the viewer
     with qtbot.waitSignal(worker.finished, timeout=5000):
         widget._run.changed.emit(True)  # the button, now reading "Cancel"
@@ -188,8 +188,7 @@ def test_closing_the_viewer_during_a_run_stops_the_worker(make_napari_viewer, qt
     widget = open_widget(viewer)
     tiny(widget, n_iter=3000)
     worker = widget.run()
-    with qtbot.waitSignal(worker.yielded, timeout=TIMEOUT):
-        pass
+    qtbot.waitUntil(lambda: widget._status.value.startswith("iteration"), timeout=TIMEOUT)
     with qtbot.waitSignal(worker.finished, timeout=5000):
         viewer.close()
 
@@ -201,8 +200,7 @@ def test_removing_the_layer_during_a_run_cancels(viewer, qtbot, notes):
     widget._image.value = layer
     tiny(widget, n_iter=3000)
     worker = widget.run()
-    with qtbot.waitSignal(worker.yielded, timeout=TIMEOUT):
-        pass
+    qtbot.waitUntil(lambda: widget._status.value.startswith("iteration"), timeout=TIMEOUT)
     with qtbot.waitSignal(worker.finished, timeout=5000):
         viewer.layers.remove(layer)
     assert [x.name for x in viewer.layers] == ["other"]
@@ -231,3 +229,38 @@ def test_sample_data_opens_and_segments_sensibly_with_defaults(viewer, qtbot):
     fg = viewer.layers["synthetic nuclei labels"].data == 1
     mask = viewer.layers["synthetic nuclei reference mask"].data == 1
     assert np.logical_and(fg, mask).sum() / np.logical_or(fg, mask).sum() > 0.7
+
+
+def test_self_training_mode_with_scribbles_and_cancel(viewer, qtbot):
+    from sklearn.metrics import adjusted_rand_score
+
+    from napari_dsp._synthetic import scribbles_for, textured_regions
+
+    image, truth = textured_regions(3, size=64, seed=1)
+    viewer.add_image(image, name="regions")
+    viewer.add_labels(scribbles_for(truth, 1), name="strokes")
+    widget = open_widget(viewer)
+    widget._image.value = viewer.layers["regions"]
+    widget._mode.value = "self-training (finds classes)"
+    assert not widget._scribbles.native.isHidden() and not widget._min_labels.native.isHidden()
+    widget._scribbles.value = viewer.layers["strokes"]
+    tiny(widget, n_iter=30, n_runs=3)
+    widget._preview_every.value = 1
+    # Cancel during the self-training stage: its live labels layer goes away.
+    worker = widget.run()
+    stages = []
+    worker.yielded.connect(lambda p: stages.append(p.stage))
+    qtbot.waitUntil(lambda: "classes" in stages, timeout=TIMEOUT)
+    qtbot.wait(500)
+    with qtbot.waitSignal(worker.finished, timeout=5000):
+        widget.cancel()
+    assert "regions labels" not in [x.name for x in viewer.layers]
+    assert not any(x.name.endswith("(running)") for x in viewer.layers)
+    # A full run: exactly the painted classes, good agreement, strokes untouched.
+    run_and_wait(qtbot, widget)
+    labels = viewer.layers["regions labels"].data
+    assert set(np.unique(labels)) == {1, 2, 3}
+    assert adjusted_rand_score(truth.ravel(), labels.ravel()) > 0.85
+    assert viewer.layers["regions labels"].metadata["napari_dsp"]["settings"]["method"] == \
+        "kanezaki"
+    np.testing.assert_array_equal(viewer.layers["strokes"].data, scribbles_for(truth, 1))
