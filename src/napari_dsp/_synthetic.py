@@ -89,3 +89,25 @@ def scribbles_for(truth: np.ndarray, seed: int = 0, radius: int = 2) -> np.ndarr
         line[max(0, y - radius):y + radius + 1, max(0, x - 6):x + 7] = True
         strokes[line & (truth == k)] = k + 1
     return strokes
+
+
+def touching_discs(shape: tuple[int, int] = (128, 128), radius: float = 7.0, seed: int = 0
+                   ) -> tuple[np.ndarray, int]:
+    """Discs on a grid where every second disc touches (overlaps by ~2 px) a partner.
+
+    Returns ``(mask bool, number of discs)``.
+    """
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    mask = np.zeros(shape, bool)
+    count = 0
+    step = int(4 * radius + 6)
+    for cy in range(step // 2, h - step // 2 + 1, step):
+        for cx in range(int(radius) + 4, w - 3 * int(radius) - 4, step):
+            r1, r2 = radius * rng.uniform(0.9, 1.1), radius * rng.uniform(0.9, 1.1)
+            mask |= (yy - cy) ** 2 + (xx - cx) ** 2 <= r1 ** 2
+            cx2 = cx + r1 + r2 - 2  # overlaps by about 2 pixels: touching
+            mask |= (yy - cy) ** 2 + (xx - cx2) ** 2 <= r2 ** 2
+            count += 2
+    return mask, count

@@ -128,6 +128,9 @@ class DSPWidget(Container):
                                                  "classes keep their ids"})
         self._invert = CheckBox(name="invert", value=d.invert, text="invert foreground",
                                 tooltip=FIELDS["invert"].help)
+        self._instances = CheckBox(name="instances", value=False,
+                                   text="one id per object (count)",
+                                   tooltip=FIELDS["instances"].help)
         self._n_iter = _spin("n_iter", d.n_iter, label="iterations")
         self._n_runs = _spin("n_runs", d.n_runs, label="runs")
         self._window = _spin("window", d.window, label="window", step=2)
@@ -151,7 +154,7 @@ class DSPWidget(Container):
         self._advanced_widgets = [self._precision, self._learning_rate,
                                   self._preview_every, self._workers]
         self.extend([self._image, self._mode, self._classes, self._min_labels,
-                     self._scribbles, self._invert, self._n_iter,
+                     self._scribbles, self._invert, self._instances, self._n_iter,
                      self._n_runs, self._window, self._device, self._seed,
                      self._show_spread, self._advanced, *self._advanced_widgets,
                      self._run, self._status])
@@ -171,7 +174,7 @@ class DSPWidget(Container):
         self._run.changed.connect(self._on_run_clicked)
         self._advanced.changed.connect(self._toggle_advanced)
         self._mode.changed.connect(self._on_mode)
-        for w in (self._classes, self._invert, self._window):
+        for w in (self._classes, self._invert, self._window, self._instances):
             w.changed.connect(self._recluster)
         viewer.layers.selection.events.active.connect(self._follow_selection)
         viewer.layers.events.removed.connect(self._on_layer_removed)
@@ -187,6 +190,7 @@ class DSPWidget(Container):
         k, self_training = mode == MODES[1], mode == MODES[2]
         self._classes.enabled = k
         self._invert.enabled = mode == MODES[0]
+        self._instances.enabled = mode == MODES[0]
         self._min_labels.visible = self_training
         self._scribbles.visible = self_training
         self._recluster()
@@ -206,6 +210,7 @@ class DSPWidget(Container):
         return Settings(
             n_classes=int(self._classes.value) if k else 2,
             invert=bool(self._invert.value) and fg_bg,
+            instances=bool(self._instances.value) and fg_bg,
             method="kanezaki" if self._mode.value == MODES[2] else "kmeans",
             min_labels=int(self._min_labels.value),
             n_iter=int(self._n_iter.value), n_runs=int(self._n_runs.value),
@@ -369,7 +374,8 @@ class DSPWidget(Container):
         if self._show_spread.value and out.prior is not None:
             self._show_spread_layer(layer, out)
         seed = result.metadata["settings"]["seed"]
-        self._status.value = f"done on {result.metadata['device']} (seed {seed})"
+        self._status.value = f"done on {result.metadata['device']} (seed {seed})" + \
+            self._count_text(result)
 
     def _show_prior(self, layer, out: _Outputs, result: SegmentResult) -> None:
         out.prior = result.prior
@@ -480,7 +486,13 @@ class DSPWidget(Container):
             show_error(f"napari-dsp: {exc}")
             return
         self._show_labels(layer, out, result)
-        self._status.value = "re-clustered from the existing prior"
+        self._status.value = "re-clustered from the existing prior" + \
+            self._count_text(result)
+
+    @staticmethod
+    def _count_text(result: SegmentResult) -> str:
+        count = result.metadata.get("clustering", {}).get("count")
+        return "" if count is None else f"; {count} objects"
 
     def _on_layer_removed(self, event) -> None:
         removed = event.value

@@ -306,9 +306,16 @@ def cluster(prior: PriorLike, settings: Optional[Settings] = None, **overrides: 
                                           n_classes=settings.n_classes,
                                           window=settings.window, seed=seed,
                                           invert=settings.invert)
+    if settings.instances:
+        from ._instances import instances
+
+        labels = instances(labels == 1, min_size=settings.min_size)
+        info["count"] = int(labels.max())
+        labels = labels.astype(np.uint16 if labels.max() < 2**16 else np.int32)
     fit_settings = dict(result.metadata.get("settings", {}))
     fit_settings.update(n_classes=settings.n_classes, window=settings.window,
-                        invert=settings.invert, seed=seed)
+                        invert=settings.invert, seed=seed, instances=settings.instances,
+                        min_size=settings.min_size)
     metadata = dict(result.metadata)
     metadata.update(settings=fit_settings, clustering=info)
     metadata.setdefault("versions", versions())

@@ -38,6 +38,11 @@ FIELDS: dict[str, Field] = {
               "1 = foreground); K > 2 = classes 1..K ordered by mean prior intensity.",
               minimum=2, maximum=32, flag="--classes"),
         Field("invert", "Swap foreground and background (2 classes only).", flag="--invert"),
+        Field("instances", "Foreground/background only: give every object its own id "
+              "(touching round objects split by a distance-transform watershed, holes "
+              "filled, specks removed) and report the count.", flag="--instances"),
+        Field("min_size", "With instances: objects smaller than this many pixels are "
+              "removed.", minimum=0, maximum=10**9, flag="--min-size"),
         Field("method", "'kmeans': K-means on the prior with n_classes classes; 'kanezaki': "
               "self-training on superpixels of the prior that finds the number of classes "
               "itself (stops at min_labels).", choices=METHODS, flag="--method"),
@@ -105,6 +110,10 @@ class Settings:
         Number of K-means classes on the prior (2 = foreground/background).
     invert : bool
         Swap foreground and background (``n_classes == 2`` only).
+    instances : bool
+        One id per object (0 = background) instead of a 0/1 mask; the count is reported.
+    min_size : int
+        With ``instances``: smallest object kept, in pixels.
     method : {'kmeans', 'kanezaki'}
         K-means on the prior, or Kanezaki's self-training seeded by the prior, which
         finds the number of classes itself.
@@ -141,6 +150,8 @@ class Settings:
 
     n_classes: int = 2
     invert: bool = False
+    instances: bool = False
+    min_size: int = 16
     method: str = "kmeans"
     min_labels: int = 3
     max_iter: int = 1000
@@ -173,6 +184,9 @@ class Settings:
         if self.min_labels >= self.n_features:
             raise ValueError(f"min_labels ({self.min_labels}) must be below n_features "
                              f"({self.n_features})")
+        if self.instances and (self.n_classes != 2 or self.method != "kmeans"):
+            raise ValueError("instances=True needs foreground/background segmentation "
+                             "(n_classes=2, method='kmeans')")
         if self.invert and self.n_classes != 2:
             raise ValueError("invert only applies to foreground/background "
                              f"(n_classes=2), got n_classes={self.n_classes}")

@@ -264,3 +264,18 @@ def test_self_training_mode_with_scribbles_and_cancel(viewer, qtbot):
     assert viewer.layers["regions labels"].metadata["napari_dsp"]["settings"]["method"] == \
         "kanezaki"
     np.testing.assert_array_equal(viewer.layers["strokes"].data, scribbles_for(truth, 1))
+
+
+def test_instances_checkbox_counts_objects_without_refit(viewer, qtbot):
+    from napari_dsp._synthetic import nuclei
+
+    image, mask = nuclei((96, 96), n=8, seed=5)
+    viewer.add_image(image, name="nuc")
+    widget = open_widget(viewer)
+    tiny(widget, n_iter=30, n_runs=3)
+    run_and_wait(qtbot, widget)
+    widget._instances.value = True
+    labels = viewer.layers["nuc labels"].data
+    count = int(labels.max())
+    assert count >= 6 and widget._status.value.endswith(f"; {count} objects")
+    assert len(np.unique(labels)) == count + 1

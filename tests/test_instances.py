@@ -1,0 +1,50 @@
+import numpy as np
+import pytest
+
+from napari_dsp import segment
+from napari_dsp._instances import instances
+from napari_dsp._synthetic import dark_on_bright, nuclei, touching_discs
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_touching_discs_are_counted_within_ten_percent(seed):
+    mask, count = touching_discs((128, 160), seed=seed)
+    labels = instances(mask)
+    assert labels.dtype == np.int32 and labels.shape == mask.shape
+    n = int(labels.max())
+    assert abs(n - count) <= 0.1 * count, (n, count)
+    np.testing.assert_array_equal(np.unique(labels), np.arange(n + 1))  # compact
+    assert np.array_equal(labels > 0, mask)  # nothing lost, nothing added
+
+
+def test_without_splitting_touching_pairs_are_one_object():
+    mask, count = touching_discs((128, 160), seed=0)
+    assert instances(mask, split=False).max() == count // 2
+
+
+def test_specks_removed_and_holes_filled():
+    mask = np.zeros((40, 40), bool)
+    mask[5:20, 5:20] = True
+    mask[10, 10] = False  # a hole
+    mask[30, 30] = True  # a speck
+    labels = instances(mask, min_size=4)
+    assert labels.max() == 1 and labels[10, 10] == 1 and labels[30, 30] == 0
+
+
+def test_segment_counts_nuclei():
+    image, mask = nuclei((128, 128), n=12, seed=3)
+    from scipy import ndimage as ndi
+
+    truth = ndi.label(mask)[1]
+    result = segment(image, instances=True, n_iter=30, n_runs=3, n_workers=0, seed=0,
+                     full_output=True)
+    count = result.metadata["clustering"]["count"]
+    assert result.labels.max() == count
+    assert abs(count - truth) <= max(1, 0.1 * truth), (count, truth)
+
+
+def test_instances_errors():
+    with pytest.raises(ValueError, match="2-D mask"):
+        instances(np.zeros((2, 8, 8), bool))
+    with pytest.raises(ValueError, match="instances=True needs foreground/background"):
+        segment(dark_on_bright()[0], instances=True, n_classes=3)
