@@ -130,7 +130,10 @@ def test_generator_can_be_stopped_early():
 def test_worker_processes_give_a_reproducible_prior():
     image, mask = dark_on_bright((48, 48))
     kw = dict(n_iter=10, n_runs=3, n_workers=2, seed=5)
-    a = segment(image, full_output=True, **kw)
+    seen = []
+    a = segment(image, full_output=True, progress=seen.append, **kw)
+    assert len({p.total for p in seen}) == 1  # the total is known from the start
+    assert seen[-1].step == seen[-1].total
     b = segment(image, full_output=True, **kw)
     np.testing.assert_array_equal(a.prior.prior, b.prior.prior)
     assert a.metadata["workers"] == 2

@@ -107,7 +107,9 @@ def iter_members_parallel(image: np.ndarray, crop: tuple, *, n_workers: int,
             reader.start()
             readers.append(reader)
         steps = [0] * len(shares)
-        totals = [fit_kwargs["n_iter"]] * len(shares)
+        batch = fit_kwargs.get("batch_size") or 0
+        totals = [fit_kwargs["n_iter"] * (-(-len(share) // batch) if batch else 1)
+                  for share in shares]
         previews: list[Optional[np.ndarray]] = [None] * len(shares)
         results: list[Optional[np.ndarray]] = [None] * len(shares)
         while any(r is None for r in results):
