@@ -141,3 +141,37 @@ def test_no_prior_flag(tmp_path):
     meta = json.loads((tmp_path / "o.json").read_text())
     assert meta["settings"]["use_prior"] is False
     assert not (tmp_path / "o_prior.tif").exists()
+
+
+def test_max_pixels_guard_and_unwritable_output(images, tmp_path, capsys):
+    code = main(["segment", str(images["a"]), "-o", str(tmp_path / "x.tif"),
+                 "--max-pixels", "1000", *FAST])
+    assert code == 1
+    assert "40x48 = 0.0 megapixels is above --max-pixels 1e+03" in capsys.readouterr().err
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        import os
+
+        if os.access(locked, os.W_OK):  # root ignores permissions: use a file as parent
+            blocker = tmp_path / "blocker"
+            blocker.write_text("x")
+            target = blocker / "out.tif"
+        else:
+            target = locked / "out.tif"
+        code = main(["segment", str(images["a"]), "-o", str(target), *FAST])
+        err = capsys.readouterr().err
+        assert code == 1 and "cannot write output" in err and "Traceback" not in err
+    finally:
+        locked.chmod(0o700)
+
+
+def test_output_equal_to_input_is_refused(tmp_path, capsys):
+    a, _ = dark_on_bright((32, 32))
+    path = tmp_path / "same.tif"
+    tifffile.imwrite(path, (a * 1000).astype(np.uint16))
+    before = path.read_bytes()
+    assert main(["segment", str(path), "-o", str(path), "--overwrite", *FAST]) == 1
+    assert "would overwrite the input" in capsys.readouterr().err
+    assert path.read_bytes() == before

@@ -175,3 +175,20 @@ def test_api_does_not_import_napari_or_qt():
             "'magicgui') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_a_fit_that_cannot_fit_in_memory_is_refused_up_front(monkeypatch):
+    from napari_dsp import _fit
+
+    monkeypatch.setattr(_fit, "available_bytes", lambda: 50e6)  # a 50 MB machine
+    with pytest.raises(ValueError, match=r"needs about .* GB of memory and 0.1 GB is "
+                                         r"available; downsample it"):
+        fit_prior(np.random.default_rng(0).random((256, 256)), n_iter=2, n_runs=2)
+
+
+def test_memory_estimate_is_close_to_the_measured_peak():
+    from napari_dsp._fit import estimate_bytes
+
+    # measured with benchmarks/bench_prior.py: 512x512 RGB, 11 runs, 2 workers of 2-member
+    # groups, float32: 2.61 GB peak for the whole process tree
+    assert 0.7 * 2.61e9 < estimate_bytes(512 * 512, 3, 11, 2, 2) < 1.3 * 2.61e9

@@ -166,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--scribbles", type=Path, default=None, metavar="FILE",
                      help="label image of user strokes (0 = unlabelled) for --method "
                           "kanezaki; same height and width as the input(s)")
+    seg.add_argument("--max-pixels", type=float, default=16.8e6, metavar="N",
+                     help="refuse images with more pixels per plane than this (default "
+                          "16.8e6, 4096x4096): a guard for batches of unknown files")
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_setting_flags(seg)
     demo = sub.add_parser("demo", help="segment a built-in sample image (scikit-image's "
@@ -222,6 +225,12 @@ def _run_segment(args) -> int:
                       file=sys.stderr)
                 continue
             image = read_image(src)
+            plane = int(np.prod(image.shape[:2])) if image.ndim >= 2 else image.size
+            if plane > args.max_pixels:
+                raise InputError(f"{src}: {image.shape[0]}x{image.shape[1]} = "
+                                 f"{plane / 1e6:.1f} megapixels is above --max-pixels "
+                                 f"{args.max_pixels:.3g}; downsample it first or raise "
+                                 f"--max-pixels")
             bar = None if args.quiet else ProgressBar(f"[{i}/{len(plan)}] {src.name}")
             result = segment(image, channel_axis=args.channel_axis, settings=settings,
                              progress=bar, full_output=True, scribbles=scribbles)

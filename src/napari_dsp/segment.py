@@ -118,6 +118,12 @@ def iter_fit_prior(image, settings: Optional[Settings] = None, *,
     if batch_size is None:
         batch_size = _fit.default_batch_size(settings.n_runs, n_pixels, padded.shape[0],
                                              device)
+    if device.type == "cpu":
+        if settings.n_workers is None:  # automatic: fewer processes rather than refusing
+            while workers > 1 and not _fits_in_memory(n_pixels, padded.shape[0],
+                                                      settings.n_runs, batch_size, workers):
+                workers -= 1
+        _check_memory(n_pixels, padded.shape[0], settings.n_runs, batch_size, workers)
     if workers:
         fit = _workers.iter_members_parallel(padded, crop, n_workers=workers, seeds=seeds,
                                              preview_every=settings.preview_every,
@@ -148,6 +154,28 @@ def iter_fit_prior(image, settings: Optional[Settings] = None, *,
     prior = _image.from_channels_first(median, ndim, channel_axis)
     out_axis = None if ndim == 2 else (-1 if channel_axis is None else channel_axis)
     return PriorResult(prior, spread, metadata, out_axis)
+
+
+def _fits_in_memory(n_pixels: int, n_channels: int, n_runs: int, batch_size: int,
+                    workers: int) -> bool:
+    have = _fit.available_bytes()
+    need = _fit.estimate_bytes(n_pixels, n_channels, n_runs, batch_size, workers)
+    return have is None or need <= 0.9 * have
+
+
+def _check_memory(n_pixels: int, n_channels: int, n_runs: int, batch_size: int,
+                  workers: int) -> None:
+    """Refuse up front a CPU fit that would not fit in memory (instead of swapping or
+    being killed half-way)."""
+    need = _fit.estimate_bytes(n_pixels, n_channels, n_runs, batch_size, workers)
+    have = _fit.available_bytes()
+    if not _fits_in_memory(n_pixels, n_channels, n_runs, batch_size, workers):
+        side = int(np.sqrt(n_pixels))
+        raise ValueError(
+            f"fitting this {n_pixels / 1e6:.1f}-megapixel image needs about "
+            f"{need / 1e9:.1f} GB of memory and {have / 1e9:.1f} GB is available; "
+            f"downsample it (e.g. skimage.transform.rescale(image, 0.5)), crop a region, "
+            f"or use fewer CPU workers (n_workers=1) ({side}x{side}-pixel equivalent)")
 
 
 def _describe_device(device) -> str:

@@ -279,3 +279,50 @@ def test_instances_checkbox_counts_objects_without_refit(viewer, qtbot):
     count = int(labels.max())
     assert count >= 6 and widget._status.value.endswith(f"; {count} objects")
     assert len(np.unique(labels)) == count + 1
+
+
+def test_a_second_run_is_refused_while_one_runs(viewer, qtbot, notes):
+    add_disc(viewer)
+    widget = open_widget(viewer)
+    tiny(widget, n_iter=3000)
+    worker = widget.run()
+    assert widget.run() is None
+    assert any("already running" in n for n in notes), notes
+    with qtbot.waitSignal(worker.finished, timeout=5000):
+        widget.cancel()
+
+
+def test_two_widgets_on_two_layers_run_at_once_without_mixing(viewer, qtbot):
+    a, mask_a = add_disc(viewer, "left")
+    image_b = 1.0 - dark_on_bright((40, 40), seed=7)[0]
+    b = viewer.add_image(image_b, name="right")
+    w1 = open_widget(viewer)
+    w2 = DSPWidget(viewer)
+    viewer.window.add_dock_widget(w2, name="second")
+    for w, layer in ((w1, a), (w2, b)):
+        w._image.value = layer
+        tiny(w, n_iter=30, n_runs=2)
+    w1.run()
+    w2.run()
+    qtbot.waitUntil(lambda: not w1.running and not w2.running, timeout=TIMEOUT)
+    assert viewer.layers["left labels"].data.shape == (48, 64)
+    assert viewer.layers["right labels"].data.shape == (40, 40)
+    fg = viewer.layers["left labels"].data == 1
+    assert np.logical_and(fg, mask_a).sum() / np.logical_or(fg, mask_a).sum() > 0.8
+
+
+def test_repeated_cancel_and_restart_leaves_the_viewer_consistent(viewer, qtbot):
+    add_disc(viewer)
+    widget = open_widget(viewer)
+    tiny(widget, n_iter=3000)
+    widget._preview_every.value = 1
+    rng = np.random.default_rng(0)
+    for _ in range(8):
+        worker = widget.run()
+        qtbot.wait(int(rng.integers(0, 400)))
+        with qtbot.waitSignal(worker.finished, timeout=5000):
+            widget.cancel()
+        assert [x.name for x in viewer.layers] == ["cells"]
+    tiny(widget, n_iter=5)
+    run_and_wait(qtbot, widget)
+    assert [x.name for x in viewer.layers] == ["cells", "cells prior", "cells labels"]
