@@ -175,3 +175,58 @@ def test_output_equal_to_input_is_refused(tmp_path, capsys):
     assert main(["segment", str(path), "-o", str(path), "--overwrite", *FAST]) == 1
     assert "would overwrite the input" in capsys.readouterr().err
     assert path.read_bytes() == before
+
+
+def test_ctrl_c_leaves_complete_outputs_and_a_rerun_resumes(images, tmp_path, monkeypatch,
+                                                           capsys):
+    import sys
+
+    seg_module = sys.modules["napari_dsp.segment"]
+
+    real = seg_module.segment
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(seg_module, "segment", interrupted)
+    out = tmp_path / "batch"
+    argv = ["segment", str(images["a"]), str(images["b"]), str(images["c"]), "-o", str(out),
+            *FAST]
+    assert main(argv) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["a_labels.json", "a_labels.tif"]
+    first = (out / "a_labels.tif").read_bytes()
+    monkeypatch.setattr(seg_module, "segment", real)
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "a_labels.tif exists, skipped" in err
+    assert (out / "a_labels.tif").read_bytes() == first
+    assert (out / "b_labels.tif").exists() and (out / "c_labels.tif").exists()
+
+
+def test_stack_flag(tmp_path):
+    a, _ = dark_on_bright((32, 32), seed=1)
+    tifffile.imwrite(tmp_path / "z.tif", (np.stack([a, a, a]) * 1000).astype(np.uint16),
+                     photometric="minisblack")
+    assert main(["segment", str(tmp_path / "z.tif"), "-o", str(tmp_path / "zl.tif"),
+                 "--stack", *FAST]) == 0
+    assert tifffile.imread(tmp_path / "zl.tif").shape == (3, 32, 32)
+    # without --stack a (3, Y, X) file is refused with the way out in the message
+    code = main(["segment", str(tmp_path / "z.tif"), "-o", str(tmp_path / "no.tif"), *FAST])
+    assert code == 1
+
+
+def test_truncated_tiff_in_a_batch(images, tmp_path, capsys):
+    whole = (images["a"]).read_bytes()
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(whole[: len(whole) // 2])
+    out = tmp_path / "o"
+    code = main(["segment", str(cut), str(images["b"]), "-o", str(out), *FAST])
+    err = capsys.readouterr().err
+    assert code == 1 and "cut.tif: cannot be read as an image" in err
+    assert "Traceback" not in err
+    assert (out / "b_labels.tif").exists() and not (out / "cut_labels.tif").exists()

@@ -43,6 +43,9 @@ def test_pad_to_multiple_and_crop_back(h, w, rng):
 @pytest.mark.parametrize("image, kwargs, error, match", [
     (np.zeros((0, 10)), {}, ValueError, "empty"),
     (np.zeros((8, 30)), {}, ValueError, "at least 16x16"),
+    (np.zeros((1, 1)), {}, ValueError, "image is 1x1 pixels; at least 16x16"),
+    (np.zeros((3, 3)), {}, ValueError, "image is 3x3 pixels; at least 16x16"),
+    (np.zeros((2, 2, 2, 2, 32, 32)), {}, ValueError, "6 dimensions"),
     (np.zeros((4, 4, 4, 4)), {}, ValueError, "4 dimensions"),
     (np.zeros((40, 40, 7)), {}, ValueError, "channel_axis"),
     (np.zeros((40, 40), complex), {}, TypeError, "np.abs"),
@@ -68,3 +71,17 @@ def test_nan_inf_and_constant_are_refused():
         normalize(to_channels_first(np.full((32, 32), 7, np.uint8)))
     with pytest.raises(ValueError, match="constant"):
         normalize(to_channels_first(np.zeros((32, 32), bool)))
+
+
+def test_int64_with_huge_values_and_floats_outside_unit_range(rng):
+    big = rng.integers(-(2**62), 2**62, size=(32, 32), dtype=np.int64)
+    out = normalize(to_channels_first(big))
+    assert out.dtype == np.float32 and 0 <= out.min() and out.max() <= 1 and out.std() > 0.2
+    wide = rng.normal(0, 1e6, (32, 32))
+    assert normalize(to_channels_first(wide)).max() == 1.0
+
+
+def test_channel_first_rgb_is_not_guessed():
+    with pytest.raises(ValueError, match="channel_axis=0 for a \\(C, Y, X\\)"):
+        to_channels_first(np.zeros((3, 64, 64)))
+    assert to_channels_first(np.zeros((3, 64, 64)), channel_axis=0).shape == (3, 64, 64)

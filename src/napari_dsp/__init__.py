@@ -18,7 +18,9 @@ from .segment import (
     fit_prior,
     iter_fit_prior,
     iter_segment,
+    iter_segment_stack,
     segment,
+    segment_stack,
 )
 from .settings import FIELDS, Settings
 
@@ -34,5 +36,7 @@ __all__ = [
     "iter_fit_prior",
     "iter_segment",
     "segment",
+    "segment_stack",
+    "iter_segment_stack",
     "tune_cpu_allocator",
 ]

@@ -166,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--scribbles", type=Path, default=None, metavar="FILE",
                      help="label image of user strokes (0 = unlabelled) for --method "
                           "kanezaki; same height and width as the input(s)")
+    seg.add_argument("--stack", action="store_true",
+                     help="treat leading axes (Z, T, T x Z) as planes: every plane gets "
+                          "its own prior, classes are shared across planes")
     seg.add_argument("--max-pixels", type=float, default=16.8e6, metavar="N",
                      help="refuse images with more pixels per plane than this (default "
                           "16.8e6, 4096x4096): a guard for batches of unknown files")
@@ -225,15 +228,23 @@ def _run_segment(args) -> int:
                       file=sys.stderr)
                 continue
             image = read_image(src)
-            plane = int(np.prod(image.shape[:2])) if image.ndim >= 2 else image.size
+            spatial = image.shape[-2:] if args.stack and args.channel_axis is None else \
+                image.shape[:2]
+            plane = int(np.prod(spatial)) if image.ndim >= 2 else image.size
             if plane > args.max_pixels:
-                raise InputError(f"{src}: {image.shape[0]}x{image.shape[1]} = "
+                raise InputError(f"{src}: {spatial[0]}x{spatial[1]} = "
                                  f"{plane / 1e6:.1f} megapixels is above --max-pixels "
                                  f"{args.max_pixels:.3g}; downsample it first or raise "
                                  f"--max-pixels")
             bar = None if args.quiet else ProgressBar(f"[{i}/{len(plan)}] {src.name}")
-            result = segment(image, channel_axis=args.channel_axis, settings=settings,
-                             progress=bar, full_output=True, scribbles=scribbles)
+            if args.stack:
+                from .segment import segment_stack
+
+                result = segment_stack(image, channel_axis=args.channel_axis,
+                                       settings=settings, progress=bar, full_output=True)
+            else:
+                result = segment(image, channel_axis=args.channel_axis, settings=settings,
+                                 progress=bar, full_output=True, scribbles=scribbles)
             if args.prior and result.prior is not None:
                 write_tiff(prior_path, result.prior.prior)
             meta = dict(result.metadata, input=str(src), labels=str(dst))

@@ -28,49 +28,61 @@ N_INIT = 10
 BAND_FRACTION, MIN_BAND, TIE_MARGIN = 0.02, 2, 0.1
 
 
-def window_features(prior: np.ndarray, window: int, rng: np.random.Generator,
-                    n_components: int = N_COMPONENTS) -> np.ndarray:
-    """Project every pixel's ``window x window`` neighbourhood of ``prior`` onto its
-    principal axes.
-
-    Parameters
-    ----------
-    prior : ndarray, shape (C, Y, X), float32
-    window : int
-        Odd window side. The prior is reflect-padded, so border pixels see mirrored
-        content rather than zeros (zeros would make the border ring a cluster of its own).
-
-    Returns
-    -------
-    ndarray, shape (Y * X, D), float32
-        D = min(n_components, window**2 * C).
-    """
-    c, h, w = prior.shape
+def _padded(prior: np.ndarray, window: int) -> torch.Tensor:
     r = window // 2
     x = torch.from_numpy(np.ascontiguousarray(prior, dtype=np.float32))[None]
-    if r:
-        x = torch.nn.functional.pad(x, (r, r, r, r), mode="reflect")
+    return torch.nn.functional.pad(x, (r, r, r, r), mode="reflect") if r else x
+
+
+def principal_axes(priors: list, window: int, rng: np.random.Generator,
+                   n_components: int = N_COMPONENTS) -> tuple[np.ndarray, np.ndarray]:
+    """Principal axes ``(k, C, window, window)`` and mean of the window features of a
+    pixel sample pooled over ``priors`` (each ``(C, Y, X)``).
+
+    The priors are reflect-padded, so border pixels see mirrored content rather than zeros
+    (zeros would make the border ring a cluster of its own).
+    """
+    c = priors[0].shape[0]
     d = window * window * c
-    # Explicit features of a pixel sample, ordered (c, dy, dx) like a conv weight.
-    n = min(PCA_SAMPLE, h * w)
-    idx = rng.choice(h * w, size=n, replace=False)
-    ys, xs = np.divmod(idx, w)
+    per_plane = max(1, PCA_SAMPLE // len(priors))
     dy, dx = np.mgrid[0:window, 0:window]
-    sample = x[0][:, ys[:, None, None] + dy[None], xs[:, None, None] + dx[None]]
-    sample = sample.permute(1, 0, 2, 3).reshape(n, d).double().numpy()
+    samples = []
+    for prior in priors:
+        h, w = prior.shape[1:]
+        x = _padded(prior, window)
+        n = min(per_plane, h * w)
+        idx = rng.choice(h * w, size=n, replace=False)
+        ys, xs = np.divmod(idx, w)
+        sample = x[0][:, ys[:, None, None] + dy[None], xs[:, None, None] + dx[None]]
+        samples.append(sample.permute(1, 0, 2, 3).reshape(n, d).double().numpy())
+    sample = np.concatenate(samples, 0)
     mean = sample.mean(0)
     k = min(n_components, d)
     if d <= k:
         axes = np.eye(d)
     else:
-        cov = np.cov(sample - mean, rowvar=False)
-        vals, vecs = np.linalg.eigh(cov)
+        _, vecs = np.linalg.eigh(np.cov(sample - mean, rowvar=False))
         axes = vecs[:, ::-1][:, :k].T  # (k, d), largest variance first
-    weight = torch.from_numpy(axes.reshape(k, c, window, window).astype(np.float32))
-    bias = torch.from_numpy(-(axes @ mean).astype(np.float32))
+    return axes.reshape(k, c, window, window), mean
+
+
+def project(prior: np.ndarray, axes: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Window features of every pixel of ``prior`` on ``axes``, computed as one
+    convolution: ``(Y * X, k)`` float32."""
+    k, _, window, _ = axes.shape
+    weight = torch.from_numpy(axes.astype(np.float32))
+    bias = torch.from_numpy(-(axes.reshape(k, -1) @ mean).astype(np.float32))
     with torch.no_grad():
-        proj = torch.nn.functional.conv2d(x, weight, bias)[0]  # (k, h, w)
-    return proj.reshape(k, h * w).T.contiguous().numpy()
+        proj = torch.nn.functional.conv2d(_padded(prior, window), weight, bias)[0]
+    return proj.reshape(k, -1).T.contiguous().numpy()
+
+
+def window_features(prior: np.ndarray, window: int, rng: np.random.Generator,
+                    n_components: int = N_COMPONENTS) -> np.ndarray:
+    """Project every pixel's ``window x window`` neighbourhood of ``prior`` (``(C, Y,
+    X)``) onto its principal axes: ``(Y * X, D)`` float32, D = min(8, window**2 * C)."""
+    axes, mean = principal_axes([prior], window, rng, n_components)
+    return project(prior, axes, mean)
 
 
 def kmeans_labels(features: np.ndarray, n_clusters: int, seed: int,
@@ -91,25 +103,7 @@ def kmeans_labels(features: np.ndarray, n_clusters: int, seed: int,
                          f"{n_clusters} classes asked for; lower n_classes")
     km = KMeans(n_clusters=n_clusters, n_init=N_INIT, random_state=seed).fit(fit_rows)
     centers = km.cluster_centers_.astype(np.float32)
-    labels = np.empty(n, dtype=np.int32)
-    cc = (centers ** 2).sum(1)
-    for start in range(0, n, chunk):
-        block = features[start:start + chunk]
-        dist = cc[None, :] - 2.0 * block @ centers.T
-        labels[start:start + chunk] = dist.argmin(1)
-    return labels, centers
-
-
-def order_by_intensity(labels: np.ndarray, prior: np.ndarray, n_clusters: int
-                       ) -> np.ndarray:
-    """Renumber clusters 1..K by increasing mean prior intensity (all channels)."""
-    intensity = prior.mean(0).reshape(-1)
-    counts = np.bincount(labels, minlength=n_clusters)
-    sums = np.bincount(labels, weights=intensity, minlength=n_clusters)
-    means = np.where(counts > 0, sums / np.maximum(counts, 1), np.inf)
-    rank = np.empty(n_clusters, dtype=np.int32)
-    rank[np.argsort(means, kind="stable")] = np.arange(1, n_clusters + 1)
-    return rank[labels]
+    return assign(features, centers, chunk), centers
 
 
 def border_band(shape: tuple[int, int]) -> np.ndarray:
@@ -119,6 +113,15 @@ def border_band(shape: tuple[int, int]) -> np.ndarray:
     band = np.zeros(shape, dtype=bool)
     band[:b], band[-b:], band[:, :b], band[:, -b:] = True, True, True, True
     return band
+
+
+def choose_foreground_planes(planes: list) -> tuple[int, dict]:
+    """:func:`choose_foreground` over the border bands of several planes together."""
+    if len(planes) == 1:
+        return choose_foreground(planes[0])
+    border = np.concatenate([p[border_band(p.shape)] for p in planes])
+    area = np.concatenate([p.reshape(-1) for p in planes])
+    return _decide(float(border.mean()), float(area.mean()))
 
 
 def choose_foreground(two_class: np.ndarray) -> tuple[int, dict]:
@@ -132,8 +135,11 @@ def choose_foreground(two_class: np.ndarray) -> tuple[int, dict]:
     Returns the foreground class and the numbers behind the decision.
     """
     band = border_band(two_class.shape)
-    border_share = float(two_class[band].mean())  # share of class 1 on the border
-    area_share = float(two_class.mean())
+    # shares of class 1 on the border and in the whole image
+    return _decide(float(two_class[band].mean()), float(two_class.mean()))
+
+
+def _decide(border_share: float, area_share: float) -> tuple[int, dict]:
     if abs(border_share - (1.0 - border_share)) >= TIE_MARGIN:
         fg = 0 if border_share > 0.5 else 1
         why = "covers less of the image border"
@@ -152,19 +158,49 @@ def cluster_prior(prior: np.ndarray, *, n_classes: int, window: int, seed: int,
 
     Returns ``(labels, info)`` with ``labels`` uint8/uint16 of shape ``(Y, X)``.
     """
-    c, h, w = prior.shape
+    labels, info = cluster_priors([prior], n_classes=n_classes, window=window, seed=seed,
+                                  invert=invert)
+    return labels[0], info
+
+
+def cluster_priors(priors: list, *, n_classes: int, window: int, seed: int,
+                   invert: bool = False) -> tuple[list, dict]:
+    """Segment several ``(C, Y, X)`` priors (the planes of a stack) with SHARED K-means
+    centres, class order and foreground decision, so an id means the same thing in every
+    plane. Returns ``(list of (Y, X) label maps, info)``."""
     rng = np.random.default_rng(seed)
-    feats = window_features(prior, window, rng)
-    raw, _ = kmeans_labels(feats, n_classes, seed)
-    ordered = order_by_intensity(raw, prior, n_classes).reshape(h, w)
+    axes, mean = principal_axes(priors, window, rng)
+    feats = [project(p, axes, mean) for p in priors]
+    per_plane = max(1, KMEANS_SAMPLE // len(priors))
+    pooled = np.concatenate([f if len(f) <= per_plane else
+                             f[np.sort(rng.choice(len(f), per_plane, replace=False))]
+                             for f in feats], 0)
+    _, centers = kmeans_labels(pooled, n_classes, seed)
+    raw = [assign(f, centers) for f in feats]
+    # Class order by mean prior intensity over all planes.
+    counts = sum(np.bincount(r, minlength=n_classes) for r in raw)
+    sums = sum(np.bincount(r, weights=p.mean(0).reshape(-1), minlength=n_classes)
+               for r, p in zip(raw, priors))
+    means = np.where(counts > 0, sums / np.maximum(counts, 1), np.inf)
+    rank = np.empty(n_classes, dtype=np.int32)
+    rank[np.argsort(means, kind="stable")] = np.arange(1, n_classes + 1)
+    ordered = [rank[r].reshape(p.shape[1:]) for r, p in zip(raw, priors)]
     dtype = np.uint8 if n_classes < 256 else np.uint16
     info: dict = {}
-    if n_classes == 2:
-        two = (ordered == 2).astype(np.uint8)  # 1 = the brighter class
-        fg, info = choose_foreground(two)
-        fg_mask = two == fg
-        if invert:
-            fg_mask = ~fg_mask
-        info["inverted"] = bool(invert)
-        return fg_mask.astype(dtype), info
-    return ordered.astype(dtype), info
+    if n_classes != 2:
+        return [o.astype(dtype) for o in ordered], info
+    two = [(o == 2).astype(np.uint8) for o in ordered]  # 1 = the brighter class
+    fg, info = choose_foreground_planes(two)
+    out = [((t == fg) ^ bool(invert)).astype(dtype) for t in two]
+    info["inverted"] = bool(invert)
+    return out, info
+
+
+def assign(features: np.ndarray, centers: np.ndarray, chunk: int = 1_000_000) -> np.ndarray:
+    """Nearest centre of every row, in chunks (bounded memory)."""
+    labels = np.empty(len(features), dtype=np.int32)
+    cc = (centers ** 2).sum(1)
+    for start in range(0, len(features), chunk):
+        block = features[start:start + chunk]
+        labels[start:start + chunk] = (cc[None, :] - 2.0 * block @ centers.T).argmin(1)
+    return labels

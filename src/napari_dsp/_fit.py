@@ -36,6 +36,8 @@ class FitProgress:
     preview: Optional[np.ndarray] = None
     loss: Optional[float] = None
     stage: str = "prior"
+    plane: int = 0
+    n_planes: int = 1
 
 
 def resolve_device(device: str) -> torch.device:

@@ -53,12 +53,14 @@ def to_channels_first(image, channel_axis: Optional[int] = None) -> np.ndarray:
         raise ValueError(
             f"image has shape {image.shape}: a 3-D image needs channel_axis=... (for example "
             f"channel_axis=0 for a (C, Y, X) multichannel image); only a last axis of 3 or 4 "
-            f"is taken as RGB(A) by itself")
+            f"is taken as RGB(A) by itself. For a z-stack or time-lapse use segment_stack() "
+            f"(command line: --stack)")
     else:
         raise ValueError(
             f"image has {image.ndim} dimensions (shape {image.shape}); pass a 2-D image "
             f"(Y, X), an RGB(A) image (Y, X, 3|4) or a 3-D multichannel image with "
-            f"channel_axis=...; for stacks and time-lapses pass one plane, e.g. image[0]")
+            f"channel_axis=...; for stacks and time-lapses use segment_stack() (command "
+            f"line: --stack) or pass one plane, e.g. image[0]")
     if min(chw.shape[1:]) < MIN_SIDE:
         raise ValueError(f"image is {chw.shape[1]}x{chw.shape[2]} pixels; at least "
                          f"{MIN_SIDE}x{MIN_SIDE} is needed (upsample it or pick a larger "

@@ -428,3 +428,101 @@ def segment(image=None, *, n_classes: Optional[int] = None,
     result = _drain(iter_segment(image, prior=prior, channel_axis=channel_axis,
                                  settings=settings, scribbles=scribbles), progress)
     return result if full_output else result.labels
+
+
+def iter_segment_stack(image, *, channel_axis: Optional[int] = None,
+                       settings: Optional[Settings] = None, **overrides: Any
+                       ) -> Generator[FitProgress, None, SegmentResult]:
+    """Generator form of :func:`segment_stack`: yields progress (``plane`` and
+    ``n_planes`` set), returns a :class:`SegmentResult` of stacks."""
+    settings = make_settings(settings, **overrides)
+    if settings.method != "kmeans":
+        raise ValueError("segment_stack supports method='kmeans' only in this version; "
+                         "run method='kanezaki' plane by plane")
+    if settings.instances:
+        raise ValueError("instances=True is not supported for stacks yet; call "
+                         "napari_dsp.instances-style labelling per plane")
+    arr = np.asarray(image)
+    if channel_axis is not None:
+        if isinstance(channel_axis, bool) or not isinstance(channel_axis, (int, np.integer)):
+            raise TypeError(f"channel_axis must be an integer or None, got {channel_axis!r}")
+        if not -arr.ndim <= channel_axis < arr.ndim:
+            raise ValueError(f"channel_axis={channel_axis} is out of range for an image "
+                             f"with {arr.ndim} dimensions")
+        arr = np.moveaxis(arr, channel_axis, -1)
+    spatial_ndim = 2 + (channel_axis is not None)
+    lead = arr.shape[:arr.ndim - spatial_ndim]
+    if arr.ndim < spatial_ndim:
+        raise ValueError(f"image has shape {np.shape(image)}: a stack needs at least "
+                         f"{spatial_ndim} dimensions")
+    if len(lead) > 2:
+        raise ValueError(f"image has {arr.ndim} dimensions (shape {np.shape(image)}); "
+                         f"stacks up to T x Z x Y x X (plus a channel axis) are supported; "
+                         f"split the rest first, or pass channel_axis=...")
+    planes = list(np.ndindex(*lead)) if lead else [()]
+    seed = draw_seed() if settings.seed is None else int(settings.seed)
+    settings = settings.replace(seed=seed)
+    plane_axis = -1 if channel_axis is not None else None
+    priors, plane_priors, spreads, meta = [], [], [], {}
+    for i, index in enumerate(planes):
+        fit = iter_fit_prior(arr[index], settings, channel_axis=plane_axis)
+        while True:
+            try:
+                p = next(fit)
+            except StopIteration as stop:
+                result = stop.value
+                break
+            yield FitProgress(p.step, p.total, p.preview, p.loss, p.stage, i, len(planes))
+        priors.append(result.channels_first())
+        plane_priors.append(result.prior)  # (Y, X) or (Y, X, C)
+        spreads.append(result.spread)
+        meta = result.metadata
+    labels, info = _cluster.cluster_priors(priors, n_classes=settings.n_classes,
+                                           window=settings.window, seed=seed,
+                                           invert=settings.invert)
+    labels_stack = np.stack(labels).reshape(lead + labels[0].shape)
+    prior_stack = np.stack(plane_priors).reshape(lead + plane_priors[0].shape)
+    if channel_axis is not None:
+        prior_stack = np.moveaxis(prior_stack, -1, channel_axis)
+    spread_stack = np.stack(spreads).reshape(lead + spreads[0].shape)
+    metadata = dict(meta, input_shape=tuple(int(v) for v in np.shape(image)),
+                    channel_axis=channel_axis, n_planes=len(planes), clustering=info)
+    prior_result = PriorResult(prior_stack, spread_stack, metadata, channel_axis)
+    return SegmentResult(labels_stack, prior_result, metadata)
+
+
+def segment_stack(image, *, channel_axis: Optional[int] = None,
+                  settings: Optional[Settings] = None,
+                  progress: Optional[ProgressCallback] = None, full_output: bool = False,
+                  **overrides: Any):
+    """Segment every 2-D plane of a stack or time-lapse with shared classes.
+
+    The last two axes (after removing ``channel_axis``) are Y and X; every index of the
+    leading axes (Z, T or T x Z) is a plane with its own prior. K-means centres, the class
+    order and the foreground decision are computed once over all planes, so a class id
+    means the same thing in every plane.
+
+    Parameters
+    ----------
+    image : array_like, shape (..., Y, X) with at most two leading axes
+        Plus a channel axis anywhere when ``channel_axis`` is given.
+    channel_axis, settings, progress, overrides
+        As for :func:`segment` (``method='kmeans'`` only).
+    full_output : bool
+        Return a :class:`SegmentResult` whose prior and spread are stacks too.
+
+    Returns
+    -------
+    labels : ndarray, shape (..., Y, X), uint8
+
+    Raises
+    ------
+    TypeError, ValueError
+        For more than two leading axes, a bad ``channel_axis``, and as :func:`segment`.
+    """
+    settings = make_settings(settings, **overrides)
+    if progress is None:
+        settings = settings.replace(preview_every=0)
+    result = _drain(iter_segment_stack(image, channel_axis=channel_axis, settings=settings),
+                    progress)
+    return result if full_output else result.labels

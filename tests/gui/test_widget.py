@@ -326,3 +326,11 @@ def test_repeated_cancel_and_restart_leaves_the_viewer_consistent(viewer, qtbot)
     tiny(widget, n_iter=5)
     run_and_wait(qtbot, widget)
     assert [x.name for x in viewer.layers] == ["cells", "cells prior", "cells labels"]
+
+
+def test_only_image_layers_are_offered(viewer):
+    viewer.add_labels(np.zeros((32, 32), np.uint8), name="a labels layer")
+    viewer.add_points(np.zeros((3, 2)), name="some points")
+    widget = open_widget(viewer)
+    assert widget._image.choices == ()
+    assert widget.run() is None  # nothing to run on: a notification, no worker
