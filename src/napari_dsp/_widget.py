@@ -66,18 +66,56 @@ def placement(layer) -> dict:
 
 
 @dataclass
+class _Slot:
+    """One output layer of a source layer, with what it takes to undo an unfinished run:
+    a layer this run created is removed, a layer of an earlier run gets its data back."""
+
+    layer: Any = None
+    previous: Any = None  # data before this run's previews
+    created: bool = False  # made by this run
+
+    def alive(self, viewer) -> bool:
+        return self.layer is not None and self.layer in viewer.layers
+
+    def show(self, viewer, add, data, name: str, running: bool = False, **kwargs) -> None:
+        """Put ``data`` in the layer (made with ``add`` if needed). ``running`` marks a
+        preview: the layer is named "... (running)" and the undo state is kept."""
+        label = name + " (running)" if running else name
+        if self.alive(viewer):
+            if running and self.previous is None and not self.created:
+                self.previous = self.layer.data
+            self.layer.data = data
+            self.layer.name = label
+            if "metadata" in kwargs:
+                self.layer.metadata.update(kwargs["metadata"])
+        else:
+            self.layer = add(data, name=label, **kwargs)
+            self.created = running
+        if not running:
+            self.commit()
+
+    def commit(self) -> None:
+        self.previous, self.created = None, False
+
+    def rollback(self, viewer, name: str) -> None:
+        if self.alive(viewer):
+            if self.created:
+                viewer.layers.remove(self.layer)
+                self.layer = None
+            elif self.previous is not None:
+                self.layer.data = self.previous
+                self.layer.name = name
+        self.commit()
+
+
+@dataclass
 class _Outputs:
     """What one source layer got from this widget."""
 
     prior: Optional[PriorResult] = None
-    prior_layer: Any = None
-    labels_layer: Any = None
-    spread_layer: Any = None
-    previous_prior_data: Any = None  # restored if a re-run is cancelled
-    created_prior_layer: bool = False
-    previous_labels_data: Any = None
-    created_labels_layer: bool = False
-    extra: dict = field(default_factory=dict)
+    prior_slot: _Slot = field(default_factory=_Slot)
+    labels_slot: _Slot = field(default_factory=_Slot)
+    spread_slot: _Slot = field(default_factory=_Slot)
 
 
 class FitError(Exception):
@@ -256,10 +294,8 @@ class DSPWidget(Container):
         self._gen = gen
         self._running_layer = layer
         out = self._outputs.setdefault(id(layer), _Outputs())
-        out.previous_prior_data = None
-        out.created_prior_layer = False
-        out.previous_labels_data = None
-        out.created_labels_layer = False
+        out.prior_slot.commit()
+        out.labels_slot.commit()
         self._last_preview = 0.0
         # The total is corrected by the first progress report (it depends on batching).
         self._progress = napari_progress(total=settings.n_iter,
@@ -331,30 +367,12 @@ class DSPWidget(Container):
             return
         out = self._outputs.setdefault(id(layer), _Outputs())
         if p.stage == "classes":
-            self._preview_labels(layer, out, p.preview)
-            return
-        name = f"{layer.name} prior"
-        if out.prior_layer is not None and out.prior_layer in self._viewer.layers:
-            if out.previous_prior_data is None and not out.created_prior_layer:
-                out.previous_prior_data = out.prior_layer.data
-            out.prior_layer.data = p.preview
-            out.prior_layer.name = name + " (running)"
+            out.labels_slot.show(self._viewer, self._viewer.add_labels, p.preview,
+                                 f"{layer.name} labels", running=True, **placement(layer))
         else:
-            out.prior_layer = self._viewer.add_image(
-                p.preview, name=name + " (running)", rgb=p.preview.ndim == 3,
-                **placement(layer))
-            out.created_prior_layer = True
-
-    def _preview_labels(self, layer, out: _Outputs, labels: np.ndarray) -> None:
-        name = f"{layer.name} labels (running)"
-        if out.labels_layer is not None and out.labels_layer in self._viewer.layers:
-            if out.previous_labels_data is None and not out.created_labels_layer:
-                out.previous_labels_data = out.labels_layer.data
-            out.labels_layer.data = labels
-            out.labels_layer.name = name
-        else:
-            out.labels_layer = self._viewer.add_labels(labels, name=name, **placement(layer))
-            out.created_labels_layer = True
+            out.prior_slot.show(self._viewer, self._viewer.add_image, p.preview,
+                                f"{layer.name} prior", running=True,
+                                rgb=p.preview.ndim == 3, **placement(layer))
 
     def _on_returned(self, result: SegmentResult) -> None:
         if not self._gui_alive():
@@ -367,80 +385,34 @@ class DSPWidget(Container):
             return
         out = self._outputs.setdefault(id(layer), _Outputs())
         if result.prior is not None:
-            self._show_prior(layer, out, result)
+            out.prior = result.prior
+            prior = result.prior.prior
+            out.prior_slot.show(self._viewer, self._viewer.add_image, prior,
+                                f"{layer.name} prior", metadata={META_KEY: result.metadata},
+                                rgb=prior.ndim == 3, **placement(layer))
         self._show_labels(layer, out, result)
-        out.previous_labels_data = None
-        out.created_labels_layer = False
         if self._show_spread.value and out.prior is not None:
-            self._show_spread_layer(layer, out)
+            out.spread_slot.show(
+                self._viewer, self._viewer.add_image, out.prior.spread,
+                f"{layer.name} spread", colormap="magma",
+                metadata={META_KEY: {"what": "per-pixel standard deviation across the "
+                                             "ensemble (mean over channels)"}},
+                **placement(layer))
         seed = result.metadata["settings"]["seed"]
         self._status.value = f"done on {result.metadata['device']} (seed {seed})" + \
             self._count_text(result)
 
-    def _show_prior(self, layer, out: _Outputs, result: SegmentResult) -> None:
-        out.prior = result.prior
-        meta = {META_KEY: result.metadata}
-        prior = result.prior.prior
-        name = f"{layer.name} prior"
-        if out.prior_layer is not None and out.prior_layer in self._viewer.layers:
-            out.prior_layer.data = prior
-            out.prior_layer.name = name
-            out.prior_layer.metadata.update(meta)
-        else:
-            out.prior_layer = self._viewer.add_image(prior, name=name, metadata=meta,
-                                                     rgb=prior.ndim == 3,
-                                                     **placement(layer))
-        out.previous_prior_data = None
-        out.created_prior_layer = False
-
     def _show_labels(self, layer, out: _Outputs, result: SegmentResult) -> None:
-        meta = {META_KEY: result.metadata}
-        name = f"{layer.name} labels"
-        if out.labels_layer is not None and out.labels_layer in self._viewer.layers:
-            out.labels_layer.data = result.labels
-            out.labels_layer.name = name
-            out.labels_layer.metadata.update(meta)
-        else:
-            out.labels_layer = self._viewer.add_labels(result.labels, name=name,
-                                                       metadata=meta, **placement(layer))
-
-    def _show_spread_layer(self, layer, out: _Outputs) -> None:
-        spread = out.prior.spread
-        if out.spread_layer is not None and out.spread_layer in self._viewer.layers:
-            out.spread_layer.data = spread
-        else:
-            out.spread_layer = self._viewer.add_image(
-                spread, name=f"{layer.name} spread", colormap="magma", visible=True,
-                metadata={META_KEY: {"what": "per-pixel standard deviation across the "
-                                             "ensemble (mean over channels)"}},
-                **placement(layer))
+        out.labels_slot.show(self._viewer, self._viewer.add_labels, result.labels,
+                             f"{layer.name} labels", metadata={META_KEY: result.metadata},
+                             **placement(layer))
 
     def _drop_partial_prior(self, layer) -> None:
-        """Undo what a run that did not finish put in the viewer: layers it created go,
-        layers of an earlier run get their data back."""
+        """Undo what a run that did not finish put in the viewer."""
         out = self._outputs.get(id(layer)) if layer is not None else None
-        if out is None:
-            return
-        if out.labels_layer is not None and out.labels_layer in self._viewer.layers:
-            if out.created_labels_layer:
-                self._viewer.layers.remove(out.labels_layer)
-                out.labels_layer = None
-            elif out.previous_labels_data is not None:
-                out.labels_layer.data = out.previous_labels_data
-                out.labels_layer.name = f"{layer.name} labels"
-        out.previous_labels_data = None
-        out.created_labels_layer = False
-        if out.prior_layer is None:
-            return
-        if out.prior_layer in self._viewer.layers:
-            if out.created_prior_layer:
-                self._viewer.layers.remove(out.prior_layer)
-                out.prior_layer = None
-            elif out.previous_prior_data is not None:
-                out.prior_layer.data = out.previous_prior_data
-                out.prior_layer.name = f"{layer.name} prior"
-        out.previous_prior_data = None
-        out.created_prior_layer = False
+        if out is not None:
+            out.labels_slot.rollback(self._viewer, f"{layer.name} labels")
+            out.prior_slot.rollback(self._viewer, f"{layer.name} prior")
 
     def _on_errored(self, exc: Exception) -> None:
         if not self._gui_alive():
@@ -478,7 +450,7 @@ class DSPWidget(Container):
         out = self._outputs.get(id(layer)) if layer is not None else None
         if self.running or out is None or out.prior is None or self._mode.value == MODES[2]:
             return
-        if out.labels_layer is None or out.labels_layer not in self._viewer.layers:
+        if not out.labels_slot.alive(self._viewer):
             return
         try:
             result = cluster(out.prior, self.settings())
