@@ -192,3 +192,13 @@ def test_memory_estimate_is_close_to_the_measured_peak():
     # measured with benchmarks/bench_prior.py: 512x512 RGB, 11 runs, 2 workers of 2-member
     # groups, float32: 2.61 GB peak for the whole process tree
     assert 0.7 * 2.61e9 < estimate_bytes(512 * 512, 3, 11, 2, 2) < 1.3 * 2.61e9
+
+
+def test_a_failing_worker_process_becomes_a_clear_error(monkeypatch):
+    # A worker that cannot start (a broken interpreter path) must give an error with a
+    # way out, not hang.
+    import napari_dsp._workers as workers
+
+    monkeypatch.setattr(workers.sys, "executable", "/bin/false")
+    with pytest.raises(RuntimeError, match="worker process stopped unexpectedly.*n_workers=0"):
+        fit_prior(np.random.default_rng(0).random((32, 32)), n_iter=2, n_runs=2, n_workers=2)

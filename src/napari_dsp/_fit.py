@@ -1,8 +1,8 @@
 """Fitting the prior: the ensemble of generator fits as a generator of progress.
 
-``iter_fit`` yields a :class:`FitProgress` after every iteration (so a consumer can stop
-within one iteration) and returns a ``(median, spread)`` pair. Nothing here knows about
-napari, Qt or files.
+``iter_members`` yields a :class:`FitProgress` after every iteration (so a consumer can
+stop within one iteration) and returns the members' outputs; ``summarize`` turns them into
+the prior (median) and its spread. Nothing here knows about napari, Qt or files.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ import queue
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 from typing import BinaryIO, Generator, Optional, Sequence
 
@@ -94,15 +95,22 @@ def iter_members_parallel(image: np.ndarray, crop: tuple, *, n_workers: int,
     readers: list[threading.Thread] = []
     try:
         for k, share in enumerate(shares):
+            # stderr goes to a file, not a pipe: a worker that writes many warnings must
+            # never block on a full pipe that nobody reads until it ends.
+            errfile = tempfile.TemporaryFile()
             proc = subprocess.Popen(
                 [sys.executable, "-c", "from napari_dsp._workers import serve; serve()"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errfile,
                 env=_child_env())
+            proc.errfile = errfile
             procs.append(proc)
-            send(proc.stdin, {"image": image, "crop": crop, "seeds": share,
-                              "threads": threads, "preview_every": preview_every,
-                              "kwargs": fit_kwargs})
-            proc.stdin.close()
+            try:
+                send(proc.stdin, {"image": image, "crop": crop, "seeds": share,
+                                  "threads": threads, "preview_every": preview_every,
+                                  "kwargs": fit_kwargs})
+                proc.stdin.close()
+            except OSError:  # it died at start: its reader reports how
+                pass
             reader = threading.Thread(target=_pump, args=(k, proc, inbox), daemon=True)
             reader.start()
             readers.append(reader)
@@ -145,9 +153,8 @@ def iter_members_parallel(image: np.ndarray, crop: tuple, *, n_workers: int,
         for reader in readers:
             reader.join(timeout=1)
         for proc in procs:
-            for stream in (proc.stdout, proc.stderr):
-                if stream is not None:
-                    stream.close()
+            proc.stdout.close()
+            proc.errfile.close()
 
 
 def _child_env() -> dict:
@@ -173,7 +180,8 @@ def _pump(k: int, proc: subprocess.Popen, inbox: queue.Queue) -> None:
     code = proc.wait()
     err = b""
     try:
-        err = proc.stderr.read() or b""
+        proc.errfile.seek(0)
+        err = proc.errfile.read() or b""
     except (OSError, ValueError):
         pass
     lines = err.decode(errors="replace").strip().splitlines()
