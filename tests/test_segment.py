@@ -202,3 +202,50 @@ def test_a_failing_worker_process_becomes_a_clear_error(monkeypatch):
     monkeypatch.setattr(workers.sys, "executable", "/bin/false")
     with pytest.raises(RuntimeError, match="worker process stopped unexpectedly.*n_workers=0"):
         fit_prior(np.random.default_rng(0).random((32, 32)), n_iter=2, n_runs=2, n_workers=2)
+
+
+def test_out_of_memory_retries_with_smaller_groups(monkeypatch):
+    """Provoke the device running out of memory for groups of more than one member: the
+    fit starts again with smaller groups and gives the prior of the same members."""
+    from napari_dsp import _fit
+
+    real = _fit.iter_members
+
+    def capped(image, crop, *, seeds, batch_size=None, **kw):
+        if (batch_size or len(seeds)) > 1:
+            yield _fit.FitProgress(1, 1)
+            raise _fit.OUT_OF_MEMORY[0]("CUDA out of memory (simulated cap)")
+        return (yield from real(image, crop, seeds=seeds, batch_size=batch_size, **kw))
+
+    monkeypatch.setattr(_fit, "iter_members", capped)
+    image = np.random.default_rng(0).random((32, 32))
+    result = fit_prior(image, n_iter=3, n_runs=4, n_workers=0, seed=1)
+    assert result.metadata["members_per_group"] == 1
+    assert result.prior.shape == (32, 32)
+
+    def always(image, crop, **kw):
+        raise _fit.OUT_OF_MEMORY[0]("CUDA out of memory (simulated cap)")
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(_fit, "iter_members", always)
+    with pytest.raises(ValueError, match="out of memory on cpu even with one ensemble member"):
+        fit_prior(image, n_iter=3, n_runs=4, n_workers=0, seed=1)
+
+
+def test_device_selection(monkeypatch):
+    import torch
+
+    from napari_dsp._fit import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert resolve_device("auto").type == "mps"  # Apple GPU when there is no CUDA
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto").type == "cuda"  # CUDA first
+    assert str(resolve_device("cuda:1")) == "cuda:1"
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="MPS is not available"):
+        resolve_device("mps")
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        resolve_device("tpu")

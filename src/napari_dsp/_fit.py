@@ -73,6 +73,16 @@ def _mps_available() -> bool:
     return bool(backend is not None and backend.is_available())
 
 
+#: What a device that runs out of memory raises (CUDA; MPS raises a RuntimeError).
+OUT_OF_MEMORY = (getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError,)
+
+
+def release_device_memory(device: torch.device) -> None:
+    """Hand cached blocks back to the driver after an out-of-memory error."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 _ALLOCATOR_TUNED = False
 
 

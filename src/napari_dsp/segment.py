@@ -124,14 +124,16 @@ def iter_fit_prior(image, settings: Optional[Settings] = None, *,
                                                       settings.n_runs, batch_size, workers):
                 workers -= 1
         _check_memory(n_pixels, padded.shape[0], settings.n_runs, batch_size, workers)
-    if workers:
-        fit = _workers.iter_members_parallel(padded, crop, n_workers=workers, seeds=seeds,
-                                             preview_every=settings.preview_every,
-                                             batch_size=batch_size, **fit_kwargs)
-    else:
-        fit = _fit.iter_members(padded, crop, seeds=seeds, device=device,
-                                preview_every=settings.preview_every,
-                                batch_size=batch_size, **fit_kwargs)
+    def start(batch):
+        if workers:
+            return _workers.iter_members_parallel(
+                padded, crop, n_workers=workers, seeds=seeds,
+                preview_every=settings.preview_every, batch_size=batch, **fit_kwargs)
+        return _fit.iter_members(padded, crop, seeds=seeds, device=device,
+                                 preview_every=settings.preview_every, batch_size=batch,
+                                 **fit_kwargs)
+
+    fit = start(batch_size)
     try:
         while True:
             try:
@@ -139,6 +141,18 @@ def iter_fit_prior(image, settings: Optional[Settings] = None, *,
             except StopIteration as stop:
                 median, spread = _fit.summarize(stop.value)
                 break
+            except _fit.OUT_OF_MEMORY as exc:
+                # Device memory ran out: start again with half as many members trained at
+                # once (the same members, so the same prior), down to one.
+                fit.close()
+                if batch_size <= 1:
+                    raise ValueError(
+                        f"out of memory on {device} even with one ensemble member at a "
+                        f"time ({exc}); use device='cpu', or downsample the image") from None
+                batch_size = max(1, batch_size // 2)
+                _fit.release_device_memory(device)
+                fit = start(batch_size)
+                continue
             if progress.preview is not None:
                 progress = FitProgress(progress.step, progress.total,
                                        _image.from_channels_first(
@@ -148,7 +162,8 @@ def iter_fit_prior(image, settings: Optional[Settings] = None, *,
     finally:
         fit.close()  # a stopped consumer stops the fit (and its worker processes) now
     metadata = {"settings": settings.replace(seed=seed).to_dict(),
-                "device": _describe_device(device), "workers": workers, "versions": versions(),
+                "device": _describe_device(device), "workers": workers,
+                "members_per_group": batch_size, "versions": versions(),
                 "input_shape": tuple(int(s) for s in np.shape(image)),
                 "input_dtype": str(np.asarray(image).dtype), "channel_axis": channel_axis}
     prior = _image.from_channels_first(median, ndim, channel_axis)
