@@ -27,12 +27,13 @@ from napari.qt.threading import create_worker
 from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from .segment import PriorResult, SegmentResult, cluster, iter_segment
+from .segment import PriorResult, SegmentResult, cluster, iter_segment, iter_segment_stack
 from .settings import FIELDS, Settings
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
 
+PLANES = ("current plane", "all planes")
 MODES = ("foreground / background", "K classes", "self-training (finds classes)")
 #: Seconds between two updates of the live prior layer (the GUI never drowns).
 PREVIEW_INTERVAL = 0.4
@@ -152,6 +153,10 @@ class DSPWidget(Container):
         d = Settings()
         self._image = create_widget(annotation="napari.layers.Image", name="image",
                                     label="image")
+        self._planes = ComboBox(name="planes", choices=PLANES, value=PLANES[0],
+                                tooltip="For stacks and time-lapses (layers with more than "
+                                        "two axes): the plane the sliders show, or every "
+                                        "plane with classes shared across planes")
         self._mode = ComboBox(name="mode", choices=MODES, value=MODES[0],
                               tooltip="Foreground/background (0 = background, 1 = "
                                       "foreground) or K classes 1..K")
@@ -191,7 +196,7 @@ class DSPWidget(Container):
         self._status = Label(name="status", value="")
         self._advanced_widgets = [self._precision, self._learning_rate,
                                   self._preview_every, self._workers]
-        self.extend([self._image, self._mode, self._classes, self._min_labels,
+        self.extend([self._image, self._planes, self._mode, self._classes, self._min_labels,
                      self._scribbles, self._invert, self._instances, self._n_iter,
                      self._n_runs, self._window, self._device, self._seed,
                      self._show_spread, self._advanced, *self._advanced_widgets,
@@ -204,6 +209,8 @@ class DSPWidget(Container):
 
         self._worker = None
         self._gen = None
+        self._run_plane = None
+        self._run_shape: tuple = ()
         self._progress = None
         self._running_layer = None
         self._last_preview = 0.0
@@ -282,17 +289,22 @@ class DSPWidget(Container):
             return None
         try:
             settings = self.settings()
-            data, channel_axis = self._layer_data(layer)
+            data, plane = self._layer_data(layer)
             scribbles = None
             if settings.method == "kanezaki" and self._scribbles.value is not None:
                 scribbles = np.asarray(self._scribbles.value.data).copy()
-            gen = iter_segment(data, channel_axis=channel_axis, settings=settings,
-                               scribbles=scribbles)
+            if data.ndim > 2 and not layer.rgb and plane is None:
+                gen = iter_segment_stack(data, settings=settings)
+            else:
+                gen = iter_segment(data if plane is None else data[plane],
+                                   settings=settings, scribbles=scribbles)
         except (TypeError, ValueError) as exc:
             show_error(f"napari-dsp: {exc}")
             return None
         self._gen = gen
         self._running_layer = layer
+        self._run_plane = plane
+        self._run_shape = data.shape
         out = self._outputs.setdefault(id(layer), _Outputs())
         out.prior_slot.commit()
         out.labels_slot.commit()
@@ -311,19 +323,41 @@ class DSPWidget(Container):
         return worker
 
     def _layer_data(self, layer):
+        """A copy of the layer's data (main thread) and, for a stack in "current plane"
+        mode, the index of the plane the sliders show (else None)."""
         if getattr(layer, "multiscale", False):
             raise ValueError("multiscale layers are not supported yet; add the level you "
                              "want as a plain Image layer, e.g. "
                              "viewer.add_image(layer.data[1])")
-        data = np.asarray(layer.data)
-        if layer.rgb:
-            return data.copy(), None
-        if data.ndim != 2:
-            raise ValueError(f"layer '{layer.name}' has {data.ndim} dimensions; this "
-                             f"version segments 2-D images and RGB(A) images; add one "
-                             f"plane as its own layer, e.g. viewer.add_image("
-                             f"viewer.layers['{layer.name}'].data[0])")
-        return data.copy(), None
+        data = np.asarray(layer.data).copy()
+        spatial = 3 if layer.rgb else 2
+        if data.ndim - spatial > 2:
+            raise ValueError(f"layer '{layer.name}' has {data.ndim} dimensions; stacks up "
+                             f"to T x Z x Y x X are supported; add a sub-stack as its own "
+                             f"layer, e.g. viewer.add_image(viewer.layers['{layer.name}']"
+                             f".data[0])")
+        if data.ndim == spatial or self._planes.value == PLANES[1]:
+            if layer.rgb and data.ndim > 3:
+                raise ValueError("RGB stacks: choose 'current plane'")
+            return data, None
+        point = layer.world_to_data(self._viewer.dims.point)
+        lead = data.ndim - spatial
+        plane = tuple(int(np.clip(round(float(point[i])), 0, data.shape[i] - 1))
+                      for i in range(lead))
+        return data, plane
+
+    def _full(self, slot: "_Slot", part: np.ndarray, index, dtype) -> np.ndarray:
+        """``part`` (one plane, or everything when ``index`` is None) placed in an array
+        of the source layer's shape, keeping the other planes of an earlier result."""
+        if index is None:
+            return part
+        shape = self._run_shape[: len(index)] + part.shape
+        if slot.alive(self._viewer) and slot.layer.data.shape == shape:
+            full = np.array(slot.layer.data, dtype=np.result_type(slot.layer.data, dtype))
+        else:
+            full = np.zeros(shape, dtype=dtype)
+        full[index] = part
+        return full
 
     def cancel(self) -> None:
         """Ask the running fit to stop (takes effect at its next iteration)."""
@@ -366,13 +400,18 @@ class DSPWidget(Container):
         if layer is None:
             return
         out = self._outputs.setdefault(id(layer), _Outputs())
+        index = self._run_plane
+        if index is None and p.n_planes > 1:
+            index = np.unravel_index(p.plane, self._run_shape[:-2])
         if p.stage == "classes":
-            out.labels_slot.show(self._viewer, self._viewer.add_labels, p.preview,
+            out.labels_slot.show(self._viewer, self._viewer.add_labels,
+                                 self._full(out.labels_slot, p.preview, index, np.int32),
                                  f"{layer.name} labels", running=True, **placement(layer))
         else:
-            out.prior_slot.show(self._viewer, self._viewer.add_image, p.preview,
-                                f"{layer.name} prior", running=True,
-                                rgb=p.preview.ndim == 3, **placement(layer))
+            out.prior_slot.show(self._viewer, self._viewer.add_image,
+                                self._full(out.prior_slot, p.preview, index, np.float32),
+                                f"{layer.name} prior", running=True, rgb=layer.rgb,
+                                **placement(layer))
 
     def _on_returned(self, result: SegmentResult) -> None:
         if not self._gui_alive():
@@ -384,16 +423,24 @@ class DSPWidget(Container):
             self._drop_partial_prior(layer)
             return
         out = self._outputs.setdefault(id(layer), _Outputs())
+        index = self._run_plane
+        # Re-clustering without a refit works on a 2-D result only.
+        out.prior = result.prior if (index is None and result.labels.ndim == 2) else None
         if result.prior is not None:
-            out.prior = result.prior
-            prior = result.prior.prior
-            out.prior_slot.show(self._viewer, self._viewer.add_image, prior,
+            out.prior_slot.show(self._viewer, self._viewer.add_image,
+                                self._full(out.prior_slot, result.prior.prior, index,
+                                           np.float32),
                                 f"{layer.name} prior", metadata={META_KEY: result.metadata},
-                                rgb=prior.ndim == 3, **placement(layer))
-        self._show_labels(layer, out, result)
-        if self._show_spread.value and out.prior is not None:
+                                rgb=layer.rgb, **placement(layer))
+        out.labels_slot.show(self._viewer, self._viewer.add_labels,
+                             self._full(out.labels_slot, result.labels, index,
+                                        result.labels.dtype),
+                             f"{layer.name} labels", metadata={META_KEY: result.metadata},
+                             **placement(layer))
+        if self._show_spread.value and result.prior is not None:
             out.spread_slot.show(
-                self._viewer, self._viewer.add_image, out.prior.spread,
+                self._viewer, self._viewer.add_image,
+                self._full(out.spread_slot, result.prior.spread, index, np.float32),
                 f"{layer.name} spread", colormap="magma",
                 metadata={META_KEY: {"what": "per-pixel standard deviation across the "
                                              "ensemble (mean over channels)"}},

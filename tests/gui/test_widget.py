@@ -148,10 +148,10 @@ def test_bad_input_becomes_a_notification(viewer, qtbot, notes):
 
 
 def test_bad_settings_and_unsupported_layers_are_refused_up_front(viewer, notes):
-    viewer.add_image(np.zeros((4, 40, 40)), name="stack")
+    viewer.add_image(np.zeros((2, 2, 2, 40, 40)), name="stack")
     widget = open_widget(viewer)
     assert widget.run() is None
-    assert any("3 dimensions" in n for n in notes), notes
+    assert any("5 dimensions; stacks up to T x Z x Y x X" in n for n in notes), notes
     widget._window.value = 4
     viewer.add_image(np.random.default_rng(0).random((40, 40)), name="plane")
     widget._image.value = viewer.layers["plane"]
@@ -334,3 +334,29 @@ def test_only_image_layers_are_offered(viewer):
     widget = open_widget(viewer)
     assert widget._image.choices == ()
     assert widget.run() is None  # nothing to run on: a notification, no worker
+
+
+def test_stack_layer_current_plane_and_all_planes(viewer, qtbot):
+    img, mask = dark_on_bright((40, 48), seed=4)
+    stack = np.stack([img, np.roll(img, 6, axis=1), img[::-1]])
+    layer = viewer.add_image(stack, name="z", scale=(3.0, 0.5, 0.5), translate=(0, 5, 5))
+    widget = open_widget(viewer)
+    tiny(widget, n_iter=25, n_runs=2)
+    viewer.dims.set_point(0, 3.0)  # world z = 3 -> plane 1
+    widget._planes.value = "current plane"
+    run_and_wait(qtbot, widget)
+    labels = viewer.layers["z labels"]
+    assert labels.data.shape == stack.shape
+    np.testing.assert_allclose(labels.scale, layer.scale)
+    np.testing.assert_allclose(labels.translate, layer.translate)
+    assert labels.data[0].max() == 0 and labels.data[2].max() == 0  # only plane 1 done
+    fg = labels.data[1] == 1
+    moved = np.roll(mask, 6, axis=1)
+    assert np.logical_and(fg, moved).sum() / np.logical_or(fg, moved).sum() > 0.8
+    assert viewer.layers["z prior"].data.shape == stack.shape
+    widget._planes.value = "all planes"
+    run_and_wait(qtbot, widget)
+    assert viewer.layers["z labels"] is labels  # updated, not duplicated
+    for z, m in enumerate([mask, moved, mask[::-1]]):
+        fg = labels.data[z] == 1
+        assert np.logical_and(fg, m).sum() / np.logical_or(fg, m).sum() > 0.8
