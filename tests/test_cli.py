@@ -230,3 +230,16 @@ def test_truncated_tiff_in_a_batch(images, tmp_path, capsys):
     assert code == 1 and "cut.tif: cannot be read as an image" in err
     assert "Traceback" not in err
     assert (out / "b_labels.tif").exists() and not (out / "cut_labels.tif").exists()
+
+
+@pytest.mark.parametrize("shape, axis, stack, expected", [
+    ((40, 50), None, False, (40, 50)),
+    ((40, 50, 3), None, False, (40, 50)),
+    ((3, 40, 50), 0, False, (40, 50)),
+    ((7, 40, 50), None, True, (40, 50)),
+    ((7, 2, 40, 50), 1, True, (40, 50)),
+])
+def test_max_pixels_counts_the_spatial_plane(shape, axis, stack, expected):
+    from napari_dsp._cli import plane_shape
+
+    assert plane_shape(shape, axis, stack) == expected

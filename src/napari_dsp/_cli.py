@@ -55,6 +55,17 @@ def read_image(path: Path) -> np.ndarray:
     return data
 
 
+def plane_shape(shape: tuple, channel_axis: Optional[int], stack: bool) -> tuple:
+    """(Y, X) of an image as the segmentation will see it: the channel axis removed, an
+    RGB(A) last axis of a single image dropped, the last two remaining axes."""
+    axes = list(shape)
+    if channel_axis is not None and -len(axes) <= channel_axis < len(axes):
+        del axes[channel_axis]
+    elif not stack and len(axes) == 3 and axes[-1] in (3, 4):
+        del axes[-1]
+    return tuple(axes[-2:]) if len(axes) >= 2 else (1, int(np.prod(shape)))
+
+
 def write_atomic(path: Path, write) -> None:
     """Write through a temporary file in the same folder, then rename: an interrupted run
     never leaves a partial output under the final name."""
@@ -228,9 +239,8 @@ def _run_segment(args) -> int:
                       file=sys.stderr)
                 continue
             image = read_image(src)
-            spatial = image.shape[-2:] if args.stack and args.channel_axis is None else \
-                image.shape[:2]
-            plane = int(np.prod(spatial)) if image.ndim >= 2 else image.size
+            spatial = plane_shape(image.shape, args.channel_axis, args.stack)
+            plane = int(np.prod(spatial))
             if plane > args.max_pixels:
                 raise InputError(f"{src}: {spatial[0]}x{spatial[1]} = "
                                  f"{plane / 1e6:.1f} megapixels is above --max-pixels "

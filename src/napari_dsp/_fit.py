@@ -217,6 +217,11 @@ def summarize(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return median.numpy(), spread.numpy()
 
 
+def median(stack: np.ndarray) -> np.ndarray:
+    """Per-pixel median ``(C, Y, X)`` of members ``(n, C, Y, X)`` (a preview: no spread)."""
+    return _median(torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))).numpy()
+
+
 def _median(stack: torch.Tensor) -> torch.Tensor:
     """Per-pixel median over dim 0 (mean of the two middle values for even counts)."""
     n = stack.shape[0]

@@ -120,8 +120,9 @@ def iter_fit_prior(image, settings: Optional[Settings] = None, *,
                                              device)
     if device.type == "cpu":
         if settings.n_workers is None:  # automatic: fewer processes rather than refusing
-            while workers > 1 and not _fits_in_memory(n_pixels, padded.shape[0],
-                                                      settings.n_runs, batch_size, workers):
+            while workers > 1 and not _memory_needed(n_pixels, padded.shape[0],
+                                                     settings.n_runs, batch_size,
+                                                     workers)[2]:
                 workers -= 1
         _check_memory(n_pixels, padded.shape[0], settings.n_runs, batch_size, workers)
     def start(batch):
@@ -156,7 +157,7 @@ def iter_fit_prior(image, settings: Optional[Settings] = None, *,
             if progress.preview is not None:
                 progress = FitProgress(progress.step, progress.total,
                                        _image.from_channels_first(
-                                           _fit.summarize(progress.preview)[0], ndim,
+                                           _fit.median(progress.preview), ndim,
                                            channel_axis), progress.loss)
             yield progress
     finally:
@@ -171,20 +172,20 @@ def iter_fit_prior(image, settings: Optional[Settings] = None, *,
     return PriorResult(prior, spread, metadata, out_axis)
 
 
-def _fits_in_memory(n_pixels: int, n_channels: int, n_runs: int, batch_size: int,
-                    workers: int) -> bool:
-    have = _fit.available_bytes()
+def _memory_needed(n_pixels: int, n_channels: int, n_runs: int, batch_size: int,
+                   workers: int) -> tuple[float, Optional[float], bool]:
+    """(bytes needed, bytes available or None, whether it fits)."""
     need = _fit.estimate_bytes(n_pixels, n_channels, n_runs, batch_size, workers)
-    return have is None or need <= 0.9 * have
+    have = _fit.available_bytes()
+    return need, have, have is None or need <= 0.9 * have
 
 
 def _check_memory(n_pixels: int, n_channels: int, n_runs: int, batch_size: int,
                   workers: int) -> None:
     """Refuse up front a CPU fit that would not fit in memory (instead of swapping or
     being killed half-way)."""
-    need = _fit.estimate_bytes(n_pixels, n_channels, n_runs, batch_size, workers)
-    have = _fit.available_bytes()
-    if not _fits_in_memory(n_pixels, n_channels, n_runs, batch_size, workers):
+    need, have, fits = _memory_needed(n_pixels, n_channels, n_runs, batch_size, workers)
+    if not fits:
         side = int(np.sqrt(n_pixels))
         raise ValueError(
             f"fitting this {n_pixels / 1e6:.1f}-megapixel image needs about "
