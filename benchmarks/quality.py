@@ -1,11 +1,25 @@
-"""Foreground IoU of napari-dsp's default segmentation on the shared reference cases.
+"""Foreground IoU and Dice of napari-dsp against classical baselines, all in one run.
 
-Reads ``../shared/data/cases/*.npz`` (``image``, ``mask``) beside the repository, or the
-folder given with ``--cases``. Otsu and Li thresholds are computed in the same run, on the
-same normalised intensities, with the foreground side chosen by the same border rule
-napari-dsp uses (no look at the mask). Prints a table; ``--json FILE`` also saves it.
+Cases: the shared reference cases ``../shared/data/cases/*.npz`` (``image``, ``mask``;
+folder set with ``--cases``; skipped with a message where absent) and the synthetic
+stress images of ``napari_dsp._synthetic.STRESS_CASES`` (textured objects on a textured
+background, uneven illumination, low contrast, dim small objects among bright large ones),
+built in the repository from a seed.
 
-    python benchmarks/quality.py [--seed 0] [--cases DIR] [--json results.json]
+Columns, computed on the same pixels in the same run; no method looks at the mask, and
+every one picks its foreground side by itself:
+
+- ``otsu``, ``li``: a global threshold on the (channel-mean) normalised intensity, the
+  foreground side by napari-dsp's border rule;
+- ``kmeans_px``: K-means (k=2) on the normalised pixel values (all channels), same rule;
+- ``research``: the research pipeline reimplemented as specified (algorithm.md): K-means
+  k=2 on the zero-padded 7x7 windows of the prior, foreground = the cluster with fewer
+  pixels on the image's outermost ring. It uses the same prior as napari-dsp (the fit is
+  the same procedure: 11 runs x 50 iterations, per-pixel median);
+- ``dsp_prior``: napari-dsp's clustering of the prior alone (``refine=False``);
+- ``dsp``: napari-dsp's default ``segment``.
+
+    python benchmarks/quality.py [--seeds 0 1 2] [--cases DIR] [--no-stress] [--json F]
 """
 
 from __future__ import annotations
@@ -18,12 +32,15 @@ from pathlib import Path
 
 import numpy as np
 from skimage.filters import threshold_li, threshold_otsu
+from sklearn.cluster import KMeans
 
-from napari_dsp import segment, tune_cpu_allocator
+from napari_dsp import cluster, fit_prior, tune_cpu_allocator
 from napari_dsp._cluster import choose_foreground
 from napari_dsp._image import normalize, to_channels_first
+from napari_dsp._synthetic import STRESS_CASES
 
 DEFAULT_CASES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cases"
+COLUMNS = ("otsu", "li", "kmeans_px", "research", "dsp_prior", "dsp")
 
 
 def iou(pred: np.ndarray, mask: np.ndarray) -> float:
@@ -38,53 +55,128 @@ def dice(pred: np.ndarray, mask: np.ndarray) -> float:
     return float(2 * np.logical_and(pred, mask).sum() / total) if total else 1.0
 
 
+def _by_border_rule(two_class: np.ndarray) -> np.ndarray:
+    fg, _ = choose_foreground(two_class.astype(np.uint8))
+    return two_class == fg
+
+
 def threshold_foreground(image: np.ndarray, method) -> np.ndarray:
     """A global threshold on the (channel-mean) intensity, foreground by the border rule."""
     gray = normalize(to_channels_first(image)).mean(0)
-    above = (gray > method(gray)).astype(np.uint8)
-    fg, _ = choose_foreground(above)
-    return above == fg
+    return _by_border_rule(gray > method(gray))
+
+
+def kmeans_pixels(image: np.ndarray, seed: int) -> np.ndarray:
+    chw = normalize(to_channels_first(image))
+    x = chw.reshape(chw.shape[0], -1).T
+    km = KMeans(2, n_init=10, random_state=seed).fit(x)
+    return _by_border_rule(km.labels_.reshape(chw.shape[1:]))
+
+
+def research_pipeline(prior: np.ndarray, seed: int, window: int = 7) -> np.ndarray:
+    """K-means k=2 on zero-padded window x window patches of the prior; foreground =
+    the cluster with fewer pixels on the outermost ring (the research code's rule)."""
+    chw = to_channels_first(prior)
+    c, h, w = chw.shape
+    r = window // 2
+    padded = np.pad(chw, ((0, 0), (r, r), (r, r)))
+    feats = np.stack([padded[:, dy:dy + h, dx:dx + w] for dy in range(window)
+                      for dx in range(window)], 1).reshape(c * window * window, -1).T
+    labels = KMeans(2, n_init=10, random_state=seed).fit_predict(feats).reshape(h, w)
+    ring = np.zeros((h, w), bool)
+    ring[0], ring[-1], ring[:, 0], ring[:, -1] = True, True, True, True
+    on_border = np.bincount(labels[ring], minlength=2)
+    return labels == int(np.argmin(on_border))
+
+
+def load_cases(folder: Path, stress: bool) -> list:
+    cases = []
+    files = sorted(folder.glob("*.npz"))
+    if not files:
+        print(f"no shared cases found in {folder} (the shared data folder is absent); "
+              f"measuring the synthetic stress images only", file=sys.stderr)
+    for path in files:
+        data = np.load(path)
+        cases.append(("shared", path.stem, data["image"], data["mask"]))
+    if stress:
+        for name, make in STRESS_CASES.items():
+            image, mask = make(seed=0)
+            cases.append(("stress", name, image, mask))
+    return cases
+
+
+def measure(kind: str, name: str, image: np.ndarray, mask: np.ndarray, seed: int) -> dict:
+    t0 = time.perf_counter()
+    prior = fit_prior(image, seed=seed)
+    dsp = cluster(prior, image=image).labels == 1
+    seconds = time.perf_counter() - t0
+    preds = {
+        "otsu": threshold_foreground(image, threshold_otsu),
+        "li": threshold_foreground(image, threshold_li),
+        "kmeans_px": kmeans_pixels(image, seed),
+        "research": research_pipeline(prior.prior, seed),
+        "dsp_prior": cluster(prior, refine=False).labels == 1,
+        "dsp": dsp,
+    }
+    row = {"set": kind, "case": name, "seed": seed, "shape": list(image.shape),
+           "seconds": round(seconds, 1)}
+    for col, pred in preds.items():
+        row[f"{col}_iou"] = iou(pred, mask)
+        row[f"{col}_dice"] = dice(pred, mask)
+    return row
+
+
+def table(rows: list, kind: str) -> list:
+    """Markdown lines: per case (mean over seeds) IoU per column, dsp Dice, then means."""
+    names = list(dict.fromkeys(r["case"] for r in rows if r["set"] == kind))
+    if not names:
+        return []
+    lines = [f"| {kind} case | " + " | ".join(f"{c} IoU" for c in COLUMNS)
+             + " | dsp Dice | dsp time |", "|---|" + "---|" * (len(COLUMNS) + 2)]
+    means = {c: [] for c in COLUMNS + ("dsp_dice",)}
+    for name in names:
+        rs = [r for r in rows if r["case"] == name]
+        vals = {c: float(np.mean([r[f"{c}_iou"] for r in rs])) for c in COLUMNS}
+        vals["dsp_dice"] = float(np.mean([r["dsp_dice"] for r in rs]))
+        for c in means:
+            means[c].append(vals[c])
+        spread = ""
+        if len(rs) > 1:
+            spread = f" ({min(r['dsp_iou'] for r in rs):.3f}-{max(r['dsp_iou'] for r in rs):.3f})"
+        lines.append(f"| {name} | " + " | ".join(f"{vals[c]:.3f}" for c in COLUMNS[:-1])
+                     + f" | **{vals['dsp']:.3f}**{spread} | {vals['dsp_dice']:.3f} | "
+                     f"{np.mean([r['seconds'] for r in rs]):.1f} s |")
+    lines.append("| **mean** | " + " | ".join(f"{np.mean(means[c]):.3f}" for c in COLUMNS)
+                 + f" | {np.mean(means['dsp_dice']):.3f} | |")
+    return lines
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=Path, default=DEFAULT_CASES)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--no-stress", action="store_true",
+                        help="skip the synthetic stress images")
     parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--precision", default="float32")
     args = parser.parse_args(argv)
-    files = sorted(args.cases.glob("*.npz"))
-    if not files:
-        print(f"no cases found in {args.cases} (the shared data folder is absent); "
-              f"nothing to measure", file=sys.stderr)
-        return 0
     tune_cpu_allocator()
     rows = []
-    for path in files:
-        case = np.load(path)
-        image, mask = case["image"], case["mask"]
-        t0 = time.perf_counter()
-        labels = segment(image, seed=args.seed, precision=args.precision)
-        seconds = time.perf_counter() - t0
-        row = {"case": path.stem, "shape": list(image.shape), "seconds": round(seconds, 1)}
-        for name, pred in (("dsp", labels > 0),
-                           ("otsu", threshold_foreground(image, threshold_otsu)),
-                           ("li", threshold_foreground(image, threshold_li))):
-            row[f"{name}_iou"] = iou(pred, mask)
-            row[f"{name}_dice"] = dice(pred, mask)
-        rows.append(row)
-        print(f"{path.stem}: dsp {row['dsp_iou']:.3f}  otsu {row['otsu_iou']:.3f}  "
-              f"li {row['li_iou']:.3f}  ({seconds:.1f} s)", file=sys.stderr)
-    cols = ["dsp", "otsu", "li"]
-    print(f"\n| case | {' | '.join(c + ' IoU' for c in cols)} | dsp Dice | dsp time |")
-    print("|---|" + "---|" * (len(cols) + 2))
-    for r in rows:
-        print(f"| {r['case']} | " + " | ".join(f"{r[c + '_iou']:.3f}" for c in cols)
-              + f" | {r['dsp_dice']:.3f} | {r['seconds']:.1f} s |")
-    means = {c: float(np.mean([r[c + "_iou"] for r in rows])) for c in cols}
-    print("| **mean** | " + " | ".join(f"{means[c]:.3f}" for c in cols) + " | | |")
+    for kind, name, image, mask in load_cases(args.cases, not args.no_stress):
+        for seed in args.seeds:
+            row = measure(kind, name, image, mask, seed)
+            rows.append(row)
+            print(f"{name} seed {seed}: " + "  ".join(
+                f"{c} {row[c + '_iou']:.3f}" for c in COLUMNS)
+                + f"  ({row['seconds']} s)", file=sys.stderr, flush=True)
+    print(f"\nseeds: {args.seeds}; IoU is the mean over seeds, (min-max) of dsp across "
+          f"seeds; dsp time = fit + clustering")
+    for kind in ("shared", "stress"):
+        lines = table(rows, kind)
+        if lines:
+            print()
+            print("\n".join(lines))
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "mean_iou": means}, indent=2))
+        args.json.write_text(json.dumps(rows, indent=2))
     return 0
 
 

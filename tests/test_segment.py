@@ -96,7 +96,7 @@ def test_precomputed_prior_reclusters_without_refit():
     calls = []
     two = segment(image, prior=prior, progress=calls.append)
     three = segment(prior=prior, n_classes=3)
-    arr = segment(prior=np.asarray(prior), seed=0)
+    arr = segment(image, prior=np.asarray(prior), seed=0)
     assert calls == []  # no fit: nothing to report
     assert two.shape == three.shape == arr.shape == (48, 48)
     assert set(np.unique(three)) == {1, 2, 3}
@@ -181,9 +181,14 @@ def test_a_fit_that_cannot_fit_in_memory_is_refused_up_front(monkeypatch):
     from napari_dsp import _fit
 
     monkeypatch.setattr(_fit, "available_bytes", lambda: 50e6)  # a 50 MB machine
+    image = np.random.default_rng(0).random((256, 256))
     with pytest.raises(ValueError, match=r"needs about .* GB of memory and 0.1 GB is "
-                                         r"available; downsample it"):
-        fit_prior(np.random.default_rng(0).random((256, 256)), n_iter=2, n_runs=2)
+                                         r"available; set a working_size"):
+        fit_prior(image, n_iter=2, n_runs=2, working_size=0)  # full resolution asked for
+    # automatic working size: a smaller fit instead of a refusal, prior at full size
+    result = fit_prior(image, n_iter=2, n_runs=2, n_workers=0, seed=0)
+    work = result.metadata["working_shape"]
+    assert work[0] < 256 and work[0] == work[1] and result.prior.shape == (256, 256)
 
 
 def test_memory_estimate_is_close_to_the_measured_peak():

@@ -65,3 +65,96 @@ def test_txzyx_and_channels_and_full_output():
 def test_stack_errors(shape, kwargs, match):
     with pytest.raises(ValueError, match=match):
         segment_stack(np.random.default_rng(0).random(shape), **dict(FAST, **kwargs))
+
+
+class _CountingArray:
+    """An array store that records every read and refuses to be loaded whole."""
+
+    def __init__(self, data):
+        self.data, self.reads = data, []
+        self.shape, self.dtype, self.ndim = data.shape, data.dtype, data.ndim
+
+    def __getitem__(self, key):
+        self.reads.append(key)
+        return self.data[key]
+
+    def __array__(self, *args, **kwargs):
+        raise AssertionError("the whole stack was loaded at once")
+
+
+def test_dask_stack_is_read_plane_by_plane_once():
+    da = pytest.importorskip("dask.array")
+    movie, masks = moving_discs(n_t=4)
+    store = _CountingArray(movie)
+    lazy = da.from_array(store, chunks=(1, 48, 48), asarray=False)
+    labels = segment_stack(lazy, **FAST)
+    assert labels.shape == movie.shape
+    for t in range(len(movie)):
+        assert iou(labels[t] == 1, masks[t]) > 0.85
+    # one read per plane, each exactly one plane (dask's zero-size probe for the array's
+    # metadata reads no pixels)
+    reads = [k for k in store.reads if np.asarray(store.data[k]).size]
+    first = [k[0] if isinstance(k[0], int) else k[0].start for k in reads]
+    assert sorted(first) == [0, 1, 2, 3]
+    assert all(np.asarray(store.data[k]).size == 48 * 48 for k in reads)
+    # the result equals the in-memory run
+    np.testing.assert_array_equal(labels, segment_stack(movie, **FAST))
+
+
+def test_dask_stack_with_channels_keeps_the_channel_axis():
+    da = pytest.importorskip("dask.array")
+    movie, _ = moving_discs(n_t=2)
+    stack = np.stack([movie, 1 - movie], axis=1)  # (T, C, Y, X)
+    lazy = da.from_array(stack, chunks=(1, 2, 48, 48))
+    result = segment_stack(lazy, channel_axis=1, full_output=True, **FAST)
+    assert result.labels.shape == (2, 48, 48)
+    assert np.asarray(result.prior).shape == stack.shape
+
+
+def ellipsoid_stack(shape=(12, 48, 48), z_step=3.0, seed=0):
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.mgrid[0:shape[0], 0:shape[1], 0:shape[2]]
+    mask = ((zz - shape[0] / 2) * z_step) ** 2 + (yy - 24) ** 2 + (xx - 20) ** 2 <= 13 ** 2
+    image = np.where(mask, 0.7, 0.3) + rng.normal(0, 0.1, shape)
+    return image.astype(np.float32), mask
+
+
+def test_volumetric_prior_segments_a_z_stack_in_3d():
+    image, mask = ellipsoid_stack()
+    result = segment_stack(image, volumetric=True, spacing=(3.0, 1.0, 1.0),
+                           full_output=True, **FAST)
+    assert result.labels.shape == image.shape
+    assert np.asarray(result.prior).shape == image.shape
+    assert iou(result.labels == 1, mask) > 0.9
+    assert result.metadata["volumetric"] is True
+    # z is 3x coarser: the first stage works in-plane (1x3x3 kernels, no z pooling)
+    assert result.metadata["z_stages"][0] == (1, 1)
+    # the empty end planes stay empty (joint normalisation: their noise is not "objects")
+    empty = ~mask.any((1, 2))
+    assert (result.labels[empty] == 1).mean() < 0.01
+
+
+def test_per_plane_stack_keeps_empty_planes_empty():
+    image, mask = ellipsoid_stack()
+    labels = segment_stack(image, **FAST)
+    empty = ~mask.any((1, 2))
+    assert empty.any() and (labels[empty] == 1).mean() < 0.01
+    assert iou(labels == 1, mask) > 0.9
+
+
+def test_volume_plan_follows_the_anisotropy():
+    from napari_dsp._volume import plan
+
+    assert plan((1, 1, 1), 32) == [(3, 2), (3, 2), (3, 2)]  # isotropic: full 3-D
+    assert plan((4, 1, 1), 32) == [(1, 1), (1, 1), (3, 2)]  # z catches up at depth
+    assert plan((1, 1, 1), 3) == [(3, 1), (3, 1), (3, 1)]  # too few planes to pool
+
+
+def test_volumetric_input_errors():
+    image, _ = ellipsoid_stack(shape=(4, 32, 32))
+    with pytest.raises(ValueError, match="volumetric=True needs a Z stack"):
+        segment_stack(np.stack([image, image]), volumetric=True, **FAST)
+    with pytest.raises(ValueError, match="spacing must be three positive numbers"):
+        segment_stack(image, volumetric=True, spacing=(0, 1, 1), **FAST)
+    with pytest.raises(TypeError, match="spacing must be three numbers"):
+        segment_stack(image, volumetric=True, spacing="thick", **FAST)

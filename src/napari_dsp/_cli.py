@@ -180,9 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--stack", action="store_true",
                      help="treat leading axes (Z, T, T x Z) as planes: every plane gets "
                           "its own prior, classes are shared across planes")
-    seg.add_argument("--max-pixels", type=float, default=16.8e6, metavar="N",
+    seg.add_argument("--spacing", type=float, nargs=3, default=None,
+                     metavar=("Z", "Y", "X"),
+                     help="voxel size of a Z stack for --stack --volumetric (e.g. 2 0.5 "
+                          "0.5); default isotropic")
+    seg.add_argument("--max-pixels", type=float, default=67.2e6, metavar="N",
                      help="refuse images with more pixels per plane than this (default "
-                          "16.8e6, 4096x4096): a guard for batches of unknown files")
+                          "67.2e6, 8192x8192): a guard for batches of unknown files; "
+                          "large planes are fitted at the working size (--working-size)")
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_setting_flags(seg)
     demo = sub.add_parser("demo", help="segment a built-in sample image (scikit-image's "
@@ -251,7 +256,8 @@ def _run_segment(args) -> int:
                 from .segment import segment_stack
 
                 result = segment_stack(image, channel_axis=args.channel_axis,
-                                       settings=settings, progress=bar, full_output=True)
+                                       settings=settings, progress=bar, full_output=True,
+                                       spacing=args.spacing)
             else:
                 result = segment(image, channel_axis=args.channel_axis, settings=settings,
                                  progress=bar, full_output=True, scribbles=scribbles)

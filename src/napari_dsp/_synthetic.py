@@ -111,3 +111,127 @@ def touching_discs(shape: tuple[int, int] = (128, 128), radius: float = 7.0, see
             mask |= (yy - cy) ** 2 + (xx - cx2) ** 2 <= r2 ** 2
             count += 2
     return mask, count
+
+
+# ---------------------------------------------------------------------------------------
+# Stress images for the quality benchmark: each returns ``(float32 image, bool mask)``,
+# foreground = True. Small (160 x 160) so a default fit takes seconds.
+
+def _blobs(shape: tuple[int, int], n: int, radius: tuple, rng: np.random.Generator,
+           gap: int = 3) -> list:
+    """Up to ``n`` non-touching random ellipses (boolean masks)."""
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    taken = np.zeros(shape, bool)
+    blobs = []
+    for _ in range(n * 30):
+        if len(blobs) == n:
+            break
+        ry, rx = rng.uniform(*radius, size=2)
+        cy = rng.uniform(ry + 2, h - ry - 2)
+        cx = rng.uniform(rx + 2, w - rx - 2)
+        theta = rng.uniform(0, np.pi)
+        c, s = np.cos(theta), np.sin(theta)
+        u = ((yy - cy) * c + (xx - cx) * s) / ry
+        v = (-(yy - cy) * s + (xx - cx) * c) / rx
+        blob = u * u + v * v <= 1.0
+        if np.any(ndi.binary_dilation(blob, iterations=gap) & taken):
+            continue
+        taken |= blob
+        blobs.append(blob)
+    return blobs
+
+
+def _texture(shape: tuple[int, int], rng: np.random.Generator, scale: float) -> np.ndarray:
+    """Zero-mean, unit-std random texture with grain ``scale`` pixels."""
+    t = ndi.gaussian_filter(rng.normal(0, 1, shape), scale)
+    return ((t - t.mean()) / (t.std() + 1e-9)).astype(np.float32)
+
+
+def stress_textured(shape: tuple[int, int] = (160, 160), seed: int = 0
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Objects 0.15 brighter than the background, both covered by a fine random texture
+    whose spread is as large as that difference: a pixel's value says little, a region's
+    average says it all."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(shape, bool)
+    for blob in _blobs(shape, 8, (12, 24), rng):
+        mask |= blob
+    image = np.where(mask, 0.55, 0.40) + 0.15 * _texture(shape, rng, 0.8)
+    image += 0.03 * rng.normal(0, 1, shape)
+    return image.astype(np.float32), mask
+
+
+def stress_textured_stripes(shape: tuple[int, int] = (160, 160), seed: int = 0
+                            ) -> tuple[np.ndarray, np.ndarray]:
+    """Striped objects on a dotted background: strong periodic textures of different
+    orientation and grain whose ranges overlap; the objects are 0.12 brighter on average."""
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    mask = np.zeros(shape, bool)
+    for blob in _blobs(shape, 7, (14, 26), rng):
+        mask |= blob
+    stripes = 0.25 * np.sin(0.9 * (xx + 0.5 * yy))
+    dots = 0.25 * np.sin(0.7 * xx) * np.sin(0.7 * yy)
+    image = np.where(mask, 0.56 + stripes, 0.44 + dots) + 0.04 * rng.normal(0, 1, shape)
+    return image.astype(np.float32), mask
+
+
+def stress_uneven(shape: tuple[int, int] = (160, 160), seed: int = 0
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Bright objects under illumination that falls from 1 to 0.35 across the field, so
+    objects on the dark side are dimmer than the background on the bright side."""
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    mask = np.zeros(shape, bool)
+    for blob in _blobs(shape, 14, (7, 14), rng):
+        mask |= blob
+    light = 1.0 - 0.65 * (xx / w) * (0.6 + 0.4 * yy / h)
+    image = ndi.gaussian_filter(np.where(mask, 0.8, 0.3), 1.0) * light
+    image += 0.03 * rng.normal(0, 1, shape)
+    return image.astype(np.float32), mask
+
+
+def stress_low_contrast(shape: tuple[int, int] = (160, 160), seed: int = 0
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Objects only 0.1 above the background under pixel noise of 0.1 (SNR 1)."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(shape, bool)
+    for blob in _blobs(shape, 10, (9, 18), rng):
+        mask |= blob
+    image = ndi.gaussian_filter(np.where(mask, 0.5, 0.4), 0.7)
+    image += 0.1 * rng.normal(0, 1, shape)
+    return image.astype(np.float32), mask
+
+
+def stress_dim_small(shape: tuple[int, int] = (160, 160), seed: int = 0
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """A few large bright objects and many small dim ones (a fifth as bright), as in a
+    fluorescence field with cells of very different expression."""
+    rng = np.random.default_rng(seed)
+    blobs = _blobs(shape, 24, (3, 6), rng, gap=4)
+    rng2 = np.random.default_rng(seed + 1)
+    mask = np.zeros(shape, bool)
+    signal = np.zeros(shape, np.float32)
+    for b in _blobs(shape, 4, (16, 24), rng2, gap=6):
+        mask |= b
+        signal[b] = 1.0
+    for b in blobs:
+        if not np.any(ndi.binary_dilation(b, iterations=4) & mask):
+            mask |= b
+            signal[b] = 0.2
+    image = ndi.gaussian_filter(signal, 1.0) + 0.05
+    image = image + 0.02 * rng.normal(0, 1, shape)
+    return image.astype(np.float32), mask
+
+
+#: The stress cases by name, as used by ``benchmarks/quality.py``.
+STRESS_CASES = {
+    "textured": stress_textured,
+    "textured_stripes": stress_textured_stripes,
+    "uneven_illumination": stress_uneven,
+    "low_contrast": stress_low_contrast,
+    "dim_small": stress_dim_small,
+}

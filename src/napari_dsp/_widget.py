@@ -33,7 +33,7 @@ from .settings import FIELDS, Settings
 if TYPE_CHECKING:  # pragma: no cover
     import napari
 
-PLANES = ("current plane", "all planes")
+PLANES = ("current plane", "all planes", "volume (3-D prior)")
 MODES = ("foreground / background", "K classes", "self-training (finds classes)")
 #: Seconds between two updates of the live prior layer (the GUI never drowns).
 PREVIEW_INTERVAL = 0.4
@@ -55,9 +55,13 @@ def device_choices() -> list[tuple[str, str]]:
     return choices
 
 
-def placement(layer) -> dict:
-    """The world placement of ``layer`` as keyword arguments for a new layer."""
-    kwargs = {"scale": np.array(layer.scale), "translate": np.array(layer.translate),
+def placement(layer, level: Optional[int] = None) -> dict:
+    """The world placement of ``layer`` as keyword arguments for a new layer; for a
+    result computed on ``level`` of a multiscale layer, that level's pixel size."""
+    scale = np.array(layer.scale, dtype=float)
+    if level is not None and getattr(layer, "multiscale", False):
+        scale = scale * np.asarray(layer.downsample_factors[level], float)[:len(scale)]
+    kwargs = {"scale": scale, "translate": np.array(layer.translate),
               "rotate": np.array(layer.rotate), "shear": np.array(layer.shear),
               "affine": np.array(layer.affine.affine_matrix)}
     units = getattr(layer, "units", None)
@@ -114,6 +118,7 @@ class _Outputs:
     """What one source layer got from this widget."""
 
     prior: Optional[PriorResult] = None
+    image: Optional[np.ndarray] = None  # the pixels the prior was fitted to (refine)
     prior_slot: _Slot = field(default_factory=_Slot)
     labels_slot: _Slot = field(default_factory=_Slot)
     spread_slot: _Slot = field(default_factory=_Slot)
@@ -155,8 +160,11 @@ class DSPWidget(Container):
                                     label="image")
         self._planes = ComboBox(name="planes", choices=PLANES, value=PLANES[0],
                                 tooltip="For stacks and time-lapses (layers with more than "
-                                        "two axes): the plane the sliders show, or every "
-                                        "plane with classes shared across planes")
+                                        "two axes): the plane the sliders show; every "
+                                        "plane, each with its own prior and classes "
+                                        "shared across planes; or, for a Z stack, one "
+                                        "3-D prior of the whole volume (the z spacing "
+                                        "from the layer's scale)")
         self._mode = ComboBox(name="mode", choices=MODES, value=MODES[0],
                               tooltip="Foreground/background (0 = background, 1 = "
                                       "foreground) or K classes 1..K")
@@ -192,12 +200,26 @@ class DSPWidget(Container):
         self._workers = SpinBox(name="n_workers", value=-1, min=-1,
                                 max=FIELDS["n_workers"].maximum, label="CPU workers",
                                 tooltip=FIELDS["n_workers"].help + " (-1 = automatic)")
+        self._level = SpinBox(name="level", value=0, min=0, max=0, label="level",
+                              tooltip="Multiscale layers: the resolution level to segment "
+                                      "(0 = finest); the result is placed at that level's "
+                                      "pixel size")
+        self._level.visible = False
+        self._working_size = SpinBox(name="working_size", value=-1, min=-1,
+                                     max=FIELDS["working_size"].maximum,
+                                     label="working size",
+                                     tooltip=FIELDS["working_size"].help +
+                                     " (-1 = automatic)")
+        self._refine = CheckBox(name="refine", value=d.refine,
+                                text="sharpen outlines from the pixels",
+                                tooltip=FIELDS["refine"].help)
         self._run = PushButton(name="run", text="Run")
         self._status = Label(name="status", value="")
-        self._advanced_widgets = [self._precision, self._learning_rate,
+        self._advanced_widgets = [self._working_size, self._precision, self._learning_rate,
                                   self._preview_every, self._workers]
-        self.extend([self._image, self._planes, self._mode, self._classes, self._min_labels,
-                     self._scribbles, self._invert, self._instances, self._n_iter,
+        self.extend([self._image, self._level, self._planes, self._mode, self._classes, self._min_labels,
+                     self._scribbles, self._invert, self._instances, self._refine,
+                     self._n_iter,
                      self._n_runs, self._window, self._device, self._seed,
                      self._show_spread, self._advanced, *self._advanced_widgets,
                      self._run, self._status])
@@ -210,6 +232,8 @@ class DSPWidget(Container):
         self._worker = None
         self._gen = None
         self._run_plane = None
+        self._run_level: Optional[int] = None
+        self._run_image = None
         self._run_shape: tuple = ()
         self._progress = None
         self._running_layer = None
@@ -219,12 +243,14 @@ class DSPWidget(Container):
         self._run.changed.connect(self._on_run_clicked)
         self._advanced.changed.connect(self._toggle_advanced)
         self._mode.changed.connect(self._on_mode)
-        for w in (self._classes, self._invert, self._window, self._instances):
+        for w in (self._classes, self._invert, self._window, self._instances, self._refine):
             w.changed.connect(self._recluster)
         viewer.layers.selection.events.active.connect(self._follow_selection)
+        self._image.changed.connect(self._update_level)
         viewer.layers.events.removed.connect(self._on_layer_removed)
         self.native.destroyed.connect(self._cancel_quietly)
         self._follow_selection()
+        self._update_level()
 
     # -- form ------------------------------------------------------------------------
     def _toggle_advanced(self, on: bool) -> None:
@@ -255,6 +281,9 @@ class DSPWidget(Container):
         return Settings(
             n_classes=int(self._classes.value) if k else 2,
             invert=bool(self._invert.value) and fg_bg,
+            refine=bool(self._refine.value),
+            working_size=None if self._working_size.value < 0 else
+            int(self._working_size.value),
             instances=bool(self._instances.value) and fg_bg,
             method="kanezaki" if self._mode.value == MODES[2] else "kmeans",
             min_labels=int(self._min_labels.value),
@@ -289,14 +318,18 @@ class DSPWidget(Container):
             return None
         try:
             settings = self.settings()
-            data, plane = self._layer_data(layer)
+            data, plane, level = self._layer_data(layer)
             scribbles = None
             if settings.method == "kanezaki" and self._scribbles.value is not None:
                 scribbles = np.asarray(self._scribbles.value.data).copy()
             if data.ndim > 2 and not layer.rgb and plane is None:
-                gen = iter_segment_stack(data, settings=settings)
+                volumetric = self._planes.value == PLANES[2]
+                spacing = tuple(placement(layer, level)["scale"][-3:]) if volumetric \
+                    else None
+                gen = iter_segment_stack(data, settings=settings.replace(
+                    volumetric=volumetric), spacing=spacing)
             else:
-                gen = iter_segment(data if plane is None else data[plane],
+                gen = iter_segment(np.asarray(data if plane is None else data[plane]),
                                    settings=settings, scribbles=scribbles)
         except (TypeError, ValueError) as exc:
             show_error(f"napari-dsp: {exc}")
@@ -304,7 +337,9 @@ class DSPWidget(Container):
         self._gen = gen
         self._running_layer = layer
         self._run_plane = plane
-        self._run_shape = data.shape
+        self._run_level = level
+        self._run_shape = tuple(data.shape)
+        self._run_image = data if plane is None else data[plane]
         out = self._outputs.setdefault(id(layer), _Outputs())
         out.prior_slot.commit()
         out.labels_slot.commit()
@@ -323,28 +358,52 @@ class DSPWidget(Container):
         return worker
 
     def _layer_data(self, layer):
-        """A copy of the layer's data (main thread) and, for a stack in "current plane"
-        mode, the index of the plane the sliders show (else None)."""
+        """The pixels to segment and, for a stack in "current plane" mode, the index of
+        the plane the sliders show (else None), and the multiscale level (else None).
+
+        In-memory data is copied (the user may edit the layer during the fit); lazy data
+        (dask, zarr) is left lazy and read plane by plane by the fit."""
+        data, level = layer.data, None
         if getattr(layer, "multiscale", False):
-            raise ValueError("multiscale layers are not supported yet; add the level you "
-                             "want as a plain Image layer, e.g. "
-                             "viewer.add_image(layer.data[1])")
-        data = np.asarray(layer.data).copy()
+            level = int(self._level.value)
+            if not 0 <= level < len(layer.data):
+                raise ValueError(f"layer '{layer.name}' has {len(layer.data)} levels; "
+                                 f"choose a level from 0 to {len(layer.data) - 1}")
+            data = layer.data[level]
+        if isinstance(data, np.ndarray):
+            data = data.copy()
         spatial = 3 if layer.rgb else 2
         if data.ndim - spatial > 2:
             raise ValueError(f"layer '{layer.name}' has {data.ndim} dimensions; stacks up "
                              f"to T x Z x Y x X are supported; add a sub-stack as its own "
                              f"layer, e.g. viewer.add_image(viewer.layers['{layer.name}']"
                              f".data[0])")
-        if data.ndim == spatial or self._planes.value == PLANES[1]:
+        if data.ndim == spatial or self._planes.value in PLANES[1:]:
             if layer.rgb and data.ndim > 3:
                 raise ValueError("RGB stacks: choose 'current plane'")
-            return data, None
+            return data, None, level
         point = layer.world_to_data(self._viewer.dims.point)
         lead = data.ndim - spatial
-        plane = tuple(int(np.clip(round(float(point[i])), 0, data.shape[i] - 1))
-                      for i in range(lead))
-        return data, plane
+        factors = np.ones(lead) if level is None else \
+            np.asarray(layer.downsample_factors[level], float)[:lead]
+        plane = tuple(int(np.clip(np.floor(float(point[i]) / factors[i] + 0.5), 0,
+                                  data.shape[i] - 1)) for i in range(lead))
+        return data, plane, level
+
+    def _update_level(self, *_) -> None:
+        """Show the level picker for a multiscale layer; default to the finest level
+        whose plane has at most 4096 x 4096 pixels."""
+        layer = self._image.value
+        multiscale = layer is not None and getattr(layer, "multiscale", False)
+        self._level.visible = bool(multiscale)
+        if not multiscale:
+            return
+        shapes = [tuple(d.shape) for d in layer.data]
+        self._level.max = len(shapes) - 1
+        spatial = 3 if layer.rgb else 2
+        fits = [i for i, shp in enumerate(shapes)
+                if int(np.prod(shp[len(shp) - spatial:][:2])) <= 4096 * 4096]
+        self._level.value = fits[0] if fits else len(shapes) - 1
 
     def _full(self, slot: "_Slot", part: np.ndarray, index, dtype) -> np.ndarray:
         """``part`` (one plane, or everything when ``index`` is None) placed in an array
@@ -406,12 +465,12 @@ class DSPWidget(Container):
         if p.stage == "classes":
             out.labels_slot.show(self._viewer, self._viewer.add_labels,
                                  self._full(out.labels_slot, p.preview, index, np.int32),
-                                 f"{layer.name} labels", running=True, **placement(layer))
+                                 f"{layer.name} labels", running=True, **placement(layer, self._run_level))
         else:
             out.prior_slot.show(self._viewer, self._viewer.add_image,
                                 self._full(out.prior_slot, p.preview, index, np.float32),
                                 f"{layer.name} prior", running=True, rgb=layer.rgb,
-                                **placement(layer))
+                                **placement(layer, self._run_level))
 
     def _on_returned(self, result: SegmentResult) -> None:
         if not self._gui_alive():
@@ -426,17 +485,18 @@ class DSPWidget(Container):
         index = self._run_plane
         # Re-clustering without a refit works on a 2-D result only.
         out.prior = result.prior if (index is None and result.labels.ndim == 2) else None
+        out.image = self._run_image if out.prior is not None else None
         if result.prior is not None:
             out.prior_slot.show(self._viewer, self._viewer.add_image,
                                 self._full(out.prior_slot, result.prior.prior, index,
                                            np.float32),
                                 f"{layer.name} prior", metadata={META_KEY: result.metadata},
-                                rgb=layer.rgb, **placement(layer))
+                                rgb=layer.rgb, **placement(layer, self._run_level))
         out.labels_slot.show(self._viewer, self._viewer.add_labels,
                              self._full(out.labels_slot, result.labels, index,
                                         result.labels.dtype),
                              f"{layer.name} labels", metadata={META_KEY: result.metadata},
-                             **placement(layer))
+                             **placement(layer, self._run_level))
         if self._show_spread.value and result.prior is not None:
             out.spread_slot.show(
                 self._viewer, self._viewer.add_image,
@@ -444,7 +504,7 @@ class DSPWidget(Container):
                 f"{layer.name} spread", colormap="magma",
                 metadata={META_KEY: {"what": "per-pixel standard deviation across the "
                                              "ensemble (mean over channels)"}},
-                **placement(layer))
+                **placement(layer, self._run_level))
         seed = result.metadata["settings"]["seed"]
         self._status.value = f"done on {result.metadata['device']} (seed {seed})" + \
             self._count_text(result)
@@ -452,7 +512,7 @@ class DSPWidget(Container):
     def _show_labels(self, layer, out: _Outputs, result: SegmentResult) -> None:
         out.labels_slot.show(self._viewer, self._viewer.add_labels, result.labels,
                              f"{layer.name} labels", metadata={META_KEY: result.metadata},
-                             **placement(layer))
+                             **placement(layer, self._run_level))
 
     def _drop_partial_prior(self, layer) -> None:
         """Undo what a run that did not finish put in the viewer."""
@@ -500,7 +560,7 @@ class DSPWidget(Container):
         if not out.labels_slot.alive(self._viewer):
             return
         try:
-            result = cluster(out.prior, self.settings())
+            result = cluster(out.prior, self.settings(), image=out.image)
         except (TypeError, ValueError) as exc:
             show_error(f"napari-dsp: {exc}")
             return

@@ -13,7 +13,7 @@ from typing import Any, Callable, Generator, Optional, Union
 
 import numpy as np
 
-from . import _cluster, _fit, _image, _workers
+from . import _cluster, _fit, _image, _refine, _workers
 from ._fit import FitProgress
 from .settings import Settings, make_settings
 
@@ -92,7 +92,8 @@ def member_seeds(seed: int, n_runs: int) -> list[int]:
 
 def iter_fit_prior(image, settings: Optional[Settings] = None, *,
                    channel_axis: Optional[int] = None, batch_size: Optional[int] = None,
-                   **overrides: Any) -> Generator[FitProgress, None, PriorResult]:
+                   _normalized: bool = False, **overrides: Any
+                   ) -> Generator[FitProgress, None, PriorResult]:
     """Fit the prior step by step: yields :class:`FitProgress`, returns a
     :class:`PriorResult` (``StopIteration.value``; ``yield from`` hands it over).
 
@@ -102,9 +103,13 @@ def iter_fit_prior(image, settings: Optional[Settings] = None, *,
     settings = make_settings(settings, **overrides)
     chw = _image.to_channels_first(image, channel_axis)
     ndim = np.ndim(image)
-    data = _image.normalize(chw)
+    data = chw if _normalized else _image.normalize(chw)
     device = _fit.resolve_device(settings.device)
     seed = draw_seed() if settings.seed is None else int(settings.seed)
+    full_shape = data.shape[1:]
+    work = _working_shape(full_shape, data.shape[0], settings, device)
+    if work != full_shape:
+        data = _image.resize(data, work)
     padded, crop = _image.pad_to_multiple(data)
     n_pixels = padded.shape[1] * padded.shape[2]
     fit_kwargs = dict(n_iter=settings.n_iter, learning_rate=settings.learning_rate,
@@ -155,14 +160,19 @@ def iter_fit_prior(image, settings: Optional[Settings] = None, *,
                 fit = start(batch_size)
                 continue
             if progress.preview is not None:
+                preview = _image.resize(_fit.median(progress.preview), full_shape)
                 progress = FitProgress(progress.step, progress.total,
-                                       _image.from_channels_first(
-                                           _fit.median(progress.preview), ndim,
-                                           channel_axis), progress.loss)
+                                       _image.from_channels_first(preview, ndim,
+                                                                  channel_axis),
+                                       progress.loss)
             yield progress
     finally:
         fit.close()  # a stopped consumer stops the fit (and its worker processes) now
+    if work != full_shape:
+        median = _image.resize(median, full_shape)
+        spread = _image.resize(spread[None], full_shape)[0]
     metadata = {"settings": settings.replace(seed=seed).to_dict(),
+                "working_shape": tuple(int(v) for v in work),
                 "device": _describe_device(device), "workers": workers,
                 "members_per_group": batch_size, "versions": versions(),
                 "input_shape": tuple(int(s) for s in np.shape(image)),
@@ -170,6 +180,23 @@ def iter_fit_prior(image, settings: Optional[Settings] = None, *,
     prior = _image.from_channels_first(median, ndim, channel_axis)
     out_axis = None if ndim == 2 else (-1 if channel_axis is None else channel_axis)
     return PriorResult(prior, spread, metadata, out_axis)
+
+
+def _working_shape(shape: tuple, n_channels: int, settings: Settings, device
+                   ) -> tuple[int, int]:
+    """The plane shape the prior is fitted at (see ``Settings.working_size``)."""
+    if settings.working_size is not None:
+        return _image.working_shape(shape, settings.working_size)
+    size = _image.AUTO_WORKING_SIZE.get(device.type, 512)
+    work = _image.working_shape(shape, size)
+    if device.type == "cpu":  # automatic: smaller rather than refusing for memory
+        batch = _fit.default_batch_size(settings.n_runs, size * size, n_channels, device)
+        workers = 1 if settings.n_workers is None else max(1, settings.n_workers)
+        while size > 64 and not _memory_needed(work[0] * work[1], n_channels,
+                                               settings.n_runs, batch, workers)[2]:
+            size = int(size / np.sqrt(2))
+            work = _image.working_shape(shape, size)
+    return tuple(int(v) for v in work)
 
 
 def _memory_needed(n_pixels: int, n_channels: int, n_runs: int, batch_size: int,
@@ -190,8 +217,9 @@ def _check_memory(n_pixels: int, n_channels: int, n_runs: int, batch_size: int,
         raise ValueError(
             f"fitting this {n_pixels / 1e6:.1f}-megapixel image needs about "
             f"{need / 1e9:.1f} GB of memory and {have / 1e9:.1f} GB is available; "
-            f"downsample it (e.g. skimage.transform.rescale(image, 0.5)), crop a region, "
-            f"or use fewer CPU workers (n_workers=1) ({side}x{side}-pixel equivalent)")
+            f"set a working_size (e.g. working_size=512, or None for automatic) to fit "
+            f"the prior on fewer pixels, crop a region, or use fewer CPU workers "
+            f"(n_workers=1) ({side}x{side}-pixel equivalent)")
 
 
 def _describe_device(device) -> str:
@@ -284,7 +312,7 @@ def iter_segment(image=None, *, prior: Optional[PriorLike] = None,
     elif not kanezaki or settings.use_prior:
         result = yield from iter_fit_prior(image, settings, channel_axis=channel_axis)
     if not kanezaki:
-        return cluster(result, settings)
+        return cluster(result, settings, image=image, channel_axis=channel_axis)
     return (yield from _iter_kanezaki(chw, result, settings, scribbles))
 
 
@@ -336,11 +364,16 @@ def _iter_kanezaki(chw: np.ndarray, prior: Optional[PriorResult], settings: Sett
     return SegmentResult(labels.astype(dtype), prior, metadata)
 
 
-def cluster(prior: PriorLike, settings: Optional[Settings] = None, **overrides: Any
-            ) -> SegmentResult:
-    """Cluster an existing prior (no fit): K-means on window features, see :func:`segment`."""
+def cluster(prior: PriorLike, settings: Optional[Settings] = None, *, image=None,
+            channel_axis: Optional[int] = None, **overrides: Any) -> SegmentResult:
+    """Cluster an existing prior (no fit): K-means on window features, see :func:`segment`.
+
+    Pass the ``image`` the prior was fitted to (and its ``channel_axis``) to let
+    ``refine`` re-draw the outlines from its pixels; without it the prior's own
+    outlines are kept.
+    """
     settings = make_settings(settings, **overrides)
-    result = _as_prior_result(prior, None, None)
+    result = _as_prior_result(prior, image, channel_axis)
     seed = result.metadata.get("settings", {}).get("seed")
     if settings.seed is not None:
         seed = int(settings.seed)
@@ -348,8 +381,13 @@ def cluster(prior: PriorLike, settings: Optional[Settings] = None, **overrides: 
         seed = draw_seed()
     labels, info = _cluster.cluster_prior(result.channels_first(),
                                           n_classes=settings.n_classes,
-                                          window=settings.window, seed=seed,
-                                          invert=settings.invert)
+                                          window=settings.window, seed=seed)
+    if settings.n_classes == 2:
+        chw = None
+        if image is not None:
+            chw = _image.normalize(_image.to_channels_first(image, channel_axis))
+        [labels], more = _post_process([labels], [chw], settings)
+        info.update(more)
     if settings.instances:
         from ._instances import instances
 
@@ -359,11 +397,30 @@ def cluster(prior: PriorLike, settings: Optional[Settings] = None, **overrides: 
     fit_settings = dict(result.metadata.get("settings", {}))
     fit_settings.update(n_classes=settings.n_classes, window=settings.window,
                         invert=settings.invert, seed=seed, instances=settings.instances,
-                        min_size=settings.min_size)
+                        min_size=settings.min_size, refine=settings.refine,
+                        fill_holes=settings.fill_holes)
     metadata = dict(result.metadata)
     metadata.update(settings=fit_settings, clustering=info)
     metadata.setdefault("versions", versions())
     return SegmentResult(labels, result, metadata)
+
+
+def _post_process(labels: list, images: list, settings: Settings) -> tuple[list, dict]:
+    """Refinement from the pixels (class models shared over planes), hole filling and
+    ``invert``, for the 0/1 maps of the border rule."""
+    info: dict = {}
+    fgs = [lab == 1 for lab in labels]
+    if settings.refine and all(im is not None for im in images):
+        fgs, info = _refine.refine_foreground(images, fgs)
+    elif settings.refine:
+        info = {"refined": False, "pixel_error": None,
+                "refine_skipped": "no image given: the prior's outlines are kept"}
+    if settings.fill_holes:
+        fgs = [_refine.fill_holes(f) for f in fgs]
+    if settings.invert:  # after the clean-up, which is about the objects the rule found
+        fgs = [~f for f in fgs]
+    info["inverted"] = settings.invert
+    return [f.astype(lab.dtype) for f, lab in zip(fgs, labels)], info
 
 
 def _as_prior_result(prior: PriorLike, image, channel_axis) -> PriorResult:
@@ -447,7 +504,8 @@ def segment(image=None, *, n_classes: Optional[int] = None,
 
 
 def iter_segment_stack(image, *, channel_axis: Optional[int] = None,
-                       settings: Optional[Settings] = None, **overrides: Any
+                       settings: Optional[Settings] = None,
+                       spacing: Optional[tuple] = None, **overrides: Any
                        ) -> Generator[FitProgress, None, SegmentResult]:
     """Generator form of :func:`segment_stack`: yields progress (``plane`` and
     ``n_planes`` set), returns a :class:`SegmentResult` of stacks."""
@@ -458,57 +516,134 @@ def iter_segment_stack(image, *, channel_axis: Optional[int] = None,
     if settings.instances:
         raise ValueError("instances=True is not supported for stacks yet; call "
                          "napari_dsp.instances-style labelling per plane")
-    arr = np.asarray(image)
+    shape = tuple(int(v) for v in np.shape(image))
+    lazy = not isinstance(image, np.ndarray) and hasattr(image, "shape") \
+        and hasattr(image, "__getitem__") and hasattr(image, "dtype")
+    arr = image if lazy else np.asarray(image)  # dask, zarr, ...: read plane by plane
+    ndim = len(shape)
     if channel_axis is not None:
         if isinstance(channel_axis, bool) or not isinstance(channel_axis, (int, np.integer)):
             raise TypeError(f"channel_axis must be an integer or None, got {channel_axis!r}")
-        if not -arr.ndim <= channel_axis < arr.ndim:
-            raise ValueError(f"channel_axis={channel_axis} is out of range for an image "
-                             f"with {arr.ndim} dimensions")
-        arr = np.moveaxis(arr, channel_axis, -1)
+        if not -ndim <= channel_axis < ndim:
+            raise ValueError(f"image has shape {shape}: channel_axis={channel_axis} is "
+                             f"out of range for an image with {ndim} dimensions")
+        channel_axis = int(channel_axis) % ndim
     spatial_ndim = 2 + (channel_axis is not None)
-    lead = arr.shape[:arr.ndim - spatial_ndim]
-    if arr.ndim < spatial_ndim:
-        raise ValueError(f"image has shape {np.shape(image)}: a stack needs at least "
+    if ndim < spatial_ndim:
+        raise ValueError(f"image has shape {shape}: a stack needs at least "
                          f"{spatial_ndim} dimensions")
-    if len(lead) > 2:
-        raise ValueError(f"image has {arr.ndim} dimensions (shape {np.shape(image)}); "
-                         f"stacks up to T x Z x Y x X (plus a channel axis) are supported; "
-                         f"split the rest first, or pass channel_axis=...")
+    # The leading (plane) axes: all but the channel axis and the last two other axes.
+    others = [a for a in range(ndim) if a != channel_axis]
+    lead_axes = others[:-2]
+    if len(lead_axes) > 2:
+        raise ValueError(f"image has {ndim} dimensions (shape {shape}); stacks up to "
+                         f"T x Z x Y x X (plus a channel axis) are supported; split the "
+                         f"rest first, or pass channel_axis=...")
+    lead = tuple(shape[a] for a in lead_axes)
     planes = list(np.ndindex(*lead)) if lead else [()]
+    # A plane keeps the channel axis where it was among the remaining axes.
+    plane_axis = None if channel_axis is None else \
+        sum(1 for a in range(channel_axis) if a not in lead_axes)
     seed = draw_seed() if settings.seed is None else int(settings.seed)
     settings = settings.replace(seed=seed)
-    plane_axis = -1 if channel_axis is not None else None
-    priors, plane_priors, spreads, meta = [], [], [], {}
-    for i, index in enumerate(planes):
-        fit = iter_fit_prior(arr[index], settings, channel_axis=plane_axis)
+    refine = settings.refine and settings.n_classes == 2
+    if settings.volumetric and len(lead) != 1:
+        raise ValueError(f"volumetric=True needs a Z stack (Z, Y, X), plus a channel axis "
+                         f"if any; got {len(lead)} leading axes (shape {shape}); pass one "
+                         f"time point, e.g. image[t]")
+    # Read every plane once (lazy data: one chunk read per plane) and normalise the stack
+    # as a whole, so an intensity means the same in every plane (per-plane stretching
+    # would turn an empty plane's noise into "objects").
+    raw = []
+    for index in planes:
+        key = [slice(None)] * ndim
+        for axis, v in zip(lead_axes, index):
+            key[axis] = v
+        raw.append(_image.to_channels_first(np.asarray(arr[tuple(key)]), plane_axis))
+    h = raw[0].shape[1]
+    normed = _image.normalize(np.concatenate(raw, axis=1))  # (C, n * Y, X)
+    del raw
+    normed = [normed[:, i * h:(i + 1) * h] for i in range(len(planes))]
+    priors, spreads, meta = [], [], {}
+    if settings.volumetric:
+        fit = _iter_volume(normed, settings, _check_spacing(spacing))
+        while True:
+            try:
+                p = next(fit)
+            except StopIteration as stop:
+                priors, spreads, meta = stop.value
+                break
+            yield p
+    for i, plane in enumerate(planes if not settings.volumetric else []):
+        fit = iter_fit_prior(normed[i], settings, channel_axis=0, _normalized=True)
         while True:
             try:
                 p = next(fit)
             except StopIteration as stop:
                 result = stop.value
                 break
-            yield FitProgress(p.step, p.total, p.preview, p.loss, p.stage, i, len(planes))
+            preview = p.preview
+            if preview is not None and plane_axis is None:
+                preview = preview[0]
+            elif preview is not None:
+                preview = np.moveaxis(preview, 0, -1)
+            yield FitProgress(p.step, p.total, preview, p.loss, p.stage, i, len(planes))
         priors.append(result.channels_first())
-        plane_priors.append(result.prior)  # (Y, X) or (Y, X, C)
         spreads.append(result.spread)
         meta = result.metadata
+    # per plane (Y, X), or (Y, X, C) with a channel axis
+    plane_priors = [p[0] if plane_axis is None else np.moveaxis(p, 0, -1) for p in priors]
+    images = normed if refine else [None] * len(priors)
     labels, info = _cluster.cluster_priors(priors, n_classes=settings.n_classes,
-                                           window=settings.window, seed=seed,
-                                           invert=settings.invert)
+                                           window=settings.window, seed=seed)
+    if settings.n_classes == 2:
+        labels, more = _post_process(labels, images, settings)
+        info.update(more)
     labels_stack = np.stack(labels).reshape(lead + labels[0].shape)
     prior_stack = np.stack(plane_priors).reshape(lead + plane_priors[0].shape)
     if channel_axis is not None:
         prior_stack = np.moveaxis(prior_stack, -1, channel_axis)
     spread_stack = np.stack(spreads).reshape(lead + spreads[0].shape)
     metadata = dict(meta, input_shape=tuple(int(v) for v in np.shape(image)),
-                    channel_axis=channel_axis, n_planes=len(planes), clustering=info)
+                    channel_axis=channel_axis, n_planes=len(labels), clustering=info)
     prior_result = PriorResult(prior_stack, spread_stack, metadata, channel_axis)
     return SegmentResult(labels_stack, prior_result, metadata)
 
 
+def _check_spacing(spacing) -> tuple:
+    if spacing is None:
+        return (1.0, 1.0, 1.0)
+    try:
+        values = tuple(float(v) for v in spacing)
+    except (TypeError, ValueError):
+        raise TypeError(f"spacing must be three numbers (z, y, x), got {spacing!r}") from None
+    if len(values) != 3 or not all(np.isfinite(v) and v > 0 for v in values):
+        raise ValueError(f"spacing must be three positive numbers (z, y, x), e.g. a "
+                         f"layer's scale, got {spacing!r}")
+    return values
+
+
+def _iter_volume(planes: list, settings: Settings, spacing: tuple):
+    """The volumetric fit of normalised planes ``(C, Y, X)``: yields progress, returns
+    (per-plane priors (C, Y, X), per-plane spreads, metadata)."""
+    from . import _volume
+
+    volume = np.stack(planes, 1)  # (C, Z, Y, X)
+    device = _fit.resolve_device(settings.device)
+    members = yield from _volume.iter_volume_members(
+        volume, spacing, n_iter=settings.n_iter,
+        seeds=member_seeds(int(settings.seed), settings.n_runs),
+        learning_rate=settings.learning_rate, device=device)
+    median, spread = _fit.summarize(members)  # (C, Z, Y, X), (Z, Y, X)
+    nz = volume.shape[1]
+    meta = {"settings": settings.to_dict(), "device": _describe_device(device),
+            "versions": versions(), "volumetric": True, "spacing": spacing,
+            "z_stages": _volume.plan(spacing, nz)}
+    return [median[:, z] for z in range(nz)], [spread[z] for z in range(nz)], meta
+
+
 def segment_stack(image, *, channel_axis: Optional[int] = None,
-                  settings: Optional[Settings] = None,
+                  settings: Optional[Settings] = None, spacing: Optional[tuple] = None,
                   progress: Optional[ProgressCallback] = None, full_output: bool = False,
                   **overrides: Any):
     """Segment every 2-D plane of a stack or time-lapse with shared classes.
@@ -524,6 +659,10 @@ def segment_stack(image, *, channel_axis: Optional[int] = None,
         Plus a channel axis anywhere when ``channel_axis`` is given.
     channel_axis, settings, progress, overrides
         As for :func:`segment` (``method='kmeans'`` only).
+    spacing : (z, y, x), optional
+        Voxel size (e.g. a napari layer's ``scale``); used by ``volumetric=True``, where
+        ONE 3-D prior is fitted to a Z stack with stages that follow the anisotropy (see
+        ``napari_dsp._volume``). Default isotropic.
     full_output : bool
         Return a :class:`SegmentResult` whose prior and spread are stacks too.
 
@@ -539,6 +678,6 @@ def segment_stack(image, *, channel_axis: Optional[int] = None,
     settings = make_settings(settings, **overrides)
     if progress is None:
         settings = settings.replace(preview_every=0)
-    result = _drain(iter_segment_stack(image, channel_axis=channel_axis, settings=settings),
-                    progress)
+    result = _drain(iter_segment_stack(image, channel_axis=channel_axis, settings=settings,
+                                       spacing=spacing), progress)
     return result if full_output else result.labels

@@ -43,6 +43,16 @@ FIELDS: dict[str, Field] = {
               "filled, specks removed) and report the count.", flag="--instances"),
         Field("min_size", "With instances: objects smaller than this many pixels are "
               "removed.", minimum=0, maximum=10**9, flag="--min-size"),
+        Field("refine", "Foreground/background only: re-draw the prior's outlines from the "
+              "image's pixels (a two-Gaussian minimum-error rule whose classes come from "
+              "the prior), but only where the pixels separate the two classes (expected "
+              "pixel error below 10 %); on textured or noisy images the prior's result is "
+              "kept.", flag="--no-refine"),
+        Field("fill_holes", "Foreground/background only: background pockets enclosed by "
+              "foreground become foreground.", flag="--no-fill-holes"),
+        Field("volumetric", "Z-stacks: fit ONE 3-D prior to the whole stack (3-D "
+              "convolutions, anisotropy from the voxel spacing) instead of one 2-D prior "
+              "per plane.", flag="--volumetric"),
         Field("method", "'kmeans': K-means on the prior with n_classes classes; 'kanezaki': "
               "self-training on superpixels of the prior that finds the number of classes "
               "itself (stops at min_labels).", choices=METHODS, flag="--method"),
@@ -63,6 +73,11 @@ FIELDS: dict[str, Field] = {
               "median.", minimum=1, maximum=64, flag="--runs"),
         Field("window", "Side of the square window (pixels, odd) whose prior values form "
               "each pixel's feature for K-means.", minimum=1, maximum=31, flag="--window"),
+        Field("working_size", "Planes with more than working_size x working_size pixels "
+              "are scaled down (aspect ratio kept) for the fit and the prior is scaled "
+              "back up; clustering and outlines use the full resolution. None = automatic "
+              "(512 on a CPU, 2048 on CUDA, smaller if memory is short); 0 = always the "
+              "full resolution.", minimum=0, maximum=65536, flag="--working-size"),
         Field("seed", "Random seed. None draws one; the seed used is reported with the "
               "result so any run can be repeated.", minimum=0, maximum=2**32 - 1,
               flag="--seed"),
@@ -114,6 +129,14 @@ class Settings:
         One id per object (0 = background) instead of a 0/1 mask; the count is reported.
     min_size : int
         With ``instances``: smallest object kept, in pixels.
+    refine : bool
+        Re-draw the foreground outline from the image's pixels when they separate the
+        prior's two classes (see ``napari_dsp._refine``); needs the image.
+    fill_holes : bool
+        Fill background pockets enclosed by foreground (2 classes only).
+    volumetric : bool
+        ``segment_stack`` on a Z stack: one 3-D prior for the whole stack (see
+        ``napari_dsp._volume``) instead of a prior per plane.
     method : {'kmeans', 'kanezaki'}
         K-means on the prior, or Kanezaki's self-training seeded by the prior, which
         finds the number of classes itself.
@@ -128,6 +151,11 @@ class Settings:
         Odd side of the square window of prior values used as a pixel's feature (3; the
         research code used 7, which on the reference cases moves object outlines outwards
         and loses 0.01-0.03 IoU: the prior is already smooth).
+    working_size : int or None
+        The prior is fitted on at most ``working_size ** 2`` pixels: larger planes are
+        scaled down for the fit (antialiased) and the prior scaled back up (bilinear).
+        ``None``: automatic (512 on a CPU, 2048 on CUDA, less when memory is short);
+        ``0``: full resolution.
     seed : int or None
         Seed of every random choice; ``None`` draws one (reported in the result).
     device : {'auto', 'cpu', 'cuda', 'mps'}
@@ -152,6 +180,9 @@ class Settings:
     invert: bool = False
     instances: bool = False
     min_size: int = 16
+    refine: bool = True
+    fill_holes: bool = True
+    volumetric: bool = False
     method: str = "kmeans"
     min_labels: int = 3
     max_iter: int = 1000
@@ -160,6 +191,7 @@ class Settings:
     n_iter: int = 50
     n_runs: int = 11
     window: int = 3
+    working_size: Optional[int] = None
     seed: Optional[int] = None
     device: str = "auto"
     precision: str = "float32"

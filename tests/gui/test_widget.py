@@ -360,3 +360,79 @@ def test_stack_layer_current_plane_and_all_planes(viewer, qtbot):
     for z, m in enumerate([mask, moved, mask[::-1]]):
         fg = labels.data[z] == 1
         assert np.logical_and(fg, m).sum() / np.logical_or(fg, m).sum() > 0.8
+
+
+def test_multiscale_layer_segments_the_chosen_level_in_place(viewer, qtbot):
+    img, mask = dark_on_bright((96, 128), seed=5)
+    small = img.reshape(48, 2, 64, 2).mean((1, 3))
+    layer = viewer.add_image([img, small], multiscale=True, name="pyr", scale=(0.5, 0.5),
+                             translate=(7.0, -3.0), rotate=30)
+    widget = open_widget(viewer)
+    widget._image.value = layer
+    assert not widget._level.native.isHidden() and widget._level.max == 1
+    assert widget._level.value == 0  # small enough to take the finest level
+    widget._level.value = 1
+    tiny(widget, n_iter=25, n_runs=2)
+    run_and_wait(qtbot, widget)
+    labels = viewer.layers["pyr labels"]
+    assert labels.data.shape == small.shape
+    np.testing.assert_allclose(labels.scale, [1.0, 1.0])  # level 1: pixels twice as big
+    np.testing.assert_allclose(labels.rotate, layer.rotate)
+    np.testing.assert_allclose(labels.translate, layer.translate)
+    # the disc lands where it is in the world
+    fg = np.argwhere(labels.data == 1).mean(0)
+    truth = np.argwhere(mask).mean(0)
+    world_fg = np.asarray(labels.data_to_world(fg))
+    world_truth = np.asarray(layer.data_to_world(truth))
+    assert np.linalg.norm(world_fg - world_truth) < 1.0
+
+
+def test_dask_stack_and_affine_placement_per_plane(viewer, qtbot):
+    da = pytest.importorskip("dask.array")
+    img, mask = dark_on_bright((40, 48), seed=6)
+    stack = np.stack([img, np.roll(img, 5, axis=0)])
+    affine = np.eye(4)
+    c, s = np.cos(0.4), np.sin(0.4)
+    affine[1:3, 1:3] = [[c, -s], [s, c]]
+    affine[1:3, 3] = [4.0, -2.0]
+    layer = viewer.add_image(da.from_array(stack, chunks=(1, 40, 48)), name="lazy",
+                             scale=(2.0, 0.7, 0.7), affine=affine)
+    widget = open_widget(viewer)
+    tiny(widget, n_iter=25, n_runs=2)
+    viewer.dims.set_point(0, 2.0)  # world z = 2 -> plane 1
+    widget._planes.value = "current plane"
+    run_and_wait(qtbot, widget)
+    labels = viewer.layers["lazy labels"]
+    assert labels.data.shape == stack.shape and labels.data[0].max() == 0
+    moved = np.roll(mask, 5, axis=0)
+    fg = labels.data[1] == 1
+    assert np.logical_and(fg, moved).sum() / np.logical_or(fg, moved).sum() > 0.8
+    np.testing.assert_allclose(labels.affine.affine_matrix, layer.affine.affine_matrix)
+    np.testing.assert_allclose(labels.scale, layer.scale)
+    # a labelled pixel and the same pixel of the source map to the same world point
+    pixel = (1, *np.argwhere(fg)[0])
+    np.testing.assert_allclose(labels.data_to_world(pixel), layer.data_to_world(pixel))
+    widget._planes.value = "all planes"
+    run_and_wait(qtbot, widget)
+    assert viewer.layers["lazy labels"] is labels
+    for z, m in enumerate([mask, moved]):
+        fg = labels.data[z] == 1
+        assert np.logical_and(fg, m).sum() / np.logical_or(fg, m).sum() > 0.8
+
+
+def test_volume_mode_fits_one_3d_prior_with_the_layer_spacing(viewer, qtbot):
+    zz, yy, xx = np.mgrid[0:8, 0:40, 0:40]
+    mask = ((zz - 4) * 2.0) ** 2 + (yy - 20) ** 2 + (xx - 18) ** 2 <= 10 ** 2
+    image = np.where(mask, 0.7, 0.3) + np.random.default_rng(0).normal(0, 0.08, mask.shape)
+    layer = viewer.add_image(image.astype(np.float32), name="vol", scale=(2.0, 1.0, 1.0))
+    widget = open_widget(viewer)
+    tiny(widget, n_iter=25, n_runs=2)
+    widget._planes.value = "volume (3-D prior)"
+    run_and_wait(qtbot, widget)
+    labels = viewer.layers["vol labels"]
+    assert labels.data.shape == image.shape
+    np.testing.assert_allclose(labels.scale, layer.scale)
+    meta = labels.metadata["napari_dsp"]
+    assert meta["volumetric"] is True and tuple(meta["spacing"]) == (2.0, 1.0, 1.0)
+    fg = labels.data == 1
+    assert np.logical_and(fg, mask).sum() / np.logical_or(fg, mask).sum() > 0.85
