@@ -70,6 +70,8 @@ def child(job: str, size: int, crop: int, out: str) -> None:
     np.save(out, result.labels)
     print(json.dumps({"seconds": seconds,
                       "working_shape": result.metadata.get("working_shape"),
+                      "tiles": result.metadata.get("tiles"),
+                      "object_radius": result.metadata.get("object_radius"),
                       "workers": result.metadata.get("workers"),
                       "refined": result.metadata["clustering"].get("refined")}))
 
@@ -115,11 +117,13 @@ def main(argv=None) -> int:
         large_out, crop_out = Path(tmp) / "large.npy", Path(tmp) / "crop.npy"
         large = run("large", args.size, args.crop, large_out)
         print(f"{args.size}x{args.size} automatic: {large['seconds']:.1f} s, peak "
-              f"{large['peak_rss_gb']:.2f} GB, fitted at {large['working_shape']}, "
+              f"{large['peak_rss_gb']:.2f} GB, object radius {large['object_radius']} px, "
+              f"fitted at {large['working_shape']} in {large['tiles']} tile(s), "
               f"refined: {large['refined']}", flush=True)
         full = run("crop-full", args.size, args.crop, crop_out)
         print(f"{args.crop}x{args.crop} crop at full resolution: {full['seconds']:.1f} s, "
-              f"peak {full['peak_rss_gb']:.2f} GB, fitted at {full['working_shape']}",
+              f"peak {full['peak_rss_gb']:.2f} GB, fitted at {full['working_shape']} in "
+              f"{full['tiles']} tile(s)",
               flush=True)
         _, mask = mosaic(args.size)
         box = crop_box(args.size, args.crop)

@@ -44,7 +44,39 @@ def test_segment_counts_nuclei():
 
 
 def test_instances_errors():
-    with pytest.raises(ValueError, match="2-D mask"):
-        instances(np.zeros((2, 8, 8), bool))
+    with pytest.raises(ValueError, match="2-D or 3-D mask"):
+        instances(np.zeros((2, 2, 8, 8), bool))
     with pytest.raises(ValueError, match="instances=True needs foreground/background"):
         segment(dark_on_bright()[0], instances=True, n_classes=3)
+
+
+def test_touching_balls_are_split_in_3d_with_anisotropic_spacing():
+    # two touching balls, z sampled every 2 pixels: 2 objects, not 1
+    zz, yy, xx = np.mgrid[0:12, 0:40, 0:56]
+    z = zz * 2.0
+    mask = ((z - 12) ** 2 + (yy - 20) ** 2 + (xx - 16) ** 2 <= 81) | \
+        ((z - 12) ** 2 + (yy - 20) ** 2 + (xx - 33) ** 2 <= 81)
+    labels = instances(mask, sampling=(2.0, 1.0, 1.0))
+    assert labels.shape == mask.shape and labels.max() == 2
+    assert np.array_equal(labels > 0, mask)
+
+
+def test_stack_instances_count_per_plane_with_unique_ids():
+    from napari_dsp import segment_stack
+
+    frames = []
+    for seed in (0, 1):
+        disc_mask, count = touching_discs((96, 128), seed=seed)
+        rng = np.random.default_rng(seed)
+        frames.append(np.where(disc_mask, 0.8, 0.2) + rng.normal(0, 0.05, disc_mask.shape))
+    result = segment_stack(np.stack(frames).astype(np.float32), instances=True, n_iter=30,
+                           n_runs=2, n_workers=0, seed=0, full_output=True)
+    info = result.metadata["clustering"]
+    counts = info["counts_per_plane"]
+    assert len(counts) == 2 and info["count"] == sum(counts)
+    for t, n in enumerate(counts):
+        _, truth = touching_discs((96, 128), seed=t)
+        assert abs(n - truth) <= 0.1 * truth, (n, truth)
+    ids0 = set(np.unique(result.labels[0])) - {0}
+    ids1 = set(np.unique(result.labels[1])) - {0}
+    assert not ids0 & ids1 and len(ids0) + len(ids1) == info["count"]

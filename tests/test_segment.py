@@ -180,15 +180,15 @@ def test_api_does_not_import_napari_or_qt():
 def test_a_fit_that_cannot_fit_in_memory_is_refused_up_front(monkeypatch):
     from napari_dsp import _fit
 
-    monkeypatch.setattr(_fit, "available_bytes", lambda: 50e6)  # a 50 MB machine
     image = np.random.default_rng(0).random((256, 256))
-    with pytest.raises(ValueError, match=r"needs about .* GB of memory and 0.1 GB is "
-                                         r"available; set a working_size"):
-        fit_prior(image, n_iter=2, n_runs=2, working_size=0)  # full resolution asked for
-    # automatic working size: a smaller fit instead of a refusal, prior at full size
+    monkeypatch.setattr(_fit, "available_bytes", lambda: 50e6)  # a 50 MB machine
+    # smaller tiles that fit instead of a refusal; the prior has the full size
     result = fit_prior(image, n_iter=2, n_runs=2, n_workers=0, seed=0)
-    work = result.metadata["working_shape"]
-    assert work[0] < 256 and work[0] == work[1] and result.prior.shape == (256, 256)
+    assert result.metadata["tiles"] > 1 and result.prior.shape == (256, 256)
+    monkeypatch.setattr(_fit, "available_bytes", lambda: 2e6)  # not even a 64x64 tile
+    with pytest.raises(ValueError, match=r"needs about .* GB of memory and 0.0 GB is "
+                                         r"available; set a working_size"):
+        fit_prior(image, n_iter=2, n_runs=2, n_workers=0)
 
 
 def test_memory_estimate_is_close_to_the_measured_peak():

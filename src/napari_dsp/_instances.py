@@ -8,14 +8,17 @@ from scipy import ndimage as ndi
 
 
 def instances(foreground: np.ndarray, *, min_size: int = 16, split: bool = True,
-              fill_holes: bool = True, min_distance: int = 3) -> np.ndarray:
-    """Label the objects of a 2-D foreground mask.
+              fill_holes: bool = True, min_distance: int = 3, sampling=None) -> np.ndarray:
+    """Label the objects of a 2-D or 3-D foreground mask.
 
     Parameters
     ----------
-    foreground : ndarray, shape (Y, X), bool (or labels: ``> 0`` is foreground)
+    foreground : ndarray, shape (Y, X) or (Z, Y, X), bool (or labels: ``> 0`` is
+        foreground)
     min_size : int
-        Objects with fewer pixels are removed (specks).
+        Objects with fewer pixels (voxels) are removed (specks).
+    sampling : sequence of float, optional
+        Pixel size per axis (e.g. a z-stack's spacing), so distances are physical.
     split : bool
         Split touching objects at the saddles of the distance transform (watershed from
         its maxima at least ``min_distance`` apart, peaks lower than 2 pixels ignored).
@@ -24,18 +27,18 @@ def instances(foreground: np.ndarray, *, min_size: int = 16, split: bool = True,
 
     Returns
     -------
-    ndarray, shape (Y, X), int32
+    ndarray, same shape, int32
         0 = background, objects 1..N (N = the count).
 
     Raises
     ------
     ValueError
-        For a mask that is not 2-D or a negative ``min_size``.
+        For a mask that is not 2-D or 3-D or a negative ``min_size``.
     """
     fg = np.asarray(foreground)
-    if fg.ndim != 2:
-        raise ValueError(f"instances() takes a 2-D mask, got shape {fg.shape}; call it "
-                         f"per plane")
+    if fg.ndim not in (2, 3):
+        raise ValueError(f"instances() takes a 2-D or 3-D mask, got shape {fg.shape}; "
+                         f"call it per plane or per volume")
     if min_size < 0 or min_distance < 1:
         raise ValueError("min_size must be >= 0 and min_distance >= 1")
     fg = fg > 0
@@ -45,9 +48,13 @@ def instances(foreground: np.ndarray, *, min_size: int = 16, split: bool = True,
         from skimage.feature import peak_local_max
         from skimage.segmentation import watershed
 
-        dist = ndi.distance_transform_edt(fg)
+        dist = ndi.distance_transform_edt(fg, sampling=sampling)
+        if sampling is not None:  # back to units of the finest axis
+            dist = dist / float(min(sampling))
         # Smooth a little so ragged outlines do not make several peaks per object.
-        smooth = ndi.gaussian_filter(dist, 1.0)
+        sigma = 1.0 if sampling is None else \
+            tuple(min(sampling) / float(v) for v in sampling)
+        smooth = ndi.gaussian_filter(dist, sigma)
         peaks = peak_local_max(smooth, min_distance=min_distance, threshold_abs=2.0,
                                labels=ndi.label(fg)[0], exclude_border=False)
         markers = np.zeros(fg.shape, np.int32)

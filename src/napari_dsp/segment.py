@@ -107,9 +107,84 @@ def iter_fit_prior(image, settings: Optional[Settings] = None, *,
     device = _fit.resolve_device(settings.device)
     seed = draw_seed() if settings.seed is None else int(settings.seed)
     full_shape = data.shape[1:]
-    work = _working_shape(full_shape, data.shape[0], settings, device)
+    tile = _tile_size(data.shape[0], settings, device)
+    work, radius = _working_shape(data, settings, tile)
     if work != full_shape:
         data = _image.resize(data, work)
+    tiles = _image.tiles(work, tile, TILE_OVERLAP)
+    info: dict = {}
+    if len(tiles) == 1:
+        gen = _iter_fit_plane(data, settings, seed, device, batch_size, info)
+    else:
+        gen = _iter_fit_tiles(data, tiles, settings, seed, device, batch_size, info)
+    try:
+        while True:
+            try:
+                progress = next(gen)
+            except StopIteration as stop:
+                median, spread = stop.value
+                break
+            if progress.preview is not None:
+                preview = _image.resize(progress.preview, full_shape)
+                progress = FitProgress(progress.step, progress.total,
+                                       _image.from_channels_first(preview, ndim,
+                                                                  channel_axis),
+                                       progress.loss)
+            yield progress
+    finally:
+        gen.close()  # a stopped consumer stops the fit (and its worker processes) now
+    if work != full_shape:
+        median = _image.resize(median, full_shape)
+        spread = _image.resize(spread[None], full_shape)[0]
+    metadata = {"settings": settings.replace(seed=seed).to_dict(),
+                "working_shape": tuple(int(v) for v in work), "tiles": len(tiles),
+                "object_radius": radius,
+                "device": _describe_device(device), "workers": info.get("workers"),
+                "members_per_group": info.get("batch_size"), "versions": versions(),
+                "input_shape": tuple(int(s) for s in np.shape(image)),
+                "input_dtype": str(np.asarray(image).dtype), "channel_axis": channel_axis}
+    prior = _image.from_channels_first(median, ndim, channel_axis)
+    out_axis = None if ndim == 2 else (-1 if channel_axis is None else channel_axis)
+    return PriorResult(prior, spread, metadata, out_axis)
+
+
+#: Overlap of neighbouring tiles (pixels of the working plane), blended linearly.
+TILE_OVERLAP = 32
+
+
+def _iter_fit_tiles(data: np.ndarray, tiles: list, settings: Settings, seed: int, device,
+                    batch_size: Optional[int], info: dict):
+    """Fit overlapping tiles of ``data`` (C, H, W) one after another (memory bounded by
+    one tile) and blend them with linear ramps across the overlaps. Every tile uses the
+    same member seeds. Yields progress over all tiles; returns (median, spread)."""
+    c, h, w = data.shape
+    acc = np.zeros((c, h, w), np.float32)
+    acc_spread = np.zeros((h, w), np.float32)
+    weight = np.zeros((h, w), np.float32)
+    quiet = settings.replace(preview_every=0)
+    for k, (ys, xs) in enumerate(tiles):
+        fit = _iter_fit_plane(np.ascontiguousarray(data[:, ys, xs]), quiet, seed, device,
+                              batch_size, info)
+        while True:
+            try:
+                p = next(fit)
+            except StopIteration as stop:
+                median, spread = stop.value
+                break
+            yield FitProgress(k * p.total + p.step, len(tiles) * p.total, None, p.loss,
+                              f"tile {k + 1}/{len(tiles)}")
+        ramp = _image.blend_weights((ys, xs), (h, w), TILE_OVERLAP)
+        acc[:, ys, xs] += median * ramp
+        acc_spread[ys, xs] += spread * ramp
+        weight[ys, xs] += ramp
+    return acc / weight, acc_spread / weight
+
+
+def _iter_fit_plane(data: np.ndarray, settings: Settings, seed: int, device,
+                    batch_size: Optional[int], info: dict):
+    """One ensemble fit of a normalised ``(C, H, W)`` plane: yields progress (previews
+    as ``(C, H, W)`` medians), returns (median, spread); ``info`` gets the workers and
+    group size used."""
     padded, crop = _image.pad_to_multiple(data)
     n_pixels = padded.shape[1] * padded.shape[2]
     fit_kwargs = dict(n_iter=settings.n_iter, learning_rate=settings.learning_rate,
@@ -130,6 +205,7 @@ def iter_fit_prior(image, settings: Optional[Settings] = None, *,
                                                      workers)[2]:
                 workers -= 1
         _check_memory(n_pixels, padded.shape[0], settings.n_runs, batch_size, workers)
+
     def start(batch):
         if workers:
             return _workers.iter_members_parallel(
@@ -160,43 +236,44 @@ def iter_fit_prior(image, settings: Optional[Settings] = None, *,
                 fit = start(batch_size)
                 continue
             if progress.preview is not None:
-                preview = _image.resize(_fit.median(progress.preview), full_shape)
                 progress = FitProgress(progress.step, progress.total,
-                                       _image.from_channels_first(preview, ndim,
-                                                                  channel_axis),
-                                       progress.loss)
+                                       _fit.median(progress.preview), progress.loss)
             yield progress
     finally:
-        fit.close()  # a stopped consumer stops the fit (and its worker processes) now
-    if work != full_shape:
-        median = _image.resize(median, full_shape)
-        spread = _image.resize(spread[None], full_shape)[0]
-    metadata = {"settings": settings.replace(seed=seed).to_dict(),
-                "working_shape": tuple(int(v) for v in work),
-                "device": _describe_device(device), "workers": workers,
-                "members_per_group": batch_size, "versions": versions(),
-                "input_shape": tuple(int(s) for s in np.shape(image)),
-                "input_dtype": str(np.asarray(image).dtype), "channel_axis": channel_axis}
-    prior = _image.from_channels_first(median, ndim, channel_axis)
-    out_axis = None if ndim == 2 else (-1 if channel_axis is None else channel_axis)
-    return PriorResult(prior, spread, metadata, out_axis)
+        fit.close()
+    info.update(workers=workers, batch_size=batch_size)
+    return median, spread
 
 
-def _working_shape(shape: tuple, n_channels: int, settings: Settings, device
-                   ) -> tuple[int, int]:
-    """The plane shape the prior is fitted at (see ``Settings.working_size``)."""
-    if settings.working_size is not None:
-        return _image.working_shape(shape, settings.working_size)
+def _tile_size(n_channels: int, settings: Settings, device) -> int:
+    """Side of the largest plane fitted in one piece: 512 on a CPU, 2048 on CUDA, less
+    where the CPU memory estimate says it would not fit (then more, smaller tiles)."""
     size = _image.AUTO_WORKING_SIZE.get(device.type, 512)
-    work = _image.working_shape(shape, size)
-    if device.type == "cpu":  # automatic: smaller rather than refusing for memory
+    if device.type == "cpu":
+        # automatic workers are reduced down to one before a tile is made smaller
+        workers = 1 if settings.n_workers is None else settings.n_workers
         batch = _fit.default_batch_size(settings.n_runs, size * size, n_channels, device)
-        workers = 1 if settings.n_workers is None else max(1, settings.n_workers)
-        while size > 64 and not _memory_needed(work[0] * work[1], n_channels,
-                                               settings.n_runs, batch, workers)[2]:
+        while size > 64 and not _memory_needed(size * size, n_channels, settings.n_runs,
+                                               batch, workers)[2]:
             size = int(size / np.sqrt(2))
-            work = _image.working_shape(shape, size)
-    return tuple(int(v) for v in work)
+    return size
+
+
+def _working_shape(data: np.ndarray, settings: Settings, size: int
+                   ) -> tuple[tuple[int, int], Optional[float]]:
+    """The plane shape the prior is fitted at (see ``Settings.working_size``; ``size``
+    is the tile side) and the estimated object radius behind an automatic choice."""
+    shape = data.shape[1:]
+    if settings.working_size is not None:
+        return _image.working_shape(shape, settings.working_size), None
+    if shape[0] * shape[1] <= size * size:
+        return tuple(int(v) for v in shape), None
+    radius = _image.object_radius(data)
+    # Scale down as far as the objects allow (they keep MIN_RADIUS pixels), but never
+    # below one tile: a larger working plane is fitted in tiles.
+    factor = min(max(1.0, radius / _image.MIN_RADIUS), np.sqrt(shape[0] * shape[1]) / size)
+    side = int(round(np.sqrt(shape[0] * shape[1]) / factor))
+    return _image.working_shape(shape, side), round(float(radius), 2)
 
 
 def _memory_needed(n_pixels: int, n_channels: int, n_runs: int, batch_size: int,
@@ -513,9 +590,6 @@ def iter_segment_stack(image, *, channel_axis: Optional[int] = None,
     if settings.method != "kmeans":
         raise ValueError("segment_stack supports method='kmeans' only in this version; "
                          "run method='kanezaki' plane by plane")
-    if settings.instances:
-        raise ValueError("instances=True is not supported for stacks yet; call "
-                         "napari_dsp.instances-style labelling per plane")
     shape = tuple(int(v) for v in np.shape(image))
     lazy = not isinstance(image, np.ndarray) and hasattr(image, "shape") \
         and hasattr(image, "__getitem__") and hasattr(image, "dtype")
@@ -599,6 +673,11 @@ def iter_segment_stack(image, *, channel_axis: Optional[int] = None,
     if settings.n_classes == 2:
         labels, more = _post_process(labels, images, settings)
         info.update(more)
+    if settings.instances:
+        labels, counts = _stack_instances(labels, settings, spacing)
+        info["count"] = int(sum(counts))
+        if not settings.volumetric:
+            info["counts_per_plane"] = counts
     labels_stack = np.stack(labels).reshape(lead + labels[0].shape)
     prior_stack = np.stack(plane_priors).reshape(lead + plane_priors[0].shape)
     if channel_axis is not None:
@@ -608,6 +687,27 @@ def iter_segment_stack(image, *, channel_axis: Optional[int] = None,
                     channel_axis=channel_axis, n_planes=len(labels), clustering=info)
     prior_result = PriorResult(prior_stack, spread_stack, metadata, channel_axis)
     return SegmentResult(labels_stack, prior_result, metadata)
+
+
+def _stack_instances(labels: list, settings: Settings, spacing) -> tuple[list, list]:
+    """One id per object: per plane (ids unique over the stack, offset plane by plane),
+    or in 3-D for a volumetric run. Returns (labels per plane, counts)."""
+    from ._instances import instances
+
+    if settings.volumetric:
+        vol = instances(np.stack(labels) == 1, min_size=settings.min_size,
+                        sampling=_check_spacing(spacing))
+        dtype = np.uint16 if vol.max() < 2**16 else np.int32
+        return list(vol.astype(dtype)), [int(vol.max())]
+    out, counts, offset = [], [], 0
+    for lab in labels:
+        ids = instances(lab == 1, min_size=settings.min_size)
+        n = int(ids.max())
+        out.append(np.where(ids > 0, ids + offset, 0))
+        counts.append(n)
+        offset += n
+    dtype = np.uint16 if offset < 2**16 else np.int32
+    return [o.astype(dtype) for o in out], counts
 
 
 def _check_spacing(spacing) -> tuple:

@@ -73,11 +73,14 @@ FIELDS: dict[str, Field] = {
               "median.", minimum=1, maximum=64, flag="--runs"),
         Field("window", "Side of the square window (pixels, odd) whose prior values form "
               "each pixel's feature for K-means.", minimum=1, maximum=31, flag="--window"),
-        Field("working_size", "Planes with more than working_size x working_size pixels "
-              "are scaled down (aspect ratio kept) for the fit and the prior is scaled "
-              "back up; clustering and outlines use the full resolution. None = automatic "
-              "(512 on a CPU, 2048 on CUDA, smaller if memory is short); 0 = always the "
-              "full resolution.", minimum=0, maximum=65536, flag="--working-size"),
+        Field("working_size", "Fit the prior on a plane scaled down to at most "
+              "working_size x working_size pixels (aspect ratio kept) and scale it back "
+              "up; clustering and outlines stay at full resolution. None = automatic: "
+              "planes up to one tile (512 px on a CPU, 2048 on CUDA) at full resolution; "
+              "larger ones scaled down as far as their objects allow (radius kept >= 3 "
+              "px), never below one tile. 0 = full resolution. Planes larger than a tile "
+              "are fitted in overlapping tiles, blended.", minimum=0, maximum=65536,
+              flag="--working-size"),
         Field("seed", "Random seed. None draws one; the seed used is reported with the "
               "result so any run can be repeated.", minimum=0, maximum=2**32 - 1,
               flag="--seed"),
@@ -154,8 +157,10 @@ class Settings:
     working_size : int or None
         The prior is fitted on at most ``working_size ** 2`` pixels: larger planes are
         scaled down for the fit (antialiased) and the prior scaled back up (bilinear).
-        ``None``: automatic (512 on a CPU, 2048 on CUDA, less when memory is short);
-        ``0``: full resolution.
+        ``None``: automatic (full resolution up to one tile; beyond, scaled down while the
+        estimated object radius stays >= 3 pixels, never below one tile); ``0``: full
+        resolution. Working planes larger than a tile (512 on a CPU, 2048 on CUDA, less
+        when memory is short) are fitted in overlapping tiles blended linearly.
     seed : int or None
         Seed of every random choice; ``None`` draws one (reported in the result).
     device : {'auto', 'cpu', 'cuda', 'mps'}
