@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+from _peak import run_measured
 
 TILE = 512
 
@@ -77,20 +77,8 @@ def child(job: str, size: int, crop: int, out: str) -> None:
 
 
 def run(job: str, size: int, crop: int, out: Path) -> dict:
-    proc = subprocess.Popen([sys.executable, __file__, "--child", job, str(size), str(crop),
-                             str(out)], stdout=subprocess.PIPE, text=True)
-    root = psutil.Process(proc.pid)
-    peak = 0
-    while proc.poll() is None:
-        try:
-            procs = [root] + root.children(recursive=True)
-            peak = max(peak, sum(p.memory_info().rss for p in procs if p.is_running()))
-        except psutil.Error:
-            pass
-        time.sleep(0.05)
-    text = proc.stdout.read()
-    if proc.returncode:
-        raise RuntimeError(f"{job} failed with exit code {proc.returncode}")
+    text, peak = run_measured([sys.executable, __file__, "--child", job, str(size),
+                               str(crop), str(out)])
     result = json.loads(text.strip().splitlines()[-1])
     result["peak_rss_gb"] = peak / 1e9
     return result

@@ -19,31 +19,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 
 import psutil
+from _peak import run_measured
 
 VARIANTS = ("reference", "dsp", "dsp-bf16")
 
 
 def run_variant(variant: str, size: int, device: str, n_runs: int, n_iter: int) -> dict:
     """Run one variant in a child process; return its wall time and peak memory."""
-    proc = subprocess.Popen([sys.executable, __file__, "--child", variant, str(size), device,
-                             str(n_runs), str(n_iter)], stdout=subprocess.PIPE, text=True)
-    root = psutil.Process(proc.pid)
-    peak = 0
-    while proc.poll() is None:
-        try:
-            procs = [root] + root.children(recursive=True)
-            peak = max(peak, sum(p.memory_info().rss for p in procs if p.is_running()))
-        except psutil.Error:
-            pass
-        time.sleep(0.05)
-    out = proc.stdout.read()
-    if proc.returncode:
-        raise RuntimeError(f"{variant} failed with exit code {proc.returncode}")
+    out, peak = run_measured([sys.executable, __file__, "--child", variant, str(size),
+                              device, str(n_runs), str(n_iter)])
     result = json.loads(out.strip().splitlines()[-1])
     result["peak_rss_gb"] = peak / 1e9
     return result

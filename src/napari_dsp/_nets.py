@@ -77,7 +77,31 @@ class _Up(nn.Sequential):
                          _GroupedConv(g, cout, cout, 1), _bn(g, cout), _act())
 
 
-class EnsembleGenerator(nn.Module):
+class _Generator(nn.Module):
+    """Encoder-decoder without skips: ``down`` blocks, ``up`` blocks in reverse, a 1x1
+    ``head`` and a sigmoid. Subclasses build the blocks, then call :meth:`seed_members`."""
+
+    down: nn.ModuleList
+    up: nn.ModuleList
+    head: nn.Module
+
+    def seed_members(self, seeds: Sequence[int]) -> None:
+        """Draw member m's weights of every grouped layer from ``seeds[m]``."""
+        for m, seed in enumerate(seeds):
+            gen = torch.Generator().manual_seed(int(seed))
+            for module in self.modules():
+                if hasattr(module, "init_member"):
+                    module.init_member(m, gen)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.down:
+            x = block(x)
+        for block in reversed(self.up):
+            x = block(x)
+        return torch.sigmoid(self.head(x))
+
+
+class EnsembleGenerator(_Generator):
     """G independent DIP generators (no skips) evaluated as one grouped network.
 
     Parameters
@@ -112,18 +136,7 @@ class EnsembleGenerator(nn.Module):
         self.down = nn.ModuleList(downs)
         self.up = nn.ModuleList(ups)
         self.head = _GroupedConv(g, channels[0], out_channels, 1)
-        for m, seed in enumerate(seeds):
-            gen = torch.Generator().manual_seed(int(seed))
-            for module in self.modules():
-                if isinstance(module, _GroupedConv):
-                    module.init_member(m, gen)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.down:
-            x = block(x)
-        for block in reversed(self.up):
-            x = block(x)
-        return torch.sigmoid(self.head(x))
+        self.seed_members(seeds)
 
 
 def make_noise(seeds: Sequence[int], in_channels: int, height: int, width: int

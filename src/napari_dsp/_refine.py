@@ -97,3 +97,14 @@ def refine_foreground(images: list, foregrounds: list) -> tuple[list, dict]:
 def fill_holes(foreground: np.ndarray) -> np.ndarray:
     """Background pockets enclosed by foreground become foreground (2-D)."""
     return ndi.binary_fill_holes(foreground)
+
+
+def remove_specks(foreground: np.ndarray, min_size: int) -> np.ndarray:
+    """Foreground pieces (connected, 8-neighbourhood) of fewer than ``min_size`` pixels
+    become background (2-D)."""
+    labels, n = ndi.label(foreground, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return foreground
+    small = np.bincount(labels.ravel()) < min_size
+    small[0] = False
+    return foreground & ~small[labels]

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ._fit import FitProgress, member_batches
-from ._nets import CHANNELS, NOISE_CHANNELS, NOISE_SCALE
+from ._nets import CHANNELS, NOISE_CHANNELS, NOISE_SCALE, _Generator
 
 
 def plan(spacing: Sequence[float], n_planes: int, n_stages: int = len(CHANNELS)
@@ -75,7 +75,7 @@ def _act() -> nn.LeakyReLU:
     return nn.LeakyReLU(0.2, inplace=True)
 
 
-class VolumeGenerator(nn.Module):
+class VolumeGenerator(_Generator):
     """G independent 3-D generators evaluated as one grouped network."""
 
     def __init__(self, n_members: int, out_channels: int, seeds: Sequence[int],
@@ -98,18 +98,7 @@ class VolumeGenerator(nn.Module):
             cin = c
         self.down, self.up = nn.ModuleList(downs), nn.ModuleList(ups)
         self.head = _Conv3d(g, channels[0], out_channels, (1, 1, 1))
-        for m, seed in enumerate(seeds):
-            gen = torch.Generator().manual_seed(int(seed))
-            for module in self.modules():
-                if isinstance(module, _Conv3d):
-                    module.init_member(m, gen)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.down:
-            x = block(x)
-        for block in reversed(self.up):
-            x = block(x)
-        return torch.sigmoid(self.head(x))
+        self.seed_members(seeds)
 
 
 def pad_volume(volume: np.ndarray, stages: list[tuple[int, int]]) -> tuple[np.ndarray, tuple]:

@@ -483,8 +483,8 @@ def cluster(prior: PriorLike, settings: Optional[Settings] = None, *, image=None
 
 
 def _post_process(labels: list, images: list, settings: Settings) -> tuple[list, dict]:
-    """Refinement from the pixels (class models shared over planes), hole filling and
-    ``invert``, for the 0/1 maps of the border rule."""
+    """Refinement from the pixels (class models shared over planes), hole filling, speck
+    removal and ``invert``, for the 0/1 maps of the border rule."""
     info: dict = {}
     fgs = [lab == 1 for lab in labels]
     if settings.refine and all(im is not None for im in images):
@@ -494,6 +494,8 @@ def _post_process(labels: list, images: list, settings: Settings) -> tuple[list,
                 "refine_skipped": "no image given: the prior's outlines are kept"}
     if settings.fill_holes:
         fgs = [_refine.fill_holes(f) for f in fgs]
+    if settings.min_size:
+        fgs = [_refine.remove_specks(f, settings.min_size) for f in fgs]
     if settings.invert:  # after the clean-up, which is about the objects the rule found
         fgs = [~f for f in fgs]
     info["inverted"] = settings.invert
@@ -648,7 +650,7 @@ def iter_segment_stack(image, *, channel_axis: Optional[int] = None,
                 priors, spreads, meta = stop.value
                 break
             yield p
-    for i, plane in enumerate(planes if not settings.volumetric else []):
+    for i in range(0 if settings.volumetric else len(planes)):
         fit = iter_fit_prior(normed[i], settings, channel_axis=0, _normalized=True)
         while True:
             try:

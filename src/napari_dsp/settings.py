@@ -41,8 +41,9 @@ FIELDS: dict[str, Field] = {
         Field("instances", "Foreground/background only: give every object its own id "
               "(touching round objects split by a distance-transform watershed, holes "
               "filled, specks removed) and report the count.", flag="--instances"),
-        Field("min_size", "With instances: objects smaller than this many pixels are "
-              "removed.", minimum=0, maximum=10**9, flag="--min-size"),
+        Field("min_size", "Foreground/background: pieces of foreground smaller than "
+              "this many pixels are removed (specks; with instances, objects); 0 keeps "
+              "everything.", minimum=0, maximum=10**9, flag="--min-size"),
         Field("refine", "Foreground/background only: re-draw the prior's outlines from the "
               "image's pixels (a two-Gaussian minimum-error rule whose classes come from "
               "the prior), but only where the pixels separate the two classes (expected "
@@ -131,7 +132,8 @@ class Settings:
     instances : bool
         One id per object (0 = background) instead of a 0/1 mask; the count is reported.
     min_size : int
-        With ``instances``: smallest object kept, in pixels.
+        Foreground/background: smallest piece of foreground kept, in pixels (specks
+        removed; with ``instances`` the smallest object).
     refine : bool
         Re-draw the foreground outline from the image's pixels when they separate the
         prior's two classes (see ``napari_dsp._refine``); needs the image.
