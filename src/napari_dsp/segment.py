@@ -117,22 +117,15 @@ def iter_fit_prior(image, settings: Optional[Settings] = None, *,
         gen = _iter_fit_plane(data, settings, seed, device, batch_size, info)
     else:
         gen = _iter_fit_tiles(data, tiles, settings, seed, device, batch_size, info)
-    try:
-        while True:
-            try:
-                progress = next(gen)
-            except StopIteration as stop:
-                median, spread = stop.value
-                break
-            if progress.preview is not None:
-                preview = _image.resize(progress.preview, full_shape)
-                progress = FitProgress(progress.step, progress.total,
-                                       _image.from_channels_first(preview, ndim,
-                                                                  channel_axis),
-                                       progress.loss)
-            yield progress
-    finally:
-        gen.close()  # a stopped consumer stops the fit (and its worker processes) now
+
+    def in_image_layout(p: FitProgress) -> FitProgress:
+        if p.preview is None:
+            return p
+        preview = _image.resize(p.preview, full_shape)
+        return FitProgress(p.step, p.total,
+                           _image.from_channels_first(preview, ndim, channel_axis), p.loss)
+
+    median, spread = yield from _relay(gen, in_image_layout)
     if work != full_shape:
         median = _image.resize(median, full_shape)
         spread = _image.resize(spread[None], full_shape)[0]
@@ -165,14 +158,9 @@ def _iter_fit_tiles(data: np.ndarray, tiles: list, settings: Settings, seed: int
     for k, (ys, xs) in enumerate(tiles):
         fit = _iter_fit_plane(np.ascontiguousarray(data[:, ys, xs]), quiet, seed, device,
                               batch_size, info)
-        while True:
-            try:
-                p = next(fit)
-            except StopIteration as stop:
-                median, spread = stop.value
-                break
-            yield FitProgress(k * p.total + p.step, len(tiles) * p.total, None, p.loss,
-                              f"tile {k + 1}/{len(tiles)}")
+        median, spread = yield from _relay(fit, lambda p, k=k: FitProgress(
+            k * p.total + p.step, len(tiles) * p.total, None, p.loss,
+            f"tile {k + 1}/{len(tiles)}"))
         ramp = _image.blend_weights((ys, xs), (h, w), TILE_OVERLAP)
         acc[:, ys, xs] += median * ramp
         acc_spread[ys, xs] += spread * ramp
@@ -348,6 +336,20 @@ def fit_prior(image, *, channel_axis: Optional[int] = None,
     if progress is None:
         settings = settings.replace(preview_every=0)
     return _drain(iter_fit_prior(image, settings, channel_axis=channel_axis), progress)
+
+
+def _relay(gen: Generator, transform: Callable[[FitProgress], FitProgress]):
+    """Yield ``transform(p)`` for every progress report of ``gen`` and return its value.
+    A consumer that stops early closes ``gen`` at once (and its worker processes)."""
+    try:
+        while True:
+            try:
+                p = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            yield transform(p)
+    finally:
+        gen.close()
 
 
 def _drain(gen: Generator, callback: Optional[ProgressCallback]):
@@ -642,33 +644,23 @@ def iter_segment_stack(image, *, channel_axis: Optional[int] = None,
     normed = [normed[:, i * h:(i + 1) * h] for i in range(len(planes))]
     priors, spreads, meta = [], [], {}
     if settings.volumetric:
-        fit = _iter_volume(normed, settings, _check_spacing(spacing))
-        while True:
-            try:
-                p = next(fit)
-            except StopIteration as stop:
-                priors, spreads, meta = stop.value
-                break
-            yield p
+        priors, spreads, meta = yield from _iter_volume(normed, settings,
+                                                        _check_spacing(spacing))
+
+    def plane_layout(chw: Optional[np.ndarray]) -> Optional[np.ndarray]:
+        """(C, Y, X) -> (Y, X), or (Y, X, C) with a channel axis."""
+        if chw is None:
+            return None
+        return chw[0] if plane_axis is None else np.moveaxis(chw, 0, -1)
+
     for i in range(0 if settings.volumetric else len(planes)):
         fit = iter_fit_prior(normed[i], settings, channel_axis=0, _normalized=True)
-        while True:
-            try:
-                p = next(fit)
-            except StopIteration as stop:
-                result = stop.value
-                break
-            preview = p.preview
-            if preview is not None and plane_axis is None:
-                preview = preview[0]
-            elif preview is not None:
-                preview = np.moveaxis(preview, 0, -1)
-            yield FitProgress(p.step, p.total, preview, p.loss, p.stage, i, len(planes))
+        result = yield from _relay(fit, lambda p, i=i: FitProgress(
+            p.step, p.total, plane_layout(p.preview), p.loss, p.stage, i, len(planes)))
         priors.append(result.channels_first())
         spreads.append(result.spread)
         meta = result.metadata
-    # per plane (Y, X), or (Y, X, C) with a channel axis
-    plane_priors = [p[0] if plane_axis is None else np.moveaxis(p, 0, -1) for p in priors]
+    plane_priors = [plane_layout(p) for p in priors]
     images = normed if refine else [None] * len(priors)
     labels, info = _cluster.cluster_priors(priors, n_classes=settings.n_classes,
                                            window=settings.window, seed=seed)
