@@ -152,19 +152,19 @@ def _decide(border_share: float, area_share: float) -> tuple[int, dict]:
     return fg, info
 
 
-def cluster_prior(prior: np.ndarray, *, n_classes: int, window: int, seed: int,
-                  invert: bool = False) -> tuple[np.ndarray, dict]:
-    """Segment a ``(C, Y, X)`` prior: 0/1 foreground map for 2 classes, else 1..K.
+def cluster_prior(prior: np.ndarray, *, n_classes: int, window: int, seed: int
+                  ) -> tuple[np.ndarray, dict]:
+    """Segment a ``(C, Y, X)`` prior: 0/1 foreground map for 2 classes (the border rule's
+    side; ``invert`` is applied by the caller after the clean-up), else 1..K.
 
     Returns ``(labels, info)`` with ``labels`` uint8/uint16 of shape ``(Y, X)``.
     """
-    labels, info = cluster_priors([prior], n_classes=n_classes, window=window, seed=seed,
-                                  invert=invert)
+    labels, info = cluster_priors([prior], n_classes=n_classes, window=window, seed=seed)
     return labels[0], info
 
 
-def cluster_priors(priors: list, *, n_classes: int, window: int, seed: int,
-                   invert: bool = False) -> tuple[list, dict]:
+def cluster_priors(priors: list, *, n_classes: int, window: int, seed: int
+                   ) -> tuple[list, dict]:
     """Segment several ``(C, Y, X)`` priors (the planes of a stack) with SHARED K-means
     centres, class order and foreground decision, so an id means the same thing in every
     plane. Returns ``(list of (Y, X) label maps, info)``."""
@@ -191,9 +191,7 @@ def cluster_priors(priors: list, *, n_classes: int, window: int, seed: int,
         return [o.astype(dtype) for o in ordered], info
     two = [(o == 2).astype(np.uint8) for o in ordered]  # 1 = the brighter class
     fg, info = choose_foreground_planes(two)
-    out = [((t == fg) ^ bool(invert)).astype(dtype) for t in two]
-    info["inverted"] = bool(invert)
-    return out, info
+    return [(t == fg).astype(dtype) for t in two], info
 
 
 def assign(features: np.ndarray, centers: np.ndarray, chunk: int = 1_000_000) -> np.ndarray:
