@@ -468,11 +468,7 @@ def cluster(prior: PriorLike, settings: Optional[Settings] = None, *, image=None
         [labels], more = _post_process([labels], [chw], settings)
         info.update(more)
     if settings.instances:
-        from ._instances import instances
-
-        labels = instances(labels == 1, min_size=settings.min_size)
-        info["count"] = int(labels.max())
-        labels = labels.astype(np.uint16 if labels.max() < 2**16 else np.int32)
+        [labels], [info["count"]] = _label_objects([labels], settings.min_size)
     fit_settings = dict(result.metadata.get("settings", {}))
     fit_settings.update(n_classes=settings.n_classes, window=settings.window,
                         invert=settings.invert, seed=seed, instances=settings.instances,
@@ -668,7 +664,9 @@ def iter_segment_stack(image, *, channel_axis: Optional[int] = None,
         labels, more = _post_process(labels, images, settings)
         info.update(more)
     if settings.instances:
-        labels, counts = _stack_instances(labels, settings, spacing)
+        labels, counts = _label_objects(
+            labels, settings.min_size,
+            _check_spacing(spacing) if settings.volumetric else None)
         info["count"] = int(sum(counts))
         if not settings.volumetric:
             info["counts_per_plane"] = counts
@@ -683,19 +681,20 @@ def iter_segment_stack(image, *, channel_axis: Optional[int] = None,
     return SegmentResult(labels_stack, prior_result, metadata)
 
 
-def _stack_instances(labels: list, settings: Settings, spacing) -> tuple[list, list]:
-    """One id per object: per plane (ids unique over the stack, offset plane by plane),
-    or in 3-D for a volumetric run. Returns (labels per plane, counts)."""
+def _label_objects(labels: list, min_size: int, spacing: Optional[tuple] = None
+                   ) -> tuple[list, list]:
+    """One id per object of 0/1 maps: per plane (ids unique over the stack, offset plane
+    by plane), or in 3-D over the planes with voxel ``spacing`` when it is given.
+    Returns (labels per plane, counts)."""
     from ._instances import instances
 
-    if settings.volumetric:
-        vol = instances(np.stack(labels) == 1, min_size=settings.min_size,
-                        sampling=_check_spacing(spacing))
+    if spacing is not None:
+        vol = instances(np.stack(labels) == 1, min_size=min_size, sampling=spacing)
         dtype = np.uint16 if vol.max() < 2**16 else np.int32
         return list(vol.astype(dtype)), [int(vol.max())]
     out, counts, offset = [], [], 0
     for lab in labels:
-        ids = instances(lab == 1, min_size=settings.min_size)
+        ids = instances(lab == 1, min_size=min_size)
         n = int(ids.max())
         out.append(np.where(ids > 0, ids + offset, 0))
         counts.append(n)
