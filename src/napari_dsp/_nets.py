@@ -27,7 +27,29 @@ NOISE_CHANNELS = 2
 NOISE_SCALE = 0.01
 
 
-class _GroupedConv(nn.Conv2d):
+class _MemberInit:
+    """For a grouped convolution with ``cin``/``cout`` channels per member: draw member
+    g's weights as torch does for a stand-alone layer (any number of dimensions)."""
+
+    cin: int
+    cout: int
+
+    @torch.no_grad()
+    def init_member(self, g: int, gen: torch.Generator) -> None:
+        # torch's default for a stand-alone conv: kaiming_uniform(a=sqrt(5)) on the weight
+        # and U(-1/sqrt(fan_in), 1/sqrt(fan_in)) on the bias; both bounds are 1/sqrt(fan_in).
+        fan_in = self.cin * math.prod(self.kernel_size)
+        bound = 1.0 / math.sqrt(fan_in)
+        sl = slice(g * self.cout, (g + 1) * self.cout)
+        w = torch.empty(self.weight[sl].shape, dtype=torch.float64)
+        b = torch.empty(self.cout, dtype=torch.float64)
+        w.uniform_(-bound, bound, generator=gen)
+        b.uniform_(-bound, bound, generator=gen)
+        self.weight[sl] = w.to(self.weight.dtype)
+        self.bias[sl] = b.to(self.bias.dtype)
+
+
+class _GroupedConv(_MemberInit, nn.Conv2d):
     """A convolution over G members, reflection padded like the research code."""
 
     def __init__(self, members: int, cin: int, cout: int, kernel: int, stride: int = 1):
@@ -40,20 +62,6 @@ class _GroupedConv(nn.Conv2d):
         if self.pad:
             x = nn.functional.pad(x, (self.pad,) * 4, mode="reflect")
         return super().forward(x)
-
-    @torch.no_grad()
-    def init_member(self, g: int, gen: torch.Generator) -> None:
-        # torch's default for a stand-alone Conv2d: kaiming_uniform(a=sqrt(5)) on the weight
-        # and U(-1/sqrt(fan_in), 1/sqrt(fan_in)) on the bias; both bounds are 1/sqrt(fan_in).
-        fan_in = self.cin * self.kernel_size[0] * self.kernel_size[1]
-        bound = 1.0 / math.sqrt(fan_in)
-        sl = slice(g * self.cout, (g + 1) * self.cout)
-        w = torch.empty(self.weight[sl].shape, dtype=torch.float64)
-        b = torch.empty(self.cout, dtype=torch.float64)
-        w.uniform_(-bound, bound, generator=gen)
-        b.uniform_(-bound, bound, generator=gen)
-        self.weight[sl] = w.to(self.weight.dtype)
-        self.bias[sl] = b.to(self.bias.dtype)
 
 
 def _bn(members: int, channels: int) -> nn.BatchNorm2d:
@@ -139,16 +147,16 @@ class EnsembleGenerator(_Generator):
         self.seed_members(seeds)
 
 
-def make_noise(seeds: Sequence[int], in_channels: int, height: int, width: int
-               ) -> torch.Tensor:
+def make_noise(seeds: Sequence[int], in_channels: int, *shape: int) -> torch.Tensor:
     """The fixed inputs: per member, U[-0.5, 0.5) * 0.01 drawn from its own seed.
 
-    Returns a float32 tensor ``(1, G * in_channels, height, width)``.
+    ``shape`` is ``(height, width)``, or ``(depth, height, width)`` for the volumetric
+    generator. Returns a float32 tensor ``(1, G * in_channels, *shape)``.
     """
     parts = []
     for seed in seeds:
         gen = torch.Generator().manual_seed(int(seed) + 1)
-        parts.append((torch.rand((in_channels, height, width), generator=gen,
+        parts.append((torch.rand((in_channels, *shape), generator=gen,
                                  dtype=torch.float64) - 0.5) * NOISE_SCALE)
     return torch.cat(parts, 0)[None].float()
 

@@ -18,7 +18,6 @@ member g only sees its own channels; each member's weights and noise come from i
 
 from __future__ import annotations
 
-import math
 from typing import Generator, Sequence
 
 import numpy as np
@@ -26,7 +25,7 @@ import torch
 from torch import nn
 
 from ._fit import FitProgress, member_batches
-from ._nets import CHANNELS, NOISE_CHANNELS, NOISE_SCALE, _Generator
+from ._nets import CHANNELS, NOISE_CHANNELS, _act, _Generator, _MemberInit, make_noise
 
 
 def plan(spacing: Sequence[float], n_planes: int, n_stages: int = len(CHANNELS)
@@ -46,7 +45,7 @@ def plan(spacing: Sequence[float], n_planes: int, n_stages: int = len(CHANNELS)
     return stages
 
 
-class _Conv3d(nn.Conv3d):
+class _Conv3d(_MemberInit, nn.Conv3d):
     """Grouped 3-D convolution over G members, reflection padded."""
 
     def __init__(self, g: int, cin: int, cout: int, kernel: tuple, stride: tuple = (1, 1, 1)):
@@ -58,21 +57,6 @@ class _Conv3d(nn.Conv3d):
         if any(self.pads):
             x = nn.functional.pad(x, self.pads, mode="reflect")
         return super().forward(x)
-
-    @torch.no_grad()
-    def init_member(self, m: int, gen: torch.Generator) -> None:
-        fan_in = self.cin * math.prod(self.kernel_size)
-        bound = 1.0 / math.sqrt(fan_in)
-        sl = slice(m * self.cout, (m + 1) * self.cout)
-        w = torch.empty(self.weight[sl].shape, dtype=torch.float64).uniform_(
-            -bound, bound, generator=gen)
-        b = torch.empty(self.cout, dtype=torch.float64).uniform_(-bound, bound, generator=gen)
-        self.weight[sl] = w.to(self.weight.dtype)
-        self.bias[sl] = b.to(self.bias.dtype)
-
-
-def _act() -> nn.LeakyReLU:
-    return nn.LeakyReLU(0.2, inplace=True)
 
 
 class VolumeGenerator(_Generator):
@@ -132,12 +116,7 @@ def iter_volume_members(volume: np.ndarray, spacing: Sequence[float], *, n_iter:
         g = len(batch)
         member_seeds = [int(seeds[i]) for i in batch]
         net = VolumeGenerator(g, c, member_seeds, stages).to(device)
-        parts = []
-        for seed in member_seeds:
-            gen = torch.Generator().manual_seed(int(seed) + 1)
-            parts.append((torch.rand((NOISE_CHANNELS, z, h, w), generator=gen,
-                                     dtype=torch.float64) - 0.5) * NOISE_SCALE)
-        noise = torch.cat(parts, 0)[None].float().to(device)
+        noise = make_noise(member_seeds, NOISE_CHANNELS, z, h, w).to(device)
         target = target_all.repeat(g, 1, 1, 1)[None]
         opt = torch.optim.Adam(net.parameters(), lr=learning_rate)
         net.train()
