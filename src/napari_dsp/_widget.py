@@ -119,6 +119,7 @@ class _Outputs:
 
     prior: Optional[PriorResult] = None
     image: Optional[np.ndarray] = None  # the pixels the prior was fitted to (refine)
+    level: Optional[int] = None  # the multiscale level the result was computed on
     prior_slot: _Slot = field(default_factory=_Slot)
     labels_slot: _Slot = field(default_factory=_Slot)
     spread_slot: _Slot = field(default_factory=_Slot)
@@ -217,10 +218,9 @@ class DSPWidget(Container):
         self._status = Label(name="status", value="")
         self._advanced_widgets = [self._working_size, self._precision, self._learning_rate,
                                   self._preview_every, self._workers]
-        self.extend([self._image, self._level, self._planes, self._mode, self._classes, self._min_labels,
-                     self._scribbles, self._invert, self._instances, self._refine,
-                     self._n_iter,
-                     self._n_runs, self._window, self._device, self._seed,
+        self.extend([self._image, self._level, self._planes, self._mode, self._classes,
+                     self._min_labels, self._scribbles, self._invert, self._instances,
+                     self._refine, self._n_iter, self._n_runs, self._window, self._device, self._seed,
                      self._show_spread, self._advanced, *self._advanced_widgets,
                      self._run, self._status])
         for w in self._advanced_widgets:
@@ -462,15 +462,15 @@ class DSPWidget(Container):
         index = self._run_plane
         if index is None and p.n_planes > 1:
             index = np.unravel_index(p.plane, self._run_shape[:-2])
+        where = placement(layer, self._run_level)
         if p.stage == "classes":
             out.labels_slot.show(self._viewer, self._viewer.add_labels,
                                  self._full(out.labels_slot, p.preview, index, np.int32),
-                                 f"{layer.name} labels", running=True, **placement(layer, self._run_level))
+                                 f"{layer.name} labels", running=True, **where)
         else:
             out.prior_slot.show(self._viewer, self._viewer.add_image,
                                 self._full(out.prior_slot, p.preview, index, np.float32),
-                                f"{layer.name} prior", running=True, rgb=layer.rgb,
-                                **placement(layer, self._run_level))
+                                f"{layer.name} prior", running=True, rgb=layer.rgb, **where)
 
     def _on_returned(self, result: SegmentResult) -> None:
         if not self._gui_alive():
@@ -486,17 +486,19 @@ class DSPWidget(Container):
         # Re-clustering without a refit works on a 2-D result only.
         out.prior = result.prior if (index is None and result.labels.ndim == 2) else None
         out.image = self._run_image if out.prior is not None else None
+        out.level = self._run_level
+        where = placement(layer, out.level)
         if result.prior is not None:
             out.prior_slot.show(self._viewer, self._viewer.add_image,
                                 self._full(out.prior_slot, result.prior.prior, index,
                                            np.float32),
                                 f"{layer.name} prior", metadata={META_KEY: result.metadata},
-                                rgb=layer.rgb, **placement(layer, self._run_level))
+                                rgb=layer.rgb, **where)
         out.labels_slot.show(self._viewer, self._viewer.add_labels,
                              self._full(out.labels_slot, result.labels, index,
                                         result.labels.dtype),
                              f"{layer.name} labels", metadata={META_KEY: result.metadata},
-                             **placement(layer, self._run_level))
+                             **where)
         if self._show_spread.value and result.prior is not None:
             out.spread_slot.show(
                 self._viewer, self._viewer.add_image,
@@ -504,7 +506,7 @@ class DSPWidget(Container):
                 f"{layer.name} spread", colormap="magma",
                 metadata={META_KEY: {"what": "per-pixel standard deviation across the "
                                              "ensemble (mean over channels)"}},
-                **placement(layer, self._run_level))
+                **where)
         seed = result.metadata["settings"]["seed"]
         self._status.value = f"done on {result.metadata['device']} (seed {seed})" + \
             self._count_text(result)
@@ -512,7 +514,7 @@ class DSPWidget(Container):
     def _show_labels(self, layer, out: _Outputs, result: SegmentResult) -> None:
         out.labels_slot.show(self._viewer, self._viewer.add_labels, result.labels,
                              f"{layer.name} labels", metadata={META_KEY: result.metadata},
-                             **placement(layer, self._run_level))
+                             **placement(layer, out.level))
 
     def _drop_partial_prior(self, layer) -> None:
         """Undo what a run that did not finish put in the viewer."""
