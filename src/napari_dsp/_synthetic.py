@@ -142,6 +142,15 @@ def _blobs(shape: tuple[int, int], n: int, radius: tuple, rng: np.random.Generat
     return blobs
 
 
+def _blob_mask(shape: tuple[int, int], n: int, radius: tuple, rng: np.random.Generator
+               ) -> np.ndarray:
+    """The union of :func:`_blobs` as one boolean mask."""
+    mask = np.zeros(shape, bool)
+    for blob in _blobs(shape, n, radius, rng):
+        mask |= blob
+    return mask
+
+
 def _texture(shape: tuple[int, int], rng: np.random.Generator, scale: float) -> np.ndarray:
     """Zero-mean, unit-std random texture with grain ``scale`` pixels."""
     t = ndi.gaussian_filter(rng.normal(0, 1, shape), scale)
@@ -154,9 +163,7 @@ def stress_textured(shape: tuple[int, int] = (160, 160), seed: int = 0
     whose spread is as large as that difference: a pixel's value says little, a region's
     average says it all."""
     rng = np.random.default_rng(seed)
-    mask = np.zeros(shape, bool)
-    for blob in _blobs(shape, 8, (12, 24), rng):
-        mask |= blob
+    mask = _blob_mask(shape, 8, (12, 24), rng)
     image = np.where(mask, 0.55, 0.40) + 0.15 * _texture(shape, rng, 0.8)
     image += 0.03 * rng.normal(0, 1, shape)
     return image.astype(np.float32), mask
@@ -169,9 +176,7 @@ def stress_textured_stripes(shape: tuple[int, int] = (160, 160), seed: int = 0
     rng = np.random.default_rng(seed)
     h, w = shape
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    mask = np.zeros(shape, bool)
-    for blob in _blobs(shape, 7, (14, 26), rng):
-        mask |= blob
+    mask = _blob_mask(shape, 7, (14, 26), rng)
     stripes = 0.25 * np.sin(0.9 * (xx + 0.5 * yy))
     dots = 0.25 * np.sin(0.7 * xx) * np.sin(0.7 * yy)
     image = np.where(mask, 0.56 + stripes, 0.44 + dots) + 0.04 * rng.normal(0, 1, shape)
@@ -185,9 +190,7 @@ def stress_uneven(shape: tuple[int, int] = (160, 160), seed: int = 0
     rng = np.random.default_rng(seed)
     h, w = shape
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    mask = np.zeros(shape, bool)
-    for blob in _blobs(shape, 14, (7, 14), rng):
-        mask |= blob
+    mask = _blob_mask(shape, 14, (7, 14), rng)
     light = 1.0 - 0.65 * (xx / w) * (0.6 + 0.4 * yy / h)
     image = ndi.gaussian_filter(np.where(mask, 0.8, 0.3), 1.0) * light
     image += 0.03 * rng.normal(0, 1, shape)
@@ -198,9 +201,7 @@ def stress_low_contrast(shape: tuple[int, int] = (160, 160), seed: int = 0
                         ) -> tuple[np.ndarray, np.ndarray]:
     """Objects only 0.1 above the background under pixel noise of 0.1 (SNR 1)."""
     rng = np.random.default_rng(seed)
-    mask = np.zeros(shape, bool)
-    for blob in _blobs(shape, 10, (9, 18), rng):
-        mask |= blob
+    mask = _blob_mask(shape, 10, (9, 18), rng)
     image = ndi.gaussian_filter(np.where(mask, 0.5, 0.4), 0.7)
     image += 0.1 * rng.normal(0, 1, shape)
     return image.astype(np.float32), mask
