@@ -19,6 +19,12 @@ MULTIPLE = 8
 LOW_PERCENTILE, HIGH_PERCENTILE = 0.1, 99.9
 
 
+def check_axis_type(channel_axis) -> None:
+    """``channel_axis`` must be an integer (numpy integers too, booleans not)."""
+    if isinstance(channel_axis, bool) or not isinstance(channel_axis, (int, np.integer)):
+        raise TypeError(f"channel_axis must be an integer or None, got {channel_axis!r}")
+
+
 def to_channels_first(image, channel_axis: Optional[int] = None) -> np.ndarray:
     """Validate ``image`` and return it as a ``(C, Y, X)`` array (no dtype change).
 
@@ -36,8 +42,7 @@ def to_channels_first(image, channel_axis: Optional[int] = None) -> np.ndarray:
     if image.size == 0:
         raise ValueError(f"image is empty (shape {image.shape}); pass an image with pixels")
     if channel_axis is not None:
-        if isinstance(channel_axis, bool) or not isinstance(channel_axis, (int, np.integer)):
-            raise TypeError(f"channel_axis must be an integer or None, got {channel_axis!r}")
+        check_axis_type(channel_axis)
         if image.ndim != 3:
             raise ValueError(f"channel_axis={channel_axis} needs a 3-D image (Y, X and "
                              f"channels); this image has shape {image.shape}")
@@ -127,7 +132,7 @@ def from_channels_first(chw: np.ndarray, like_ndim: int, channel_axis: Optional[
 
 #: Largest plane fitted in one piece (pixels squared) and the tile size beyond it: on a
 #: CPU a 512 x 512 fit takes about a minute on two cores and 2.6 GB; a GPU handles 2048.
-AUTO_WORKING_SIZE = {"cpu": 512, "cuda": 2048, "mps": 1024}
+TILE_SIZE = {"cpu": 512, "cuda": 2048, "mps": 1024}
 #: Smallest object radius (pixels of the working plane) the automatic working size keeps:
 #: measured on a nuclei field (radii 6-12 px, 1024 x 1024 crop), foreground IoU 0.84 at
 #: full resolution, 0.87 / 0.92 / 0.95 fitted 2x / 3x / 4x smaller, 0.03 at 5x (radius

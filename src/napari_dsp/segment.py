@@ -236,7 +236,7 @@ def _iter_fit_plane(data: np.ndarray, settings: Settings, seed: int, device,
 def _tile_size(n_channels: int, settings: Settings, device) -> int:
     """Side of the largest plane fitted in one piece: 512 on a CPU, 2048 on CUDA, less
     where the CPU memory estimate says it would not fit (then more, smaller tiles)."""
-    size = _image.AUTO_WORKING_SIZE.get(device.type, 512)
+    size = _image.TILE_SIZE.get(device.type, 512)
     if device.type == "cpu":
         # automatic workers are reduced down to one before a tile is made smaller
         workers = 1 if settings.n_workers is None else settings.n_workers
@@ -596,8 +596,7 @@ def iter_segment_stack(image, *, channel_axis: Optional[int] = None,
     arr = image if lazy else np.asarray(image)  # dask, zarr, ...: read plane by plane
     ndim = len(shape)
     if channel_axis is not None:
-        if isinstance(channel_axis, bool) or not isinstance(channel_axis, (int, np.integer)):
-            raise TypeError(f"channel_axis must be an integer or None, got {channel_axis!r}")
+        _image.check_axis_type(channel_axis)
         if not -ndim <= channel_axis < ndim:
             raise ValueError(f"image has shape {shape}: channel_axis={channel_axis} is "
                              f"out of range for an image with {ndim} dimensions")
