@@ -14,7 +14,7 @@ import time
 import numpy as np
 from sklearn.metrics import adjusted_rand_score
 
-from napari_dsp import fit_prior, segment, tune_cpu_allocator
+from napari_dsp import fit_prior, segment
 from napari_dsp._synthetic import textured_regions
 
 
@@ -24,7 +24,6 @@ def main(argv=None) -> int:
     parser.add_argument("--regions", type=int, nargs="+", default=[3, 4])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args(argv)
-    tune_cpu_allocator()
     rows = []
     print("| size | regions | seed | guide | iterations to min_labels | total iterations "
           "| classes found | ARI | time |")

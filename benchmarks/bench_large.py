@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+
 from _peak import run_measured
 
 TILE = 512
@@ -56,9 +57,8 @@ def crop_box(size: int, crop: int) -> tuple[slice, slice]:
 
 
 def child(job: str, size: int, crop: int, out: str) -> None:
-    from napari_dsp import segment, tune_cpu_allocator
+    from napari_dsp import segment
 
-    tune_cpu_allocator()
     image, _ = mosaic(size)
     kwargs = {}
     if job == "crop-full":
@@ -69,10 +69,10 @@ def child(job: str, size: int, crop: int, out: str) -> None:
     seconds = time.perf_counter() - t0
     np.save(out, result.labels)
     print(json.dumps({"seconds": seconds,
-                      "working_shape": result.metadata.get("working_shape"),
-                      "tiles": result.metadata.get("tiles"),
-                      "object_radius": result.metadata.get("object_radius"),
-                      "workers": result.metadata.get("workers"),
+                      "working_shape": result.metadata["fit"]["working_shape"],
+                      "tiles": result.metadata["fit"]["tiles"],
+                      "object_radius": result.metadata["fit"]["object_radius"],
+                      "threads": result.metadata["fit"]["threads"],
                       "refined": result.metadata["clustering"].get("refined")}))
 
 

@@ -3,13 +3,13 @@
 Each variant runs in its own fresh Python process (so process-wide settings such as the
 allocator tuning of one variant cannot help another), one after another, on the same
 random RGB image; the peak memory is the largest resident size of the variant's whole
-process tree (worker processes included), sampled every 50 ms.
+process tree, sampled every 50 ms.
 
 Variants:
 - ``reference``: the research procedure: 11 fresh fits one after another, float32, the
   default memory layout and threads, 50 full iterations each (forward, backward, step).
 - ``dsp``: ``napari_dsp.fit_prior`` with its defaults (the ensemble as grouped models, on
-  CPU split over one worker process per core, channels-last).
+  CPU shared out over one single-threaded fitting thread per core, channels-last).
 - ``dsp-bf16``: the same with ``precision="bfloat16"``.
 
     python benchmarks/bench_prior.py [--sizes 256 512] [--device cpu] [--repeats 1]
@@ -23,6 +23,7 @@ import sys
 import time
 
 import psutil
+
 from _peak import run_measured
 
 VARIANTS = ("reference", "dsp", "dsp-bf16")
@@ -66,7 +67,7 @@ def reference_fit(image, device, n_runs: int, n_iter: int):
     import numpy as np
     import torch
 
-    from napari_dsp._nets import EnsembleGenerator, make_noise
+    from napari_dsp.core.nets import EnsembleGenerator, make_noise
 
     target = torch.from_numpy(np.ascontiguousarray(np.moveaxis(image, -1, 0)))[None].to(device)
     h, w = image.shape[:2]

@@ -21,7 +21,7 @@ import time
 import numpy as np
 from scipy import ndimage as ndi
 
-from napari_dsp import segment_stack, tune_cpu_allocator
+from napari_dsp import segment_stack
 
 
 def ellipsoids(shape=(24, 96, 96), z_step: float = 2.0, n: int = 10, seed: int = 0,
@@ -65,7 +65,6 @@ def main(argv=None) -> int:
     parser.add_argument("--noise", type=float, default=0.12,
                         help="std of the pixel noise (objects are 0.5-1.0 above 0.15)")
     args = parser.parse_args(argv)
-    tune_cpu_allocator()
     print("| seed | method | 3-D IoU | recall on end planes | time |")
     print("|---|---|---|---|---|")
     for seed in args.seeds:

@@ -12,7 +12,7 @@ every one picks its foreground side by itself:
 - ``otsu``, ``li``: a global threshold on the (channel-mean) normalised intensity, the
   foreground side by napari-dsp's border rule;
 - ``kmeans_px``: K-means (k=2) on the normalised pixel values (all channels), same rule;
-- ``research``: the research pipeline reimplemented as specified (algorithm.md): K-means
+- ``research``: the research pipeline reimplemented as specified (docs/algorithm.md): K-means
   k=2 on the zero-padded 7x7 windows of the prior, foreground = the cluster with fewer
   pixels on the image's outermost ring. It uses the same prior as napari-dsp (the fit is
   the same procedure: 11 runs x 50 iterations, per-pixel median);
@@ -34,10 +34,10 @@ import numpy as np
 from skimage.filters import threshold_li, threshold_otsu
 from sklearn.cluster import KMeans
 
-from napari_dsp import cluster, fit_prior, tune_cpu_allocator
-from napari_dsp._cluster import choose_foreground
-from napari_dsp._image import normalize, to_channels_first
+from napari_dsp import cluster, fit_prior
 from napari_dsp._synthetic import STRESS_CASES
+from napari_dsp.core.cluster import choose_foreground
+from napari_dsp.core.image import normalize, to_channels_first
 
 DEFAULT_CASES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cases"
 COLUMNS = ("otsu", "li", "kmeans_px", "research", "dsp_prior", "dsp")
@@ -159,7 +159,6 @@ def main(argv=None) -> int:
                         help="skip the synthetic stress images")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    tune_cpu_allocator()
     rows = []
     for kind, name, image, mask in load_cases(args.cases, not args.no_stress):
         for seed in args.seeds:

@@ -4,7 +4,7 @@ Reports resident memory before and after (after a warm-up), the number of errors
 as notifications, and whether the viewer holds only the user's layer at the end.
 Run under a virtual display on a headless machine:
 
-    xvfb-run -a python benchmarks/soak_cancel.py [--cycles 200] [--workers 0]
+    xvfb-run -a python benchmarks/soak_cancel.py [--cycles 200] [--workers N]
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import gc
 import sys
+import threading
 import time
 
 import numpy as np
@@ -21,8 +22,8 @@ import psutil
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cycles", type=int, default=200)
-    parser.add_argument("--workers", type=int, default=0,
-                        help="CPU worker processes per fit (-1 = automatic)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="CPU fitting threads per fit (default: automatic)")
     parser.add_argument("--size", type=int, default=96)
     args = parser.parse_args(argv)
 
@@ -30,7 +31,7 @@ def main(argv=None) -> int:
     from napari.utils.notifications import notification_manager
     from qtpy.QtWidgets import QApplication
 
-    from napari_dsp._widget import DSPWidget
+    from napari_dsp._qt.widget import DSPWidget
 
     errors = []
     notification_manager.notification_ready.connect(
@@ -41,9 +42,7 @@ def main(argv=None) -> int:
     viewer.add_image(image, name="cells")
     widget = DSPWidget(viewer)
     viewer.window.add_dock_widget(widget)
-    widget._n_iter.value, widget._n_runs.value = 3000, 3
-    widget._workers.value = args.workers
-    widget._preview_every.value = 1
+    widget.set_values(n_iter=3000, n_runs=3, n_workers=args.workers, preview_every=1)
     proc = psutil.Process()
     rng = np.random.default_rng(1)
 
@@ -75,12 +74,14 @@ def main(argv=None) -> int:
     after = proc.memory_info().rss
     names = [layer.name for layer in viewer.layers]
     children = proc.children(recursive=True)
+    fitting = [t for t in threading.enumerate() if t.name.startswith("napari-dsp-fit")]
     print(f"{args.cycles} cancel/restart cycles in {time.monotonic() - t0:.0f} s; "
           f"RSS {before / 1e6:.0f} MB -> {after / 1e6:.0f} MB "
           f"({(after - before) / 1e6:+.0f} MB); errors: {len(errors)}; layers at the end: "
-          f"{names}; leftover child processes: {len(children)}")
+          f"{names}; child processes: {len(children)}; fitting threads left: "
+          f"{len(fitting)}")
     viewer.close()
-    ok = not errors and names == ["cells"] and not children
+    ok = not errors and names == ["cells"] and not children and not fitting
     return 0 if ok else 1
 
 

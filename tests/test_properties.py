@@ -5,10 +5,10 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from napari_dsp import segment
-from napari_dsp._cluster import choose_foreground
-from napari_dsp._image import normalize, pad_to_multiple, to_channels_first
+from napari_dsp.core.cluster import choose_foreground
+from napari_dsp.core.image import normalize, pad_to_multiple, to_channels_first
 
-FAST = dict(n_iter=2, n_runs=2, n_workers=0)
+FAST = dict(n_iter=2, n_runs=2, n_workers=1)
 slow_ok = settings(max_examples=12, deadline=None,
                    suppress_health_check=[HealthCheck.too_slow])
 

@@ -21,7 +21,10 @@ def test_every_setting_is_described():
     (dict(n_runs=1000), "n_runs must be at most 64"),
     (dict(window=4), "window must be odd"),
     (dict(n_classes=1), "n_classes must be at least 2"),
-    (dict(device="gpu"), "device must be one of 'auto', 'cpu', 'cuda', 'mps'"),
+    (dict(device="gpu"), r"device must be 'auto', 'cpu', 'cuda', 'cuda:N'"),
+    (dict(device="cuda:x"), r"device must be 'auto', 'cpu', 'cuda', 'cuda:N'"),
+    (dict(learning_rate=float("nan")), "learning_rate must be a finite number"),
+    (dict(compactness=float("inf")), "compactness must be a finite number"),
     (dict(precision="fp8"), "precision must be one of"),
     (dict(invert=True, n_classes=3), "invert only applies"),
     (dict(seed=-1), "seed must be at least 0"),
@@ -48,3 +51,26 @@ def test_replace_validates_and_rejects_unknown_names():
         Settings().replace(iterations=10)
     with pytest.raises(ValueError, match="window must be odd"):
         Settings().replace(window=8)
+
+
+def test_every_field_has_a_flag_a_label_and_a_known_rule():
+    from napari_dsp.settings import APPLIES
+
+    flags = [f.flag for f in FIELDS.values()]
+    assert len(set(flags)) == len(flags) and all(f.startswith("--") for f in flags)
+    for f in FIELDS.values():
+        assert f.label and f.help and f.applies in APPLIES
+        if f.choice_labels is not None:
+            assert len(f.choice_labels) == len(f.choices)
+
+
+def test_applies_rules():
+    from napari_dsp.settings import APPLIES, FIELDS
+
+    fgbg = dict(Settings().to_dict(), stack=False)
+    assert APPLIES[FIELDS["invert"].applies](fgbg)
+    assert not APPLIES[FIELDS["invert"].applies](dict(fgbg, n_classes=3))
+    assert not APPLIES[FIELDS["n_classes"].applies](dict(fgbg, method="kanezaki"))
+    assert APPLIES[FIELDS["min_labels"].applies](dict(fgbg, method="kanezaki"))
+    assert not APPLIES[FIELDS["volumetric"].applies](fgbg)
+    assert APPLIES[FIELDS["volumetric"].applies](dict(fgbg, stack=True))

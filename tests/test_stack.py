@@ -6,7 +6,7 @@ import pytest
 from napari_dsp import segment_stack
 from napari_dsp._synthetic import dark_on_bright
 
-FAST = dict(n_iter=25, n_runs=2, n_workers=0, seed=0)
+FAST = dict(n_iter=25, n_runs=2, n_workers=1, seed=0)
 
 
 def moving_discs(n_t=3, shape=(48, 48)):
@@ -126,9 +126,9 @@ def test_volumetric_prior_segments_a_z_stack_in_3d():
     assert result.labels.shape == image.shape
     assert np.asarray(result.prior).shape == image.shape
     assert iou(result.labels == 1, mask) > 0.9
-    assert result.metadata["volumetric"] is True
+    assert result.metadata["fit"]["volumetric"] is True
     # z is 3x coarser: the first stage works in-plane (1x3x3 kernels, no z pooling)
-    assert result.metadata["z_stages"][0] == (1, 1)
+    assert result.metadata["fit"]["z_stages"][0] == (1, 1)
     # the empty end planes stay empty (joint normalisation: their noise is not "objects")
     empty = ~mask.any((1, 2))
     assert (result.labels[empty] == 1).mean() < 0.01
@@ -140,14 +140,6 @@ def test_per_plane_stack_keeps_empty_planes_empty():
     empty = ~mask.any((1, 2))
     assert empty.any() and (labels[empty] == 1).mean() < 0.01
     assert iou(labels == 1, mask) > 0.9
-
-
-def test_volume_plan_follows_the_anisotropy():
-    from napari_dsp._volume import plan
-
-    assert plan((1, 1, 1), 32) == [(3, 2), (3, 2), (3, 2)]  # isotropic: full 3-D
-    assert plan((4, 1, 1), 32) == [(1, 1), (1, 1), (3, 2)]  # z catches up at depth
-    assert plan((1, 1, 1), 3) == [(3, 1), (3, 1), (3, 1)]  # too few planes to pool
 
 
 def test_volumetric_input_errors():

@@ -6,37 +6,52 @@ The public API works on numpy arrays and imports neither napari nor Qt::
     prior = fit_prior(image)              # PriorResult; np.asarray(prior) is the prior
     labels = segment(image)               # 0 = background, 1 = foreground
     labels = segment(prior=prior, n_classes=4)   # re-cluster, no refit
+
+Importing the package is cheap: torch is imported when a function that needs it is
+first used (PEP 562 module ``__getattr__``), so ``napari-dsp --help`` and napari's plugin
+discovery stay fast.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-from ._fit import FitProgress, tune_cpu_allocator
-from .segment import (
-    PriorResult,
-    SegmentResult,
-    cluster,
-    fit_prior,
-    iter_fit_prior,
-    iter_segment,
-    iter_segment_stack,
-    segment,
-    segment_stack,
-)
-from .settings import FIELDS, Settings
+#: public name -> the module that defines it
+_EXPORTS = {
+    "fit_prior": "api", "iter_fit_prior": "api", "segment": "api", "iter_segment": "api",
+    "cluster": "api",
+    "segment_stack": "stack", "iter_segment_stack": "stack",
+    "PriorResult": "results", "SegmentResult": "results",
+    "FitProgress": "progress",
+    "Settings": "settings", "FIELDS": "settings",
+}
 
 __all__ = [
-    "FIELDS",
-    "FitProgress",
-    "PriorResult",
-    "SegmentResult",
-    "Settings",
-    "__version__",
-    "cluster",
-    "fit_prior",
-    "iter_fit_prior",
-    "iter_segment",
-    "segment",
-    "segment_stack",
-    "iter_segment_stack",
-    "tune_cpu_allocator",
+    "FIELDS", "FitProgress", "PriorResult", "SegmentResult", "Settings", "__version__",
+    "cluster", "fit_prior", "iter_fit_prior", "iter_segment", "iter_segment_stack",
+    "segment", "segment_stack",
 ]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'napari_dsp' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .api import cluster, fit_prior, iter_fit_prior, iter_segment, segment
+    from .progress import FitProgress
+    from .results import PriorResult, SegmentResult
+    from .settings import FIELDS, Settings
+    from .stack import iter_segment_stack, segment_stack

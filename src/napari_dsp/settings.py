@@ -9,112 +9,164 @@ builds its form from it, and the compute code receives plain values unpacked fro
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
 METHODS = ("kmeans", "kanezaki")
 PRECISIONS = ("float32", "bfloat16")
 
 
+#: When a setting applies, from the values of the others (the form hides what does not
+#: apply; ``stack`` is true for a stack segmented as a whole).
+APPLIES: dict[str, Callable[[dict], bool]] = {
+    "always": lambda v: True,
+    "kmeans": lambda v: v.get("method") == "kmeans",
+    "fgbg": lambda v: v.get("method") == "kmeans" and v.get("n_classes") == 2,
+    "kanezaki": lambda v: v.get("method") == "kanezaki",
+    "superpixels": lambda v: (v.get("method") == "kanezaki"
+                              and not v.get("continuity_weight")),
+    "stack": lambda v: bool(v.get("stack")) and v.get("method") == "kmeans",
+}
+
+
 @dataclass(frozen=True)
 class Field:
-    """Description of one setting: bounds and help text for forms and flags."""
+    """Description of one setting, read by the command line and the widget.
+
+    ``label`` is the form's short name, ``help`` the tooltip and ``--help`` text;
+    ``minimum``/``maximum``/``choices`` the accepted values (``choice_labels`` what the
+    form shows for them); ``flag`` the command-line flag;
+    ``advanced`` folds it in the form; ``applies`` names a rule of :data:`APPLIES`;
+    ``none_text`` is what None means for an optional setting ("automatic", "random").
+    """
 
     name: str
     help: str
+    flag: str
+    label: str = ""
     minimum: Optional[float] = None
     maximum: Optional[float] = None
     choices: Optional[tuple] = None
-    flag: Optional[str] = None  # command-line flag; None -> "--<name with dashes>"
+    choice_labels: Optional[tuple] = None
     advanced: bool = False
+    applies: str = "always"
+    none_text: Optional[str] = None
+    step: Optional[float] = None
 
 
 #: The description of every setting, in the order forms and ``--help`` show them.
 FIELDS: dict[str, Field] = {
     f.name: f
     for f in (
+        Field("method", "'kmeans': K-means on the prior with n_classes classes; 'kanezaki': "
+              "self-training on superpixels of the prior that finds the number of classes "
+              "itself (stops at min_labels).", label="method", choices=METHODS,
+              choice_labels=("K-means on the prior", "self-training (finds classes)"),
+              flag="--method"),
         Field("n_classes", "Number of classes. 2 = foreground/background (0 = background, "
               "1 = foreground); K > 2 = classes 1..K ordered by mean prior intensity.",
-              minimum=2, maximum=32, flag="--classes"),
-        Field("invert", "Swap foreground and background (2 classes only).", flag="--invert"),
+              label="classes", minimum=2, maximum=32, flag="--classes", applies="kmeans"),
+        Field("min_labels", "kanezaki: stop once the number of classes has fallen to this "
+              "(then train stabilize_iter more iterations).", label="min classes",
+              minimum=1, maximum=99, flag="--min-labels", applies="kanezaki"),
+        Field("invert", "Swap foreground and background (2 classes only).",
+              label="invert foreground", flag="--invert", applies="fgbg"),
         Field("instances", "Foreground/background only: give every object its own id "
               "(touching round objects split by a distance-transform watershed, holes "
-              "filled, specks removed) and report the count.", flag="--instances"),
-        Field("min_size", "Foreground/background: pieces of foreground smaller than "
-              "this many pixels are removed (specks; with instances, objects); 0 keeps "
-              "everything.", minimum=0, maximum=10**9, flag="--min-size"),
+              "filled, specks removed) and report the count.",
+              label="one id per object (count)", flag="--instances", applies="fgbg"),
         Field("refine", "Foreground/background only: re-draw the prior's outlines from the "
               "image's pixels (a two-Gaussian minimum-error rule whose classes come from "
               "the prior), but only where the pixels separate the two classes (expected "
               "pixel error below 10 %); on textured or noisy images the prior's result is "
-              "kept.", flag="--no-refine"),
-        Field("fill_holes", "Foreground/background only: background pockets enclosed by "
-              "foreground become foreground.", flag="--no-fill-holes"),
+              "kept.", label="sharpen outlines from the pixels", flag="--no-refine",
+              applies="fgbg"),
         Field("volumetric", "Z-stacks: fit ONE 3-D prior to the whole stack (3-D "
               "convolutions, anisotropy from the voxel spacing) instead of one 2-D prior "
-              "per plane.", flag="--volumetric"),
-        Field("method", "'kmeans': K-means on the prior with n_classes classes; 'kanezaki': "
-              "self-training on superpixels of the prior that finds the number of classes "
-              "itself (stops at min_labels).", choices=METHODS, flag="--method"),
-        Field("min_labels", "kanezaki: stop once the number of classes has fallen to this "
-              "(then train stabilize_iter more iterations).", minimum=1, maximum=99,
-              flag="--min-labels"),
-        Field("max_iter", "kanezaki: most self-training iterations.", minimum=1,
-              maximum=100000, flag="--max-iter"),
-        Field("use_prior", "kanezaki: superpixels on the prior (True) or on the raw image "
-              "(False, no prior fit: to see what the prior brings).", flag="--no-prior"),
-        Field("continuity_weight", "kanezaki: >0 selects the TIP 2020 variant: a spatial "
-              "continuity loss of this weight instead of superpixels.", minimum=0.0,
-              maximum=1000.0, flag="--continuity-weight"),
+              "per plane.", label="one 3-D prior (volume)", flag="--volumetric",
+              applies="stack"),
         Field("n_iter", "Iterations of each generator fit. Few (tens) is the point: the "
-              "prior is the early, de-textured fit.", minimum=1, maximum=5000,
-              flag="--iterations"),
+              "prior is the early, de-textured fit.", label="iterations", minimum=1,
+              maximum=5000, flag="--iterations"),
         Field("n_runs", "Independent fits in the ensemble; the prior is their per-pixel "
-              "median.", minimum=1, maximum=64, flag="--runs"),
+              "median.", label="runs", minimum=1, maximum=64, flag="--runs"),
         Field("window", "Side of the square window (pixels, odd) whose prior values form "
-              "each pixel's feature for K-means.", minimum=1, maximum=31, flag="--window"),
+              "each pixel's feature for K-means.", label="window", minimum=1, maximum=31,
+              flag="--window", applies="kmeans", step=2),
+        Field("seed", "Random seed. None draws one; the seed used is reported with the "
+              "result so any run can be repeated.", label="seed", minimum=0,
+              maximum=2**32 - 1, flag="--seed", none_text="random"),
+        Field("device", "Where to fit: 'auto' (CUDA, then Apple MPS, then CPU), 'cpu', "
+              "'cuda', 'cuda:N' (the N-th GPU) or 'mps'.", label="device", flag="--device"),
+        Field("min_size", "Foreground/background: pieces of foreground smaller than "
+              "this many pixels are removed (specks; with instances, objects); 0 keeps "
+              "everything.", label="smallest object (px)", minimum=0, maximum=10**9,
+              flag="--min-size", advanced=True, applies="fgbg"),
+        Field("fill_holes", "Foreground/background only: background pockets enclosed by "
+              "foreground become foreground.", label="fill holes", flag="--no-fill-holes",
+              advanced=True, applies="fgbg"),
         Field("working_size", "Fit the prior on a plane scaled down to at most "
               "working_size x working_size pixels (aspect ratio kept) and scale it back "
               "up; clustering and outlines stay at full resolution. None = automatic: "
               "planes up to one tile (512 px on a CPU, 2048 on CUDA) at full resolution; "
               "larger ones scaled down as far as their objects allow (radius kept >= 3 "
               "px), never below one tile. 0 = full resolution. Planes larger than a tile "
-              "are fitted in overlapping tiles, blended.", minimum=0, maximum=65536,
-              flag="--working-size"),
-        Field("seed", "Random seed. None draws one; the seed used is reported with the "
-              "result so any run can be repeated.", minimum=0, maximum=2**32 - 1,
-              flag="--seed"),
-        Field("device", "Where to fit: 'auto' (CUDA, then Apple MPS, then CPU), 'cpu', "
-              "'cuda' or 'mps'.", choices=DEVICES, flag="--device"),
+              "are fitted in overlapping tiles, blended.", label="working size",
+              minimum=0, maximum=65536, flag="--working-size", advanced=True,
+              none_text="automatic"),
         Field("precision", "Arithmetic of the fit. 'bfloat16' is faster on recent CPUs "
-              "and GPUs and costs about 0.8 dB of prior PSNR.", choices=PRECISIONS,
-              flag="--precision", advanced=True),
-        Field("n_workers", "CPU worker processes sharing the ensemble. None = one per "
-              "core for images from 160x160 up; 0 = fit in this process.", minimum=0,
-              maximum=64, flag="--workers", advanced=True),
-        Field("learning_rate", "Adam learning rate of the generator fits.", minimum=1e-5,
-              maximum=1.0, flag="--learning-rate", advanced=True),
-        Field("stabilize_iter", "kanezaki: iterations after min_labels is reached.",
-              minimum=0, maximum=10000, flag="--stabilize-iter", advanced=True),
-        Field("n_superpixels", "kanezaki: SLIC superpixels on the prior.", minimum=2,
-              maximum=10**6, flag="--superpixels", advanced=True),
-        Field("compactness", "kanezaki: SLIC compactness.", minimum=0.001, maximum=10000.0,
-              flag="--compactness", advanced=True),
-        Field("similarity_weight", "kanezaki: weight of the feature-similarity loss.",
-              minimum=0.0, maximum=1000.0, flag="--similarity-weight", advanced=True),
-        Field("scribble_weight", "kanezaki: weight of the scribble loss.", minimum=0.0,
-              maximum=1000.0, flag="--scribble-weight", advanced=True),
-        Field("kanezaki_lr", "kanezaki: SGD learning rate (momentum 0.9).", minimum=1e-5,
-              maximum=10.0, flag="--kanezaki-lr", advanced=True),
-        Field("n_features", "kanezaki: response channels of the feature network (the most "
-              "classes it can find).", minimum=2, maximum=1000, flag="--features",
-              advanced=True),
-        Field("n_conv", "kanezaki: 3x3 convolution layers of the feature network.",
-              minimum=1, maximum=10, flag="--n-conv", advanced=True),
+              "and GPUs and costs about 0.8 dB of prior PSNR.", label="precision",
+              choices=PRECISIONS, flag="--precision", advanced=True),
+        Field("n_workers", "CPU threads sharing the ensemble, each running torch "
+              "single-threaded. None = one per core for planes from 96x96 up, else one; "
+              "0 = one fit on torch's own thread pool (slow when other programs are busy).",
+              label="CPU threads", minimum=0, maximum=64,
+              flag="--workers", advanced=True, none_text="automatic"),
+        Field("learning_rate", "Adam learning rate of the generator fits.",
+              label="learning rate", minimum=1e-5, maximum=1.0, flag="--learning-rate",
+              advanced=True, step=0.001),
         Field("preview_every", "Hand out the running prior every this many iterations "
-              "(for live display); 0 = never.", minimum=0, maximum=5000,
-              flag="--preview-every", advanced=True),
+              "(for live display); 0 = never.", label="preview every", minimum=0,
+              maximum=5000, flag="--preview-every", advanced=True),
+        Field("max_iter", "kanezaki: most self-training iterations.", label="most iterations",
+              minimum=1, maximum=100000, flag="--max-iter", advanced=True,
+              applies="kanezaki"),
+        Field("use_prior", "kanezaki: superpixels on the prior (True) or on the raw image "
+              "(False, no prior fit: to see what the prior brings).",
+              label="superpixels on the prior", flag="--no-prior", advanced=True,
+              applies="kanezaki"),
+        Field("continuity_weight", "kanezaki: >0 selects the TIP 2020 variant: a spatial "
+              "continuity loss of this weight instead of superpixels.",
+              label="continuity weight", minimum=0.0, maximum=1000.0,
+              flag="--continuity-weight", advanced=True, applies="kanezaki", step=0.1),
+        Field("stabilize_iter", "kanezaki: iterations after min_labels is reached.",
+              label="stabilise iterations", minimum=0, maximum=10000,
+              flag="--stabilize-iter", advanced=True, applies="kanezaki"),
+        Field("n_superpixels", "kanezaki: SLIC superpixels on the prior.",
+              label="superpixels", minimum=2, maximum=10**6, flag="--superpixels",
+              advanced=True, applies="superpixels"),
+        Field("compactness", "kanezaki: SLIC compactness.", label="compactness",
+              minimum=0.001, maximum=10000.0, flag="--compactness", advanced=True,
+              applies="superpixels", step=1.0),
+        Field("similarity_weight", "kanezaki: weight of the feature-similarity loss.",
+              label="similarity weight", minimum=0.0, maximum=1000.0,
+              flag="--similarity-weight", advanced=True, applies="kanezaki", step=0.1),
+        Field("scribble_weight", "kanezaki: weight of the scribble loss.",
+              label="scribble weight", minimum=0.0, maximum=1000.0,
+              flag="--scribble-weight", advanced=True, applies="kanezaki", step=0.1),
+        Field("kanezaki_lr", "kanezaki: SGD learning rate (momentum 0.9).",
+              label="self-training learning rate", minimum=1e-5, maximum=10.0,
+              flag="--kanezaki-lr", advanced=True, applies="kanezaki", step=0.01),
+        Field("n_features", "kanezaki: response channels of the feature network (the most "
+              "classes it can find).", label="feature channels", minimum=2, maximum=1000,
+              flag="--features", advanced=True, applies="kanezaki"),
+        Field("n_conv", "kanezaki: 3x3 convolution layers of the feature network.",
+              label="convolution layers", minimum=1, maximum=10, flag="--n-conv",
+              advanced=True, applies="kanezaki"),
     )
 }
 
@@ -136,18 +188,19 @@ class Settings:
         removed; with ``instances`` the smallest object).
     refine : bool
         Re-draw the foreground outline from the image's pixels when they separate the
-        prior's two classes (see ``napari_dsp._refine``); needs the image.
+        prior's two classes (see ``napari_dsp.core.postprocess``); needs the image.
     fill_holes : bool
         Fill background pockets enclosed by foreground (2 classes only).
     volumetric : bool
         ``segment_stack`` on a Z stack: one 3-D prior for the whole stack (see
-        ``napari_dsp._volume``) instead of a prior per plane.
+        ``napari_dsp.core.nets``) instead of a prior per plane.
     method : {'kmeans', 'kanezaki'}
         K-means on the prior, or Kanezaki's self-training seeded by the prior, which
         finds the number of classes itself.
     min_labels, max_iter, use_prior, continuity_weight, stabilize_iter, n_superpixels,
     compactness, similarity_weight, scribble_weight, kanezaki_lr, n_features, n_conv
-        Settings of ``method='kanezaki'`` (algorithm.md section 5 defaults).
+        Settings of ``method='kanezaki'`` (Kanezaki 2018 and its TIP 2020 variant;
+        the research defaults).
     n_iter : int
         Iterations of each generator fit (research default 50).
     n_runs : int
@@ -165,12 +218,13 @@ class Settings:
         when memory is short) are fitted in overlapping tiles blended linearly.
     seed : int or None
         Seed of every random choice; ``None`` draws one (reported in the result).
-    device : {'auto', 'cpu', 'cuda', 'mps'}
+    device : {'auto', 'cpu', 'cuda', 'cuda:N', 'mps'}
         Where to fit.
     precision : {'float32', 'bfloat16'}
         Arithmetic of the fit.
     n_workers : int or None
-        CPU worker processes (None = automatic, 0 = none).
+        CPU threads sharing the ensemble (None = automatic, 0 = one fit on torch's own
+        thread pool).
     learning_rate : float
         Adam learning rate (0.01).
     preview_every : int
@@ -230,7 +284,7 @@ class Settings:
             raise ValueError("invert only applies to foreground/background "
                              f"(n_classes=2), got n_classes={self.n_classes}")
 
-    def replace(self, **changes: Any) -> "Settings":
+    def replace(self, **changes: Any) -> Settings:
         """Return a copy with ``changes`` applied (validated); unknown names raise."""
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
@@ -263,9 +317,14 @@ def _check(name: str, value: Any, annotation: str) -> None:
     elif "float" in annotation:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"{name} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
     elif "str" in annotation:
         if not isinstance(value, str):
-            raise TypeError(f"{name} must be a string, one of {spec.choices}, got {value!r}")
+            raise TypeError(f"{name} must be a string, got {value!r}")
+        if name == "device" and not DEVICE_PATTERN.fullmatch(value):
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' (N = 0, 1, "
+                             f"...) or 'mps'; got {value!r}")
     if spec.choices is not None and value not in spec.choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, spec.choices))}; "
                          f"got {value!r}")

@@ -1,7 +1,9 @@
 """Command line: ``napari-dsp segment INPUT... -o OUTPUT`` and ``napari-dsp demo``.
 
-Only the options a user sets are forwarded to :class:`~napari_dsp.Settings`, so the
-library's defaults live in one place.
+The setting flags are built from :data:`~napari_dsp.settings.FIELDS`, and only the
+options a user sets are forwarded to :class:`~napari_dsp.Settings`, so the library's
+defaults live in one place. Importing this module does not import torch: ``--help``
+answers at once.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
+from .core.image import plane_shape
 from .settings import FIELDS, Settings
 
 READABLE = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy")
@@ -53,17 +57,6 @@ def read_image(path: Path) -> np.ndarray:
         raise InputError(f"{path}: cannot be read as an image (no pixel data: corrupt or "
                          f"truncated file?)")
     return data
-
-
-def plane_shape(shape: tuple, channel_axis: Optional[int], stack: bool) -> tuple:
-    """(Y, X) of an image as the segmentation will see it: the channel axis removed, an
-    RGB(A) last axis of a single image dropped, the last two remaining axes."""
-    axes = list(shape)
-    if channel_axis is not None and -len(axes) <= channel_axis < len(axes):
-        del axes[channel_axis]
-    elif not stack and len(axes) == 3 and axes[-1] in (3, 4):
-        del axes[-1]
-    return tuple(axes[-2:]) if len(axes) >= 2 else (1, int(np.prod(shape)))
 
 
 def write_atomic(path: Path, write) -> None:
@@ -107,28 +100,30 @@ def _json_default(obj):
 
 
 class ProgressBar:
-    """A one-line text progress bar on stderr."""
+    """A one-line text progress bar on stderr, in the user's units
+    (:meth:`~napari_dsp.progress.FitProgress.describe`)."""
 
-    def __init__(self, label: str, stream=None, width: int = 30):
+    def __init__(self, label: str, stream=None, width: int = 24):
         self.label, self.width = label, width
         self.stream = stream if stream is not None else sys.stderr
-        self.start = time.perf_counter()
         self.last = -1.0
+        self.stage: Optional[str] = None
+        self.shown = 0
 
     def __call__(self, progress) -> None:
         now = time.perf_counter()
         done = progress.step >= progress.total
-        if progress.stage != getattr(self, "stage", progress.stage) and self.last >= 0:
+        if self.stage is not None and progress.stage != self.stage and self.last >= 0:
             self.stream.write("\n")  # the prior is done; the self-training starts
         self.stage = progress.stage
         if not done and now - self.last < 0.2:
             return
         self.last = now
-        frac = progress.step / max(progress.total, 1)
-        fill = int(round(frac * self.width))
-        self.stream.write(f"\r{self.label} {progress.stage:7s} "
-                          f"[{'#' * fill}{'.' * (self.width - fill)}] "
-                          f"{progress.step}/{progress.total} {now - self.start:5.1f}s")
+        fill = int(round(progress.fraction * self.width))
+        line = (f"{self.label} [{'#' * fill}{'.' * (self.width - fill)}] "
+                f"{progress.describe()}")
+        self.stream.write("\r" + line.ljust(self.shown))
+        self.shown = len(line)
         if done:
             self.stream.write("\n")
         self.stream.flush()
@@ -138,21 +133,31 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
     defaults = Settings()
     for name, spec in FIELDS.items():
         default = getattr(defaults, name)
-        flag = spec.flag or "--" + name.replace("_", "-")
-        helptext = f"{spec.help} (default: {default})"
+        text = spec.help.replace("%", "%%")  # argparse formats help texts with %
+        helptext = f"{text} (default: {spec.none_text or default})"
         if isinstance(default, bool):
-            parser.add_argument(flag, dest=name, action="store_false" if default else
-                                "store_true", default=None, help=spec.help)
+            parser.add_argument(spec.flag, dest=name, action="store_false" if default else
+                                "store_true", default=None, help=text)
         elif spec.choices:
-            parser.add_argument(flag, dest=name, choices=spec.choices, default=None,
+            parser.add_argument(spec.flag, dest=name, choices=spec.choices, default=None,
+                                help=helptext)
+        elif isinstance(default, str):
+            parser.add_argument(spec.flag, dest=name, default=None, metavar="NAME",
                                 help=helptext)
         else:
-            kind = float if isinstance(default, float) else int
-            parser.add_argument(flag, dest=name, type=kind, default=None, metavar="N",
+            kind = _finite_float if isinstance(default, float) else int
+            parser.add_argument(spec.flag, dest=name, type=kind, default=None, metavar="N",
                                 help=helptext)
     parser.add_argument("--channel-axis", type=int, default=None, metavar="AXIS",
                         help="axis of the channels of a multichannel image (RGB(A) with "
                              "channels last is recognised by itself)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not np.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
                      metavar=("Z", "Y", "X"),
                      help="voxel size of a Z stack for --stack --volumetric (e.g. 2 0.5 "
                           "0.5); default isotropic")
-    seg.add_argument("--max-pixels", type=float, default=67.2e6, metavar="N",
+    seg.add_argument("--max-pixels", type=_finite_float, default=67.2e6, metavar="N",
                      help="refuse images with more pixels per plane than this (default "
                           "67.2e6, 8192x8192): a guard for batches of unknown files; "
                           "large planes are fitted at the working size (--working-size)")
@@ -223,7 +228,7 @@ def _companions(labels_path: Path) -> tuple[Path, Path]:
 
 
 def _run_segment(args) -> int:
-    from .segment import segment
+    from .api import segment
 
     try:
         settings = _settings_from_args(args)
@@ -253,7 +258,7 @@ def _run_segment(args) -> int:
                                  f"--max-pixels")
             bar = None if args.quiet else ProgressBar(f"[{i}/{len(plan)}] {src.name}")
             if args.stack:
-                from .segment import segment_stack
+                from .stack import segment_stack
 
                 result = segment_stack(image, channel_axis=args.channel_axis,
                                        settings=settings, progress=bar, full_output=True,
@@ -284,7 +289,7 @@ def _run_segment(args) -> int:
 def _run_demo(args) -> int:
     from skimage import data
 
-    from .segment import segment
+    from .api import segment
 
     settings = _settings_from_args(args)
     image = data.coins()
@@ -321,9 +326,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``napari-dsp`` command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    from ._fit import tune_cpu_allocator
-
-    tune_cpu_allocator()  # this process only fits: keep freed activations in the heap
     try:
         if args.command == "demo":
             return _run_demo(args)

@@ -77,20 +77,9 @@ def project(prior: np.ndarray, axes: np.ndarray, mean: np.ndarray) -> np.ndarray
     return proj.reshape(k, -1).T.contiguous().numpy()
 
 
-def window_features(prior: np.ndarray, window: int, rng: np.random.Generator,
-                    n_components: int = N_COMPONENTS) -> np.ndarray:
-    """Project every pixel's ``window x window`` neighbourhood of ``prior`` (``(C, Y,
-    X)``) onto its principal axes: ``(Y * X, D)`` float32, D = min(8, window**2 * C)."""
-    axes, mean = principal_axes([prior], window, rng, n_components)
-    return project(prior, axes, mean)
-
-
-def kmeans_labels(features: np.ndarray, n_clusters: int, seed: int,
-                  chunk: int = 1_000_000) -> tuple[np.ndarray, np.ndarray]:
-    """K-means (10 restarts, seeded) fitted on a sample, assigned to all rows in chunks.
-
-    Returns ``(labels, centers)``: labels 0..n_clusters-1 per row, int32.
-    """
+def kmeans_centers(features: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
+    """K-means centres ``(n_clusters, D)`` float32 (10 restarts, seeded), fitted on a
+    sample of at most :data:`KMEANS_SAMPLE` rows."""
     rng = np.random.default_rng(seed)
     n = features.shape[0]
     fit_rows = features if n <= KMEANS_SAMPLE else features[
@@ -102,8 +91,7 @@ def kmeans_labels(features: np.ndarray, n_clusters: int, seed: int,
         raise ValueError(f"the prior has only {distinct} distinct value(s), fewer than the "
                          f"{n_clusters} classes asked for; lower n_classes")
     km = KMeans(n_clusters=n_clusters, n_init=N_INIT, random_state=seed).fit(fit_rows)
-    centers = km.cluster_centers_.astype(np.float32)
-    return assign(features, centers, chunk), centers
+    return km.cluster_centers_.astype(np.float32)
 
 
 def border_band(shape: tuple[int, int]) -> np.ndarray:
@@ -175,7 +163,7 @@ def cluster_priors(priors: list, *, n_classes: int, window: int, seed: int
     pooled = np.concatenate([f if len(f) <= per_plane else
                              f[np.sort(rng.choice(len(f), per_plane, replace=False))]
                              for f in feats], 0)
-    _, centers = kmeans_labels(pooled, n_classes, seed)
+    centers = kmeans_centers(pooled, n_classes, seed)
     raw = [assign(f, centers) for f in feats]
     # Class order by mean prior intensity over all planes.
     counts = sum(np.bincount(r, minlength=n_classes) for r in raw)

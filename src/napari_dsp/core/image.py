@@ -1,8 +1,10 @@
-"""Input checks and conversions: channel axis, dtype -> float32 in [0, 1], padding.
+"""Image layouts and intensities: channel axis, dtype -> float32 in [0, 1], padding,
+resizing, tile blending weights, and the object-size estimate behind the working size.
 
 Layouts: the public functions take images as ``(Y, X)``, ``(Y, X, C)`` (RGB/RGBA, the
 layout napari and scikit-image use for colour) or any 3-D array with an explicit
-``channel_axis``. Internally the image is ``(C, Y, X)`` float32.
+``channel_axis``. Inside the package the image is ``(C, Y, X)`` float32, normalised once
+per run by :func:`normalize`.
 """
 
 from __future__ import annotations
@@ -73,6 +75,18 @@ def to_channels_first(image, channel_axis: Optional[int] = None) -> np.ndarray:
     return chw
 
 
+def plane_shape(shape: tuple, channel_axis: Optional[int], stack: bool) -> tuple:
+    """(Y, X) of an image of ``shape`` as the segmentation will see it, from the shape
+    alone (no pixel read): the channel axis removed, an RGB(A) last axis of a single image
+    dropped (the rule of :func:`to_channels_first`), the last two remaining axes."""
+    axes = list(shape)
+    if channel_axis is not None and -len(axes) <= channel_axis < len(axes):
+        del axes[channel_axis]
+    elif not stack and len(axes) == 3 and axes[-1] in (3, 4):
+        del axes[-1]
+    return tuple(axes[-2:]) if len(axes) >= 2 else (1, int(np.prod(shape)))
+
+
 def normalize(chw: np.ndarray) -> np.ndarray:
     """Map a ``(C, Y, X)`` image to float32 in [0, 1] robustly.
 
@@ -130,16 +144,6 @@ def from_channels_first(chw: np.ndarray, like_ndim: int, channel_axis: Optional[
     return np.moveaxis(chw, 0, channel_axis)
 
 
-#: Largest plane fitted in one piece (pixels squared) and the tile size beyond it: on a
-#: CPU a 512 x 512 fit takes about a minute on two cores and 2.6 GB; a GPU handles 2048.
-TILE_SIZE = {"cpu": 512, "cuda": 2048, "mps": 1024}
-#: Smallest object radius (pixels of the working plane) the automatic working size keeps:
-#: measured on a nuclei field (radii 6-12 px, 1024 x 1024 crop), foreground IoU 0.84 at
-#: full resolution, 0.87 / 0.92 / 0.95 fitted 2x / 3x / 4x smaller, 0.03 at 5x (radius
-#: under 2 px: the objects vanish from the prior).
-MIN_RADIUS = 3.0
-
-
 def object_radius(chw: np.ndarray, analysis_size: int = 2048) -> float:
     """Typical radius (pixels) of the blobs in a normalised ``(C, Y, X)`` image: the scale
     where the scale-normalised Laplacian of Gaussian responds most strongly (its 99th
@@ -156,23 +160,6 @@ def object_radius(chw: np.ndarray, analysis_size: int = 2048) -> float:
     response = [np.percentile(np.abs(s * s * ndi.gaussian_laplace(gray, s)), 99)
                 for s in sigmas]
     return float(sigmas[int(np.argmax(response))] * np.sqrt(2.0) * d)
-
-
-def tiles(shape: tuple[int, int], tile: int, overlap: int) -> list[tuple[slice, slice]]:
-    """Overlapping tiles covering ``shape``, at most about ``tile`` pixels a side, spread
-    evenly; a single tile when the plane has at most ``tile ** 2`` pixels."""
-    h, w = int(shape[0]), int(shape[1])
-    if h * w <= tile * tile:
-        return [(slice(0, h), slice(0, w))]
-
-    def starts(n: int) -> list[tuple[int, int]]:
-        count = max(1, int(np.ceil((n - overlap) / (tile - overlap))))
-        size = min(n, int(np.ceil((n + (count - 1) * overlap) / count)))
-        size = max(size, MIN_SIDE)
-        pos = np.linspace(0, n - size, count).round().astype(int) if count > 1 else [0]
-        return [(int(p), int(p) + size) for p in pos]
-
-    return [(slice(y0, y1), slice(x0, x1)) for y0, y1 in starts(h) for x0, x1 in starts(w)]
 
 
 def blend_weights(tile: tuple[slice, slice], shape: tuple[int, int], overlap: int
@@ -202,7 +189,7 @@ def working_shape(shape: tuple[int, int], working_size: int) -> tuple[int, int]:
     if working_size <= 0 or h * w <= working_size * working_size:
         return h, w
     scale = working_size / np.sqrt(h * w)
-    return max(MIN_SIDE, int(round(h * scale))), max(MIN_SIDE, int(round(w * scale)))
+    return max(MIN_SIDE, int(h * scale)), max(MIN_SIDE, int(w * scale))
 
 
 def resize(chw: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -221,3 +208,25 @@ def resize(chw: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
                 x, size=tuple(shape), mode="bilinear", align_corners=False,
                 antialias=down)[0, 0].numpy()
     return out
+
+
+class Layout:
+    """Where the user's channels are, to give results back in the user's layout.
+
+    Made from the image as it was passed (``ndim`` and ``channel_axis``): ``(Y, X)``
+    grayscale, ``(Y, X, C)`` RGB(A) or any 3-D array with a ``channel_axis``.
+    """
+
+    def __init__(self, ndim: int, channel_axis: Optional[int]):
+        self.ndim, self.channel_axis = int(ndim), channel_axis
+
+    @property
+    def out_axis(self) -> Optional[int]:
+        """The channel axis of results (None for grayscale)."""
+        if self.ndim == 2:
+            return None
+        return -1 if self.channel_axis is None else self.channel_axis
+
+    def to_user(self, chw: np.ndarray) -> np.ndarray:
+        """``(C, Y, X)`` -> the user's layout (a view, no copy)."""
+        return from_channels_first(chw, self.ndim, self.channel_axis)

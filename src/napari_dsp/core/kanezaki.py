@@ -17,39 +17,21 @@ that pulls painted pixels to channel = their scribble id, so painted classes kee
 
 from __future__ import annotations
 
-from typing import Generator, Optional
+from collections.abc import Generator
+from typing import Optional
 
 import numpy as np
 import torch
 from torch import nn
 
-from ._fit import FitProgress
+from ..progress import FitProgress
+from .nets import FeatureNet
 
 #: Fewest pixels per superpixel on average (caps n_superpixels on small images).
 MIN_SUPERPIXEL_AREA = 25
 
 
-class FeatureNet(nn.Module):
-    """conv3x3 (C -> F) -> ReLU -> BN, (n_conv - 1) x [conv3x3 (F -> F) -> ReLU -> BN],
-    conv1x1 (F -> F) -> BN (algorithm.md section 5)."""
-
-    def __init__(self, in_channels: int, n_features: int = 100, n_conv: int = 2):
-        super().__init__()
-        layers: list[nn.Module] = []
-        cin = in_channels
-        for _ in range(n_conv):
-            layers += [nn.Conv2d(cin, n_features, 3, padding=1), nn.ReLU(inplace=True),
-                       nn.BatchNorm2d(n_features)]
-            cin = n_features
-        layers += [nn.Conv2d(n_features, n_features, 1), nn.BatchNorm2d(n_features)]
-        self.body = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
-
-
-def superpixels(guide: np.ndarray, n_segments: int, compactness: float, seed: int
-                ) -> np.ndarray:
+def superpixels(guide: np.ndarray, n_segments: int, compactness: float) -> np.ndarray:
     """SLIC superpixels of a ``(C, Y, X)`` guide in [0, 1] (the prior, or the image).
 
     RGB guides are clustered in Lab (as the research code did); other guides are scaled to
@@ -83,7 +65,7 @@ def compact_ids(labels: np.ndarray, image: np.ndarray, keep: Optional[np.ndarray
     Channels listed in ``keep`` (scribble ids) keep their value; the others get the next
     ids, ordered by increasing mean intensity of ``image`` (``(C, Y, X)``) over the class.
     """
-    keep_set = set(int(k) for k in (keep if keep is not None else []))
+    keep_set = {int(k) for k in (keep if keep is not None else [])}
     present = np.unique(labels)
     intensity = image.mean(0)
     others = [int(c) for c in present if int(c) not in keep_set]
@@ -106,7 +88,7 @@ def merge_unpainted(labels: np.ndarray, response: np.ndarray, painted: np.ndarra
     unpainted class into the class whose response is highest on its pixels, until at most
     ``target`` classes remain or only painted ones are left. Returns (labels, merges)."""
     labels = labels.copy()
-    painted_set = set(int(p) for p in painted)
+    painted_set = {int(p) for p in painted}
     merges = 0
     while True:
         present, counts = np.unique(labels, return_counts=True)
@@ -119,6 +101,69 @@ def merge_unpainted(labels: np.ndarray, response: np.ndarray, painted: np.ndarra
         scores = [float(response[k][mask].mean()) for k in others]
         labels[mask] = others[int(np.argmax(scores))]
         merges += 1
+
+
+#: Touching classes whose mean guide values are closer than this many within-class
+#: standard deviations are one class (see :func:`merge_indistinct`). Measured on the
+#: self-training's unconverged results: a region split in two, or a seam along a border,
+#: lies at 0.3-2.3; two different regions at 9 or more.
+MIN_SEPARATION = 3.0
+#: Class statistics are taken inside the class, this many pixels from its outline: the
+#: prior's blurred borders would otherwise inflate every class's spread.
+INTERIOR = 2
+
+
+def separations(labels: np.ndarray, guide: np.ndarray) -> dict:
+    """For every pair of classes that touch (4-neighbours) in ``labels`` (Y, X): the
+    distance of their mean ``guide`` (C, Y, X) values in units of their pooled
+    within-class standard deviation, ``{(a, b): d}`` with ``a < b``. Means and spreads
+    are measured on each class's interior (:data:`INTERIOR` pixels in; the whole class
+    when that leaves fewer than 10 pixels, as for a seam)."""
+    from scipy import ndimage as ndi
+
+    flat = guide.reshape(guide.shape[0], -1).astype(np.float64)
+    stats = {}
+    for c in np.unique(labels):
+        mask = labels == c
+        inner = ndi.binary_erosion(mask, iterations=INTERIOR)
+        values = flat[:, (inner if inner.sum() >= 10 else mask).ravel()]
+        stats[int(c)] = (values.mean(1), max(float(values.var(1).mean()), 1e-8))
+    pairs = set()
+    for a, b in ((labels[:, :-1], labels[:, 1:]), (labels[:-1, :], labels[1:, :])):
+        edge = a != b
+        lo, hi = np.minimum(a[edge], b[edge]), np.maximum(a[edge], b[edge])
+        pairs.update(zip(lo.tolist(), hi.tolist()))
+    out = {}
+    for a, b in pairs:
+        (ma, va), (mb, vb) = stats[a], stats[b]
+        out[(int(a), int(b))] = float(np.linalg.norm(ma - mb) / np.sqrt(0.5 * (va + vb)))
+    return out
+
+
+def merge_indistinct(labels: np.ndarray, guide: np.ndarray, floor: int,
+                     keep: Optional[np.ndarray] = None) -> tuple[np.ndarray, int]:
+    """Merge touching classes that the guide (the prior) cannot tell apart, closest pair
+    first, while more than ``floor`` classes remain: two classes whose mean guide values
+    differ by less than :data:`MIN_SEPARATION` pooled within-class standard deviations
+    are one region that the self-training split (it had not reached its stopping point),
+    or a seam along a border. Painted classes (``keep``) are never merged together; an
+    unpainted class merges into a painted one. Returns (labels, merges)."""
+    labels = labels.copy()
+    painted = {int(p) for p in (keep if keep is not None else [])}
+    merges = 0
+    while len(np.unique(labels)) > floor:
+        candidates = [(d, a, b) for (a, b), d in separations(labels, guide).items()
+                      if d < MIN_SEPARATION and not (a in painted and b in painted)]
+        if not candidates:
+            break
+        _, a, b = min(candidates)
+        sizes = {c: int((labels == c).sum()) for c in (a, b)}
+        # the painted class keeps its id; else the larger class does
+        into, gone = (a, b) if a in painted or (b not in painted and sizes[a] >= sizes[b]) \
+            else (b, a)
+        labels[labels == gone] = into
+        merges += 1
+    return labels, merges
 
 
 def iter_kanezaki(image: np.ndarray, guide: Optional[np.ndarray], *, seed: int,
@@ -143,14 +188,16 @@ def iter_kanezaki(image: np.ndarray, guide: Optional[np.ndarray], *, seed: int,
         least the number of painted classes.
     """
     c, h, w = image.shape
-    torch.manual_seed(seed)
+    # The run's own generator: the global torch RNG is shared by every thread of the
+    # process (two widgets running at once would race on it).
+    generator = torch.Generator().manual_seed(int(seed))
     use_superpixels = continuity_weight <= 0
     if use_superpixels:
         # 10,000 superpixels suit the research's ~0.1-megapixel photos; a small image would
         # get superpixels of one pixel, where the majority vote does nothing.
         n_segments = int(min(n_superpixels, max(2, h * w // MIN_SUPERPIXEL_AREA)))
-        sp = superpixels(guide if guide is not None else image, n_segments, compactness,
-                         seed).reshape(-1)
+        sp = superpixels(guide if guide is not None else image, n_segments,
+                         compactness).reshape(-1)
         n_sp = int(sp.max()) + 1
     scr = None
     if scribbles is not None:
@@ -161,12 +208,11 @@ def iter_kanezaki(image: np.ndarray, guide: Optional[np.ndarray], *, seed: int,
         scr_target = torch.from_numpy(scr[painted]).to(device)
         # The painted classes must survive: stop no lower than their number.
         min_labels = max(min_labels, len(np.unique(scr[painted])))
-    net = FeatureNet(c, n_features, n_conv).to(device)
+    net = FeatureNet(c, n_features, n_conv, generator=generator).to(device)
     x = torch.from_numpy(np.ascontiguousarray(image))[None].to(device)
     opt = torch.optim.SGD(net.parameters(), lr=learning_rate, momentum=momentum)
     ce = nn.CrossEntropyLoss()
     reached_at: Optional[int] = None
-    labels = None
     it = 0
     for it in range(1, max_iter + 1):
         out = net(x)[0]  # (F, h, w)
@@ -190,7 +236,6 @@ def iter_kanezaki(image: np.ndarray, guide: Optional[np.ndarray], *, seed: int,
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        labels = raw
         if reached_at is None and n_labels <= min_labels:
             reached_at = it
         preview = None
@@ -204,10 +249,16 @@ def iter_kanezaki(image: np.ndarray, guide: Optional[np.ndarray], *, seed: int,
         response = net(x)[0].cpu().numpy()
     final = response.argmax(0)
     keep = np.unique(scr[scr > 0]) if scr is not None else None
-    merged = 0
+    found = int(len(np.unique(final)))
+    # Not converged (more classes than the stopping point): classes the guide cannot
+    # tell apart are one. This makes the answer independent of where the (chaotic)
+    # trajectory happened to be at max_iter on this machine.
+    final, merged = merge_indistinct(final, guide if guide is not None else image,
+                                     min_labels, keep)
     if keep is not None:
-        final, merged = merge_unpainted(final, response, keep, min_labels)
+        final, more = merge_unpainted(final, response, keep, min_labels)
+        merged += more
     labels = compact_ids(final, image, keep)
-    info = {"iterations": it, "min_labels_reached_at": reached_at,
+    info = {"iterations": it, "min_labels_reached_at": reached_at, "classes_trained": found,
             "n_labels": int(len(np.unique(labels))), "merged_classes": merged}
     return labels, info

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from napari_dsp import segment
-from napari_dsp._instances import instances
 from napari_dsp._synthetic import dark_on_bright, nuclei, touching_discs
+from napari_dsp.core.postprocess import instances
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -36,7 +36,7 @@ def test_segment_counts_nuclei():
     from scipy import ndimage as ndi
 
     truth = ndi.label(mask)[1]
-    result = segment(image, instances=True, n_iter=30, n_runs=3, n_workers=0, seed=0,
+    result = segment(image, instances=True, n_iter=30, n_runs=3, n_workers=1, seed=0,
                      full_output=True)
     count = result.metadata["clustering"]["count"]
     assert result.labels.max() == count
@@ -70,7 +70,7 @@ def test_stack_instances_count_per_plane_with_unique_ids():
         rng = np.random.default_rng(seed)
         frames.append(np.where(disc_mask, 0.8, 0.2) + rng.normal(0, 0.05, disc_mask.shape))
     result = segment_stack(np.stack(frames).astype(np.float32), instances=True, n_iter=30,
-                           n_runs=2, n_workers=0, seed=0, full_output=True)
+                           n_runs=2, n_workers=1, seed=0, full_output=True)
     info = result.metadata["clustering"]
     counts = info["counts_per_plane"]
     assert len(counts) == 2 and info["count"] == sum(counts)

@@ -5,10 +5,11 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from napari_dsp import fit_prior, iter_segment, segment
-from napari_dsp._kanezaki import FeatureNet, compact_ids, majority
 from napari_dsp._synthetic import scribbles_for, textured_regions
+from napari_dsp.core.kanezaki import compact_ids, majority, merge_indistinct, separations
+from napari_dsp.core.nets import FeatureNet
 
-PRIOR = dict(n_runs=5, n_iter=50, n_workers=0, seed=0)
+PRIOR = dict(n_runs=5, n_iter=50, n_workers=1, seed=0)
 
 
 def run(n, size, seed, scribbles=False, **kw):
@@ -45,7 +46,7 @@ def test_scribbles_give_exactly_the_painted_classes_and_keep_their_ids(n):
     for k in range(1, n + 1):
         painted = result.labels[strokes == k]
         assert np.bincount(painted).argmax() == k  # the painted id is kept
-    assert result.metadata["scribbles"] is True
+    assert result.metadata["kanezaki"]["scribbles"] is True
 
 
 def test_without_prior_no_fit_is_made():
@@ -60,7 +61,7 @@ def test_without_prior_no_fit_is_made():
 
 def test_progress_stages_and_label_previews_and_stop():
     image, _ = textured_regions(3, size=48, seed=0)
-    gen = iter_segment(image, method="kanezaki", n_runs=2, n_iter=5, n_workers=0, seed=0,
+    gen = iter_segment(image, method="kanezaki", n_runs=2, n_iter=5, n_workers=1, seed=0,
                        preview_every=2)
     stages, previews = [], []
     for p in gen:
@@ -94,7 +95,7 @@ def test_same_seed_same_labels():
 def test_bad_kanezaki_arguments(kwargs, error, match):
     image, _ = textured_regions(3, size=48, seed=0)
     with pytest.raises(error, match=match):
-        segment(image, n_runs=2, n_iter=2, n_workers=0, **kwargs)
+        segment(image, n_runs=2, n_iter=2, n_workers=1, **kwargs)
 
 
 def test_helpers():
@@ -109,3 +110,48 @@ def test_helpers():
     image = np.array([[[0.9, 0.9], [0.1, 0.5]]])
     np.testing.assert_array_equal(compact_ids(labels, image), [[3, 3], [1, 2]])
     np.testing.assert_array_equal(compact_ids(labels, image, keep=[9]), [[11, 11], [10, 9]])
+
+
+def test_indistinct_classes_are_merged_distinct_ones_kept():
+    rng = np.random.default_rng(0)
+    guide = np.zeros((1, 40, 60), np.float32)
+    guide[:, :, 20:40] = 0.5
+    guide[:, :, 40:] = 1.0
+    guide += rng.normal(0, 0.02, guide.shape).astype(np.float32)
+    labels = np.zeros((40, 60), int)
+    labels[:, 20:40] = 1
+    labels[:, 40:] = 2
+    labels[:20, 40:] = 3  # region 2 split in two by the self-training
+    seps = separations(labels, guide)
+    assert seps[(2, 3)] < 1 and seps[(0, 1)] > 10
+    assert (0, 2) not in seps  # not touching
+    merged, n = merge_indistinct(labels, guide, floor=2)
+    assert n == 1 and len(np.unique(merged)) == 3
+    assert len(np.unique(merged[:, 40:])) == 1
+    # never below the stopping point, never two painted classes together
+    assert merge_indistinct(labels, guide, floor=4)[1] == 0
+    kept, n = merge_indistinct(labels, guide, floor=2, keep=np.array([2, 3]))
+    assert n == 0 and set(np.unique(kept)) == {0, 1, 2, 3}
+
+
+def test_two_concurrent_runs_give_what_each_gives_alone():
+    """Each run owns its random generator: two self-trainings at once in two threads
+    of one process (two widgets) give exactly what each gives alone."""
+    import threading
+
+    image, _ = textured_regions(3, size=48, seed=2)
+    prior = fit_prior(image, **PRIOR)
+    kw = dict(prior=prior, method="kanezaki", max_iter=40)
+    alone = {s: segment(image, seed=s, **kw) for s in (3, 4)}
+    together = {}
+
+    def run(seed):
+        together[seed] = segment(image, seed=seed, **kw)
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in (3, 4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for s in (3, 4):
+        np.testing.assert_array_equal(together[s], alone[s])

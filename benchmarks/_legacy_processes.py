@@ -1,9 +1,13 @@
-"""CPU fits split over worker processes, each training its share of the ensemble as one
-grouped model.
+"""THE OLD PATH, kept only as the reference of ``bench_threads.py``: CPU fits split over
+worker processes, each training its share of the ensemble as one grouped model.
+
+This is the process plumbing napari-dsp used before it fitted in threads (issue 12),
+adapted only to call today's training loop (``napari_dsp.core.fit.iter_members``) so both
+paths train the same members the same way. The package never imports this file.
 
 Why processes: on a CPU a second OpenMP thread gives only 1.2-1.45x, while two
 single-threaded processes each fitting half of the ensemble give close to 2x, and they do
-not collapse when napari's own threads are busy (``shared/docs/performance-notes.md``).
+not collapse when napari's own threads are busy (measured at the time; see the README's *How fast*).
 The workers are plain ``python -c`` subprocesses that talk over their stdin/stdout pipes
 (length-prefixed pickles), not ``multiprocessing``: spawning through ``multiprocessing``
 re-imports the user's ``__main__``, which breaks scripts without a main guard. The worker
@@ -23,11 +27,12 @@ import subprocess
 import sys
 import tempfile
 import threading
-from typing import BinaryIO, Generator, Optional, Sequence
+from collections.abc import Generator, Sequence
+from typing import BinaryIO, Optional
 
 import numpy as np
 
-from ._fit import FitProgress
+from napari_dsp.progress import FitProgress
 
 _HEADER = struct.Struct("<Q")
 #: Images smaller than this (pixels) are fitted in-process: a worker's start (importing
@@ -51,15 +56,6 @@ def receive(stream: BinaryIO):
     if len(data) < size:
         raise EOFError
     return pickle.loads(data)
-
-
-def default_workers(n_runs: int, n_pixels: int) -> int:
-    """Worker processes for a CPU fit: one per core (at most one per run), or 0 (fit in
-    this process) for small images and single-core machines."""
-    cores = _cores()
-    if cores < 2 or n_runs < 2 or n_pixels < MIN_PIXELS_FOR_WORKERS:
-        return 0
-    return min(cores, n_runs)
 
 
 def _cores() -> int:
@@ -90,7 +86,7 @@ def iter_members_parallel(image: np.ndarray, crop: tuple, *, n_workers: int,
     """
     shares = split(list(seeds), n_workers)
     threads = max(1, _cores() // len(shares))
-    inbox: "queue.Queue[tuple[int, object]]" = queue.Queue()
+    inbox: queue.Queue[tuple[int, object]] = queue.Queue()
     procs: list[subprocess.Popen] = []
     readers: list[threading.Thread] = []
     try:
@@ -99,7 +95,7 @@ def iter_members_parallel(image: np.ndarray, crop: tuple, *, n_workers: int,
             # never block on a full pipe that nobody reads until it ends.
             errfile = tempfile.TemporaryFile()
             proc = subprocess.Popen(
-                [sys.executable, "-c", "from napari_dsp._workers import serve; serve()"],
+                [sys.executable, "-c", "from _legacy_processes import serve; serve()"],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errfile,
                 env=_child_env())
             proc.errfile = errfile
@@ -159,8 +155,8 @@ def iter_members_parallel(image: np.ndarray, crop: tuple, *, n_workers: int,
 
 def _child_env() -> dict:
     env = dict(os.environ)
-    # The package must be importable in the child exactly as it is here.
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # This file must be importable in the child.
+    here = os.path.dirname(os.path.abspath(__file__))
     env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
                                 else "")
     env.setdefault("OMP_NUM_THREADS", "1")
@@ -192,7 +188,9 @@ def serve() -> None:
     """Worker main: read one job from stdin, fit, stream messages to stdout."""
     import torch
 
-    from ._fit import iter_members, tune_cpu_allocator
+    from napari_dsp.core.fit import _tune_allocator as tune_cpu_allocator
+    from napari_dsp.core.fit import iter_members
+    from napari_dsp.core.nets import EnsembleGenerator
 
     out = sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing else may write into the message stream
@@ -202,6 +200,8 @@ def serve() -> None:
     try:
         kwargs = dict(job["kwargs"])
         kwargs["device"] = torch.device("cpu")
+        c = job["image"].shape[0]
+        kwargs["make_net"] = lambda g, seeds: EnsembleGenerator(g, c, seeds)
         fit = iter_members(job["image"], job["crop"], seeds=job["seeds"],
                            preview_every=job["preview_every"], **kwargs)
         while True:

@@ -1,0 +1,324 @@
+"""The public functions on 2-D images: :func:`fit_prior`, :func:`segment`,
+:func:`cluster` and their generator forms :func:`iter_fit_prior`, :func:`iter_segment`.
+
+Every function validates its arguments eagerly (a bad image or setting raises at the
+call, before any fit starts) and then hands back a generator or drains one. The image
+is normalised once per run; the prior is given back in the image's layout once.
+
+Array layouts: images are ``(Y, X)`` grayscale, ``(Y, X, 3|4)`` RGB(A), or 3-D with an
+explicit ``channel_axis``. The prior comes back in the same layout as the image (RGBA
+loses its alpha channel); labels and the spread are always ``(Y, X)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any, Optional, Union
+
+import numpy as np
+
+from .core import cluster as _cluster
+from .core import image as _image
+from .core import plan as _plan
+from .core import postprocess as _post
+from .core.prior import iter_plane_prior
+from .progress import FitProgress, ProgressCallback, check_callback, drain, relay
+from .results import PriorResult, SegmentResult, make_metadata, prior_seed, resolve_seed
+from .settings import Settings, make_settings
+
+PriorLike = Union[PriorResult, np.ndarray]
+
+
+class _Input:
+    """The image of a run, validated and normalised once."""
+
+    def __init__(self, image, channel_axis: Optional[int]):
+        chw = _image.to_channels_first(image, channel_axis)
+        self.layout = _image.Layout(np.ndim(image), channel_axis)
+        self.shape = tuple(int(s) for s in np.shape(image))
+        self.dtype = chw.dtype
+        self.channel_axis = channel_axis
+        self.data = _image.normalize(chw)  # (C, Y, X) float32 in [0, 1]
+
+    def metadata(self, settings: Settings, device: str, **parts) -> dict:
+        return make_metadata(settings, device=device, image_shape=self.shape,
+                             image_dtype=self.dtype, channel_axis=self.channel_axis, **parts)
+
+
+def iter_fit_prior(image, settings: Optional[Settings] = None, *,
+                   channel_axis: Optional[int] = None, batch_size: Optional[int] = None,
+                   **overrides: Any) -> Generator[FitProgress, None, PriorResult]:
+    """Fit the prior step by step: yields :class:`FitProgress`, returns a
+    :class:`PriorResult` (``StopIteration.value``; ``yield from`` hands it over).
+
+    Arguments are checked at the call. Previews (``FitProgress.preview``) are in the
+    image's layout. Stop early by no longer iterating (``close()`` the generator: the
+    fitting threads stop within one iteration). Parameters as :func:`fit_prior`.
+    """
+    settings = make_settings(settings, **overrides)
+    inp = _Input(image, channel_axis)
+    settings = settings.replace(seed=resolve_seed(settings.seed))
+    device = _plan.resolve_device(settings.device)
+    return _fit(inp, settings, device, batch_size)
+
+
+def _fit(inp: _Input, settings: Settings, device, batch_size=None, start=None):
+    clock = _Clock(start)
+    plan = _plan.plan_fit(inp.data, n_runs=settings.n_runs, device=device,
+                          working_size=settings.working_size, n_workers=settings.n_workers,
+                          batch_size=batch_size)
+    fit = iter_plane_prior(inp.data, plan, seed=settings.seed, n_runs=settings.n_runs,
+                           n_iter=settings.n_iter, learning_rate=settings.learning_rate,
+                           precision=settings.precision,
+                           preview_every=settings.preview_every)
+    median, spread = yield from relay(fit, lambda p: clock.stamp(p.replace(
+        preview=None if p.preview is None else inp.layout.to_user(p.preview))))
+    meta = inp.metadata(settings, plan.describe()["device"], fit=plan.describe())
+    return PriorResult(inp.layout.to_user(median), spread, meta, inp.layout.out_axis)
+
+
+class _Clock:
+    """Stamps reports with the seconds since the run started."""
+
+    def __init__(self, start: Optional[float] = None):
+        import time
+
+        self._now = time.perf_counter
+        self.start = self._now() if start is None else start
+
+    def stamp(self, p: FitProgress) -> FitProgress:
+        return p.replace(elapsed=self._now() - self.start)
+
+
+def fit_prior(image, *, channel_axis: Optional[int] = None,
+              settings: Optional[Settings] = None,
+              progress: Optional[ProgressCallback] = None, **overrides: Any) -> PriorResult:
+    """Fit the Deep Segmentation Prior of one 2-D image.
+
+    An ensemble of ``n_runs`` small generators is fitted to the image for ``n_iter``
+    iterations each, and the per-pixel median of their outputs is the prior: a
+    de-textured version of the image in which objects are flat blobs.
+
+    Parameters
+    ----------
+    image : array_like, shape (Y, X), (Y, X, 3|4) or 3-D with ``channel_axis``
+        Any boolean, integer or real dtype. Intensities are stretched between their 0.1 and
+        99.9 percentiles to [0, 1]. Any height and width of at least 16 pixels.
+    channel_axis : int, optional
+        Axis of the channels for a multichannel image. Not needed for RGB(A).
+    settings : Settings, optional
+        Defaults for every parameter; keyword ``overrides`` (``n_iter=``, ``n_runs=``,
+        ``seed=``, ``device=``, ``precision=``, ...) replace single values.
+    progress : callable, optional
+        Called with a :class:`FitProgress` after every iteration.
+
+    Returns
+    -------
+    PriorResult
+        ``.prior`` float32 in [0, 1], same layout as ``image``; ``.spread`` ``(Y, X)``;
+        ``.metadata`` with the seed actually used.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For an image of the wrong kind or shape, NaN/Inf, a constant image, or invalid
+        settings; the message says what to change.
+    """
+    check_callback(progress)
+    settings = _quiet(make_settings(settings, **overrides), progress)
+    return drain(iter_fit_prior(image, settings, channel_axis=channel_axis), progress)
+
+
+def _quiet(settings: Settings, progress) -> Settings:
+    """No previews are computed when nobody looks at them."""
+    return settings if progress is not None else settings.replace(preview_every=0)
+
+
+def iter_segment(image=None, *, prior: Optional[PriorLike] = None,
+                 channel_axis: Optional[int] = None, settings: Optional[Settings] = None,
+                 scribbles=None, **overrides: Any
+                 ) -> Generator[FitProgress, None, SegmentResult]:
+    """Generator form of :func:`segment`: yields progress, returns a
+    :class:`SegmentResult`. Arguments are checked at the call. With ``prior`` given
+    there is no fit; K-means then yields nothing, ``method='kanezaki'`` yields its
+    self-training steps."""
+    settings = make_settings(settings, **overrides)
+    kanezaki = settings.method == "kanezaki"
+    if scribbles is not None and not kanezaki:
+        raise ValueError("scribbles are used by method='kanezaki' only; pass "
+                         "method='kanezaki' (or drop the scribbles)")
+    if kanezaki and image is None:
+        raise ValueError("method='kanezaki' trains on the image itself: pass the image "
+                         "(and, to skip the fit, its prior)")
+    if image is None and prior is None:
+        raise ValueError("segment needs an image, a prior, or both")
+    inp = _Input(image, channel_axis) if image is not None else None
+    if prior is not None:
+        prior = _as_prior_result(prior, inp, channel_axis)
+    if kanezaki:
+        scribbles = _check_scribbles(scribbles, inp.data.shape[1:], settings.n_features)
+    settings = settings.replace(seed=resolve_seed(settings.seed, prior_seed(prior)))
+    device = _plan.resolve_device(settings.device)
+    return _segment(inp, prior, settings, device, scribbles)
+
+
+def _segment(inp: Optional[_Input], prior: Optional[PriorResult], settings: Settings,
+             device, scribbles):
+    kanezaki = settings.method == "kanezaki"
+    clock = _Clock()
+    if prior is None and (not kanezaki or settings.use_prior):
+        prior = yield from _fit(inp, settings, device, start=clock.start)
+    if not kanezaki:
+        return _cluster_prior(prior, inp, settings)
+    from .core.kanezaki import iter_kanezaki
+
+    guide = prior.channels_first() if (prior is not None and settings.use_prior) else None
+    s = settings
+    labels, info = yield from relay(iter_kanezaki(
+        inp.data, guide, seed=s.seed, device=device, n_features=s.n_features,
+        n_conv=s.n_conv, learning_rate=s.kanezaki_lr, min_labels=s.min_labels,
+        max_iter=s.max_iter, stabilize_iter=s.stabilize_iter,
+        n_superpixels=s.n_superpixels, compactness=s.compactness,
+        continuity_weight=s.continuity_weight, similarity_weight=s.similarity_weight,
+        scribbles=scribbles, scribble_weight=s.scribble_weight,
+        preview_every=s.preview_every), clock.stamp)
+    fit = prior.metadata.get("fit") if prior is not None else None
+    meta = inp.metadata(settings, _plan.describe_device(device), fit=fit,
+                        kanezaki=dict(info, scribbles=scribbles is not None))
+    dtype = np.uint8 if labels.max() < 256 else np.uint16
+    return SegmentResult(labels.astype(dtype), prior, meta)
+
+
+def _check_scribbles(scribbles, spatial: tuple, n_features: int) -> Optional[np.ndarray]:
+    if scribbles is None:
+        return None
+    arr = np.asarray(scribbles)
+    if arr.dtype.kind not in "iub":
+        raise TypeError(f"scribbles must be an integer label image (0 = unlabelled), got "
+                        f"dtype {arr.dtype}")
+    if arr.shape != tuple(spatial):
+        raise ValueError(f"scribbles have shape {arr.shape} but the image is "
+                         f"{spatial[0]}x{spatial[1]}; paint them on a Labels layer of the "
+                         f"image's size")
+    arr = arr.astype(np.int64)
+    if arr.min() < 0 or arr.max() >= n_features:
+        raise ValueError(f"scribble ids must lie in 1..{n_features - 1} (0 = unlabelled); "
+                         f"got {arr.min()}..{arr.max()}")
+    return arr if arr.any() else None
+
+
+def segment(image=None, *, n_classes: Optional[int] = None,
+            prior: Optional[PriorLike] = None, channel_axis: Optional[int] = None,
+            settings: Optional[Settings] = None, progress: Optional[ProgressCallback] = None,
+            full_output: bool = False, scribbles=None, **overrides: Any):
+    """Segment a 2-D image with the Deep Segmentation Prior.
+
+    The prior (see :func:`fit_prior`) is clustered by K-means over each pixel's
+    ``window x window`` neighbourhood of prior values (all channels).
+
+    Parameters
+    ----------
+    image : array_like, optional
+        As for :func:`fit_prior`. May be omitted when ``prior`` is given.
+    n_classes : int, optional
+        2 (default): foreground/background, 0 = background, 1 = foreground. The background
+        is the class that covers more of the image border (a band 2 % of the shorter side
+        wide); if both cover it about equally, the smaller class is the foreground.
+        ``invert=True`` swaps the two. K > 2: classes 1..K ordered by increasing mean
+        prior intensity.
+    prior : PriorResult or ndarray, optional
+        A prior computed before (re-clustering with another ``n_classes`` or ``invert``
+        costs no refit).
+    channel_axis, settings, progress, overrides
+        As for :func:`fit_prior` (``window=``, ``invert=``, ``seed=``, ...).
+    full_output : bool
+        Return a :class:`SegmentResult` (labels, prior, metadata) instead of the labels.
+    scribbles : ndarray, shape (Y, X), int, optional
+        ``method='kanezaki'`` only: user strokes, 0 = unlabelled, v = class v; painted
+        classes keep their ids in the output.
+
+    With ``method='kanezaki'`` the number of classes is found by self-training on
+    superpixels of the prior (see ``Settings``); labels are 1..K, scribbled ids kept, the
+    other classes numbered after them by increasing mean intensity.
+
+    Returns
+    -------
+    labels : ndarray, shape (Y, X), uint8
+        Or a :class:`SegmentResult` with ``full_output=True``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As for :func:`fit_prior`, and for a prior whose shape does not match the image.
+    """
+    if n_classes is not None:
+        overrides["n_classes"] = n_classes
+    check_callback(progress)
+    settings = _quiet(make_settings(settings, **overrides), progress)
+    result = drain(iter_segment(image, prior=prior, channel_axis=channel_axis,
+                                settings=settings, scribbles=scribbles), progress)
+    return result if full_output else result.labels
+
+
+def cluster(prior: PriorLike, settings: Optional[Settings] = None, *, image=None,
+            channel_axis: Optional[int] = None, **overrides: Any) -> SegmentResult:
+    """Cluster an existing prior (no fit): K-means on window features, see :func:`segment`.
+
+    Pass the ``image`` the prior was fitted to (and its ``channel_axis``) to let
+    ``refine`` re-draw the outlines from its pixels; without it the prior's own
+    outlines are kept.
+    """
+    settings = make_settings(settings, **overrides)
+    inp = _Input(image, channel_axis) if image is not None else None
+    result = _as_prior_result(prior, inp, channel_axis)
+    settings = settings.replace(seed=resolve_seed(settings.seed, prior_seed(result)))
+    return _cluster_prior(result, inp, settings)
+
+
+def _cluster_prior(prior: PriorResult, inp: Optional[_Input], settings: Settings
+                   ) -> SegmentResult:
+    """K-means on the prior, then (2 classes) the clean-up and the instance ids."""
+    labels, info = _cluster.cluster_prior(prior.channels_first(),
+                                          n_classes=settings.n_classes,
+                                          window=settings.window, seed=settings.seed)
+    if settings.n_classes == 2:
+        [labels], more = _post.post_process(
+            [labels], [inp.data if inp is not None else None], refine=settings.refine,
+            fill=settings.fill_holes, min_size=settings.min_size, invert=settings.invert)
+        info.update(more)
+    if settings.instances:
+        [labels], [info["count"]] = _post.label_objects([labels], settings.min_size)
+    pm = prior.metadata
+    inp_meta = pm.get("input", {})
+    meta = make_metadata(settings, device=pm.get("device", "cpu"),
+                         image_shape=inp.shape if inp else inp_meta.get("shape", labels.shape),
+                         image_dtype=inp.dtype if inp else inp_meta.get("dtype", "float32"),
+                         channel_axis=inp.channel_axis if inp else
+                         inp_meta.get("channel_axis"),
+                         fit=pm.get("fit"), clustering=info)
+    return SegmentResult(labels, prior, meta)
+
+
+def _as_prior_result(prior: PriorLike, inp: Optional[_Input], channel_axis
+                     ) -> PriorResult:
+    if isinstance(prior, PriorResult):
+        result = prior
+    else:
+        arr = np.asarray(prior)
+        if arr.dtype.kind not in "fiub":
+            raise TypeError(f"prior must be a PriorResult or a real array, got dtype "
+                            f"{arr.dtype}")
+        chw = _image.to_channels_first(arr, channel_axis)
+        if not np.all(np.isfinite(chw)):
+            raise ValueError("prior contains NaN or infinite values; pass the prior "
+                             "returned by fit_prior")
+        layout = _image.Layout(arr.ndim, channel_axis)
+        result = PriorResult(arr.astype(np.float32, copy=False),
+                             np.zeros(chw.shape[1:], np.float32), {}, layout.out_axis)
+    if inp is not None:
+        spatial = inp.data.shape[1:]
+        if result.spread.shape != spatial:
+            raise ValueError(f"prior covers {result.spread.shape[0]}x{result.spread.shape[1]}"
+                             f" pixels but the image is {spatial[0]}x{spatial[1]}; pass the "
+                             f"prior fitted to this image")
+    return result

@@ -1,0 +1,309 @@
+"""The training loop: an ensemble of generator fits, 2-D or 3-D, as a generator of
+progress; CPU ensembles shared out over threads; the median and spread of the members.
+
+:func:`iter_members` fits members in groups (one grouped model per group) in the calling
+thread and yields a :class:`~napari_dsp.progress.FitProgress` after every iteration, so
+a consumer can stop within one iteration. :func:`iter_members_threaded` runs shares of
+the ensemble in Python threads of this process, each with a single-threaded torch (torch
+releases the GIL inside its kernels). :func:`summarize` turns the members' outputs into
+the prior (median) and its spread. Nothing here knows about napari, Qt or files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import queue
+import sys
+import threading
+from collections.abc import Callable, Generator, Sequence
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..progress import FitProgress
+from .nets import NOISE_CHANNELS, make_noise
+
+#: What a device that runs out of memory raises (CUDA; MPS raises a RuntimeError).
+OUT_OF_MEMORY = (getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError,)
+
+#: ``make_net(n_members, seeds) -> nn.Module``: the grouped generator of one group.
+NetFactory = Callable[[int, Sequence[int]], torch.nn.Module]
+
+
+def release_device_memory(device: torch.device) -> None:
+    """Hand cached blocks back to the driver after an out-of-memory error."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def member_batches(n_runs: int, batch_size: Optional[int]) -> list[range]:
+    """Split ``range(n_runs)`` into consecutive batches of at most ``batch_size``."""
+    size = n_runs if not batch_size else max(1, min(batch_size, n_runs))
+    return [range(i, min(i + size, n_runs)) for i in range(0, n_runs, size)]
+
+
+def iter_members(target: np.ndarray, crop: tuple, *, make_net: NetFactory,
+                 seeds: Sequence[int], n_iter: int, learning_rate: float,
+                 device: torch.device, precision: str = "float32", preview_every: int = 0,
+                 batch_size: Optional[int] = None, dtype: torch.dtype = torch.float32,
+                 channels_last: Optional[bool] = None,
+                 stop: Optional[threading.Event] = None,
+                 ) -> Generator[FitProgress, None, np.ndarray]:
+    """Fit one generator per seed to ``target``; return every member's final output.
+
+    Parameters
+    ----------
+    target : ndarray, shape (C, H, W) or (C, D, H, W), float32 in [0, 1]
+        The padded image or volume (every stage divides its size).
+    crop : tuple of slice
+        Region of the padded target that is the user's data (one slice per spatial axis).
+    make_net : callable
+        Builds the grouped generator of ``n`` members from their seeds.
+    seeds : sequence of int
+        One seed per ensemble member (weights and noise).
+    n_iter : int
+        Forward passes per member; the prior is the output of the last one (so ``n_iter
+        - 1`` optimiser steps are taken: a backward pass after the last forward would
+        change nothing that is returned).
+    preview_every : int
+        Every this many iterations, ``FitProgress.preview`` holds the cropped current
+        outputs of all members so far, ``(n, C, ...)`` float32 (0 = never).
+    batch_size : int, optional
+        Members trained together as one grouped model (default: all).
+    dtype : torch.dtype
+        Parameter dtype (float64 is for tests of exactness).
+    channels_last : bool, optional
+        Memory format of 2-D fits (default: channels-last on CPU, where oneDNN is faster).
+    stop : threading.Event, optional
+        Checked every iteration; when set, the fit ends early (returns None).
+
+    Returns
+    -------
+    ndarray, shape (len(seeds), C, ...), float32
+        The members' outputs after ``n_iter`` forward passes, cropped.
+    """
+    c, *spatial = target.shape
+    dims = tuple(range(2, 2 + len(spatial)))
+    batches = member_batches(len(seeds), batch_size)
+    total = n_iter * len(batches)
+    target_all = torch.from_numpy(np.ascontiguousarray(target)).to(device=device, dtype=dtype)
+    if channels_last is None:
+        channels_last = device.type == "cpu" and len(spatial) == 2
+    use_autocast = precision == "bfloat16"
+    outputs: list[torch.Tensor] = []  # finished members, each (C, ...) cropped, on device
+    step = 0
+
+    def members(out: torch.Tensor, g: int) -> torch.Tensor:
+        return out.detach().float()[0].view(g, c, *spatial)[(slice(None), slice(None),
+                                                             *crop)]
+
+    for batch in batches:
+        g = len(batch)
+        group_seeds = [int(seeds[i]) for i in batch]
+        net = make_net(g, group_seeds).to(device=device, dtype=dtype)
+        noise = make_noise(group_seeds, NOISE_CHANNELS, *spatial).to(device=device,
+                                                                      dtype=dtype)
+        if channels_last:
+            net = net.to(memory_format=torch.channels_last)
+            noise = noise.contiguous(memory_format=torch.channels_last)
+        goal = target_all.repeat(g, *([1] * len(spatial)))[None]
+        opt = torch.optim.Adam(net.parameters(), lr=learning_rate)
+        net.train()
+        out = None
+        for it in range(n_iter):
+            if stop is not None and stop.is_set():
+                return None
+            last = it == n_iter - 1
+            with torch.set_grad_enabled(not last), torch.autocast(
+                    device.type, dtype=torch.bfloat16, enabled=use_autocast):
+                out = net(noise)
+            loss_value = None
+            if not last:
+                # Sum of the members' mean L1 losses: each member gets exactly the gradient
+                # of its own loss, as if it were trained alone.
+                loss = (out.float() - goal).abs().mean(dim=(0, *dims)).view(g, c).mean(1).sum()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            step += 1
+            preview = None
+            if preview_every and (step % preview_every == 0 or last):
+                current = members(out, g)
+                preview = (torch.cat([torch.stack(outputs), current], 0) if outputs
+                           else current).cpu().numpy()
+                if not last:
+                    loss_value = float(loss.detach()) / g
+            yield FitProgress(step, total, preview, loss_value, iteration=it + 1,
+                              n_iter=n_iter, members_done=len(outputs) + (g if last else 0),
+                              n_members=len(seeds))
+        outputs.extend(members(out, g).unbind(0))
+        del net, opt, out, noise, goal
+    return torch.stack(outputs, 0).cpu().numpy()
+
+
+def split(seeds: Sequence[int], n: int) -> list[list[int]]:
+    """Consecutive, nearly equal shares of ``seeds`` (the larger shares first)."""
+    base, extra = divmod(len(seeds), n)
+    out, start = [], 0
+    for i in range(n):
+        size = base + (1 if i < extra else 0)
+        out.append(list(seeds[start:start + size]))
+        start += size
+    return [s for s in out if s]
+
+
+def iter_members_threaded(target: np.ndarray, crop: tuple, *, threads: int,
+                          seeds: Sequence[int], preview_every: int = 0, **fit_kwargs
+                          ) -> Generator[FitProgress, None, np.ndarray]:
+    """:func:`iter_members` with the ensemble shared out over ``threads`` Python threads
+    of this process, each running torch single-threaded (members in seed order, so the
+    result does not depend on the number of threads beyond floating-point rounding).
+
+    Closing the generator stops every thread within one iteration and waits for them;
+    an exception in a thread is raised here, as it was raised there.
+    """
+    shares = split(list(seeds), threads)
+    inbox: queue.Queue = queue.Queue()
+    stop = threading.Event()
+    before = torch.get_num_threads()
+
+    def work(k: int, share: list) -> None:
+        try:
+            torch.set_num_threads(1)  # this thread's OpenMP/oneDNN pool: one thread
+            fit = iter_members(target, crop, seeds=share, preview_every=preview_every,
+                               stop=stop, **fit_kwargs)
+            while True:
+                try:
+                    p = next(fit)
+                except StopIteration as done:
+                    inbox.put((k, "done", done.value))
+                    return
+                inbox.put((k, "progress", p))
+        except BaseException as exc:  # handed to the consumer, raised there
+            inbox.put((k, "error", exc))
+
+    workers = [threading.Thread(target=work, args=(k, share), daemon=True,
+                                name=f"napari-dsp-fit-{k}")
+               for k, share in enumerate(shares)]
+    try:
+        for w in workers:
+            w.start()
+        n = len(shares)
+        reports: list[Optional[FitProgress]] = [None] * n
+        previews: list[Optional[np.ndarray]] = [None] * n
+        results: list[Optional[np.ndarray]] = [None] * n
+        while any(r is None for r in results):
+            k, kind, value = inbox.get()
+            if kind == "error":
+                raise value
+            if kind == "done":
+                results[k] = value
+                continue
+            reports[k] = value
+            if value.preview is not None:
+                previews[k] = value.preview
+            known = [r for r in reports if r is not None]
+            ready = value.preview is not None and all(p is not None for p in previews)
+            yield value.replace(
+                step=sum(r.step for r in known),
+                total=sum(r.total for r in known) + sum(
+                    value.n_iter * -(-len(s) // (fit_kwargs.get("batch_size") or len(s)))
+                    for s, r in zip(shares, reports) if r is None),
+                members_done=sum(r.members_done for r in known), n_members=len(seeds),
+                preview=np.concatenate(previews, 0) if ready else None)
+        return np.concatenate(results, 0)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join()
+        torch.set_num_threads(before)
+
+
+def summarize(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel median ``(C, ...)`` and spread ``(...)`` of members ``(n, C, ...)``.
+
+    The spread is the standard deviation across members, averaged over channels.
+    """
+    t = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))
+    med = _median(t)
+    spread = t.std(dim=0, unbiased=False).mean(0) if t.shape[0] > 1 else \
+        torch.zeros(t.shape[2:])
+    return med.numpy(), spread.numpy()
+
+
+def median(stack: np.ndarray) -> np.ndarray:
+    """Per-pixel median ``(C, ...)`` of members ``(n, C, ...)`` (a preview: no spread)."""
+    return _median(torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))).numpy()
+
+
+def _median(stack: torch.Tensor) -> torch.Tensor:
+    """Per-pixel median over dim 0 (mean of the two middle values for even counts)."""
+    n = stack.shape[0]
+    if n == 1:
+        return stack[0]
+    ordered = stack.sort(dim=0).values
+    if n % 2:
+        return ordered[n // 2]
+    return 0.5 * (ordered[n // 2 - 1] + ordered[n // 2])
+
+
+# -- glibc's allocator, private to the fit -------------------------------------------------
+_LIBC = None
+_TUNED = False
+
+
+def _libc():
+    global _LIBC
+    if _LIBC is None and sys.platform.startswith("linux"):
+        try:
+            _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        except OSError:  # pragma: no cover
+            _LIBC = False
+    return _LIBC or None
+
+
+def _tune_allocator() -> bool:
+    """Keep freed memory in glibc's heap while fitting instead of returning it to the OS.
+
+    The fit frees and re-allocates the same large activations every iteration; by default
+    glibc unmaps them and faults them in again each time, which costs more than the
+    arithmetic of a small network. The heap is trimmed after every fit
+    (:func:`tuned_heap`), so a long-lived process (napari) gives the memory back.
+    Returns whether the setting took effect (glibc only).
+    """
+    global _TUNED
+    libc = _libc()
+    if _TUNED or libc is None:
+        return _TUNED
+    try:
+        m_trim_threshold, m_mmap_max = -1, -4
+        ok = libc.mallopt(m_mmap_max, 0) == 1
+        _TUNED = libc.mallopt(m_trim_threshold, 2**30) == 1 and ok
+    except AttributeError:  # pragma: no cover - not glibc
+        _TUNED = False
+    return _TUNED
+
+
+@contextlib.contextmanager
+def tuned_heap(device: torch.device):
+    """While a CPU fit runs, keep freed activations in glibc's heap (see
+    :func:`_tune_allocator`); afterwards hand the heap's free pages back to the OS."""
+    if device.type != "cpu":
+        yield
+        return
+    _tune_allocator()
+    try:
+        yield
+    finally:
+        _release_heap()
+
+
+def _release_heap() -> None:
+    """Return the heap's free pages to the OS (glibc's ``malloc_trim``)."""
+    libc = _libc()
+    if libc is not None:
+        with contextlib.suppress(AttributeError):  # not glibc
+            libc.malloc_trim(0)

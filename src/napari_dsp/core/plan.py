@@ -1,0 +1,328 @@
+"""Every resource decision of a fit, made in one place and explained in one object.
+
+:func:`plan_fit` decides, for one normalised plane and the run's settings: the device,
+the largest plane fitted in one piece (the tile), the working resolution, the tiles, how
+many ensemble members are trained as one grouped model, how many CPU threads share the
+ensemble, and whether the memory it needs is there. :class:`FitPlan` carries the answer;
+its :meth:`FitPlan.describe` goes into the result's metadata.
+
+Memory available is what ``psutil`` reports, capped on Linux by the cgroup limit when
+one is set (a batch job's memory limit, not the node's).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+from . import image as _image
+
+#: Largest plane fitted in one piece (pixels a side), and the tile size beyond it: on a
+#: CPU a 512 x 512 fit takes about half a minute on two cores and 2.6 GB; a GPU handles
+#: 2048.
+TILE_SIZE = {"cpu": 512, "cuda": 2048, "mps": 1024}
+#: Overlap of neighbouring tiles (pixels of the working plane), blended linearly.
+TILE_OVERLAP = 32
+#: Smallest object radius (pixels of the working plane) the automatic working size keeps:
+#: measured on a nuclei field (radii 6-12 px, 1024 x 1024 crop), foreground IoU 0.84 at
+#: full resolution, 0.87 / 0.92 / 0.95 fitted 2x / 3x / 4x smaller, 0.03 at 5x (radius
+#: under 2 px: the objects vanish from the prior).
+MIN_RADIUS = 3.0
+#: Planes smaller than this (pixels) are fitted by one thread: starting a second one
+#: costs more than it saves.
+MIN_PIXELS_FOR_THREADS = 96 * 96
+#: Share of the available memory a fit may plan to use.
+MEMORY_SHARE = 0.9
+
+
+@dataclass(frozen=True)
+class FitPlan:
+    """How one plane is fitted (see :func:`plan_fit`)."""
+
+    device: torch.device
+    shape: tuple  # (Y, X) of the normalised plane
+    working_shape: tuple  # (Y, X) the prior is fitted at
+    object_radius: Optional[float]  # estimated, when it decided the working shape
+    tile: int  # largest side fitted in one piece
+    tiles: tuple  # ((slice, slice), ...) of the working plane
+    threads: int  # CPU threads sharing the ensemble (1: one fit, 0: torch's own pool)
+    batch_size: int  # members trained at once as one grouped model
+    memory_needed: float  # bytes, estimated
+    memory_available: Optional[float]  # bytes, or None where unknown
+
+    def describe(self) -> dict:
+        return {"device": describe_device(self.device),
+                "working_shape": [int(v) for v in self.working_shape],
+                "object_radius": self.object_radius, "tiles": len(self.tiles),
+                "threads": self.threads, "members_per_group": self.batch_size,
+                "memory_needed_gb": round(self.memory_needed / 1e9, 2)}
+
+
+def plan_fit(data: np.ndarray, *, n_runs: int, device: torch.device,
+             working_size: Optional[int], n_workers: Optional[int],
+             batch_size: Optional[int] = None) -> FitPlan:
+    """Plan the fit of a normalised ``(C, Y, X)`` plane (see ``Settings`` for the
+    meaning of ``working_size`` and ``n_workers``); refuses up front, with a
+    ``ValueError`` that says what to change, a CPU fit that would not fit in memory."""
+    c = data.shape[0]
+    shape = tuple(int(v) for v in data.shape[1:])
+    tile = tile_size(c, n_runs, n_workers, device, shape[0] * shape[1])
+    work, radius = working_shape(data, working_size, tile)
+    tiles = tuple(tile_slices(work, tile, TILE_OVERLAP))
+    side = max(sl.stop - sl.start for sl, _ in tiles), max(sl.stop - sl.start for _, sl in tiles)
+    n_pixels = _padded_pixels(side)
+    if batch_size is None:
+        batch_size = default_batch_size(n_runs, n_pixels, c, device)
+    if device.type != "cpu":
+        threads = 1
+    elif n_workers is None:
+        threads = default_threads(n_runs, n_pixels)
+        # automatic: fewer threads rather than refusing
+        while threads > 1 and not fits(estimate_bytes(n_pixels, c, n_runs, batch_size,
+                                                      threads)):
+            threads -= 1
+    else:
+        threads = min(int(n_workers), n_runs)
+    need = estimate_bytes(n_pixels, c, n_runs, batch_size, threads)
+    have = available_memory()
+    if device.type == "cpu" and have is not None and need > MEMORY_SHARE * have:
+        raise ValueError(
+            f"fitting this {n_pixels / 1e6:.1f}-megapixel image needs about "
+            f"{need / 1e9:.1f} GB of memory and {have / 1e9:.1f} GB is available; set a "
+            f"working_size (e.g. working_size=512, or None for automatic) to fit the "
+            f"prior on fewer pixels, crop a region, or use fewer CPU threads "
+            f"(n_workers=1)")
+    return FitPlan(device, shape, work, radius, tile, tiles, threads, int(batch_size),
+                   need, have)
+
+
+def _padded_pixels(side: tuple) -> int:
+    m = _image.MULTIPLE
+    return int(-(-side[0] // m) * m) * int(-(-side[1] // m) * m)
+
+
+# -- device ------------------------------------------------------------------------------
+def resolve_device(device) -> torch.device:
+    """Map ``'auto' | 'cpu' | 'cuda' | 'cuda:N' | 'mps'`` to an available torch device."""
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device must be a string such as 'auto', 'cpu' or 'cuda', got "
+                        f"{device!r}")
+    name = str(device)
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={name!r} was asked for but CUDA is not available "
+                             f"here (no NVIDIA GPU or a CPU-only PyTorch); use "
+                             f"device='auto' or 'cpu'")
+        dev = torch.device(name)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device={name!r}: this machine has "
+                             f"{torch.cuda.device_count()} CUDA device(s), numbered from "
+                             f"0; use one of them or 'cuda'")
+        return dev
+    if name == "mps":
+        if not _mps_available():
+            raise ValueError("device='mps' was asked for but Apple MPS is not available "
+                             "here; use device='auto' or 'cpu'")
+        return torch.device("mps")
+    if name == "cpu":
+        return torch.device("cpu")
+    raise ValueError(f"unknown device {name!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or "
+                     f"'mps'")
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+def device_choices() -> list[tuple[str, str]]:
+    """(label, value) pairs of the devices present here, 'auto' first."""
+    choices = [("auto", "auto"), ("CPU", "cpu")]
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            choices.append((f"CUDA {i}: {torch.cuda.get_device_name(i)}", f"cuda:{i}"))
+    if _mps_available():
+        choices.append(("Apple MPS", "mps"))
+    return choices
+
+
+# -- sizes -------------------------------------------------------------------------------
+def tile_size(n_channels: int, n_runs: int, n_workers: Optional[int],
+              device: torch.device, plane_pixels: Optional[int] = None) -> int:
+    """Side of the largest plane fitted in one piece: 512 on a CPU, 2048 on CUDA, less
+    where the CPU memory estimate says a piece would not fit (then more, smaller tiles)."""
+    size = TILE_SIZE.get(device.type, 512)
+    if device.type == "cpu":
+        # automatic threads are reduced down to one before a tile is made smaller
+        threads = 1 if n_workers is None else max(1, n_workers)
+
+        def piece(side: int) -> int:
+            return side * side if plane_pixels is None else min(side * side, plane_pixels)
+
+        while size > 64:
+            batch = default_batch_size(n_runs, piece(size), n_channels, device)
+            if fits(estimate_bytes(piece(size), n_channels, n_runs, batch, threads)):
+                break
+            size = int(size / np.sqrt(2))
+    return size
+
+
+def working_shape(data: np.ndarray, working_size: Optional[int], tile: int
+                  ) -> tuple[tuple[int, int], Optional[float]]:
+    """The plane shape the prior is fitted at (see ``Settings.working_size``) and the
+    estimated object radius behind an automatic choice."""
+    shape = tuple(int(v) for v in data.shape[1:])
+    if working_size is not None:
+        return _image.working_shape(shape, working_size), None
+    if shape[0] * shape[1] <= tile * tile:
+        return shape, None
+    radius = _image.object_radius(data)
+    # Scale down as far as the objects allow (they keep MIN_RADIUS pixels), but never
+    # below one tile: a larger working plane is fitted in tiles.
+    factor = min(max(1.0, radius / MIN_RADIUS), np.sqrt(shape[0] * shape[1]) / tile)
+    side = int(round(np.sqrt(shape[0] * shape[1]) / factor))
+    return _image.working_shape(shape, side), round(float(radius), 2)
+
+
+def tile_slices(shape: tuple[int, int], tile: int, overlap: int
+                ) -> list[tuple[slice, slice]]:
+    """Overlapping tiles covering ``shape``, at most about ``tile`` pixels a side, spread
+    evenly; a single tile when the plane has at most ``tile ** 2`` pixels."""
+    h, w = int(shape[0]), int(shape[1])
+    if h * w <= tile * tile:
+        return [(slice(0, h), slice(0, w))]
+
+    def starts(n: int) -> list[tuple[int, int]]:
+        count = max(1, int(np.ceil((n - overlap) / (tile - overlap))))
+        size = min(n, int(np.ceil((n + (count - 1) * overlap) / count)))
+        size = max(size, _image.MIN_SIDE)
+        pos = np.linspace(0, n - size, count).round().astype(int) if count > 1 else [0]
+        return [(int(p), int(p) + size) for p in pos]
+
+    return [(slice(y0, y1), slice(x0, x1)) for y0, y1 in starts(h) for x0, x1 in starts(w)]
+
+
+# -- parallelism -------------------------------------------------------------------------
+def cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def default_threads(n_runs: int, n_pixels: int) -> int:
+    """CPU threads sharing the ensemble: one per core (at most one per member), each
+    with a single-threaded torch; one for small planes, single members and single-core
+    machines (a second thread costs more than it saves there).
+
+    Never torch's own thread pool by default: two OpenMP threads collapse when another
+    process or napari's own threads take a core (a 48 x 64 fit went from 1.5 s to 26-86 s
+    with both cores busy, where one single-threaded fit stayed at 1.2 s); independent
+    single-threaded fits do not (``benchmarks/bench_threads.py``)."""
+    n = min(cores(), n_runs)
+    if n < 2 or n_pixels < MIN_PIXELS_FOR_THREADS:
+        return 1
+    return n
+
+
+def default_batch_size(n_runs: int, n_pixels: int, n_channels: int,
+                       device: torch.device) -> int:
+    """How many members to train as one grouped model.
+
+    On a GPU as many as half the free memory holds (one big step instead of many small
+    ones). On a CPU 2: measured at 512x512 on 2 cores, fitting 6 members in groups of
+    1-2 took 56-60 s in float32 where one group of 6 took 75 s (and twice the memory);
+    large planes get smaller groups so one group's activations stay under about 1.5 GB.
+    """
+    per_member = activation_bytes(n_pixels, n_channels)
+    if device.type == "cpu":
+        return int(max(1, min(n_runs, 2, math.floor(1.5e9 / per_member))))
+    budget = 0.5 * free_device_bytes(device)
+    return int(max(1, min(n_runs, math.floor(budget / max(per_member, 1)))))
+
+
+# -- memory ------------------------------------------------------------------------------
+def activation_bytes(n_pixels: int, n_channels: int) -> float:
+    """Memory one member needs while training (float32): about 1.4 KB per pixel for
+    the activations and their gradients, plus the image-sized tensors."""
+    return n_pixels * (1400.0 + 16.0 * n_channels)
+
+
+def estimate_bytes(n_pixels: int, n_channels: int, n_runs: int, batch_size: int,
+                   threads: int) -> float:
+    """Memory a fit adds to the process, in bytes: one group of members per thread
+    training at once, and every member's output kept for the median."""
+    groups_at_once = max(1, threads)
+    outputs = n_runs * n_pixels * n_channels * 4.0 * 3  # members' outputs, median, sort
+    return groups_at_once * batch_size * activation_bytes(n_pixels, n_channels) + outputs
+
+
+def fits(need: float) -> bool:
+    have = available_memory()
+    return have is None or need <= MEMORY_SHARE * have
+
+
+def available_memory() -> Optional[float]:
+    """Bytes this process can still allocate: ``psutil``'s available memory, capped by
+    the cgroup's remaining allowance where a limit is set (Linux). None where unknown."""
+    have: Optional[float] = None
+    try:
+        import psutil
+
+        have = float(psutil.virtual_memory().available)
+    except Exception:  # pragma: no cover - psutil missing or unsupported platform
+        have = None
+    limit = cgroup_memory_left()
+    if limit is not None:
+        have = limit if have is None else min(have, limit)
+    return have
+
+
+#: cgroup v2 and v1 files: (limit, usage).
+CGROUP_FILES = (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                 "/sys/fs/cgroup/memory/memory.usage_in_bytes"))
+
+
+def cgroup_memory_left(files=CGROUP_FILES) -> Optional[float]:
+    """The cgroup's memory limit minus its usage, or None when no limit is set."""
+    for limit_file, usage_file in files:
+        try:
+            with open(limit_file) as fh:
+                text = fh.read().strip()
+            if text == "max":
+                return None
+            limit = float(text)
+            with open(usage_file) as fh:
+                usage = float(fh.read().strip())
+        except (OSError, ValueError):
+            continue
+        if limit >= 2**60:  # cgroup v1 reports "no limit" as a huge number
+            return None
+        return max(0.0, limit - usage)
+    return None
+
+
+def free_device_bytes(device: torch.device) -> float:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return float(free)
+    return 4e9

@@ -1,0 +1,149 @@
+"""The prior of one normalised plane or volume: the plan carried out.
+
+:func:`iter_plane_prior` takes a ``(C, Y, X)`` plane in [0, 1] and a
+:class:`~napari_dsp.core.plan.FitPlan`: it scales the plane to the working shape, fits
+it whole or in overlapping tiles blended with linear ramps, runs the ensemble in threads
+(CPU) or in one grouped model (GPU, retried with smaller groups when the device runs out
+of memory), and returns the median and spread at the plane's own size.
+:func:`iter_volume_prior` does the same for a ``(C, Z, Y, X)`` volume with the 3-D
+generator. Both yield progress reports whose previews are ``(C, Y, X)`` medians.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Optional
+
+import numpy as np
+
+from ..progress import FitProgress, relay
+from . import fit as _fit
+from . import image as _image
+from . import nets
+from .plan import TILE_OVERLAP, FitPlan
+
+
+def member_seeds(seed: int, n_runs: int) -> list[int]:
+    """The seeds of the ensemble members, derived from the run's seed."""
+    return [int(s) for s in np.random.SeedSequence(seed).generate_state(n_runs)]
+
+
+def iter_plane_prior(data: np.ndarray, plan: FitPlan, *, seed: int, n_runs: int,
+                     n_iter: int, learning_rate: float, precision: str,
+                     preview_every: int):
+    """Fit the prior of a normalised ``(C, Y, X)`` plane as ``plan`` says; yields
+    progress (previews as ``(C, Y, X)`` medians at the plane's size), returns
+    ``(median (C, Y, X), spread (Y, X))``."""
+    shape = tuple(data.shape[1:])
+    work = tuple(plan.working_shape)
+    if work != shape:
+        data = _image.resize(data, work)
+    fit_kwargs = dict(seeds=member_seeds(seed, n_runs), n_iter=n_iter,
+                      learning_rate=learning_rate, precision=precision)
+    if len(plan.tiles) == 1:
+        def full_size(p: FitProgress) -> FitProgress:
+            if p.preview is None or work == shape:
+                return p
+            return p.replace(preview=_image.resize(p.preview, shape))
+
+        median, spread = yield from relay(
+            _iter_ensemble(data, plan, preview_every, fit_kwargs), full_size)
+    else:
+        median, spread = yield from _iter_tiles(data, plan, fit_kwargs)
+    if work != shape:
+        median = _image.resize(median, shape)
+        spread = _image.resize(spread[None], shape)[0]
+    return median, spread
+
+
+def _iter_tiles(data: np.ndarray, plan: FitPlan, fit_kwargs: dict):
+    """Fit the plan's overlapping tiles one after another (memory bounded by one tile)
+    and blend them with linear ramps across the overlaps. Every tile uses the same
+    member seeds; no previews."""
+    c, h, w = data.shape
+    acc = np.zeros((c, h, w), np.float32)
+    acc_spread = np.zeros((h, w), np.float32)
+    weight = np.zeros((h, w), np.float32)
+    n = len(plan.tiles)
+    for k, (ys, xs) in enumerate(plan.tiles):
+        fit = _iter_ensemble(np.ascontiguousarray(data[:, ys, xs]), plan, 0, fit_kwargs)
+        median, spread = yield from relay(fit, lambda p, k=k: p.replace(
+            step=k * p.total + p.step, total=n * p.total, tile=k, n_tiles=n))
+        ramp = _image.blend_weights((ys, xs), (h, w), TILE_OVERLAP)
+        acc[:, ys, xs] += median * ramp
+        acc_spread[ys, xs] += spread * ramp
+        weight[ys, xs] += ramp
+    return acc / weight, acc_spread / weight
+
+
+def _iter_ensemble(data: np.ndarray, plan: FitPlan, preview_every: int, fit_kwargs: dict):
+    """One ensemble fit of a normalised ``(C, H, W)`` piece: yields progress (previews as
+    ``(C, H, W)`` medians), returns (median, spread)."""
+    padded, crop = _image.pad_to_multiple(data)
+    c = padded.shape[0]
+    device = plan.device
+
+    def make_net(g: int, seeds: Sequence[int]):
+        return nets.EnsembleGenerator(g, c, seeds)
+
+    def start(batch: int):
+        kwargs = dict(fit_kwargs, make_net=make_net, device=device, batch_size=batch,
+                      preview_every=preview_every)
+        if plan.threads >= 1 and device.type == "cpu":
+            return _fit.iter_members_threaded(padded, crop, threads=plan.threads, **kwargs)
+        return _fit.iter_members(padded, crop, **kwargs)
+
+    with _fit.tuned_heap(device):
+        members = yield from relay(_retry_smaller_groups(start, plan.batch_size, device),
+                                   _preview_median)
+        return _fit.summarize(members)
+
+
+def _preview_median(p: FitProgress) -> FitProgress:
+    return p if p.preview is None else p.replace(preview=_fit.median(p.preview))
+
+
+def _retry_smaller_groups(start, batch_size: int, device):
+    """Run ``start(batch_size)``; when the device runs out of memory, start again with
+    half as many members trained at once (the same members, so the same prior), down to
+    one, then raise a ``ValueError`` that says what to do."""
+    while True:
+        fit = start(batch_size)
+        try:
+            return (yield from relay(fit, lambda p: p))
+        except _fit.OUT_OF_MEMORY as exc:
+            fit.close()
+            if batch_size <= 1:
+                raise ValueError(
+                    f"out of memory on {device} even with one ensemble member at a time "
+                    f"({exc}); use device='cpu', or set a smaller working_size") from None
+            batch_size = max(1, batch_size // 2)
+            _fit.release_device_memory(device)
+
+
+def iter_volume_prior(volume: np.ndarray, spacing: Sequence[float], *, seed: int,
+                      n_runs: int, n_iter: int, learning_rate: float, precision: str,
+                      device, threads: int, batch_size: Optional[int] = 2):
+    """The volumetric prior of a normalised ``(C, Z, Y, X)`` volume with voxel size
+    ``spacing`` (z, y, x): yields progress, returns ``(median (C, Z, Y, X), spread
+    (Z, Y, X), z stages)``."""
+    stages = nets.z_stages(spacing, volume.shape[1])
+    padded, crop = nets.pad_volume(volume, stages)
+    c = padded.shape[0]
+
+    def make_net(g: int, seeds: Sequence[int]):
+        return nets.VolumeGenerator(g, c, seeds, stages)
+
+    def start(batch: int):
+        kwargs = dict(make_net=make_net, seeds=member_seeds(seed, n_runs), n_iter=n_iter,
+                      learning_rate=learning_rate, precision=precision, device=device,
+                      batch_size=batch)
+        if threads >= 1 and device.type == "cpu":
+            return _fit.iter_members_threaded(np.ascontiguousarray(padded, np.float32),
+                                              crop, threads=threads, **kwargs)
+        return _fit.iter_members(np.ascontiguousarray(padded, np.float32), crop, **kwargs)
+
+    with _fit.tuned_heap(device):
+        members = yield from _retry_smaller_groups(start, batch_size or n_runs, device)
+        median, spread = _fit.summarize(members)
+    return median, spread, stages

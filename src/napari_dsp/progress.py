@@ -1,0 +1,127 @@
+"""Progress of a running fit: the :class:`FitProgress` reports every long computation
+yields, their text in the user's units, and the two generator plumbing helpers
+(:func:`relay`, :func:`drain`) the API uses to pass reports on.
+
+No torch, no napari: the command line, the widget and scripts all read these reports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any, Optional
+
+
+@dataclass(frozen=True)
+class FitProgress:
+    """One step of a running fit.
+
+    ``step`` of ``total`` are the units of a progress bar (iterations summed over member
+    groups, tiles and planes). The other fields say the same in the user's units:
+
+    stage : ``"prior"`` (the generator fits) or ``"classes"`` (the self-training of
+        ``method="kanezaki"``; ``total`` shrinks once its stopping point is known).
+    iteration, n_iter : iteration of the generator fit that reported (1-based) and the
+        iterations of one fit (``n_iter``).
+    members_done, n_members : ensemble members finished, and the ensemble size.
+    tile, n_tiles : tile being fitted (0-based) of a plane fitted in tiles.
+    plane, n_planes : plane (0-based) of a stack.
+    elapsed : seconds since the run started.
+    preview : on preview steps, the running prior in the image's layout, or the current
+        ``(Y, X)`` label map in the ``"classes"`` stage; else None.
+    loss : the mean loss of the reporting fit, on preview steps.
+    """
+
+    step: int
+    total: int
+    preview: Any = None
+    loss: Optional[float] = None
+    stage: str = "prior"
+    iteration: int = 0
+    n_iter: int = 0
+    members_done: int = 0
+    n_members: int = 0
+    tile: int = 0
+    n_tiles: int = 1
+    plane: int = 0
+    n_planes: int = 1
+    elapsed: float = 0.0
+
+    def replace(self, **changes: Any) -> FitProgress:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.step / self.total) if self.total > 0 else 0.0
+
+    @property
+    def seconds_left(self) -> Optional[float]:
+        """Estimated seconds to the end of this stage (None before it can be told)."""
+        if self.step <= 0 or self.elapsed <= 0 or self.total <= 0:
+            return None
+        return self.elapsed * (self.total - self.step) / self.step
+
+    def describe(self) -> str:
+        """One line in the user's units, e.g. ``"plane 2/5 · members 4/11 done ·
+        iteration 18/50 · about 12 s left"``."""
+        parts = []
+        if self.n_planes > 1:
+            parts.append(f"plane {self.plane + 1}/{self.n_planes}")
+        if self.n_tiles > 1:
+            parts.append(f"tile {self.tile + 1}/{self.n_tiles}")
+        if self.stage == "classes":
+            parts.append(f"self-training iteration {self.step} (at most {self.total})")
+        else:
+            if self.n_members:
+                parts.append(f"members {self.members_done}/{self.n_members} done")
+            if self.n_iter:
+                parts.append(f"iteration {self.iteration}/{self.n_iter}")
+        left = self.seconds_left
+        if left is not None and self.stage != "classes":
+            parts.append(f"about {format_seconds(left)} left")
+        return " · ".join(parts)
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = max(0.0, float(seconds))
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes, rest = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes} min {rest:02d} s"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+ProgressCallback = Callable[[FitProgress], Any]
+
+
+def relay(gen: Generator, transform: Callable[[FitProgress], FitProgress]):
+    """Yield ``transform(p)`` for every report of ``gen`` and return its value. A
+    consumer that stops early closes ``gen`` at once (and the threads it runs)."""
+    try:
+        while True:
+            try:
+                p = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            yield transform(p)
+    finally:
+        gen.close()
+
+
+def drain(gen: Generator, callback: Optional[ProgressCallback] = None):
+    """Run ``gen`` to its end, handing every report to ``callback``; return its value."""
+    while True:
+        try:
+            item = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if callback is not None:
+            callback(item)
+
+
+def check_callback(progress) -> None:
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be a callable taking a FitProgress, got "
+                        f"{progress!r}")

@@ -1,0 +1,105 @@
+"""What a run returns and how it is described: :class:`PriorResult`,
+:class:`SegmentResult`, the run's seed, and its metadata (one layout for every entry
+point, so a result can be reproduced and read by other tools).
+
+Metadata keys: ``settings`` (every setting, the seed actually used included),
+``device``, ``versions``, ``input`` (shape, dtype, channel axis), and where they apply
+``fit`` (the plan: working shape, tiles, threads, members per group...), ``clustering``
+(foreground rule, refinement, count), ``kanezaki`` (iterations, classes found),
+``stack`` (planes, volumetric spacing).
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class PriorResult:
+    """The prior of one image (or stack), with the ensemble's spread and how it was made.
+
+    Attributes
+    ----------
+    prior : ndarray, float32 in [0, 1]
+        Same layout as the input image (``(Y, X)`` or channels where the input had them).
+    spread : ndarray, shape (Y, X) (or the stack's planes), float32
+        Per-pixel standard deviation across the ensemble members (mean over channels): an
+        uncertainty map, high where the fits disagree.
+    metadata : dict
+        Settings actually used (the seed included), device, package versions.
+    channel_axis : int or None
+        Where the channels of ``prior`` are (None for grayscale).
+
+    ``np.asarray(result)`` gives ``result.prior``.
+    """
+
+    prior: np.ndarray
+    spread: np.ndarray
+    metadata: dict = field(default_factory=dict)
+    channel_axis: Optional[int] = None
+
+    def __array__(self, dtype=None, copy=None):
+        return self.prior if dtype is None else self.prior.astype(dtype)
+
+    @property
+    def shape(self) -> tuple:
+        return self.prior.shape
+
+    def channels_first(self) -> np.ndarray:
+        """The prior as ``(C, Y, X)`` (a view)."""
+        if self.channel_axis is None:
+            return self.prior[None]
+        return np.moveaxis(self.prior, self.channel_axis, 0)
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    """Labels with the prior they came from (None for ``method='kanezaki'`` with
+    ``use_prior=False``) and the metadata of the run."""
+
+    labels: np.ndarray
+    prior: Optional[PriorResult]
+    metadata: dict
+
+
+def versions() -> dict:
+    """Versions of the packages that determine a result."""
+    import sklearn
+    import torch
+
+    from . import __version__
+
+    return {"napari_dsp": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "scikit-learn": sklearn.__version__, "python": platform.python_version()}
+
+
+def resolve_seed(*candidates: Optional[int]) -> int:
+    """The first seed given (the settings' seed, then e.g. the prior's), else a fresh
+    one drawn in [0, 2**32)."""
+    for seed in candidates:
+        if seed is not None:
+            return int(seed)
+    return int(np.random.SeedSequence().entropy % (2**32))
+
+
+def make_metadata(settings, *, device: str, image_shape: tuple, image_dtype,
+                  channel_axis: Optional[int], **parts: Any) -> dict:
+    """The metadata of a run: ``settings`` (a :class:`~napari_dsp.Settings` with the
+    seed resolved), the device, versions, the input, and the given ``parts`` (``fit``,
+    ``clustering``, ``kanezaki``, ``stack``); parts that are None are left out."""
+    meta = {"settings": settings.to_dict(), "device": device, "versions": versions(),
+            "input": {"shape": [int(v) for v in image_shape], "dtype": str(image_dtype),
+                      "channel_axis": channel_axis}}
+    meta.update({k: v for k, v in parts.items() if v is not None})
+    return meta
+
+
+def prior_seed(prior: Optional[PriorResult]) -> Optional[int]:
+    """The seed a prior was fitted with, when its metadata says."""
+    if prior is None:
+        return None
+    return prior.metadata.get("settings", {}).get("seed")

@@ -1,0 +1,128 @@
+"""Resource decisions: device, tiles, working size, threads, memory."""
+
+import numpy as np
+import pytest
+import torch
+
+from napari_dsp import fit_prior
+from napari_dsp.core import plan as _plan
+
+
+def test_device_selection(monkeypatch):
+    assert _plan.resolve_device("cpu").type == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert _plan.resolve_device("auto").type == "mps"  # Apple GPU when there is no CUDA
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert _plan.resolve_device("auto").type == "cuda"  # CUDA first
+    assert str(_plan.resolve_device("cuda:1")) == "cuda:1"
+    with pytest.raises(ValueError, match="2 CUDA device"):
+        _plan.resolve_device("cuda:2")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="MPS is not available"):
+        _plan.resolve_device("mps")
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        _plan.resolve_device("tpu")
+
+
+def test_device_list_names_every_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: f"Card {i}")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    choices = _plan.device_choices()
+    assert choices[:2] == [("auto", "auto"), ("CPU", "cpu")]
+    assert ("CUDA 1: Card 1", "cuda:1") in choices
+    from napari_dsp import Settings
+
+    for _, value in choices:
+        assert Settings(device=value).device == value  # every listed value is accepted
+
+
+def test_gpu_plan_takes_one_group_as_large_as_memory_allows(monkeypatch):
+    monkeypatch.setattr(_plan, "free_device_bytes", lambda d: 16e9)
+    cuda = torch.device("cuda")
+    assert _plan.default_batch_size(11, 512 * 512, 3, cuda) == 11
+    monkeypatch.setattr(_plan, "free_device_bytes", lambda d: 1.2e9)
+    assert _plan.default_batch_size(11, 512 * 512, 3, cuda) == 1
+    assert _plan.tile_size(3, 11, None, cuda) == 2048
+
+
+def test_threads_by_plane_size_and_memory(monkeypatch):
+    monkeypatch.setattr(_plan, "cores", lambda: 4)
+    assert _plan.default_threads(11, 512 * 512) == 4
+    assert _plan.default_threads(3, 512 * 512) == 3
+    assert _plan.default_threads(11, 32 * 32) == 1  # small: one single-threaded fit
+    data = np.random.default_rng(0).random((1, 256, 256)).astype(np.float32)
+    kw = dict(n_runs=11, device=torch.device("cpu"), working_size=None)
+    monkeypatch.setattr(_plan, "available_memory", lambda: 64e9)
+    assert _plan.plan_fit(data, n_workers=None, **kw).threads == 4
+    need_one = _plan.estimate_bytes(256 * 256, 1, 11, 2, 1)
+    monkeypatch.setattr(_plan, "available_memory", lambda: 1.05 * need_one / 0.9)
+    assert _plan.plan_fit(data, n_workers=None, **kw).threads == 1  # fewer, not refused
+    assert _plan.plan_fit(data, n_workers=3, **kw).threads == 3  # asked for
+
+
+def test_a_fit_that_cannot_fit_in_memory_is_refused_up_front(monkeypatch):
+    image = np.random.default_rng(0).random((256, 256))
+    monkeypatch.setattr(_plan, "available_memory", lambda: 50e6)  # a 50 MB machine
+    # smaller tiles that fit instead of a refusal; the prior has the full size
+    result = fit_prior(image, n_iter=2, n_runs=2, n_workers=0, seed=0)
+    assert result.metadata["fit"]["tiles"] > 1 and result.prior.shape == (256, 256)
+    monkeypatch.setattr(_plan, "available_memory", lambda: 2e6)  # not even a 64x64 tile
+    with pytest.raises(ValueError, match=r"needs about .* GB of memory and 0.0 GB is "
+                                         r"available; set a working_size"):
+        fit_prior(image, n_iter=2, n_runs=2, n_workers=0)
+
+
+def test_cgroup_limit_caps_the_available_memory(tmp_path):
+    limit, usage = tmp_path / "memory.max", tmp_path / "memory.current"
+    limit.write_text("4000000000\n")
+    usage.write_text("1000000000\n")
+    files = ((str(limit), str(usage)),)
+    assert _plan.cgroup_memory_left(files) == 3e9
+    limit.write_text("max\n")
+    assert _plan.cgroup_memory_left(files) is None
+    assert _plan.cgroup_memory_left(((str(tmp_path / "absent"), str(usage)),)) is None
+
+
+def test_memory_estimate_bounds_the_measured_growth():
+    """A real fit in a fresh process: its peak memory growth stays under the estimate,
+    and the estimate is not absurdly pessimistic (within 4x: measured 2.2x here)."""
+    import subprocess
+    import sys
+
+    code = """
+import threading, time, numpy as np, psutil
+from napari_dsp import fit_prior
+from napari_dsp.core.plan import estimate_bytes
+me = psutil.Process()
+fit_prior(np.random.default_rng(0).random((64, 64)), n_iter=2, n_runs=2, seed=0)  # warm-up
+base, peak, done = me.memory_info().rss, [0], threading.Event()
+def sample():
+    while not done.is_set():
+        peak[0] = max(peak[0], me.memory_info().rss)
+        time.sleep(0.002)
+t = threading.Thread(target=sample)
+t.start()
+fit_prior(np.random.default_rng(1).random((384, 384, 3)), n_iter=3, n_runs=4,
+          n_workers=1, seed=0)
+done.set()
+t.join()
+print(peak[0] - base, estimate_bytes(384 * 384, 3, 4, 2, 1))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    grown, estimate = (float(v) for v in out.stdout.split())
+    assert grown <= estimate <= 4 * max(grown, 1.0), (grown, estimate)
+
+
+def test_tiles_cover_the_plane_with_overlap():
+    tiles = _plan.tile_slices((1000, 700), 512, 32)
+    cover = np.zeros((1000, 700), int)
+    for ys, xs in tiles:
+        assert ys.stop - ys.start <= 512 + 32 and xs.stop - xs.start <= 512 + 32
+        cover[ys, xs] += 1
+    assert cover.min() >= 1 and cover.max() >= 2
+    assert _plan.tile_slices((300, 300), 512, 32) == [(slice(0, 300), slice(0, 300))]

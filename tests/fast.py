@@ -1,0 +1,9 @@
+"""The settings that make a fit take a fraction of a second, for every test (the API,
+command-line and viewer tests all start from these)."""
+
+#: A tiny ensemble (3 members x 4 iterations), one single-threaded fitting thread (never
+#: torch's own pool: it slows down tenfold when the other core is busy), fixed seed.
+TINY = dict(n_iter=4, n_runs=3, n_workers=1, seed=0)
+
+#: The same as command-line flags.
+TINY_FLAGS = ["--iterations", "4", "--runs", "3", "--workers", "1", "--seed", "0"]
