@@ -35,14 +35,21 @@ N_RUNS, N_ITER, WORKERS, BATCH = 11, 50, 2, 2
 def child(variant: str, size: int, channels: int, precision: str) -> None:
     import numpy as np
 
+    from napari_dsp import iter_fit_prior
+    from napari_dsp.core import fit as _fit
+    from napari_dsp.core import image as _image
+    from napari_dsp.core.prior import member_seeds
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _legacy_processes import iter_members_parallel
+
     shape = (size, size) if channels == 1 else (size, size, channels)
     image = np.random.default_rng(0).random(shape, dtype=np.float32)
+    # From here on is what a user waits for after pressing Run in a napari that has the
+    # plugin (and so torch) loaded already.
     t0 = time.perf_counter()
     first = None
     if variant.startswith("threads"):
-        from napari_dsp import iter_fit_prior
-        from napari_dsp.core import fit as _fit
-
         if variant == "threads-untuned":
             _fit._TUNED = True  # pretend it was done: mallopt is never called
         gen = iter_fit_prior(image, seed=0, n_runs=N_RUNS, n_iter=N_ITER,
