@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Optional
@@ -25,6 +26,7 @@ from qtpy.QtWidgets import QSizePolicy
 from superqt.utils import GeneratorWorker
 
 from ..api import cluster
+from ..core.fit import warm_up
 from ..progress import format_seconds
 from ..settings import Settings
 from .form import PLANES, SettingsForm, add_widget_rows, update_widget_rows
@@ -257,6 +259,8 @@ class DSPWidget(Container):
         self.native_parent_changed.connect(self._on_parent_changed)
         self._follow_selection()
         self._layer_rows()
+        # Pay torch's one-off optimiser imports now, not after the user presses Run.
+        threading.Thread(target=warm_up, name="napari-dsp-warm-up", daemon=True).start()
 
     # -- the widget-only choices --------------------------------------------------------
     image_layer = _row("image", "The Image layer to segment.")
