@@ -188,8 +188,8 @@ def serve() -> None:
     """Worker main: read one job from stdin, fit, stream messages to stdout."""
     import torch
 
-    from napari_dsp.core.fit import _tune_allocator as tune_cpu_allocator
     from napari_dsp.core.fit import iter_members
+    from napari_dsp.core.fit import tune_allocator_for_fitting as tune_cpu_allocator
     from napari_dsp.core.nets import EnsembleGenerator
 
     out = sys.stdout.buffer

@@ -19,6 +19,9 @@ from napari_dsp._synthetic import textured_regions
 
 
 def main(argv=None) -> int:
+    from napari_dsp.core.fit import tune_allocator_for_fitting
+
+    tune_allocator_for_fitting()  # a fitting process, as the command line
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[64])
     parser.add_argument("--regions", type=int, nargs="+", default=[3, 4])

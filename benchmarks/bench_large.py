@@ -58,6 +58,9 @@ def crop_box(size: int, crop: int) -> tuple[slice, slice]:
 
 def child(job: str, size: int, crop: int, out: str) -> None:
     from napari_dsp import segment
+    from napari_dsp.core.fit import tune_allocator_for_fitting
+
+    tune_allocator_for_fitting()  # a fitting process, as the command line
 
     image, _ = mosaic(size)
     kwargs = {}

@@ -51,6 +51,9 @@ def child(variant: str, size: int, device: str, n_runs: int, n_iter: int) -> Non
         reference_fit(image, torch.device(device), n_runs, n_iter)
     else:
         from napari_dsp import fit_prior
+        from napari_dsp.core.fit import tune_allocator_for_fitting
+
+        tune_allocator_for_fitting()  # a fitting process, as the command line
 
         precision = "bfloat16" if variant == "dsp-bf16" else "float32"
         fit_prior(image, seed=0, device=device, n_runs=n_runs, n_iter=n_iter,

@@ -5,11 +5,12 @@ repeats), on the same random image, fitting the same members (seed 0, 11 runs x 
 iterations, groups of 2 members, 2-way split) to the prior alone (no clustering):
 
 - ``threads``: ``napari_dsp.iter_fit_prior`` with ``n_workers=2``: two Python threads in
-  this process, torch single-threaded in each, glibc's allocator tuned during the fit.
+  this process, torch single-threaded in each, glibc's allocator tuned as the command
+  line tunes it.
 - ``processes``: the old path (``_legacy_processes.py``): two ``python -c`` worker
   processes fed over pipes, each tuning its own allocator.
-- ``threads-untuned``: the thread path with the allocator left as it is (what the
-  tuning buys inside one process).
+- ``threads-untuned``: the thread path with the allocator left as it is (as in napari,
+  which napari-dsp never tunes).
 
 Reported per variant: wall time of the fit, the time from the call to the first progress
 report (what a user waits for after pressing Run), and the peak memory of the whole
@@ -51,8 +52,8 @@ def child(variant: str, size: int, channels: int, precision: str) -> None:
     t0 = time.perf_counter()
     first = None
     if variant.startswith("threads"):
-        if variant == "threads-untuned":
-            _fit._TUNED = True  # pretend it was done: mallopt is never called
+        if variant == "threads":
+            _fit.tune_allocator_for_fitting()  # as the command line does
         gen = iter_fit_prior(image, seed=0, n_runs=N_RUNS, n_iter=N_ITER,
                              n_workers=WORKERS, preview_every=0, precision=precision,
                              batch_size=BATCH)

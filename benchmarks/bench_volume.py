@@ -59,6 +59,9 @@ def iou(a, b):
 
 
 def main(argv=None) -> int:
+    from napari_dsp.core.fit import tune_allocator_for_fitting
+
+    tune_allocator_for_fitting()  # a fitting process, as the command line
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--z-step", type=float, default=2.0)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])

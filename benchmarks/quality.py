@@ -152,6 +152,9 @@ def table(rows: list, kind: str) -> list:
 
 
 def main(argv=None) -> int:
+    from napari_dsp.core.fit import tune_allocator_for_fitting
+
+    tune_allocator_for_fitting()  # a fitting process, as the command line
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=Path, default=DEFAULT_CASES)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])

@@ -201,6 +201,14 @@ def test_generators_validate_at_the_call():
         iter_segment(bad, **TINY)
     with pytest.raises(ValueError, match="dimensions"):
         iter_segment_stack(np.zeros((2, 2, 2, 2, 32, 32)), **TINY)
+    stack = np.random.default_rng(0).random((3, 32, 32))
+    stack[1, 5, 5] = np.inf
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        iter_segment_stack(stack, **TINY)
+    with pytest.raises(ValueError, match="planes are 32x8 pixels"):
+        iter_segment_stack(np.random.default_rng(0).random((3, 32, 8)), **TINY)
+    with pytest.raises(TypeError, match="dtype complex"):
+        iter_segment_stack(np.zeros((3, 32, 32), complex), **TINY)
 
 
 def test_api_does_not_import_napari_or_qt_and_import_is_cheap():

@@ -27,6 +27,9 @@ from .results import PriorResult, SegmentResult, make_metadata, prior_seed, reso
 from .settings import Settings, make_settings
 
 PriorLike = Union[PriorResult, np.ndarray]
+#: The settings that made a prior (kept from the prior's metadata when it is re-clustered).
+FIT_SETTINGS = ("n_iter", "n_runs", "learning_rate", "working_size", "precision",
+                "device", "n_workers", "preview_every")
 
 
 class _Input:
@@ -73,7 +76,8 @@ def _fit(inp: _Input, settings: Settings, device, batch_size=None, start=None):
                            preview_every=settings.preview_every)
     median, spread = yield from relay(fit, lambda p: clock.stamp(p.replace(
         preview=None if p.preview is None else inp.layout.to_user(p.preview))))
-    meta = inp.metadata(settings, plan.describe()["device"], fit=plan.describe())
+    fit_info = plan.describe()
+    meta = inp.metadata(settings, fit_info["device"], fit=fit_info)
     return PriorResult(inp.layout.to_user(median), spread, meta, inp.layout.out_axis)
 
 
@@ -290,6 +294,11 @@ def _cluster_prior(prior: PriorResult, inp: Optional[_Input], settings: Settings
         [labels], [info["count"]] = _post.label_objects([labels], settings.min_size)
     pm = prior.metadata
     inp_meta = pm.get("input", {})
+    # the fit's settings are the prior's (this call may say other n_iter, n_runs, ...)
+    fitted = pm.get("settings")
+    if fitted:
+        settings = Settings(**{**settings.to_dict(), **{
+            k: v for k, v in fitted.items() if k in FIT_SETTINGS}})
     meta = make_metadata(settings, device=pm.get("device", "cpu"),
                          image_shape=inp.shape if inp else inp_meta.get("shape", labels.shape),
                          image_dtype=inp.dtype if inp else inp_meta.get("dtype", "float32"),

@@ -208,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _settings_from_args(args) -> Settings:
     chosen = {name: getattr(args, name) for name in FIELDS if getattr(args, name) is not None}
-    return Settings().replace(preview_every=0, **chosen)
+    # no live display here: previews are never computed, whatever --preview-every says
+    return Settings().replace(**{**chosen, "preview_every": 0})
 
 
 def _plan_outputs(inputs: Sequence[Path], output: Path) -> list[tuple[Path, Path]]:
@@ -268,7 +269,7 @@ def _run_segment(args) -> int:
                                  progress=bar, full_output=True, scribbles=scribbles)
             if args.prior and result.prior is not None:
                 write_tiff(prior_path, result.prior.prior)
-            meta = dict(result.metadata, input=str(src), labels=str(dst))
+            meta = dict(result.metadata, input_file=str(src), labels_file=str(dst))
             write_json(json_path, meta)
             write_tiff(dst, result.labels)
         except (InputError, TypeError, ValueError) as exc:
@@ -279,6 +280,11 @@ def _run_segment(args) -> int:
             failures += 1
             print(f"napari-dsp: error: {src}: cannot write output ({exc.strerror or exc})",
                   file=sys.stderr)
+        except (RuntimeError, MemoryError) as exc:  # torch failures, out of memory
+            failures += 1
+            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            print(f"napari-dsp: error: {src}: the fit failed ({text}); try fewer --runs, "
+                  f"a --working-size, or --device cpu", file=sys.stderr)
     done = len(plan) - failures
     if len(plan) > 1 or failures:
         print(f"napari-dsp: {done} of {len(plan)} file(s) done, {failures} failed",
@@ -326,6 +332,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``napari-dsp`` command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .core.fit import tune_allocator_for_fitting
+
+    tune_allocator_for_fitting()  # this process only fits: keep activations in the heap
     try:
         if args.command == "demo":
             return _run_demo(args)

@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from .api import _quiet
 from .core import cluster as _cluster
 from .core import image as _image
 from .core import plan as _plan
@@ -53,6 +54,25 @@ class _Stack:
         # A plane keeps the channel axis where it was among the remaining axes.
         self.plane_axis = None if channel_axis is None else \
             sum(1 for a in range(channel_axis) if a not in self.lead_axes)
+        self.check_pixels(image)
+
+    def check_pixels(self, image) -> None:
+        """What can be told before reading planes: the dtype, the plane size and, for
+        data in memory, NaN and infinities (lazy data is checked as it is read)."""
+        dtype = np.dtype(image.dtype if hasattr(image, "dtype") else np.asarray(image).dtype)
+        if dtype.kind not in "biuf":
+            raise TypeError(f"image has dtype {dtype}; pass a boolean, integer or real "
+                            f"floating-point stack (for complex data, pass np.abs(image))")
+        h, w = (self.shape[a] for a in [a for a in range(len(self.shape))
+                                        if a != self.channel_axis][-2:])
+        if min(h, w) < _image.MIN_SIDE:
+            raise ValueError(f"planes are {h}x{w} pixels; at least {_image.MIN_SIDE}x"
+                             f"{_image.MIN_SIDE} is needed (if an axis is channels, pass "
+                             f"channel_axis=...)")
+        if isinstance(image, np.ndarray) and dtype.kind == "f" and \
+                not np.isfinite(image).all():
+            raise ValueError("image contains NaN or infinite values; replace them first, "
+                             "e.g. np.nan_to_num(image, nan=0.0)")
 
     def read(self, image) -> tuple[list, np.dtype]:
         """Every plane once as ``(C, Y, X)`` (lazy data: one read per plane), normalised
@@ -114,9 +134,10 @@ def _segment_stack(image, stack: _Stack, settings: Settings, device, spacing: tu
     s = settings
     fit_info: dict = {}
     if s.volumetric:
-        threads = _plan.default_threads(s.n_runs, int(np.prod(normed[0].shape[1:]))) \
-            if s.n_workers is None else s.n_workers
-        fit = iter_volume_prior(np.stack(normed, 1), spacing, seed=s.seed,
+        volume = np.stack(normed, 1)
+        threads = _plan.plan_volume_threads(volume.shape, n_runs=s.n_runs, device=device,
+                                            n_workers=s.n_workers)
+        fit = iter_volume_prior(volume, spacing, seed=s.seed,
                                 n_runs=s.n_runs, n_iter=s.n_iter,
                                 learning_rate=s.learning_rate, precision=s.precision,
                                 device=device, threads=threads)
@@ -213,9 +234,7 @@ def segment_stack(image, *, channel_axis: Optional[int] = None,
         For more than two leading axes, a bad ``channel_axis``, and as ``segment``.
     """
     check_callback(progress)
-    settings = make_settings(settings, **overrides)
-    if progress is None:
-        settings = settings.replace(preview_every=0)
+    settings = _quiet(make_settings(settings, **overrides), progress)
     result = drain(iter_segment_stack(image, channel_axis=channel_axis, settings=settings,
                                       spacing=spacing), progress)
     return result if full_output else result.labels

@@ -47,17 +47,30 @@ def test_threads_fit_the_same_members_in_seed_order():
 
 
 def test_threads_restore_torch_settings_and_no_process_is_started():
+    """torch's thread setting is process-wide: after a threaded fit (and after two that
+    overlap) a fresh thread sees the setting from before."""
     import psutil
 
-    before = torch.get_num_threads()
+    def seen_by_a_new_thread():
+        out = []
+        t = threading.Thread(target=lambda: out.append(torch.get_num_threads()))
+        t.start()
+        t.join()
+        return out[0]
+
+    before = seen_by_a_new_thread()
     kids = psutil.Process().children()
-    gen = _fit.iter_members_threaded(IMAGE, CROP, threads=2, seeds=[1, 2], make_net=make_2d,
-                                     n_iter=3, learning_rate=0.01,
-                                     device=torch.device("cpu"))
-    next(gen)
+    kw = dict(threads=2, seeds=[1, 2], make_net=make_2d, n_iter=3, learning_rate=0.01,
+              device=torch.device("cpu"))
+    a = _fit.iter_members_threaded(IMAGE, CROP, **kw)
+    next(a)
     assert psutil.Process().children() == kids  # threads, not child processes
-    drain(gen)
-    assert torch.get_num_threads() == before
+    b = _fit.iter_members_threaded(IMAGE, CROP, **kw)  # overlaps a
+    next(b)
+    drain(a)
+    assert seen_by_a_new_thread() == 1  # b still fitting: torch single-threaded
+    drain(b)
+    assert seen_by_a_new_thread() == before
 
 
 def test_closing_stops_every_thread_within_an_iteration():

@@ -46,17 +46,28 @@ class FitError(Exception):
     """A failure inside the fit (a torch RuntimeError, CUDA out of memory, ...)."""
 
 
-def _drive(gen):
+def _drive(gen, stop: threading.Event):
     """The worker's generator: hands the fit's progress on and returns its result.
 
-    superqt takes a RuntimeError coming out of a worker for a deleted Qt object and then
-    emits neither ``errored`` nor ``finished``; torch reports most failures (CUDA out of
-    memory included) as RuntimeError, so they are re-raised as :class:`FitError`.
+    A cancel sets ``stop``; the fit is then closed here, in the worker thread, so its
+    fitting threads are joined there and never on the GUI thread. superqt takes a
+    RuntimeError coming out of a worker for a deleted Qt object and then emits neither
+    ``errored`` nor ``finished``; torch reports most failures (CUDA out of memory
+    included) as RuntimeError, so they are re-raised as :class:`FitError`.
     """
     try:
-        return (yield from gen)
+        while True:
+            if stop.is_set():
+                return None
+            try:
+                p = next(gen)
+            except StopIteration as done:
+                return done.value
+            yield p
     except RuntimeError as exc:
         raise FitError(str(exc)) from exc
+    finally:
+        gen.close()
 
 
 class Runner:
@@ -72,11 +83,13 @@ class Runner:
         self.progress: Optional[napari_progress] = None
         self.job: Optional[Job] = None
         self._gen = self._outputs = None
+        self._stop = threading.Event()
         self._spread, self._stage, self._start = False, "prior", 0.0
         self._latest, self._busy, self._cancelling = None, False, False
 
     def start(self, gen, job: Job, outputs: Outputs, spread: bool):
         self._gen, self.job, self._outputs, self._spread = gen, job, outputs, spread
+        self._stop = threading.Event()
         self._stage, self._start = "prior", time.monotonic()
         self._latest, self._busy, self._cancelling = None, False, False
         outputs.begin()
@@ -84,7 +97,7 @@ class Runner:
         self.progress = napari_progress(total=job.settings.n_iter,
                                         desc=f"napari-dsp: {job.name}")
         self.worker = create_worker(
-            _drive, gen, _start_thread=False, _worker_class=GeneratorWorker, _connect={
+            _drive, gen, self._stop, _start_thread=False, _worker_class=GeneratorWorker, _connect={
                 "yielded": self._on_yielded, "returned": self._on_returned,
                 "errored": self._on_errored, "aborted": self._on_aborted,
                 "finished": self._on_finished})
@@ -95,15 +108,19 @@ class Runner:
         if self.worker is not None:
             self._cancelling = True
             self.report("cancelling...")
-            self.worker.quit()
+            # Not worker.quit(): superqt would then never resume the generator, and the
+            # fit's threads would run on. _drive sees the flag at the fit's next report
+            # (within an iteration), closes the fit in the worker thread and returns None.
+            self._stop.set()
 
     def stop_quietly(self, *_: Any) -> None:
-        """Stop without touching the GUI (the widget or the viewer is going away)."""
-        if self.worker is not None:
-            self.worker.quit()
+        """Stop without touching the GUI (the widget or the viewer is going away): the
+        worker thread closes the fit at its next report (see :func:`_drive`). If the
+        worker was quit by someone else (napari quits its workers when it closes), the
+        fit is suspended for good and is closed here, which stops its threads."""
+        self._stop.set()
         if self._gen is not None:
-            # ValueError: still executing in the worker thread, which stops at quit
-            with contextlib.suppress(ValueError):
+            with contextlib.suppress(ValueError):  # still running: it sees the flag
                 self._gen.close()
 
     def _on_yielded(self, p) -> None:
@@ -149,6 +166,9 @@ class Runner:
             bar.set_description(f"{self.job.name}: {p.describe()}")
 
     def _on_returned(self, result) -> None:
+        if result is None:  # cancelled (see cancel)
+            self._on_aborted()
+            return
         if not self.alive():
             return
         job = self.job
@@ -182,7 +202,7 @@ class Runner:
         self.report(f"failed: {text}")
 
     def _on_aborted(self) -> None:
-        self.stop_quietly()  # closes the generator: its threads stop now
+        # the worker thread closes the fit (see _drive); nothing is joined here
         if self.alive():
             self._outputs.rollback(self.viewer, self.job.name)
             self.report("cancelled")

@@ -11,6 +11,7 @@ the prior (median) and its spread. Nothing here knows about napari, Qt or files.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import ctypes.util
@@ -176,7 +177,7 @@ def iter_members_threaded(target: np.ndarray, crop: tuple, *, threads: int,
     shares = split(list(seeds), threads)
     inbox: queue.Queue = queue.Queue()
     stop = threading.Event()
-    before = torch.get_num_threads()
+    _single_threaded_torch(+1)
 
     def work(k: int, share: list) -> None:
         try:
@@ -196,6 +197,7 @@ def iter_members_threaded(target: np.ndarray, crop: tuple, *, threads: int,
     workers = [threading.Thread(target=work, args=(k, share), daemon=True,
                                 name=f"napari-dsp-fit-{k}")
                for k, share in enumerate(shares)]
+    _RUNNING.add(stop)
     try:
         for w in workers:
             w.start()
@@ -227,7 +229,43 @@ def iter_members_threaded(target: np.ndarray, crop: tuple, *, threads: int,
         stop.set()
         for w in workers:
             w.join()
-        torch.set_num_threads(before)
+        _RUNNING.discard(stop)
+        _single_threaded_torch(-1)
+
+
+#: The stop flags of the threaded fits running now (see :func:`_stop_all_at_exit`).
+_RUNNING: set = set()
+
+
+@atexit.register
+def _stop_all_at_exit() -> None:
+    """At interpreter exit, stop every fitting thread still running (a fit abandoned by
+    its consumer: a closed viewer, an interrupted script) and give it an iteration to
+    end: torch must not be torn down under a running kernel."""
+    for stop in list(_RUNNING):
+        stop.set()
+    for t in threading.enumerate():
+        if t.name.startswith("napari-dsp-fit-"):
+            t.join(timeout=10)
+
+
+_THREADS_LOCK = threading.Lock()
+_THREADS_USERS = 0
+_THREADS_BEFORE = 1
+
+
+def _single_threaded_torch(change: int) -> None:
+    """Count the threaded fits running in this process; the first one in records torch's
+    thread setting, the last one out restores it. (The fitting threads set torch to one
+    thread each, and torch keeps that setting process-wide: while a threaded CPU fit
+    runs, other torch work in the process runs single-threaded too.)"""
+    global _THREADS_USERS, _THREADS_BEFORE
+    with _THREADS_LOCK:
+        if change > 0 and _THREADS_USERS == 0:
+            _THREADS_BEFORE = torch.get_num_threads()
+        _THREADS_USERS += change
+        if change < 0 and _THREADS_USERS == 0:
+            torch.set_num_threads(_THREADS_BEFORE)
 
 
 def summarize(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -273,15 +311,16 @@ def _libc():
     return _LIBC or None
 
 
-def _tune_allocator() -> bool:
-    """Keep freed memory in glibc's heap while fitting instead of returning it to the OS.
+def tune_allocator_for_fitting() -> bool:
+    """Keep freed memory in glibc's heap instead of returning it to the OS: for processes
+    whose job is fitting (the command line, benchmarks), never napari: the settings are
+    process-wide and permanent.
 
     The fit frees and re-allocates the same large activations every iteration; by default
     glibc unmaps them and faults them in again each time, which costs more than the
     arithmetic of a small network. Threads share one arena (glibc's per-thread arenas
     made the two fitting threads about 10 % slower per iteration at 512 x 512; where
-    other threads made arenas before, glibc keeps those). The heap is trimmed after every
-    fit (:func:`tuned_heap`), so a long-lived process (napari) gives the memory back.
+    other threads made arenas before, glibc keeps those).
     Returns whether the setting took effect (glibc only).
     """
     global _TUNED
@@ -299,17 +338,14 @@ def _tune_allocator() -> bool:
 
 
 @contextlib.contextmanager
-def tuned_heap(device: torch.device):
-    """While a CPU fit runs, keep freed activations in glibc's heap (see
-    :func:`_tune_allocator`); afterwards hand the heap's free pages back to the OS."""
-    if device.type != "cpu":
-        yield
-        return
-    _tune_allocator()
+def trimmed_heap(device: torch.device):
+    """After a CPU fit, hand the heap's free pages back to the OS (a long-lived process
+    such as napari keeps no fit's activations)."""
     try:
         yield
     finally:
-        _release_heap()
+        if device.type == "cpu":
+            _release_heap()
 
 
 def _release_heap() -> None:

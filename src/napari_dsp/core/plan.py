@@ -7,7 +7,8 @@ ensemble, and whether the memory it needs is there. :class:`FitPlan` carries the
 its :meth:`FitPlan.describe` goes into the result's metadata.
 
 Memory available is what ``psutil`` reports, capped on Linux by the cgroup limit when
-one is set (a batch job's memory limit, not the node's).
+one is set at the cgroup root (a container's memory limit, not the host's; a limit set
+for a sub-cgroup, as some batch systems do without a cgroup namespace, is not seen).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 from . import image as _image
 
 #: Largest plane fitted in one piece (pixels a side), and the tile size beyond it: on a
-#: CPU a 512 x 512 fit takes about half a minute on two cores and 2.6 GB; a GPU handles
+#: CPU a 512 x 512 fit takes about a minute on two cores and 1.7 GB; a GPU handles
 #: 2048.
 TILE_SIZE = {"cpu": 512, "cuda": 2048, "mps": 1024}
 #: Overlap of neighbouring tiles (pixels of the working plane), blended linearly.
@@ -99,6 +100,27 @@ def plan_fit(data: np.ndarray, *, n_runs: int, device: torch.device,
             f"(n_workers=1)")
     return FitPlan(device, shape, work, radius, tile, tiles, threads, int(batch_size),
                    need, have)
+
+
+def plan_volume_threads(shape: tuple, *, n_runs: int, device: torch.device,
+                        n_workers: Optional[int], batch_size: int = 2) -> int:
+    """CPU threads for the volumetric fit of a ``(C, Z, Y, X)`` volume: as for a plane
+    (:func:`default_threads`, fewer while the memory estimate does not fit), refused up
+    front with a ``ValueError`` when even one thread would not fit."""
+    if device.type != "cpu":
+        return 0
+    c, voxels = int(shape[0]), int(np.prod(shape[1:]))
+    threads = default_threads(n_runs, voxels) if n_workers is None else \
+        min(int(n_workers), n_runs)
+    while threads > 1 and not fits(estimate_bytes(voxels, c, n_runs, batch_size, threads)):
+        threads -= 1
+    need, have = estimate_bytes(voxels, c, n_runs, batch_size, threads), available_memory()
+    if have is not None and need > MEMORY_SHARE * have:
+        raise ValueError(f"the volumetric fit of this {voxels / 1e6:.1f}-megavoxel stack "
+                         f"needs about {need / 1e9:.1f} GB of memory and {have / 1e9:.1f} "
+                         f"GB is available; fit per plane (volumetric=False), or crop or "
+                         f"downsample the stack")
+    return threads
 
 
 def _padded_pixels(side: tuple) -> int:

@@ -93,7 +93,7 @@ def _iter_ensemble(data: np.ndarray, plan: FitPlan, preview_every: int, fit_kwar
             return _fit.iter_members_threaded(padded, crop, threads=plan.threads, **kwargs)
         return _fit.iter_members(padded, crop, **kwargs)
 
-    with _fit.tuned_heap(device):
+    with _fit.trimmed_heap(device):
         members = yield from relay(_retry_smaller_groups(start, plan.batch_size, device),
                                    _preview_median)
         return _fit.summarize(members)
@@ -143,7 +143,7 @@ def iter_volume_prior(volume: np.ndarray, spacing: Sequence[float], *, seed: int
                                               crop, threads=threads, **kwargs)
         return _fit.iter_members(np.ascontiguousarray(padded, np.float32), crop, **kwargs)
 
-    with _fit.tuned_heap(device):
+    with _fit.trimmed_heap(device):
         members = yield from _retry_smaller_groups(start, batch_size or n_runs, device)
         median, spread = _fit.summarize(members)
     return median, spread, stages
