@@ -217,7 +217,12 @@ def iter_members_threaded(target: np.ndarray, crop: tuple, *, threads: int,
                 previews[k] = value.preview
             known = [r for r in reports if r is not None]
             ready = value.preview is not None and all(p is not None for p in previews)
+            # the iteration of the group furthest behind (threads run side by side; a
+            # report per thread would make the count jump back and forth)
+            running = [r.iteration for k, r in enumerate(reports)
+                       if r is not None and results[k] is None and r.step < r.total]
             yield value.replace(
+                iteration=min(running) if running else value.iteration,
                 step=sum(r.step for r in known),
                 total=sum(r.total for r in known) + sum(
                     value.n_iter * -(-len(s) // (fit_kwargs.get("batch_size") or len(s)))
