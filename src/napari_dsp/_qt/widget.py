@@ -11,26 +11,20 @@ Bad input is refused when Run is pressed, before any thread starts.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
-import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import Container, Label, PushButton
-from napari.qt.threading import create_worker
-from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import QSizePolicy
-from superqt.utils import GeneratorWorker
 
 from ..api import cluster
 from ..core.fit import warm_up
-from ..progress import format_seconds
 from ..settings import Settings
 from .form import PLANES, SettingsForm, add_widget_rows, update_widget_rows
-from .outputs import META_KEY, PREVIEW_INTERVAL, Job, Outputs, prepare_run
+from .outputs import META_KEY, Outputs, prepare_run
+from .runner import Runner
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -40,178 +34,6 @@ logger = logging.getLogger(__name__)
 #: Settings that only change the clustering of a 2-D prior: no refit needed.
 RECLUSTER = ("n_classes", "invert", "window", "instances", "refine", "min_size",
              "fill_holes")
-
-
-class FitError(Exception):
-    """A failure inside the fit (a torch RuntimeError, CUDA out of memory, ...)."""
-
-
-def _drive(gen, stop: threading.Event):
-    """The worker's generator: hands the fit's progress on and returns its result.
-
-    A cancel sets ``stop``; the fit is then closed here, in the worker thread, so its
-    fitting threads are joined there and never on the GUI thread. superqt takes a
-    RuntimeError coming out of a worker for a deleted Qt object and then emits neither
-    ``errored`` nor ``finished``; torch reports most failures (CUDA out of memory
-    included) as RuntimeError, so they are re-raised as :class:`FitError`.
-    """
-    try:
-        while True:
-            if stop.is_set():
-                return None
-            try:
-                p = next(gen)
-            except StopIteration as done:
-                return done.value
-            yield p
-    except RuntimeError as exc:
-        raise FitError(str(exc)) from exc
-    finally:
-        gen.close()
-
-
-class Runner:
-    """One fit at a time: the worker, its progress bar, and what its signals do.
-
-    ``alive()`` tells whether the widget still exists (Qt may delete it mid-run),
-    ``report(text)`` sets the status line, ``ended()`` is called once a run is over."""
-
-    def __init__(self, viewer, alive: Callable[[], bool], report: Callable[[str], None],
-                 ended: Callable[[], None]):
-        self.viewer, self.alive, self.report, self.ended = viewer, alive, report, ended
-        self.worker = None
-        self.progress: Optional[napari_progress] = None
-        self.job: Optional[Job] = None
-        self._gen = self._outputs = None
-        self._stop = threading.Event()
-        self._spread, self._stage, self._start = False, "prior", 0.0
-        self._latest, self._busy, self._cancelling = None, False, False
-
-    def start(self, gen, job: Job, outputs: Outputs, spread: bool):
-        self._gen, self.job, self._outputs, self._spread = gen, job, outputs, spread
-        self._stop = threading.Event()
-        self._stage, self._start = "prior", time.monotonic()
-        self._latest, self._busy, self._cancelling = None, False, False
-        outputs.begin()
-        # The total is corrected by the first report (it depends on tiles and planes).
-        self.progress = napari_progress(total=job.settings.n_iter,
-                                        desc=f"napari-dsp: {job.name}")
-        self.worker = create_worker(
-            _drive, gen, self._stop, _start_thread=False, _worker_class=GeneratorWorker, _connect={
-                "yielded": self._on_yielded, "returned": self._on_returned,
-                "errored": self._on_errored, "aborted": self._on_aborted,
-                "finished": self._on_finished})
-        self.worker.start()
-        return self.worker
-
-    def cancel(self) -> None:
-        if self.worker is not None:
-            self._cancelling = True
-            self.report("cancelling...")
-            # Not worker.quit(): superqt would then never resume the generator, and the
-            # fit's threads would run on. _drive sees the flag at the fit's next report
-            # (within an iteration), closes the fit in the worker thread and returns None.
-            self._stop.set()
-
-    def stop_quietly(self, *_: Any) -> None:
-        """Stop without touching the GUI (the widget or the viewer is going away): the
-        worker thread closes the fit at its next report (see :func:`_drive`). If the
-        worker was quit by someone else (napari quits its workers when it closes), the
-        fit is suspended for good and is closed here, which stops its threads."""
-        self._stop.set()
-        if self._gen is not None:
-            with contextlib.suppress(ValueError):  # still running: it sees the flag
-                self._gen.close()
-
-    def _on_yielded(self, p) -> None:
-        if not self.alive():
-            self.stop_quietly()
-            return
-        if self.worker is None or self._cancelling:
-            return
-        # napari's progress bar processes events while it redraws, so this handler can
-        # be entered again from inside itself: the inner call only leaves the newest
-        # report for the outer one, which shows reports in order and stops once the run
-        # has ended (its returned/finished handlers may run inside the bar's redraw).
-        self._latest = p
-        if self._busy:
-            return
-        self._busy = True
-        try:
-            while self._latest is not None and self.worker is not None:
-                p, self._latest = self._latest, None
-                self._show(p)
-        finally:
-            self._busy = False
-
-    def _show(self, p) -> None:
-        self.report(p.describe())
-        job, now = self.job, time.monotonic()
-        if p.preview is not None and now - job.last_preview >= PREVIEW_INTERVAL \
-                and job.layer in self.viewer.layers:
-            job.last_preview = now
-            self._outputs.preview(self.viewer, job, p)
-        self._advance(p)  # last: the bar's redraw may run the end of the run
-
-    def _advance(self, p) -> None:
-        bar = self.progress
-        if p.stage != self._stage:
-            self._stage = p.stage
-            bar.reset(total=p.total)
-        elif p.total != bar.total:
-            bar.total = p.total
-        if p.step > bar.n and self.worker is not None:
-            bar.update(p.step - bar.n)  # update() emits napari's value event; .n does not
-        if self.worker is not None:
-            bar.set_description(f"{self.job.name}: {p.describe()}")
-
-    def _on_returned(self, result) -> None:
-        if result is None:  # cancelled (see cancel)
-            self._on_aborted()
-            return
-        if not self.alive():
-            return
-        job = self.job
-        if job.layer not in self.viewer.layers:
-            show_warning("napari-dsp: the image layer was removed during the fit; the "
-                         "result was discarded")
-            self._outputs.rollback(self.viewer, job.name)
-            return
-        self._outputs.publish(self.viewer, job, result, self._spread)
-        seed = result.metadata["settings"]["seed"]
-        count = result.metadata.get("clustering", {}).get("count")
-        self.report(f"done on {result.metadata['device']} in "
-                    f"{format_seconds(time.monotonic() - self._start)} (seed {seed})"
-                    + ("" if count is None else f"; {count} objects"))
-
-    def _on_errored(self, exc: Exception) -> None:
-        logger.error("napari-dsp: the fit failed", exc_info=exc)
-        if not self.alive():
-            return
-        self._outputs.rollback(self.viewer, self.job.name)
-        text = str(exc) or type(exc).__name__
-        if not isinstance(exc, (FitError, ValueError)):
-            text = f"{type(exc).__name__}: {text}"
-        if "out of memory" in text.lower():
-            text += " (try fewer runs, a smaller working size or device 'CPU')"
-        device = self.job.settings.device
-        if device not in ("auto", "cpu"):
-            text += f" (on device {device!r}; 'auto' or 'CPU' in the device list fit " \
-                    f"elsewhere)"
-        show_error(f"napari-dsp: the fit failed: {text}")
-        self.report(f"failed: {text}")
-
-    def _on_aborted(self) -> None:
-        # the worker thread closes the fit (see _drive); nothing is joined here
-        if self.alive():
-            self._outputs.rollback(self.viewer, self.job.name)
-            self.report("cancelled")
-
-    def _on_finished(self) -> None:
-        if self.progress is not None:
-            self.progress.close()
-        self.worker, self._gen = None, None
-        self.ended()
 
 
 def _row(name: str, doc: str) -> property:
