@@ -32,6 +32,7 @@ from typing import BinaryIO, Optional
 
 import numpy as np
 
+from napari_dsp.core.fit import split
 from napari_dsp.progress import FitProgress
 
 _HEADER = struct.Struct("<Q")
@@ -63,17 +64,6 @@ def _cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
-
-
-def split(seeds: Sequence[int], n: int) -> list[list[int]]:
-    """Consecutive, nearly equal shares of ``seeds`` (the larger shares first)."""
-    base, extra = divmod(len(seeds), n)
-    out, start = [], 0
-    for i in range(n):
-        size = base + (1 if i < extra else 0)
-        out.append(list(seeds[start:start + size]))
-        start += size
-    return [s for s in out if s]
 
 
 def iter_members_parallel(image: np.ndarray, crop: tuple, *, n_workers: int,
