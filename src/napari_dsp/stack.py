@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .api import _quiet
+from .api import _Clock, _quiet
 from .core import cluster as _cluster
 from .core import image as _image
 from .core import plan as _plan
@@ -126,9 +126,7 @@ def iter_segment_stack(image, *, channel_axis: Optional[int] = None,
 
 
 def _segment_stack(image, stack: _Stack, settings: Settings, device, spacing: tuple):
-    import time
-
-    start = time.perf_counter()
+    clock = _Clock()
     normed, dtype = stack.read(image)
     n = len(normed)
     s = settings
@@ -141,8 +139,7 @@ def _segment_stack(image, stack: _Stack, settings: Settings, device, spacing: tu
                                 n_runs=s.n_runs, n_iter=s.n_iter,
                                 learning_rate=s.learning_rate, precision=s.precision,
                                 device=device, threads=threads)
-        median, spread, stages = yield from relay(fit, lambda p: p.replace(
-            elapsed=time.perf_counter() - start))
+        median, spread, stages = yield from relay(fit, clock.stamp)
         priors = [median[:, z] for z in range(n)]
         spreads = list(spread)
         fit_info = {"device": _plan.describe_device(device), "volumetric": True,
@@ -155,9 +152,8 @@ def _segment_stack(image, stack: _Stack, settings: Settings, device, spacing: tu
             fit = iter_plane_prior(plane, plan, seed=s.seed, n_runs=s.n_runs,
                                    n_iter=s.n_iter, learning_rate=s.learning_rate,
                                    precision=s.precision, preview_every=s.preview_every)
-            median, spread = yield from relay(fit, lambda p, i=i: p.replace(
-                preview=stack.plane_layout(p.preview), plane=i, n_planes=n,
-                elapsed=time.perf_counter() - start))
+            median, spread = yield from relay(fit, lambda p, i=i: clock.stamp(p.replace(
+                preview=stack.plane_layout(p.preview), plane=i, n_planes=n)))
             priors.append(median)
             spreads.append(spread)
             fit_info = plan.describe()
