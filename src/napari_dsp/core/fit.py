@@ -273,6 +273,16 @@ def _single_threaded_torch(change: int) -> None:
             torch.set_num_threads(_THREADS_BEFORE)
 
 
+def iter_ensemble(target: np.ndarray, crop: tuple, *, threads: int,
+                  device: torch.device, **fit_kwargs):
+    """The ensemble on ``threads`` CPU threads (:func:`iter_members_threaded`), or in the
+    calling thread (:func:`iter_members`: a GPU, or ``threads == 0``)."""
+    if threads >= 1 and device.type == "cpu":
+        return iter_members_threaded(target, crop, threads=threads, device=device,
+                                     **fit_kwargs)
+    return iter_members(target, crop, device=device, **fit_kwargs)
+
+
 def summarize(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-pixel median ``(C, ...)`` and spread ``(...)`` of members ``(n, C, ...)``.
 

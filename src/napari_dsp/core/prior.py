@@ -87,11 +87,9 @@ def _iter_ensemble(data: np.ndarray, plan: FitPlan, preview_every: int, fit_kwar
         return nets.EnsembleGenerator(g, c, seeds)
 
     def start(batch: int):
-        kwargs = dict(fit_kwargs, make_net=make_net, device=device, batch_size=batch,
-                      preview_every=preview_every)
-        if plan.threads >= 1 and device.type == "cpu":
-            return _fit.iter_members_threaded(padded, crop, threads=plan.threads, **kwargs)
-        return _fit.iter_members(padded, crop, **kwargs)
+        return _fit.iter_ensemble(padded, crop, threads=plan.threads, device=device,
+                                  make_net=make_net, batch_size=batch,
+                                  preview_every=preview_every, **fit_kwargs)
 
     with _fit.trimmed_heap(device):
         members = yield from relay(_retry_smaller_groups(start, plan.batch_size, device),
@@ -134,14 +132,13 @@ def iter_volume_prior(volume: np.ndarray, spacing: Sequence[float], *, seed: int
     def make_net(g: int, seeds: Sequence[int]):
         return nets.VolumeGenerator(g, c, seeds, stages)
 
+    target = np.ascontiguousarray(padded, np.float32)
+
     def start(batch: int):
-        kwargs = dict(make_net=make_net, seeds=member_seeds(seed, n_runs), n_iter=n_iter,
-                      learning_rate=learning_rate, precision=precision, device=device,
-                      batch_size=batch)
-        if threads >= 1 and device.type == "cpu":
-            return _fit.iter_members_threaded(np.ascontiguousarray(padded, np.float32),
-                                              crop, threads=threads, **kwargs)
-        return _fit.iter_members(np.ascontiguousarray(padded, np.float32), crop, **kwargs)
+        return _fit.iter_ensemble(target, crop, threads=threads, device=device,
+                                  make_net=make_net, seeds=member_seeds(seed, n_runs),
+                                  n_iter=n_iter, learning_rate=learning_rate,
+                                  precision=precision, batch_size=batch)
 
     with _fit.trimmed_heap(device):
         members = yield from _retry_smaller_groups(start, batch_size or n_runs, device)
