@@ -1,18 +1,23 @@
 """Command line: ``napari-dsp segment INPUT... -o OUTPUT`` and ``napari-dsp demo``.
 
+Owns argument parsing, the progress bar, the batch loop's messages and exit statuses,
+and signals: SIGINT, SIGTERM and SIGHUP stop a run the same way (one message, exit status
+128 + the signal's number, no temporary file left; a signal that arrives while a file's
+outputs are being moved into place waits until they all are). Files and batches are
+:mod:`napari_dsp.io` and :mod:`napari_dsp.batch`.
+
 The setting flags are built from :data:`~napari_dsp.settings.FIELDS`, and only the
 options a user sets are forwarded to :class:`~napari_dsp.Settings`, so the library's
 defaults live in one place. Importing this module does not import torch: ``--help``
-answers at once.
+answers at once, and a file refused from its header is refused before torch loads.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
+import contextlib
+import signal
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,83 +25,69 @@ from typing import Optional
 
 import numpy as np
 
-from .core.image import plane_shape
+from . import batch as _batch
+from . import io as _io
 from .settings import FIELDS, Settings
-
-READABLE = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy")
-
-
-class InputError(Exception):
-    """A file that cannot be used; its message is one line for the user."""
 
 
 def read_image(path: Path) -> np.ndarray:
-    """Read a .tif/.tiff, .png, .jpg/.jpeg or .npy file as a numpy array."""
-    suffix = path.suffix.lower()
-    if suffix not in READABLE:
-        raise InputError(f"{path}: unsupported file type '{suffix}' (use "
-                         f"{', '.join(READABLE)})")
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    try:
-        if suffix in (".tif", ".tiff"):
-            import tifffile
-
-            data = np.asarray(tifffile.imread(path))
-        elif suffix == ".npy":
-            data = np.load(path, allow_pickle=False)
-        else:
-            import imageio.v3 as iio
-
-            data = np.asarray(iio.imread(path))
-    except Exception as exc:  # any reader failure is the file's problem, said in one line
-        raise InputError(f"{path}: cannot be read as an image ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else 'corrupt file'})"
-                         ) from None
-    if data.size == 0:
-        raise InputError(f"{path}: cannot be read as an image (no pixel data: corrupt or "
-                         f"truncated file?)")
-    return data
+    """Read a .tif/.tiff, .png, .jpg/.jpeg or .npy file as a numpy array (as stored)."""
+    return _io.read_pixels(_io.read_info(path))
 
 
-def write_atomic(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: an interrupted run
-    never leaves a partial output under the final name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix + ".part",
-                               dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+class Stopped(KeyboardInterrupt):
+    """SIGINT, SIGTERM or SIGHUP: stop the run like Ctrl-C."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
 
-def write_tiff(path: Path, data: np.ndarray) -> None:
-    import tifffile
+class _Signals:
+    """SIGINT, SIGTERM and SIGHUP raise :class:`Stopped` in the main thread, except
+    inside :meth:`held`, which delays them to its end."""
 
-    write_atomic(path, lambda tmp: tifffile.imwrite(tmp, data, compression="zlib"))
+    NAMES = ("SIGINT", "SIGTERM", "SIGHUP")
+
+    def __init__(self):
+        self.holding = False
+        self.pending: Optional[int] = None
+        self.previous: dict = {}
+
+    def install(self) -> None:
+        for name in self.NAMES:
+            sig = getattr(signal, name, None)
+            if sig is None:
+                continue
+            # not possible outside the main thread (a test, an embedding): left as is
+            with contextlib.suppress(ValueError, OSError):
+                self.previous[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            with contextlib.suppress(ValueError, OSError, TypeError):
+                signal.signal(sig, handler)
+        self.previous = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.holding:
+            self.pending = signum
+            return
+        raise Stopped(signum)
+
+    @contextlib.contextmanager
+    def held(self):
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+            if self.pending is not None:
+                signum, self.pending = self.pending, None
+                raise Stopped(signum)
 
 
-def write_json(path: Path, data: dict) -> None:
-    def _write(tmp):
-        with open(tmp, "w") as fh:
-            json.dump(data, fh, indent=2, default=_json_default)
-            fh.write("\n")
-
-    write_atomic(path, _write)
-
-
-def _json_default(obj):
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, tuple):
-        return list(obj)
-    return str(obj)
+_SIGNALS = _Signals()
 
 
 class ProgressBar:
@@ -150,7 +141,8 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
                                 help=helptext)
     parser.add_argument("--channel-axis", type=int, default=None, metavar="AXIS",
                         help="axis of the channels of a multichannel image (RGB(A) with "
-                             "channels last is recognised by itself)")
+                             "channels last, and channels named by OME or ImageJ metadata "
+                             "are recognised by themselves)")
 
 
 def _finite_float(text: str) -> float:
@@ -167,28 +159,36 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     seg = sub.add_parser(
         "segment", help="segment image files",
-        description="Segment image files. Writes a label image (uint8 TIFF, 0 = "
-                    "background) and a JSON file with the settings used next to it.")
+        description="Segment image files. Writes a label image per input (an ImageJ "
+                    "TIFF of class or object ids, 0 = background, with the input's "
+                    "axes and pixel size) and a JSON file with the settings used next to "
+                    "it. Axes come from OME-TIFF and ImageJ metadata where the file has "
+                    "them: a file whose metadata says Z or T is a stack without --stack. "
+                    "Every output is planned first: a batch in which two inputs would "
+                    "write the same file, or an output would replace an input, is "
+                    "refused before anything is computed.")
     seg.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
-                     help="image files (.tif, .tiff, .png, .jpg, .npy)")
+                     help="image files (.tif/.tiff incl. OME-TIFF, ImageJ and compressed TIFF; "
+                          ".png, .jpg, .npy)")
     seg.add_argument("-o", "--output", type=Path, required=True,
                      help="output file for one input, or a directory (one "
                           "<stem>_labels.tif per input)")
     seg.add_argument("--prior", action="store_true",
                      help="also write the prior as <stem>_prior.tif (float32)")
     seg.add_argument("--overwrite", action="store_true",
-                     help="replace existing outputs (otherwise they are kept and the "
-                          "input is skipped)")
+                     help="replace existing outputs (labels, prior and sidecar); "
+                          "without it an input with any existing output is skipped")
     seg.add_argument("--scribbles", type=Path, default=None, metavar="FILE",
                      help="label image of user strokes (0 = unlabelled) for --method "
                           "kanezaki; same height and width as the input(s)")
     seg.add_argument("--stack", action="store_true",
                      help="treat leading axes (Z, T, T x Z) as planes: every plane gets "
-                          "its own prior, classes are shared across planes")
-    seg.add_argument("--spacing", type=float, nargs=3, default=None,
+                          "its own prior, classes are shared across planes (files whose "
+                          "metadata names Z or T are stacks without it)")
+    seg.add_argument("--spacing", type=_finite_float, nargs=3, default=None,
                      metavar=("Z", "Y", "X"),
-                     help="voxel size of a Z stack for --stack --volumetric (e.g. 2 0.5 "
-                          "0.5); default isotropic")
+                     help="voxel size of a Z stack for --volumetric (e.g. 2 0.5 0.5); "
+                          "default: the file's metadata, else isotropic")
     seg.add_argument("--max-pixels", type=_finite_float, default=67.2e6, metavar="N",
                      help="refuse images with more pixels per plane than this (default "
                           "67.2e6, 8192x8192): a guard for batches of unknown files; "
@@ -201,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "needed.")
     demo.add_argument("-o", "--output", type=Path, default=None,
                       help="directory to also write the labels, prior and settings to")
+    demo.add_argument("--overwrite", action="store_true",
+                      help="replace the outputs in -o if they exist")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_setting_flags(demo)
     return parser
@@ -212,92 +214,120 @@ def _settings_from_args(args) -> Settings:
     return Settings().replace(**{**chosen, "preview_every": 0})
 
 
-def _plan_outputs(inputs: Sequence[Path], output: Path) -> list[tuple[Path, Path]]:
-    single_file = len(inputs) == 1 and output.suffix.lower() in (".tif", ".tiff")
-    if single_file:
-        return [(inputs[0], output)]
-    if output.exists() and not output.is_dir():
-        raise InputError(f"{output}: is a file; with several inputs -o must be a directory")
-    return [(p, output / f"{p.stem}_labels.tif") for p in inputs]
+def _error(text: str) -> None:
+    print(f"napari-dsp: error: {text}", file=sys.stderr)
 
 
-def _companions(labels_path: Path) -> tuple[Path, Path]:
-    stem = labels_path.stem
-    base = stem[: -len("_labels")] if stem.endswith("_labels") else stem
-    return (labels_path.with_name(base + "_prior.tif"),
-            labels_path.with_name(labels_path.stem + ".json"))
+def _note(text: str) -> None:
+    print(f"napari-dsp: note: {text}", file=sys.stderr)
+
+
+class _Once:
+    """Calls ``action`` the first time it is called (the allocator tuning, right before
+    the first fit: a file refused from its header never loads torch)."""
+
+    def __init__(self, action):
+        self.action, self.done = action, False
+
+    def __call__(self) -> None:
+        if not self.done:
+            self.done = True
+            self.action()
+
+
+def _tune_allocator() -> None:
+    from .core.fit import tune_allocator_for_fitting
+
+    tune_allocator_for_fitting()  # this process only fits: keep activations in the heap
 
 
 def _run_segment(args) -> int:
-    from .api import segment
-
     try:
         settings = _settings_from_args(args)
-        plan = _plan_outputs(args.inputs, args.output)
+        protected = [args.scribbles] if args.scribbles is not None else []
+        jobs, notes = _batch.plan_batch(args.inputs, args.output, prior=args.prior,
+                                        protected=protected)
+        if args.scribbles is not None and args.stack:
+            raise _batch.BatchError("--scribbles is for single images; leave out --stack")
         scribbles = read_image(args.scribbles) if args.scribbles is not None else None
-    except (InputError, TypeError, ValueError) as exc:
-        print(f"napari-dsp: error: {exc}", file=sys.stderr)
+    except (_io.ImageFileError, _batch.BatchError, TypeError, ValueError) as exc:
+        _error(str(exc))
         return 2
-    failures = 0
-    for i, (src, dst) in enumerate(plan, 1):
-        prior_path, json_path = _companions(dst)
+    for text in notes:
+        _note(text)
+    for folder in dict.fromkeys(job.labels.parent for job in jobs):
+        removed = _io.remove_stale_temps(folder)
+        if removed:
+            _note(f"removed {len(removed)} unfinished temporary file(s) a stopped run "
+                  f"left in {folder}")
+    start_fit = _Once(_tune_allocator)
+    done = skipped = failed = 0
+    for i, job in enumerate(jobs, 1):
+        src = job.source
+        bar = None if args.quiet else ProgressBar(f"[{i}/{len(jobs)}] {src.name}")
         try:
-            if src.resolve() in {dst.resolve(), prior_path.resolve(), json_path.resolve()}:
-                raise InputError(f"{src}: the output would overwrite the input; choose "
-                                 f"another output")
-            if dst.exists() and not args.overwrite:
-                print(f"napari-dsp: {dst} exists, skipped (use --overwrite to replace it)",
-                      file=sys.stderr)
-                continue
-            image = read_image(src)
-            spatial = plane_shape(image.shape, args.channel_axis, args.stack)
-            plane = int(np.prod(spatial))
-            if plane > args.max_pixels:
-                raise InputError(f"{src}: {spatial[0]}x{spatial[1]} = "
-                                 f"{plane / 1e6:.1f} megapixels is above --max-pixels "
-                                 f"{args.max_pixels:.3g}; downsample it first or raise "
-                                 f"--max-pixels")
-            bar = None if args.quiet else ProgressBar(f"[{i}/{len(plan)}] {src.name}")
-            if args.stack:
-                from .stack import segment_stack
+            outcome = _batch.run_job(
+                job, settings=settings, channel_axis=args.channel_axis, stack=args.stack,
+                spacing=args.spacing, max_pixels=args.max_pixels, scribbles=scribbles,
+                overwrite=args.overwrite, progress=bar, on_start=start_fit,
+                guard=_SIGNALS.held, notify=lambda text, src=src: _note(f"{src}: {text}"))
+        except Exception as exc:  # every failure of one file is one line; the batch goes on
+            failed += 1
+            _error(_describe_failure(src, exc))
+            continue
+        if outcome.status == "skipped":
+            skipped += 1
+            names = ", ".join(str(p) for p in outcome.existing)
+            print(f"napari-dsp: skipped {src}: {names} exist(s) (use --overwrite to "
+                  f"replace its outputs)", file=sys.stderr)
+        else:
+            done += 1
+    if len(jobs) > 1 or failed or skipped:
+        print(f"napari-dsp: {done} done, {skipped} skipped (outputs exist), {failed} "
+              f"failed", file=sys.stderr)
+    return 1 if failed else 0
 
-                result = segment_stack(image, channel_axis=args.channel_axis,
-                                       settings=settings, progress=bar, full_output=True,
-                                       spacing=args.spacing)
-            else:
-                result = segment(image, channel_axis=args.channel_axis, settings=settings,
-                                 progress=bar, full_output=True, scribbles=scribbles)
-            if args.prior and result.prior is not None:
-                write_tiff(prior_path, result.prior.prior)
-            meta = dict(result.metadata, input_file=str(src), labels_file=str(dst))
-            write_json(json_path, meta)
-            write_tiff(dst, result.labels)
-        except (InputError, TypeError, ValueError) as exc:
-            failures += 1
-            msg = str(exc) if str(exc).startswith(str(src)) else f"{src}: {exc}"
-            print(f"napari-dsp: error: {msg}", file=sys.stderr)
-        except OSError as exc:
-            failures += 1
-            print(f"napari-dsp: error: {src}: cannot write output ({exc.strerror or exc})",
-                  file=sys.stderr)
-        except (RuntimeError, MemoryError) as exc:  # torch failures, out of memory
-            failures += 1
-            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            print(f"napari-dsp: error: {src}: the fit failed ({text}); try fewer --runs, "
-                  f"a --working-size, or --device cpu", file=sys.stderr)
-    done = len(plan) - failures
-    if len(plan) > 1 or failures:
-        print(f"napari-dsp: {done} of {len(plan)} file(s) done, {failures} failed",
-              file=sys.stderr)
-    return 1 if failures else 0
+
+def _describe_failure(src: Path, exc: BaseException) -> str:
+    """One line for a file that failed, saying what to do."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, (_io.ImageFileError, TypeError, ValueError)):
+        return text if text.startswith(str(src)) else f"{src}: {text}"
+    if isinstance(exc, _io.OutputExistsError):
+        return (f"{src}: {exc.filename} appeared while it was computed (another run?); "
+                f"nothing of this file was written")
+    if isinstance(exc, OSError):
+        where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+        return (f"{src}: cannot write{where} ({exc.strerror or exc}); check the folder's "
+                f"permissions and free space")
+    if isinstance(exc, MemoryError):
+        return (f"{src}: out of memory; try a --working-size, fewer --runs, or close other "
+                f"programs")
+    if isinstance(exc, RuntimeError):  # torch failures
+        return (f"{src}: the fit failed ({text}); try fewer --runs, a --working-size, or "
+                f"--device cpu")
+    return (f"{src}: unexpected {type(exc).__name__} ({text}); please report it with the "
+            f"command you ran")
 
 
 def _run_demo(args) -> int:
     from skimage import data
 
+    settings = _settings_from_args(args)
+    out = args.output
+    names = ("coins_labels.tif", "coins_prior.tif", "coins_labels.json")
+    if out is not None:
+        if out.exists() and not out.is_dir():
+            _error(f"-o {out} is a file; pass a folder")
+            return 2
+        present = [out / n for n in names if (out / n).exists()]
+        if present and not args.overwrite:
+            _error(f"{', '.join(map(str, present))} exist(s); pass --overwrite to replace "
+                   f"them or another -o folder")
+            return 2
     from .api import segment
 
-    settings = _settings_from_args(args)
+    _tune_allocator()
     image = data.coins()
     print(f"napari-dsp demo: scikit-image 'coins' ({image.shape[0]}x{image.shape[1]}, "
           f"{image.dtype}); fitting {settings.n_runs} runs x {settings.n_iter} iterations",
@@ -319,33 +349,38 @@ def _run_demo(args) -> int:
         counts = np.bincount(labels.ravel(), minlength=settings.n_classes + 1)[1:]
         print("pixels per class: " + ", ".join(f"{k}: {c}" for k, c in
                                                enumerate(counts, 1)))
-    if args.output is not None:
-        out = args.output
-        write_tiff(out / "coins_labels.tif", labels)
-        write_tiff(out / "coins_prior.tif", result.prior.prior)
-        write_json(out / "coins_labels.json", result.metadata)
-        print(f"wrote {out / 'coins_labels.tif'}, coins_prior.tif and coins_labels.json")
+    if out is not None:
+        with _io.Staged(args.overwrite) as staged:
+            staged.labels(out / names[0], labels, axes="YX")
+            staged.image(out / names[1], result.prior.prior, axes="YX")
+            staged.json(out / names[2], result.metadata)
+            with _SIGNALS.held():
+                staged.commit()
+        print(f"wrote {out / names[0]}, {names[1]} and {names[2]}")
     return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of the ``napari-dsp`` command; returns the exit status."""
+    """Entry point of the ``napari-dsp`` command; returns the exit status (128 + the
+    signal's number when SIGINT, SIGTERM or SIGHUP stopped it)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .core.fit import tune_allocator_for_fitting
-
-    tune_allocator_for_fitting()  # this process only fits: keep activations in the heap
+    _SIGNALS.install()
     try:
         if args.command == "demo":
             return _run_demo(args)
         return _run_segment(args)
-    except KeyboardInterrupt:
-        print("\nnapari-dsp: interrupted; finished outputs are complete, the rest were not "
-              "written", file=sys.stderr)
-        return 130
-    except (TypeError, ValueError) as exc:
-        print(f"napari-dsp: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
+        name = signal.Signals(signum).name
+        print(f"\nnapari-dsp: stopped by {name}; finished outputs are complete, the rest "
+              f"were not written", file=sys.stderr)
+        return 128 + int(signum)
+    except (TypeError, ValueError, OSError) as exc:
+        _error(str(exc))
         return 2
+    finally:
+        _SIGNALS.restore()
 
 
 if __name__ == "__main__":  # pragma: no cover

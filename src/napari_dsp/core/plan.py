@@ -6,9 +6,7 @@ many ensemble members are trained as one grouped model, how many CPU threads sha
 ensemble, and whether the memory it needs is there. :class:`FitPlan` carries the answer;
 its :meth:`FitPlan.describe` goes into the result's metadata.
 
-Memory available is what ``psutil`` reports, capped on Linux by the cgroup limit when
-one is set at the cgroup root (a container's memory limit, not the host's; a limit set
-for a sub-cgroup, as some batch systems do without a cgroup namespace, is not seen).
+Memory available is :func:`napari_dsp.core.memory.available_memory`.
 """
 
 from __future__ import annotations
@@ -22,6 +20,7 @@ import numpy as np
 import torch
 
 from . import image as _image
+from .memory import CGROUP_FILES, available_memory, cgroup_memory_left  # noqa: F401
 
 #: Largest plane fitted in one piece (pixels a side), and the tile size beyond it: on a
 #: CPU a 512 x 512 fit takes about a minute on two cores and 1.7 GB; a GPU handles
@@ -300,47 +299,6 @@ def estimate_bytes(n_pixels: int, n_channels: int, n_runs: int, batch_size: int,
 def fits(need: float) -> bool:
     have = available_memory()
     return have is None or need <= MEMORY_SHARE * have
-
-
-def available_memory() -> Optional[float]:
-    """Bytes this process can still allocate: ``psutil``'s available memory, capped by
-    the cgroup's remaining allowance where a limit is set (Linux). None where unknown."""
-    have: Optional[float] = None
-    try:
-        import psutil
-
-        have = float(psutil.virtual_memory().available)
-    except Exception:  # pragma: no cover - psutil missing or unsupported platform
-        have = None
-    limit = cgroup_memory_left()
-    if limit is not None:
-        have = limit if have is None else min(have, limit)
-    return have
-
-
-#: cgroup v2 and v1 files: (limit, usage).
-CGROUP_FILES = (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                 "/sys/fs/cgroup/memory/memory.usage_in_bytes"))
-
-
-def cgroup_memory_left(files=CGROUP_FILES) -> Optional[float]:
-    """The cgroup's memory limit minus its usage, or None when no limit is set."""
-    for limit_file, usage_file in files:
-        try:
-            with open(limit_file) as fh:
-                text = fh.read().strip()
-            if text == "max":
-                return None
-            limit = float(text)
-            with open(usage_file) as fh:
-                usage = float(fh.read().strip())
-        except (OSError, ValueError):
-            continue
-        if limit >= 2**60:  # cgroup v1 reports "no limit" as a huge number
-            return None
-        return max(0.0, limit - usage)
-    return None
 
 
 def free_device_bytes(device: torch.device) -> float:

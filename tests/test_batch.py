@@ -1,0 +1,315 @@
+"""Batches a microscopist can trust: the command line run as a subprocess on real files in
+temporary folders (axes from OME and ImageJ metadata, compressed TIFFs, outputs planned
+up front, overwrite rules, signals, umask, header-only refusals)."""
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_dsp import io
+from napari_dsp._synthetic import dark_on_bright
+from napari_dsp.cli import main
+from tests.fast import TINY_FLAGS
+
+FAST = [*TINY_FLAGS, "--quiet"]
+
+
+def cli(*args, umask=None, timeout=300):
+    """Run ``napari-dsp`` in a fresh process, as a user does."""
+    return subprocess.run([sys.executable, "-m", "napari_dsp.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout,
+                          preexec_fn=(lambda: os.umask(umask)) if umask is not None
+                          else None)
+
+
+def disc(shape=(32, 40), seed=0):
+    image, mask = dark_on_bright(shape, seed=seed)
+    return (image * 1000).astype(np.uint16), mask
+
+
+def no_traceback(proc):
+    assert "Traceback" not in proc.stderr, proc.stderr
+
+
+def iou(a, b):
+    return (a & b).sum() / max((a | b).sum(), 1)
+
+
+# ------------------------------------------------------------------ axes from metadata
+def test_ome_zcyx_is_a_stack_of_two_channel_planes(tmp_path):
+    """Before: 8 "planes" with --stack (the channels taken as Z). Now: 4 planes of two
+    channels, without --stack, with the input's pixel size in the labels."""
+    planes, masks = zip(*(disc(seed=z) for z in range(4)))
+    data = np.stack([np.stack([p, p // 2]) for p in planes])  # (Z, C, Y, X)
+    path = tmp_path / "cells.ome.tif"
+    tifffile.imwrite(path, data, ome=True, photometric="minisblack",
+                     metadata={"axes": "ZCYX", "PhysicalSizeX": 0.2, "PhysicalSizeY": 0.2,
+                               "PhysicalSizeZ": 1.0})
+    out = tmp_path / "out"
+    proc = cli("segment", path, "-o", out, *FAST)
+    assert proc.returncode == 0, proc.stderr
+    labels_path = out / "cells.ome_labels.tif"
+    info = io.read_info(labels_path)
+    assert info.axes == "ZYX" and info.shape == (4, 32, 40) and info.dtype == np.uint8
+    assert info.pixel_size == pytest.approx({"Z": 1.0, "Y": 0.2, "X": 0.2})
+    labels = io.read_pixels(info)
+    for z in range(4):  # every plane is the disc, not a channel's complement
+        assert iou(labels[z] == 1, masks[z]) > 0.7
+    meta = json.loads((out / "cells.ome_labels.json").read_text())
+    assert meta["file"]["axes_from"] == "metadata" and meta["file"]["axes_used"] == "ZCYX"
+    assert meta["stack"]["n_planes"] == 4
+
+
+def test_imagej_hyperstack_volumetric_takes_the_voxel_size_from_the_file(tmp_path):
+    volume = np.stack([disc((32, 32), seed=z)[0] for z in range(4)])
+    path = tmp_path / "vol.tif"
+    tifffile.imwrite(path, volume, imagej=True, resolution=(2.0, 2.0),
+                     metadata={"axes": "ZYX", "spacing": 1.5, "unit": "micron"})
+    out = tmp_path / "o"
+    proc = cli("segment", path, "-o", out, "--volumetric", *FAST)
+    assert proc.returncode == 0, proc.stderr
+    assert "voxel size 1.5 x 0.5 x 0.5 µm (z, y, x) from the file's metadata" in proc.stderr
+    meta = json.loads((out / "vol_labels.json").read_text())
+    assert meta["fit"]["spacing"] == [1.5, 0.5, 0.5]
+    info = io.read_info(out / "vol_labels.tif")
+    assert info.pixel_size == pytest.approx({"Z": 1.5, "Y": 0.5, "X": 0.5})
+
+
+def test_lzw_and_rgb_png_with_alpha_read_and_a_prior_written_with_channels(tmp_path):
+    image, mask = disc((40, 48))
+    tifffile.imwrite(tmp_path / "lzw.tif", image, compression="lzw")
+    rgba = np.zeros((40, 48, 4), np.uint8)
+    rgba[..., :3] = (image[..., None] // 4).clip(0, 255)
+    rgba[..., 3] = 255
+    from PIL import Image
+
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    out = tmp_path / "o"
+    proc = cli("segment", tmp_path / "lzw.tif", tmp_path / "rgba.png", "-o", out, "--prior",
+               *FAST)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 done, 0 skipped (outputs exist), 0 failed" in proc.stderr
+    assert iou(tifffile.imread(out / "lzw_labels.tif") == 1, mask) > 0.7
+    with tifffile.TiffFile(out / "rgba_prior.tif") as tif:  # alpha dropped, channels C
+        assert tif.series[0].axes == "CYX" and tif.series[0].shape == (3, 40, 48)
+
+
+def test_a_file_without_axes_says_what_was_assumed(tmp_path):
+    np.save(tmp_path / "z.npy", np.stack([disc(seed=z)[0] for z in range(3)]))
+    proc = cli("segment", tmp_path / "z.npy", "-o", tmp_path / "o", "--stack", *FAST)
+    assert proc.returncode == 0, proc.stderr
+    assert "a .npy file has no axes: its leading axis was taken as Z planes" in proc.stderr
+    meta = json.loads((tmp_path / "o" / "z_labels.json").read_text())
+    assert meta["file"]["axes_from"] == "assumed"
+    assert "taken as Z planes" in meta["file"]["notes"][0]
+
+
+# ------------------------------------------------------------------- planned batches
+def test_same_stem_inputs_are_refused_before_computing(tmp_path):
+    for well, suffix in (("wellA", ".png"), ("wellB", ".tif")):
+        (tmp_path / well).mkdir()
+        path = tmp_path / well / f"img{suffix}"
+        if suffix == ".png":
+            from PIL import Image
+
+            Image.fromarray((disc()[0] // 8).astype(np.uint8)).save(path)
+        else:
+            tifffile.imwrite(path, disc()[0])
+    out = tmp_path / "out"
+    for extra in ([], ["--overwrite"]):
+        proc = cli("segment", tmp_path / "wellA" / "img.png", tmp_path / "wellB" / "img.tif",
+                   "-o", out, *extra, *FAST)
+        assert proc.returncode == 2
+        assert "nothing was computed" in proc.stderr
+        assert "wellA/img.png and " in proc.stderr and "wellB/img.tif would all write" \
+            in proc.stderr and "img_labels.tif" in proc.stderr
+        no_traceback(proc)
+        assert not out.exists()
+
+
+def test_an_output_that_would_replace_an_input_is_refused(tmp_path):
+    """Before: ``cell.tif cell_labels.tif -o in/ --overwrite`` replaced the second input
+    (a ground truth) with the first input's result."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    tifffile.imwrite(folder / "cell.tif", disc()[0])
+    truth = folder / "cell_labels.tif"
+    tifffile.imwrite(truth, disc()[1].astype(np.uint8))
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    proc = cli("segment", folder / "cell.tif", truth, "-o", folder, "--overwrite", *FAST)
+    assert proc.returncode == 2
+    assert f"{truth} (an output of {folder / 'cell.tif'}) would replace the input" \
+        in proc.stderr
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_overwrite_covers_every_output_and_the_summary_is_true(tmp_path):
+    for name in ("a", "b", "c"):
+        tifffile.imwrite(tmp_path / f"{name}.tif", disc(seed=ord(name))[0])
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "b_labels.json").write_text("my notes")  # only the sidecar exists
+    (out / "c_prior.tif").write_text("my prior")  # only the prior exists
+    broken = tmp_path / "d.tif"
+    broken.write_bytes(b"II*\x00broken")
+    args = ["segment", *(tmp_path / f"{n}.tif" for n in "abcd"), "-o", out, "--prior", *FAST]
+    proc = cli(*args)
+    assert proc.returncode == 1
+    assert "1 done, 2 skipped (outputs exist), 1 failed" in proc.stderr
+    assert (out / "b_labels.json").read_text() == "my notes"
+    assert (out / "c_prior.tif").read_text() == "my prior"
+    assert not (out / "b_labels.tif").exists() and not (out / "c_labels.tif").exists()
+    proc = cli(*args, "--overwrite")
+    assert "3 done, 0 skipped (outputs exist), 1 failed" in proc.stderr
+    assert json.loads((out / "b_labels.json").read_text())["input_file"].endswith("b.tif")
+    assert tifffile.imread(out / "c_prior.tif").dtype == np.float32
+    assert proc.stderr.count("napari-dsp: error:") == 1  # one line for the broken file
+
+
+def test_long_names_are_checked_up_front(tmp_path):
+    ok = tmp_path / ("n" * 235 + ".tif")  # labels name 246 bytes: legal, and works
+    tifffile.imwrite(ok, disc()[0])
+    proc = cli("segment", ok, "-o", tmp_path / "o", *FAST)
+    assert proc.returncode == 0, proc.stderr
+    assert len((tmp_path / "o" / ("n" * 235 + "_labels.tif")).name) == 246
+    long = tmp_path / ("m" * 246 + ".tif")
+    tifffile.imwrite(long, disc()[0])
+    t0 = time.perf_counter()
+    proc = cli("segment", long, "-o", tmp_path / "o2", *FAST)
+    assert proc.returncode == 2 and "is 257 bytes long; the file system allows 255" \
+        in proc.stderr
+    assert "nothing was computed" in proc.stderr and time.perf_counter() - t0 < 20
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_outputs_follow_the_umask(tmp_path, umask):
+    tifffile.imwrite(tmp_path / "a.tif", disc()[0])
+    out = tmp_path / "o"
+    proc = cli("segment", tmp_path / "a.tif", "-o", out, "--prior", *FAST, umask=umask)
+    assert proc.returncode == 0, proc.stderr
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    assert modes == dict.fromkeys(["a_labels.tif", "a_prior.tif", "a_labels.json"],
+                                  0o666 & ~umask)
+
+
+def test_header_only_refusal_of_a_huge_file(tmp_path):
+    """A 30000 x 30000 TIFF of under a megabyte is refused from its header: before, it
+    was decoded (1.2 GB, 10 s) first. The peak memory of the whole run is measured."""
+    path = tmp_path / "huge.tif"
+    n = -(-30000 // 1024)
+    tile = np.zeros((1024, 1024), np.uint8)
+    tifffile.imwrite(path, (tile for _ in range(n * n)), shape=(30000, 30000),
+                     dtype=np.uint8, tile=(1024, 1024), compression="zlib")
+    code = ("import resource, sys\nfrom napari_dsp.cli import main\n"
+            "rc = main(sys.argv[1:])\n"
+            "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "
+            "'TORCH', 'torch' in sys.modules)\nsys.exit(rc)")
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code, "segment", str(path), "-o",
+                           str(tmp_path / "o"), "--quiet"], capture_output=True, text=True,
+                          timeout=120)
+    took = time.perf_counter() - t0
+    assert proc.returncode == 1
+    assert "30000x30000 = 900.0 megapixels per plane is above --max-pixels" in proc.stderr
+    peak = int(proc.stdout.split()[1])
+    assert peak < 300e6, f"peak {peak / 1e6:.0f} MB"
+    assert "TORCH False" in proc.stdout and took < 30
+    no_traceback(proc)
+
+
+def test_a_constant_file_is_refused_before_normalising(tmp_path):
+    path = tmp_path / "blank.tif"
+    tifffile.imwrite(path, np.zeros((2000, 2000), np.uint16), compression="zlib")
+    proc = cli("segment", path, "-o", tmp_path / "o", *FAST)
+    assert proc.returncode == 1 and "blank.tif: is constant (every pixel is 0)" in proc.stderr
+
+
+# --------------------------------------------------------------------- signals, faults
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_and_sighup_stop_a_real_batch_like_ctrl_c(tmp_path, sig):
+    for i in range(3):
+        tifffile.imwrite(tmp_path / f"s{i}.tif", disc((64, 64), seed=i)[0])
+    out = tmp_path / "o"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "napari_dsp.cli", "segment",
+         *(str(tmp_path / f"s{i}.tif") for i in range(3)), "-o", str(out), "--runs", "2",
+         "--iterations", "400", "--workers", "1", "--seed", "0", "--prior"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "s0_labels.tif").exists():  # the first file is finished
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.05)
+        time.sleep(0.5)  # the second file's fit is running
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + sig, err
+    assert f"stopped by {signal.Signals(sig).name}; finished outputs are complete" in err
+    assert "Traceback" not in err
+    names = sorted(p.name for p in out.iterdir())  # hidden temporary files included
+    assert names == ["s0_labels.json", "s0_labels.tif", "s0_prior.tif"]
+    assert tifffile.imread(out / "s0_labels.tif").shape == (64, 64)
+
+
+def test_a_killed_runs_temp_file_is_removed_by_the_next_run(tmp_path):
+    tifffile.imwrite(tmp_path / "a.tif", disc()[0])
+    out = tmp_path / "o"
+    out.mkdir()
+    victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    stale = out / f".napari-dsp-{io._host_tag()}-{victim.pid}-0a1b2c.part"
+    stale.write_bytes(b"\0" * 1000)
+    victim.kill()
+    victim.wait()
+    proc = cli("segment", tmp_path / "a.tif", "-o", out, *FAST)
+    assert proc.returncode == 0, proc.stderr
+    assert "removed 1 unfinished temporary file(s) a stopped run left" in proc.stderr
+    assert not stale.exists()
+
+
+def test_any_failure_of_one_file_is_one_line_and_the_batch_goes_on(tmp_path, monkeypatch,
+                                                                    capsys):
+    from napari_dsp import api
+
+    real = api.segment
+    failures = iter([ZeroDivisionError("division by zero"), MemoryError(),
+                     RuntimeError("CUDA error: device-side assert\nmore")])
+
+    def flaky(image, **kwargs):
+        if image.shape[1] == 33:
+            raise next(failures)
+        return real(image, **kwargs)
+
+    monkeypatch.setattr(api, "segment", flaky)
+    for i in range(3):
+        tifffile.imwrite(tmp_path / f"bad{i}.tif", disc((32, 33), seed=i)[0])
+    tifffile.imwrite(tmp_path / "good.tif", disc()[0])
+    inputs = [str(tmp_path / f"bad{i}.tif") for i in range(3)] + [str(tmp_path / "good.tif")]
+    code = main(["segment", *inputs, "-o", str(tmp_path / "o"), *FAST])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "bad0.tif: unexpected ZeroDivisionError (division by zero); please report" in err
+    assert "bad1.tif: out of memory" in err
+    assert "bad2.tif: the fit failed (CUDA error: device-side assert); try" in err
+    assert "1 done, 0 skipped (outputs exist), 3 failed" in err
+    assert len(err.strip().splitlines()) == 4
+    assert (tmp_path / "o" / "good_labels.tif").exists()
+
+
+@pytest.mark.parametrize("flag", [["--max-pixels", "nan"], ["--spacing", "nan", "1", "1"],
+                                  ["--continuity-weight", "inf"]])
+def test_non_finite_numbers_are_refused_by_the_command_line(tmp_path, flag, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["segment", str(tmp_path / "a.tif"), "-o", str(tmp_path), *flag])
+    assert exit_.value.code == 2
+    assert "is not a finite number" in capsys.readouterr().err
