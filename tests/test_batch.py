@@ -22,6 +22,13 @@ from tests.fast import TINY_FLAGS
 FAST = [*TINY_FLAGS, "--quiet"]
 
 
+#: Peak memory of a fresh process: VmHWM (getrusage's ru_maxrss would carry over the
+#: peak of the forking pytest process through exec).
+PEAK = ("def peak():\n    for line in open('/proc/self/status'):\n"
+        "        if line.startswith('VmHWM:'):\n"
+        "            return int(line.split()[1]) * 1024\n")
+
+
 def cli(*args, umask=None, timeout=300):
     """Run ``napari-dsp`` in a fresh process, as a user does."""
     return subprocess.run([sys.executable, "-m", "napari_dsp.cli", *map(str, args)],
@@ -208,9 +215,9 @@ def test_header_only_refusal_of_a_huge_file(tmp_path):
     tile = np.zeros((1024, 1024), np.uint8)
     tifffile.imwrite(path, (tile for _ in range(n * n)), shape=(30000, 30000),
                      dtype=np.uint8, tile=(1024, 1024), compression="zlib")
-    code = ("import resource, sys\nfrom napari_dsp.cli import main\n"
+    code = (PEAK + "import sys\nfrom napari_dsp.cli import main\n"
             "rc = main(sys.argv[1:])\n"
-            "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "
+            "print('PEAK', peak(), "
             "'TORCH', 'torch' in sys.modules)\nsys.exit(rc)")
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", code, "segment", str(path), "-o",
@@ -313,3 +320,104 @@ def test_non_finite_numbers_are_refused_by_the_command_line(tmp_path, flag, caps
         main(["segment", str(tmp_path / "a.tif"), "-o", str(tmp_path), *flag])
     assert exit_.value.code == 2
     assert "is not a finite number" in capsys.readouterr().err
+
+
+def test_output_names_that_cannot_be_a_label_file_are_refused(tmp_path, capsys):
+    tifffile.imwrite(tmp_path / "a.tif", disc()[0])
+    for name in ("result.png", "result.npy", "result.json"):
+        assert main(["segment", str(tmp_path / "a.tif"), "-o", str(tmp_path / name),
+                     *FAST]) == 2
+        assert "label images are written as TIFF" in capsys.readouterr().err
+        assert not (tmp_path / name).exists()
+    tifffile.imwrite(tmp_path / "b.tif", disc()[0])
+    assert main(["segment", str(tmp_path / "a.tif"), str(tmp_path / "b.tif"), "-o",
+                 str(tmp_path / "both.tif"), *FAST]) == 2
+    assert "names one file, but 2 inputs were given" in capsys.readouterr().err
+
+
+def test_case_insensitive_file_systems_see_same_name_collisions(tmp_path, monkeypatch):
+    from napari_dsp import batch
+
+    for folder, name in (("A", "Cell.tif"), ("B", "cell.tif")):
+        (tmp_path / folder).mkdir()
+        tifffile.imwrite(tmp_path / folder / name, disc()[0])
+    inputs = [tmp_path / "A" / "Cell.tif", tmp_path / "B" / "cell.tif"]
+    jobs, _ = batch.plan_batch(inputs, tmp_path / "out")  # case-sensitive here: fine
+    assert len(jobs) == 2
+    monkeypatch.setattr(batch, "probe_folder", lambda folder: (None, True))  # macOS, exFAT
+    with pytest.raises(batch.BatchError, match="would all write"):
+        batch.plan_batch(inputs, tmp_path / "out")
+
+
+def test_unwritable_output_folder_is_found_before_computing(tmp_path):
+    tifffile.imwrite(tmp_path / "a.tif", disc()[0])
+    (tmp_path / "blocker").write_text("a file")
+    proc = cli("segment", tmp_path / "a.tif", "-o", tmp_path / "blocker" / "out", *FAST)
+    assert proc.returncode == 2
+    assert "blocker is a file, so the folder" in proc.stderr
+    assert "nothing was computed" in proc.stderr
+
+
+def test_inputs_that_look_like_earlier_outputs_get_a_hint(tmp_path, capsys):
+    tifffile.imwrite(tmp_path / "a.tif", disc()[0])
+    assert main(["segment", str(tmp_path / "a.tif"), "-o", str(tmp_path), *FAST]) == 0
+    # `napari-dsp segment data/*.tif -o data/` again: the glob now holds a_labels.tif
+    code = main(["segment", str(tmp_path / "a.tif"), str(tmp_path / "a_labels.tif"), "-o",
+                 str(tmp_path), *FAST])
+    err = capsys.readouterr().err
+    assert code == 2 and "look like an earlier run's outputs" in err
+
+
+def test_volumetric_refuses_time_series_and_single_planes(tmp_path):
+    movie = np.stack([disc(seed=t)[0] for t in range(3)])
+    tifffile.imwrite(tmp_path / "movie.tif", movie, imagej=True, metadata={"axes": "TYX"})
+    tifffile.imwrite(tmp_path / "plane.tif", movie[0], imagej=True)
+    proc = cli("segment", tmp_path / "movie.tif", tmp_path / "plane.tif", "-o",
+               tmp_path / "o", "--volumetric", *FAST)
+    assert proc.returncode == 1
+    assert "movie.tif: is a time series (axes TYX); --volumetric fits one Z stack" \
+        in proc.stderr
+    assert "plane.tif: is a single plane (axes YX); --volumetric needs a Z stack" \
+        in proc.stderr
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
+
+
+def test_prior_flag_without_a_prior_writes_and_names_none(tmp_path, capsys):
+    from napari_dsp._synthetic import textured_regions
+
+    image, _ = textured_regions(3, size=48, seed=0)
+    np.save(tmp_path / "img.npy", image)
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "img_prior.tif").write_text("an older run's prior")
+    code = main(["segment", str(tmp_path / "img.npy"), "-o", str(out), "--method",
+                 "kanezaki", "--no-prior", "--max-iter", "20", "--quiet", "--prior",
+                 "--seed", "0"])
+    assert code == 0
+    assert "--prior: this run computes no prior (--no-prior)" in capsys.readouterr().err
+    meta = json.loads((out / "img_labels.json").read_text())
+    assert meta["prior_file"] is None
+    assert (out / "img_prior.tif").read_text() == "an older run's prior"
+
+
+def test_nohup_keeps_a_run_alive_after_sighup(tmp_path):
+    """A signal set to be ignored (nohup, a background job) stays ignored: SIGHUP in the
+    middle of a fit does not stop it; SIGTERM still does."""
+    tifffile.imwrite(tmp_path / "a.tif", disc((64, 64))[0])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "napari_dsp.cli", "segment", str(tmp_path / "a.tif"), "-o",
+         str(tmp_path / "o"), "--runs", "2", "--iterations", "5000", "--workers", "1",
+         "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    try:
+        time.sleep(4)  # started, fitting
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(1.5)
+        assert proc.poll() is None, proc.communicate()[1]
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err

@@ -164,7 +164,9 @@ def test_max_pixels_guard_and_unwritable_output(images, tmp_path, capsys):
             target = locked / "out.tif"
         code = main(["segment", str(images["a"]), "-o", str(target), *FAST])
         err = capsys.readouterr().err
-        assert code == 1 and "cannot write" in err and "Traceback" not in err
+        # found before the fit, not after it
+        assert code == 2 and "nothing was computed" in err and "Traceback" not in err
+        assert "cannot write in" in err or "is a file, so the folder" in err
     finally:
         locked.chmod(0o700)
 

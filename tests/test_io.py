@@ -14,6 +14,12 @@ import tifffile
 
 from napari_dsp import io
 
+#: Peak memory of a fresh process: VmHWM (getrusage's ru_maxrss would carry over the
+#: peak of the forking pytest process through exec).
+PEAK = ("def peak():\n    for line in open('/proc/self/status'):\n"
+        "        if line.startswith('VmHWM:'):\n"
+        "            return int(line.split()[1]) * 1024\n")
+
 
 def _blobs(shape=(32, 40)):
     yy, xx = np.mgrid[: shape[0], : shape[1]]
@@ -127,10 +133,10 @@ def test_header_is_read_without_decoding(tmp_path):
     tifffile.imwrite(path, (tile for _ in range(n * n)), shape=(30000, 30000),
                      dtype=np.uint8, tile=(1024, 1024), compression="zlib")
     assert path.stat().st_size < 2e6
-    code = ("import resource, sys\nfrom napari_dsp import io\n"
+    code = (PEAK + "import sys\nfrom napari_dsp import io\n"
             "info = io.read_info(sys.argv[1])\n"
             "print(info.shape, info.nbytes, "
-            "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)")
+            "peak())")
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
                          text=True, check=True).stdout.split()
     assert out[:2] == ["(30000,", "30000)"] and int(out[2]) == 900_000_000
@@ -287,9 +293,74 @@ def test_stale_temp_files_are_removed_and_live_ones_kept(tmp_path):
     old = time.time() - 2 * io.LEGACY_TEMP_AGE
     os.utime(legacy, (old, old))
     os.utime(other, (old, old))
-    removed = io.remove_stale_temps(tmp_path)
+    not_legacy = tmp_path / ".notes.20240101.json.part"  # no name mkstemp makes
+    not_legacy.write_bytes(b"x")
+    os.utime(not_legacy, (old, old))
+    # a dead process's name, but a running process holds its lock (another machine or
+    # container reusing process ids): kept
+    held = tmp_path / f".napari-dsp-{host}-{dead}-123456.part"
+    held.write_bytes(b"x")
+    fd = os.open(held, os.O_RDONLY)
+    assert io._lock(fd)
+    locker = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time\n"
+                               "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
+                               "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('locked', flush=True)\n"
+                               "time.sleep(60)", str(held)], stdout=subprocess.PIPE,
+                              text=True)
+    os.close(fd)  # let the other process take it
+    try:
+        assert locker.stdout.readline().strip() == "locked"
+        removed = io.remove_stale_temps(tmp_path)
+    finally:
+        locker.kill()
+        locker.wait()
     assert sorted(p.name for p in removed) == sorted([stale.name, legacy.name])
     assert live.exists() and fresh_legacy.exists() and other.exists()
+    assert held.exists() and not_legacy.exists()
+
+
+def test_png_16_bit_colour_keeps_its_depth(tmp_path):
+    import imagecodecs
+
+    data = (np.arange(20 * 30 * 3).reshape(20, 30, 3) * 700 % 65536).astype(np.uint16)
+    (tmp_path / "deep.png").write_bytes(imagecodecs.png_encode(data))
+    info = io.read_info(tmp_path / "deep.png")
+    assert info.dtype == np.uint16 and info.axes == "YXS"
+    np.testing.assert_array_equal(io.read_pixels(info), data)
+
+
+def test_channel_axis_naming_rows_or_columns_is_refused(tmp_path):
+    path = tmp_path / "z.tif"
+    tifffile.imwrite(path, np.zeros((3, 32, 40), np.uint8), imagej=True,
+                     metadata={"axes": "ZYX"})
+    with pytest.raises(io.ImageFileError, match="--channel-axis 1 is its Y axis"):
+        io.arrange(io.read_info(path), channel_axis=1)
+
+
+def test_multipage_rgb_without_axes_keeps_its_samples_as_channels(tmp_path):
+    path = tmp_path / "rgbpages.tif"
+    for _ in range(3):
+        tifffile.imwrite(path, np.zeros((32, 40, 3), np.uint8), photometric="rgb",
+                         append=True, metadata=None)
+    info = io.read_info(path)
+    assert info.axes[-1] == "S" and not info.axes_known
+    arr = io.arrange(info, stack=True)
+    assert arr.axes == "ZYXC" and arr.channel_axis == 3
+
+
+def test_plain_layouts_are_recorded_as_such(tmp_path):
+    tifffile.imwrite(tmp_path / "p.tif", np.zeros((32, 40), np.uint8))
+    assert io.arrange(io.read_info(tmp_path / "p.tif")).source == "file layout"
+    tifffile.imwrite(tmp_path / "ij.tif", np.zeros((32, 40), np.uint8), imagej=True)
+    assert io.arrange(io.read_info(tmp_path / "ij.tif")).source == "metadata"
+
+
+def test_output_that_is_a_folder_is_not_replaced(tmp_path):
+    (tmp_path / "x_labels.tif").mkdir()
+    with pytest.raises(IsADirectoryError):
+        io.write_labels(tmp_path / "x_labels.tif", np.zeros((20, 20), np.uint8),
+                        overwrite=True)
+    assert (tmp_path / "x_labels.tif").is_dir()
 
 
 def test_temporary_names_are_short(tmp_path):

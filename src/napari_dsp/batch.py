@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import unicodedata
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -58,19 +59,47 @@ def job_for(source: Path, labels: Path, prior: bool) -> Job:
                labels.with_name(base + "_prior.tif") if prior else None)
 
 
-def _key(path: Path) -> str:
-    """One spelling of a path: the real folder (symbolic links resolved) and the name."""
-    real = os.path.realpath(path)
-    return os.path.normcase(real)
+def _key(path: Path, fold: bool = False) -> str:
+    """One spelling of a path: the real folder (symbolic links resolved) and the name;
+    with ``fold``, as a case-insensitive file system compares names (NFC, case-folded)."""
+    real = os.path.normcase(os.path.realpath(path))
+    return unicodedata.normalize("NFC", real).casefold() if fold else real
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    if _key(a) == _key(b):
-        return True
+def _inode(path: Path) -> Optional[tuple]:
     try:
-        return os.path.samefile(a, b)  # hard links
+        st = os.stat(path)
     except OSError:
-        return False
+        return None
+    return st.st_dev, st.st_ino
+
+
+def probe_folder(folder: Path) -> tuple[Optional[str], bool]:
+    """Whether outputs can be written in ``folder`` (or, where it does not exist yet, in
+    its nearest existing parent, where it will be created), and whether that file system
+    ignores the case of names. Returns ``(problem or None, case_insensitive)``; leaves
+    nothing behind."""
+    base = Path(os.path.abspath(folder))
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        return f"{base} is a file, so the folder {folder} cannot be created", False
+    try:
+        tmp, fd = _io._new_temp(base)
+    except OSError as exc:
+        return f"cannot write in {base} ({exc.strerror or exc})", False
+    try:
+        twin = tmp.with_name(tmp.name.upper())
+        return None, os.path.exists(twin)
+    finally:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+#: Names of files napari-dsp writes: an input with such a name is probably an earlier
+#: run's output picked up by a wildcard.
+_OUTPUT_NAME = ("_labels.tif", "_labels.tiff", "_prior.tif", "_labels.json")
 
 
 def plan_batch(inputs: Sequence, output, *, prior: bool = False,
@@ -100,6 +129,10 @@ def plan_batch(inputs: Sequence, output, *, prior: bool = False,
         seen[key] = p
         unique.append(p)
     names_a_file = output.suffix.lower() in FILE_SUFFIXES and not output.is_dir()
+    if output.suffix.lower() in _io.READABLE + (".json",) and not names_a_file and \
+            not output.is_dir():
+        raise BatchError(f"-o {output}: label images are written as TIFF; pass a .tif "
+                         f"file name or a folder")
     if names_a_file and len(unique) > 1:
         raise BatchError(f"-o {output} names one file, but {len(unique)} inputs were "
                          f"given; pass a folder for -o")
@@ -110,33 +143,44 @@ def plan_batch(inputs: Sequence, output, *, prior: bool = False,
         [output / f"{p.stem}_labels.tif" for p in unique]
     jobs = [job_for(src, dst, prior) for src, dst in zip(unique, labels)]
     problems = []
+    folders = {job.labels.parent for job in jobs}
+    fold = {}
+    for folder in folders:
+        problem, fold[folder] = probe_folder(folder)
+        if problem:
+            problems.append(problem)
     writers: dict[str, list[Job]] = defaultdict(list)
     for job in jobs:
         for path in job.outputs:
-            writers[_key(path)].append(job)
+            writers[_key(path, fold[path.parent])].append(job)
     for key, who in writers.items():
         if len(who) > 1:
-            path = next(p for p in who[0].outputs if _key(p) == key)
+            path = next(p for p in who[0].outputs if _key(p, fold[p.parent]) == key)
             problems.append(f"{' and '.join(str(j.source) for j in who)} would all write "
                             f"{path}")
     readers = unique + [Path(p) for p in protected]
+    by_key = {_key(p): p for p in readers}
+    by_inode = {i: p for p in readers if (i := _inode(p)) is not None}
+    earlier_outputs = False
     for job in jobs:
         for path in job.outputs:
-            for src in readers:
-                if _same_file(path, src):
-                    problems.append(f"{path} (an output of {job.source}) would replace "
-                                    f"the input {src}")
-    limit = {}
+            src = by_key.get(_key(path)) or by_inode.get(_inode(path))
+            if src is not None:
+                problems.append(f"{path} (an output of {job.source}) would replace "
+                                f"the input {src}")
+                earlier_outputs |= str(src).lower().endswith(_OUTPUT_NAME)
+    limit = {folder: _io.name_max(folder) for folder in folders}
     for job in jobs:
         for path in job.outputs:
-            folder = path.parent
-            if folder not in limit:
-                limit[folder] = _io.name_max(folder)
             size = len(os.fsencode(path.name))
-            if size > limit[folder]:
+            if size > limit[path.parent]:
                 problems.append(f"{path.name} is {size} bytes long; the file system "
-                                f"allows {limit[folder]}: rename {job.source.name} or "
-                                f"pass a shorter -o file name")
+                                f"allows {limit[path.parent]}: rename {job.source.name} "
+                                f"or pass a shorter -o file name")
+    if earlier_outputs:
+        problems.append("(inputs named *_labels.tif or *_prior.tif look like an earlier "
+                        "run's outputs caught by a wildcard: write outputs to a folder "
+                        "apart from the inputs)")
     if problems:
         raise BatchError("the batch was refused, nothing was computed:\n  " +
                          "\n  ".join(dict.fromkeys(problems)) +
@@ -197,16 +241,18 @@ def run_job(job: Job, *, settings, channel_axis: Optional[int] = None,
         return Outcome("skipped", present)
     from .core.memory import available_memory
 
+    volumetric = bool(getattr(settings, "volumetric", False))
     info = _io.read_info(job.source)
-    arr = _io.arrange(info, channel_axis, stack)
+    arr = _io.arrange(info, channel_axis, stack or volumetric)
     for note in arr.notes:
         notify(note)
     check_header(info, arr, max_pixels=max_pixels, available=available_memory())
     if scribbles is not None and arr.stack:
         raise _io.ImageFileError(f"{job.source}: is a stack (axes {arr.axes}); "
                                  f"--scribbles is for single images")
-    volumetric = bool(getattr(settings, "volumetric", False))
-    if volumetric and arr.stack and spacing is None:
+    if volumetric:
+        _check_volumetric(job.source, arr)
+    if volumetric and spacing is None:
         spacing = _io.spacing_of(info, arr)
         if spacing is not None:
             notify(f"voxel size {_fmt(spacing)} {info.unit or ''} (z, y, x) from the "
@@ -238,17 +284,18 @@ def run_job(job: Job, *, settings, channel_axis: Optional[int] = None,
     stamp = {"written_by": "napari-dsp", "source": job.source.name,
              "sidecar": job.sidecar.name}
     with _io.Staged(overwrite) as out:
+        prior_file = None
         if job.prior is not None and result.prior is not None:
             prior = np.asarray(result.prior.prior)
             prior_axes = _with_channels(axes, prior.ndim, result.prior.channel_axis)
-            out.image(job.prior, prior, axes=prior_axes, pixel_size=sizes, unit=unit,
-                      info=stamp)
+            prior_file = out.image(job.prior, prior, axes=prior_axes, pixel_size=sizes,
+                                   unit=unit, info=stamp)
         meta = dict(result.metadata, input_file=str(job.source),
                     labels_file=str(job.labels),
-                    prior_file=str(job.prior) if job.prior is not None else None,
+                    prior_file=str(prior_file) if prior_file is not None else None,
                     file={"format": info.format, "shape": list(info.shape),
                           "axes": info.axes, "axes_used": arr.axes,
-                          "axes_from": "metadata" if arr.from_metadata else "assumed",
+                          "axes_from": arr.source,
                           "labels_axes": axes, "pixel_size": sizes, "unit": unit,
                           "notes": list(arr.notes)})
         out.json(job.sidecar, meta)
@@ -256,6 +303,24 @@ def run_job(job: Job, *, settings, channel_axis: Optional[int] = None,
         with guard():
             out.commit()
     return Outcome("done")
+
+
+def _check_volumetric(path: Path, arr: _io.Arrangement) -> None:
+    """``--volumetric`` fits one 3-D prior to a Z stack: refuse anything else in the
+    command line's words."""
+    planes = arr.plane_axes
+    if planes == "Z" or (not arr.from_metadata and len(planes) == 1):
+        return
+    if not planes:
+        raise _io.ImageFileError(f"{path}: is a single plane (axes {arr.axes}); "
+                                 f"--volumetric needs a Z stack: leave it out")
+    if "T" in planes and arr.from_metadata:
+        what = "a time series" if planes == "T" else "a time series of Z stacks"
+        raise _io.ImageFileError(f"{path}: is {what} (axes {arr.axes}); --volumetric "
+                                 f"fits one Z stack, not time: leave it out, or save one "
+                                 f"time point per file")
+    raise _io.ImageFileError(f"{path}: has {len(planes)} plane axes (axes {arr.axes}); "
+                             f"--volumetric fits one Z stack: save one stack per file")
 
 
 def _check_not_constant(path: Path, pixels: np.ndarray) -> None:

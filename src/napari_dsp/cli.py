@@ -57,8 +57,8 @@ class _Signals:
     def install(self) -> None:
         for name in self.NAMES:
             sig = getattr(signal, name, None)
-            if sig is None:
-                continue
+            if sig is None or signal.getsignal(sig) is signal.SIG_IGN:
+                continue  # ignored on purpose (nohup, a background job): stays ignored
             # not possible outside the main thread (a test, an embedding): left as is
             with contextlib.suppress(ValueError, OSError):
                 self.previous[sig] = signal.signal(sig, self._handle)
@@ -117,7 +117,15 @@ class ProgressBar:
         self.shown = len(line)
         if done:
             self.stream.write("\n")
+            self.shown = 0
         self.stream.flush()
+
+    def close(self) -> None:
+        """End a line the bar left open (a failure in the middle of a fit)."""
+        if self.shown:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.shown = 0
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
@@ -245,7 +253,9 @@ def _run_segment(args) -> int:
     try:
         settings = _settings_from_args(args)
         protected = [args.scribbles] if args.scribbles is not None else []
-        jobs, notes = _batch.plan_batch(args.inputs, args.output, prior=args.prior,
+        makes_prior = settings.method != "kanezaki" or settings.use_prior
+        jobs, notes = _batch.plan_batch(args.inputs, args.output,
+                                        prior=args.prior and makes_prior,
                                         protected=protected)
         if args.scribbles is not None and args.stack:
             raise _batch.BatchError("--scribbles is for single images; leave out --stack")
@@ -253,6 +263,9 @@ def _run_segment(args) -> int:
     except (_io.ImageFileError, _batch.BatchError, TypeError, ValueError) as exc:
         _error(str(exc))
         return 2
+    if args.prior and not makes_prior:
+        notes.append("--prior: this run computes no prior (--no-prior), so none is "
+                     "written")
     for text in notes:
         _note(text)
     for folder in dict.fromkeys(job.labels.parent for job in jobs):
@@ -273,6 +286,8 @@ def _run_segment(args) -> int:
                 guard=_SIGNALS.held, notify=lambda text, src=src: _note(f"{src}: {text}"))
         except Exception as exc:  # every failure of one file is one line; the batch goes on
             failed += 1
+            if bar is not None:
+                bar.close()
             _error(_describe_failure(src, exc))
             continue
         if outcome.status == "skipped":
@@ -297,7 +312,8 @@ def _describe_failure(src: Path, exc: BaseException) -> str:
         return (f"{src}: {exc.filename} appeared while it was computed (another run?); "
                 f"nothing of this file was written")
     if isinstance(exc, OSError):
-        where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+        name = getattr(exc, "filename2", None) or getattr(exc, "filename", None)
+        where = f" {name}" if name else ""
         return (f"{src}: cannot write{where} ({exc.strerror or exc}); check the folder's "
                 f"permissions and free space")
     if isinstance(exc, MemoryError):

@@ -139,7 +139,7 @@ def read_info(path) -> ImageInfo:
         elif suffix == ".npy":
             info = _npy_info(path)
         else:
-            info = _pil_info(path)
+            info = _png_info(path) or _pil_info(path)
     except ImageFileError:
         raise
     except (OSError, RuntimeError) as exc:
@@ -338,6 +338,28 @@ _PIL_MODES = {"1": (np.bool_, 1, False), "L": (np.uint8, 1, False),
               "F": (np.float32, 1, False)}
 
 
+#: PNG colour types -> (samples per pixel, last sample is alpha).
+_PNG_COLOUR = {0: (1, False), 2: (3, False), 3: (3, False), 4: (2, True), 6: (4, True)}
+
+
+def _png_info(path: Path) -> Optional[ImageInfo]:
+    """A PNG's header (IHDR), read directly: Pillow reports 16-bit colour PNGs as 8-bit.
+    None for a file that is not a PNG (Pillow then says what it is)."""
+    with open(path, "rb") as fh:
+        head = fh.read(33)
+    if len(head) < 33 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    depth, colour = head[24], head[25]
+    if colour not in _PNG_COLOUR:
+        raise ImageFileError(f"{path}: is a damaged PNG (colour type {colour})")
+    samples, alpha = _PNG_COLOUR[colour]
+    dtype = np.uint16 if depth == 16 and colour != 3 else np.uint8
+    shape = (height, width) if samples == 1 else (height, width, samples)
+    return ImageInfo(path, "png", shape, np.dtype(dtype), "YX" if samples == 1 else "YXS",
+                     alpha=alpha)
+
+
 def _pil_info(path: Path) -> ImageInfo:
     from PIL import Image
 
@@ -374,8 +396,8 @@ class Arrangement:
         One letter per axis of the arranged array (:func:`read_pixels`): T, Z (planes), C
         (channels), Y, X.
     from_metadata : bool
-        The file's metadata named the axes; False where they were assumed (recorded in
-        ``notes`` and the sidecar).
+        The file named every axis (its metadata, or a layout with one meaning: a 2-D or
+        RGB plane); False where they were assumed (recorded in ``notes`` and the sidecar).
     channel_axis : int or None
         Of the arranged array, for :func:`napari_dsp.segment`.
     stack : bool
@@ -398,6 +420,8 @@ class Arrangement:
     squeeze: tuple = ()
     drop_alpha: bool = False
     notes: tuple = ()
+
+    source: str = "assumed"
 
     @property
     def labels_axes(self) -> str:
@@ -443,6 +467,10 @@ def _arrange_known(info: ImageInfo, channel_axis: Optional[int], stack: bool
     path, shape = info.path, info.shape
     letters = list(info.axes)
     notes = list(info.notes)
+    if channel_axis is not None and letters[channel_axis] in "YX":
+        raise ImageFileError(f"{path}: --channel-axis {channel_axis} is its "
+                             f"{letters[channel_axis]} axis (axes {info.axes}); leave "
+                             f"--channel-axis out, the file's metadata names its axes")
     if channel_axis is not None and letters[channel_axis] not in "CS":
         named = [i for i, a in enumerate(letters) if a in "CS" and shape[i] > 1]
         if named:
@@ -470,8 +498,11 @@ def _arrange_known(info: ImageInfo, channel_axis: Optional[int], stack: bool
         raise ImageFileError(f"{path}: its axes {info.axes} do not end with Y and X; save "
                              f"it with rows and columns last")
     is_stack = stack or any(a in "TZ" for a in axes)
+    described = info.format in ("ome-tiff", "imagej-tiff") or \
+        bool(set(info.axes) - set("YXS"))
     return Arrangement(axes, True, axes.index("C") if "C" in axes else None, is_stack,
-                       plane, squeeze, drop_alpha, tuple(notes))
+                       plane, squeeze, drop_alpha, tuple(notes),
+                       "metadata" if described else "file layout")
 
 
 def _arrange_assumed(info: ImageInfo, channel_axis: Optional[int], stack: bool
@@ -480,6 +511,12 @@ def _arrange_assumed(info: ImageInfo, channel_axis: Optional[int], stack: bool
     ndim = len(shape)
     notes = list(info.notes)
     letters = ["?"] * ndim
+    drop_alpha = False
+    if channel_axis is None and info.axes and len(info.axes) == ndim and \
+            info.axes[-1] == "S" and shape[-1] > 1:
+        # the file knows its samples (a multi-page RGB TIFF): channels, whatever else
+        channel_axis = ndim - 1
+        drop_alpha = info.alpha
     if channel_axis is not None:
         letters[channel_axis] = "C"
     elif not stack and ndim == 3 and shape[-1] in (3, 4):
@@ -499,7 +536,7 @@ def _arrange_assumed(info: ImageInfo, channel_axis: Optional[int], stack: bool
     plane = tuple(shape[i] for i in rest[-2:]) if len(rest) >= 2 else \
         (1, int(np.prod(shape)))
     # channel_axis stays the caller's: an RGB(A) last axis is the API's rule (alpha dropped)
-    return Arrangement("".join(letters), False, channel_axis, stack, plane, (), False,
+    return Arrangement("".join(letters), False, channel_axis, stack, plane, (), drop_alpha,
                        tuple(notes))
 
 
@@ -532,6 +569,8 @@ def read_pixels(info: ImageInfo, arrangement: Optional[Arrangement] = None) -> n
                 data = np.asarray(tif.series[0].asarray())
         elif info.format == "npy":
             data = np.load(path, allow_pickle=False)
+        elif info.format == "png":
+            data = _png_pixels(path, info)
         else:
             data = _pil_pixels(path)
     except ImageFileError:
@@ -549,13 +588,28 @@ def read_pixels(info: ImageInfo, arrangement: Optional[Arrangement] = None) -> n
                              f"({info.shape}); the file is damaged")
     if arrangement is None:
         return data
-    if arrangement.from_metadata:
-        if arrangement.drop_alpha:
-            s = info.axes.index("S")
-            data = np.take(data, range(info.shape[s] - 1), axis=s)
-        if arrangement.squeeze:
-            data = data.reshape([n for i, n in enumerate(data.shape)
-                                 if i not in arrangement.squeeze])
+    if arrangement.drop_alpha:
+        s = info.axes.index("S")
+        data = np.take(data, range(info.shape[s] - 1), axis=s)
+    if arrangement.from_metadata and arrangement.squeeze:
+        data = data.reshape([n for i, n in enumerate(data.shape)
+                             if i not in arrangement.squeeze])
+    return data
+
+
+def _png_pixels(path: Path, info: ImageInfo) -> np.ndarray:
+    """PNG pixels at their bit depth (imagecodecs: palettes expanded to colours); a
+    transparency the header did not announce (a palette's or a gray image's tRNS entry)
+    is dropped."""
+    import imagecodecs
+
+    data = np.asarray(imagecodecs.png_decode(path.read_bytes()))
+    expected = info.shape[2] if len(info.shape) == 3 else 1
+    got = data.shape[2] if data.ndim == 3 else 1
+    if got == expected + 1:
+        data = data[..., :expected] if expected > 1 else data[..., 0]
+    if data.dtype == np.uint8 and info.dtype == np.uint16:
+        raise ImageFileError(f"{path}: decoded at 8 bits, its header says 16")
     return data
 
 
@@ -579,45 +633,66 @@ def _pil_pixels(path: Path) -> np.ndarray:
 #: name (a legal output name never becomes too long), and named after the process that
 #: writes them, so a later run can tell a dead run's leftovers from a live run's file.
 TEMP_PREFIX = ".napari-dsp-"
-_TEMP_RE = re.compile(r"^\.napari-dsp-([0-9a-f]{4})-(\d+)-[0-9a-f]{6}\.part$")
-#: Temporary files of napari-dsp 0.1 (``tempfile.mkstemp``): removed once this old.
-_LEGACY_TEMP_RE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.(tif|tiff|json)\.part$")
+_TEMP_RE = re.compile(r"^\.napari-dsp-([0-9a-f]{8})-(\d+)-[0-9a-f]{6}\.part$")
+#: Temporary files of napari-dsp 0.1 (``tempfile.mkstemp`` next to ``<stem>_labels.tif``,
+#: ``<stem>_prior.tif`` and ``<stem>_labels.json``): removed once this old.
+_LEGACY_TEMP_RE = re.compile(r"^\..+_(labels|prior)\.[a-z0-9_]{8}\.(tif|json)\.part$")
 LEGACY_TEMP_AGE = 3600.0
 #: A temporary file of another machine (a shared folder) is removed once this old.
 FOREIGN_TEMP_AGE = 24 * 3600.0
 
 
 def _host_tag() -> str:
-    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:4]
+    """This machine and process-id namespace (containers with one host name but their
+    own process ids differ), in 8 hex digits."""
+    try:
+        namespace = str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        namespace = ""
+    return hashlib.sha1(f"{socket.gethostname()}/{namespace}".encode()).hexdigest()[:8]
 
 
-def _new_temp(folder: Path) -> Path:
+def _lock(fd: int) -> bool:
+    """Take an exclusive lock on an open file without waiting; False if another
+    process holds it (True where file locks do not exist)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    except OSError:  # a file system without locks
+        return True
+
+
+def _new_temp(folder: Path) -> tuple[Path, int]:
     """Create an empty temporary file in ``folder`` with the mode the umask gives a new
-    file (``tempfile.mkstemp`` would make it 0600)."""
+    file (``tempfile.mkstemp`` would make it 0600), locked while this process writes it.
+    Returns its path and the open descriptor that holds the lock."""
     for _ in range(100):
         path = folder / f"{TEMP_PREFIX}{_host_tag()}-{os.getpid()}-{secrets.token_hex(3)}.part"
         try:
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            return path
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
             continue
+        _lock(fd)
+        return path, fd
     raise OSError(errno.EEXIST, f"cannot create a temporary file in {folder}")
 
 
 def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
+    import psutil
+
+    return psutil.pid_exists(pid)
 
 
 def remove_stale_temps(folder) -> list[Path]:
     """Remove the temporary files a killed run left in ``folder``: this machine's whose
-    process is gone, another machine's after a day, an older version's after an hour.
-    Returns the files removed."""
+    process is gone, another machine's after a day, an older version's after an hour;
+    never one whose lock a running process holds. Returns the files removed."""
     folder = Path(folder)
     removed = []
     try:
@@ -641,13 +716,25 @@ def remove_stale_temps(folder) -> list[Path]:
                      else age > FOREIGN_TEMP_AGE)
         else:
             stale = bool(_LEGACY_TEMP_RE.match(name)) and age > LEGACY_TEMP_AGE
-        if stale:
-            try:
-                os.unlink(entry.path)
-                removed.append(Path(entry.path))
-            except OSError:
-                pass
+        if stale and _remove_unlocked(entry.path):
+            removed.append(Path(entry.path))
     return removed
+
+
+def _remove_unlocked(path: str) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return False
+    try:
+        if not _lock(fd):
+            return False  # a live run is writing it
+        os.unlink(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def name_max(folder: Path) -> int:
@@ -666,6 +753,9 @@ def name_max(folder: Path) -> int:
 def _commit(tmp: Path, path: Path, overwrite: bool) -> None:
     """Move a complete temporary file to ``path``; without ``overwrite`` never replace a
     file, even one created meanwhile by another process."""
+    if not os.path.exists(tmp):
+        raise OSError(errno.ENOENT, "its temporary file was removed by another process; "
+                      "run it again", str(path))
     if overwrite:
         os.replace(tmp, path)
         return
@@ -674,13 +764,25 @@ def _commit(tmp: Path, path: Path, overwrite: bool) -> None:
     except FileExistsError:
         raise OutputExistsError(errno.EEXIST, "exists (use overwrite to replace it)",
                                 str(path)) from None
-    except OSError:  # no hard links here (FAT, some network shares)
-        if os.path.lexists(path):
+    except OSError as exc:
+        if exc.errno not in _NO_LINKS:
+            raise
+        # no hard links here (FAT, exFAT, some network shares): claim the name with an
+        # exclusive create, then move the file onto the claim
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
             raise OutputExistsError(errno.EEXIST, "exists (use overwrite to replace it)",
                                     str(path)) from None
         os.replace(tmp, path)
         return
     os.unlink(tmp)
+
+
+#: What os.link raises where a file system has no hard links.
+_NO_LINKS = {getattr(errno, name) for name in ("EPERM", "ENOTSUP", "EOPNOTSUPP", "EXDEV",
+                                               "EMLINK", "ENOSYS", "EACCES")
+             if hasattr(errno, name)}
 
 
 class Staged:
@@ -696,6 +798,7 @@ class Staged:
     def __init__(self, overwrite: bool = False):
         self.overwrite = bool(overwrite)
         self._files: list[tuple[Path, Path]] = []
+        self._fds: list[int] = []
 
     def __enter__(self) -> Staged:
         return self
@@ -707,15 +810,22 @@ class Staged:
         for tmp, _ in self._files:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-        self._files = []
+        for fd in self._fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._files, self._fds = [], []
 
     def _stage(self, path, write: Callable[[Path], None]) -> Path:
         path = Path(path)
         if not self.overwrite and os.path.lexists(path):
             raise OutputExistsError(errno.EEXIST, "exists (use overwrite to replace it)",
                                     str(path))
+        if os.path.isdir(path):
+            raise IsADirectoryError(errno.EISDIR, "is a folder; an output file cannot "
+                                    "replace it", str(path))
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _new_temp(path.parent)
+        tmp, fd = _new_temp(path.parent)
+        self._fds.append(fd)
         self._files.append((tmp, path))
         write(tmp)
         return path
@@ -788,12 +898,19 @@ def _imagej_order(data: np.ndarray, axes: str) -> tuple[np.ndarray, str]:
     return np.transpose(data, order), "".join(axes[i] for i in order)
 
 
+#: Beyond this many bytes of pixels the ImageJ format (a classic TIFF) cannot hold a file:
+#: OME-TIFF in BigTIFF instead.
+IMAGEJ_MAX_BYTES = 2**32 - 2**26
+
+
 def _write_tiff(path: Path, data: np.ndarray, axes: str, pixel_size: Optional[dict],
                 unit: Optional[str], info: Optional[dict], ome: bool = False) -> None:
     import tifffile
 
     from . import __version__
 
+    big = data.nbytes > IMAGEJ_MAX_BYTES
+    ome = ome or big
     data, axes = _imagej_order(data, axes)
     sizes = {a: v for a, v in (pixel_size or {}).items() if _positive(v) is not None}
     unit = _unit(unit) if sizes else None
@@ -805,7 +922,7 @@ def _write_tiff(path: Path, data: np.ndarray, axes: str, pixel_size: Optional[di
                 meta[f"PhysicalSize{a}"] = float(sizes[a])
                 if unit:
                     meta[f"PhysicalSize{a}Unit"] = unit
-        tifffile.imwrite(path, data, ome=True, photometric="minisblack",
+        tifffile.imwrite(path, data, ome=True, bigtiff=big, photometric="minisblack",
                          compression="zlib", metadata=meta, software=software)
         return
     meta = {"axes": axes}
