@@ -63,14 +63,14 @@ def test_ome_zcyx_is_a_stack_of_two_channel_planes(tmp_path):
     out = tmp_path / "out"
     proc = cli("segment", path, "-o", out, *FAST)
     assert proc.returncode == 0, proc.stderr
-    labels_path = out / "cells.ome_labels.tif"
+    labels_path = out / "cells_labels.tif"
     info = io.read_info(labels_path)
     assert info.axes == "ZYX" and info.shape == (4, 32, 40) and info.dtype == np.uint8
     assert info.pixel_size == pytest.approx({"Z": 1.0, "Y": 0.2, "X": 0.2})
     labels = io.read_pixels(info)
     for z in range(4):  # every plane is the disc, not a channel's complement
         assert iou(labels[z] == 1, masks[z]) > 0.7
-    meta = json.loads((out / "cells.ome_labels.json").read_text())
+    meta = json.loads((out / "cells_labels.json").read_text())
     assert meta["file"]["axes_from"] == "metadata" and meta["file"]["axes_used"] == "ZCYX"
     assert meta["stack"]["n_planes"] == 4
 
@@ -225,7 +225,7 @@ def test_header_only_refusal_of_a_huge_file(tmp_path):
                           timeout=120)
     took = time.perf_counter() - t0
     assert proc.returncode == 1
-    assert "30000x30000 = 900.0 megapixels per plane is above --max-pixels" in proc.stderr
+    assert "30000x30000 = 900,000,000 pixels per plane is above --max-pixels 67,200,000" in proc.stderr
     peak = int(proc.stdout.split()[1])
     assert peak < 300e6, f"peak {peak / 1e6:.0f} MB"
     assert "TORCH False" in proc.stdout and took < 30
@@ -421,3 +421,57 @@ def test_nohup_keeps_a_run_alive_after_sighup(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM, err
+
+
+def test_outputs_keep_the_files_calibration_and_axis_order(tmp_path):
+    """--spacing steers the fit only; labels of a ZTYX OME-TIFF are written (and
+    described in the sidecar) in ImageJ's order TZYX."""
+    data = np.stack([np.stack([disc(seed=z + t)[0] for t in range(2)]) for z in range(3)])
+    path = tmp_path / "ztyx.ome.tif"
+    tifffile.imwrite(path, data, ome=True, metadata={
+        "axes": "ZTYX", "PhysicalSizeX": 0.3, "PhysicalSizeY": 0.3, "PhysicalSizeZ": 2.0})
+    proc = cli("segment", path, "-o", tmp_path / "o", "--spacing", "5", "1", "1", *FAST)
+    assert proc.returncode == 0, proc.stderr
+    info = io.read_info(tmp_path / "o" / "ztyx_labels.tif")
+    assert info.axes == "TZYX" and info.shape == (2, 3, 32, 40)
+    assert info.pixel_size == pytest.approx({"Z": 2.0, "Y": 0.3, "X": 0.3})
+    meta = json.loads((tmp_path / "o" / "ztyx_labels.json").read_text())
+    assert meta["file"]["labels_axes"] == "TZYX"
+
+
+def test_an_ome_tif_output_name_gets_an_ome_tiff(tmp_path):
+    tifffile.imwrite(tmp_path / "a.tif", disc()[0])
+    assert main(["segment", str(tmp_path / "a.tif"), "-o", str(tmp_path / "res.ome.tif"),
+                 *FAST]) == 0
+    assert io.read_info(tmp_path / "res.ome.tif").format == "ome-tiff"
+    assert (tmp_path / "res.json").exists()
+
+
+def test_a_folder_in_the_place_of_an_output_is_found_before_computing(tmp_path, capsys):
+    tifffile.imwrite(tmp_path / "a.tif", disc()[0])
+    (tmp_path / "o" / "a_labels.tif").mkdir(parents=True)
+    code = main(["segment", str(tmp_path / "a.tif"), "-o", str(tmp_path / "o"),
+                 "--overwrite", *FAST])
+    assert code == 2 and "a_labels.tif is a folder" in capsys.readouterr().err
+
+
+def test_flag_combinations_refused_up_front(tmp_path, capsys):
+    tifffile.imwrite(tmp_path / "a.tif", disc()[0])
+    tifffile.imwrite(tmp_path / "s.tif", np.ones((32, 40), np.uint8))
+    assert main(["segment", str(tmp_path / "a.tif"), "-o", str(tmp_path / "o"),
+                 "--scribbles", str(tmp_path / "s.tif"), *FAST]) == 2
+    assert "--scribbles guides --method kanezaki" in capsys.readouterr().err
+    for bad in ("0", "-1"):
+        with pytest.raises(SystemExit):
+            main(["segment", str(tmp_path / "a.tif"), "-o", str(tmp_path / "o"),
+                  "--max-pixels", bad])
+        assert "is not a positive number" in capsys.readouterr().err
+
+
+def test_animated_png_says_which_frame_is_used(tmp_path):
+    from PIL import Image
+
+    frames = [Image.fromarray((disc(seed=i)[0] // 8).astype(np.uint8)) for i in range(3)]
+    frames[0].save(tmp_path / "anim.png", save_all=True, append_images=frames[1:])
+    info = io.read_info(tmp_path / "anim.png")
+    assert info.notes == ("the file has 3 frames; the first is used",)

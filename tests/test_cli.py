@@ -148,7 +148,7 @@ def test_max_pixels_guard_and_unwritable_output(images, tmp_path, capsys):
     code = main(["segment", str(images["a"]), "-o", str(tmp_path / "x.tif"),
                  "--max-pixels", "1000", *FAST])
     assert code == 1
-    assert "40x48 = 0.0 megapixels per plane is above --max-pixels 1e+03" in \
+    assert "40x48 = 1,920 pixels per plane is above --max-pixels 1,000" in \
         capsys.readouterr().err
     locked = tmp_path / "locked"
     locked.mkdir()

@@ -53,7 +53,7 @@ class Job:
 def job_for(source: Path, labels: Path, prior: bool) -> Job:
     """The job writing ``labels``: its sidecar ``<labels stem>.json`` and, with
     ``prior``, ``<stem>_prior.tif`` beside it."""
-    stem = labels.stem
+    stem = _io.stem(labels)
     base = stem[: -len("_labels")] if stem.endswith("_labels") else stem
     return Job(source, labels, labels.with_name(stem + ".json"),
                labels.with_name(base + "_prior.tif") if prior else None)
@@ -124,7 +124,9 @@ def plan_batch(inputs: Sequence, output, *, prior: bool = False,
     for p in (Path(p) for p in inputs):
         key = _key(p)
         if key in seen:
-            notes.append(f"{p} is given more than once; it is segmented once")
+            same = "is given more than once" if str(seen[key]) == str(p) else \
+                f"is the same file as {seen[key]}"
+            notes.append(f"{p} {same}; it is segmented once")
             continue
         seen[key] = p
         unique.append(p)
@@ -140,7 +142,7 @@ def plan_batch(inputs: Sequence, output, *, prior: bool = False,
         raise BatchError(f"-o {output} is a file; pass a folder (or a .tif name for a "
                          f"single input)")
     labels = [output] if names_a_file else \
-        [output / f"{p.stem}_labels.tif" for p in unique]
+        [output / f"{_io.stem(p)}_labels.tif" for p in unique]
     jobs = [job_for(src, dst, prior) for src, dst in zip(unique, labels)]
     problems = []
     folders = {job.labels.parent for job in jobs}
@@ -169,6 +171,9 @@ def plan_batch(inputs: Sequence, output, *, prior: bool = False,
                 problems.append(f"{path} (an output of {job.source}) would replace "
                                 f"the input {src}")
                 earlier_outputs |= str(src).lower().endswith(_OUTPUT_NAME)
+    for job in jobs:
+        problems.extend(f"{path} is a folder; an output file cannot replace it"
+                        for path in job.outputs if path.is_dir())
     limit = {folder: _io.name_max(folder) for folder in folders}
     for job in jobs:
         for path in job.outputs:
@@ -196,9 +201,8 @@ def check_header(info: _io.ImageInfo, arrangement: _io.Arrangement, *,
     plane = h * w
     if plane > max_pixels:
         raise _io.ImageFileError(
-            f"{info.path}: {h}x{w} = {plane / 1e6:.1f} megapixels per plane is above "
-            f"--max-pixels {max_pixels:.3g}; downsample or crop it first, or raise "
-            f"--max-pixels")
+            f"{info.path}: {h}x{w} = {plane:,} pixels per plane is above --max-pixels "
+            f"{max_pixels:,.0f}; downsample or crop it first, or raise --max-pixels")
     values = float(np.prod(info.shape, dtype=np.float64))
     need = info.nbytes + WORK_BYTES_PER_VALUE * values
     if available is not None and need > available:
@@ -277,9 +281,8 @@ def run_job(job: Job, *, settings, channel_axis: Optional[int] = None,
     labels = np.asarray(result.labels)
     axes = arr.labels_axes if len(arr.labels_axes) == labels.ndim and \
         "?" not in arr.labels_axes else "TZYX"[4 - labels.ndim:]
+    # the outputs keep the file's own calibration (--spacing steers the fit only)
     sizes = _io.pixel_size_for(axes, info)
-    if spacing is not None and "Z" in axes:
-        sizes = dict(sizes, Z=spacing[0], Y=spacing[1], X=spacing[2])
     unit = info.unit if sizes else None
     stamp = {"written_by": "napari-dsp", "source": job.source.name,
              "sidecar": job.sidecar.name}
@@ -296,7 +299,8 @@ def run_job(job: Job, *, settings, channel_axis: Optional[int] = None,
                     file={"format": info.format, "shape": list(info.shape),
                           "axes": info.axes, "axes_used": arr.axes,
                           "axes_from": arr.source,
-                          "labels_axes": axes, "pixel_size": sizes, "unit": unit,
+                          "labels_axes": _io.written_axes(axes), "pixel_size": sizes,
+                          "unit": unit,
                           "notes": list(arr.notes)})
         out.json(job.sidecar, meta)
         out.labels(job.labels, labels, axes=axes, pixel_size=sizes, unit=unit, info=stamp)

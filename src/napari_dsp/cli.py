@@ -160,6 +160,14 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = _finite_float(text)
+    if not 1e-12 <= value <= 1e12:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number between "
+                                         f"1e-12 and 1e12")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="napari-dsp",
@@ -193,11 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="treat leading axes (Z, T, T x Z) as planes: every plane gets "
                           "its own prior, classes are shared across planes (files whose "
                           "metadata names Z or T are stacks without it)")
-    seg.add_argument("--spacing", type=_finite_float, nargs=3, default=None,
+    seg.add_argument("--spacing", type=_positive_float, nargs=3, default=None,
                      metavar=("Z", "Y", "X"),
-                     help="voxel size of a Z stack for --volumetric (e.g. 2 0.5 0.5); "
-                          "default: the file's metadata, else isotropic")
-    seg.add_argument("--max-pixels", type=_finite_float, default=67.2e6, metavar="N",
+                     help="voxel size of a Z stack for the fit of --volumetric (e.g. 2 0.5 "
+                          "0.5; only the ratios matter); default: the file's metadata, "
+                          "else isotropic. The outputs keep the file's own calibration")
+    seg.add_argument("--max-pixels", type=_positive_float, default=67.2e6, metavar="N",
                      help="refuse images with more pixels per plane than this (default "
                           "67.2e6, 8192x8192): a guard for batches of unknown files; "
                           "large planes are fitted at the working size (--working-size)")
@@ -259,6 +268,9 @@ def _run_segment(args) -> int:
                                         protected=protected)
         if args.scribbles is not None and args.stack:
             raise _batch.BatchError("--scribbles is for single images; leave out --stack")
+        if args.scribbles is not None and settings.method != "kanezaki":
+            raise _batch.BatchError("--scribbles guides --method kanezaki; add it, or "
+                                    "leave out --scribbles")
         scribbles = read_image(args.scribbles) if args.scribbles is not None else None
     except (_io.ImageFileError, _batch.BatchError, TypeError, ValueError) as exc:
         _error(str(exc))

@@ -356,8 +356,27 @@ def _png_info(path: Path) -> Optional[ImageInfo]:
     samples, alpha = _PNG_COLOUR[colour]
     dtype = np.uint16 if depth == 16 and colour != 3 else np.uint8
     shape = (height, width) if samples == 1 else (height, width, samples)
+    frames = _apng_frames(path)
+    notes = (f"the file has {frames} frames; the first is used",) if frames > 1 else ()
     return ImageInfo(path, "png", shape, np.dtype(dtype), "YX" if samples == 1 else "YXS",
-                     alpha=alpha)
+                     alpha=alpha, notes=notes)
+
+
+def _apng_frames(path: Path) -> int:
+    """Frames of an animated PNG (its acTL chunk, before the first IDAT); 1 otherwise."""
+    with open(path, "rb") as fh:
+        fh.seek(8)
+        for _ in range(1000):
+            head = fh.read(8)
+            if len(head) < 8:
+                return 1
+            size, kind = int.from_bytes(head[:4], "big"), head[4:]
+            if kind == b"acTL":
+                return max(1, int.from_bytes(fh.read(4), "big"))
+            if kind in (b"IDAT", b"IEND"):
+                return 1
+            fh.seek(size + 4, os.SEEK_CUR)
+    return 1
 
 
 def _pil_info(path: Path) -> ImageInfo:
@@ -834,8 +853,9 @@ class Staged:
                unit: Optional[str] = None, info: Optional[dict] = None) -> Path:
         """Stage a label image (see :func:`write_labels`)."""
         data, kind = _label_array(labels, axes)
+        ome = kind == "ome" or is_ome_name(path)
         return self._stage(path, lambda tmp: _write_tiff(tmp, data, axes, pixel_size,
-                                                         unit, info, ome=kind == "ome"))
+                                                         unit, info, ome=ome))
 
     def image(self, path, image, *, axes: str, pixel_size: Optional[dict] = None,
               unit: Optional[str] = None, info: Optional[dict] = None) -> Path:
@@ -843,7 +863,7 @@ class Staged:
         data = np.asarray(image, dtype=np.float32)
         _check_axes(data, axes)
         return self._stage(path, lambda tmp: _write_tiff(tmp, data, axes, pixel_size,
-                                                         unit, info))
+                                                         unit, info, ome=is_ome_name(path)))
 
     def json(self, path, data: dict) -> Path:
         """Stage a strict JSON file (NaN and infinities written as null)."""
@@ -869,6 +889,20 @@ class Staged:
         return placed
 
 
+def is_ome_name(path) -> bool:
+    """A ``.ome.tif`` name: readers that go by the name expect OME-XML in it."""
+    return str(path).lower().endswith((".ome.tif", ".ome.tiff"))
+
+
+def stem(path) -> str:
+    """A file's name without its suffix, ``.ome.tif`` counted as one suffix."""
+    name = Path(path).name
+    for suffix in (".ome.tif", ".ome.tiff"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(path).stem
+
+
 def _check_axes(data: np.ndarray, axes: str) -> None:
     if not isinstance(axes, str) or len(axes) != data.ndim or \
             any(a not in "TZCYX" for a in axes) or len(set(axes)) != len(axes) or \
@@ -891,6 +925,11 @@ def _label_array(labels, axes: str) -> tuple[np.ndarray, str]:
     top = int(labels.max()) if labels.size else 0
     dtype = np.uint8 if top <= 255 else np.uint16 if top <= IMAGEJ_MAX_ID else np.uint32
     return labels.astype(dtype, copy=False), "imagej" if top <= IMAGEJ_MAX_ID else "ome"
+
+
+def written_axes(axes: str) -> str:
+    """The order in which a TIFF written here stores ``axes`` (ImageJ's T, Z, C, Y, X)."""
+    return "".join(a for a in "TZCYX" if a in axes)
 
 
 def _imagej_order(data: np.ndarray, axes: str) -> tuple[np.ndarray, str]:
@@ -933,7 +972,7 @@ def _write_tiff(path: Path, data: np.ndarray, axes: str, pixel_size: Optional[di
     if info:
         meta["Info"] = json.dumps(jsonable(info), allow_nan=False)
     resolution = None
-    if "X" in sizes and "Y" in sizes:
+    if "X" in sizes and "Y" in sizes and all(1e-9 < float(sizes[a]) < 1e9 for a in "XY"):
         resolution = (1.0 / float(sizes["X"]), 1.0 / float(sizes["Y"]))
     tifffile.imwrite(path, data, imagej=True, photometric="minisblack",
                      compression="zlib", resolution=resolution, metadata=meta,

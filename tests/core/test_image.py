@@ -85,3 +85,12 @@ def test_channel_first_rgb_is_not_guessed():
     with pytest.raises(ValueError, match="channel_axis=0 for a \\(C, Y, X\\)"):
         to_channels_first(np.zeros((3, 64, 64)))
     assert to_channels_first(np.zeros((3, 64, 64)), channel_axis=0).shape == (3, 64, 64)
+
+
+def test_normalize_values_near_the_float64_limit(recwarn):
+    """+-1e308 would overflow (hi - lo = inf) and give garbage with warnings."""
+    base = np.zeros((32, 32))
+    base[8:24, 8:24] = 1.0
+    out = normalize(to_channels_first(np.where(base > 0, 1e308, -1e308)))
+    np.testing.assert_array_equal(out[0], base.astype(np.float32))
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]

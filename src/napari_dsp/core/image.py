@@ -106,6 +106,10 @@ def normalize(chw: np.ndarray) -> np.ndarray:
         bad = int(np.size(chw) - np.count_nonzero(np.isfinite(chw)))
         raise ValueError(f"image contains {bad} NaN or infinite value(s); replace them "
                          f"first, e.g. np.nan_to_num(image, nan=0.0)")
+    if data.dtype.kind == "f" and data.dtype.itemsize >= 8:
+        peak = max(abs(float(np.min(data))), abs(float(np.max(data))))
+        if peak > 1e300:  # differences of values near the float64 limit overflow
+            data = data / peak
     lo, hi = (float(v) for v in np.percentile(_subsample(data), [LOW_PERCENTILE,
                                                                    HIGH_PERCENTILE]))
     if not hi > lo:
