@@ -225,7 +225,8 @@ def test_header_only_refusal_of_a_huge_file(tmp_path):
                           timeout=120)
     took = time.perf_counter() - t0
     assert proc.returncode == 1
-    assert "30000x30000 = 900,000,000 pixels per plane is above --max-pixels 67,200,000" in proc.stderr
+    assert "30000x30000 = 900,000,000 pixels per plane is above --max-pixels 67,200,000" \
+        in proc.stderr
     peak = int(proc.stdout.split()[1])
     assert peak < 300e6, f"peak {peak / 1e6:.0f} MB"
     assert "TORCH False" in proc.stdout and took < 30

@@ -7,6 +7,9 @@ The public API works on numpy arrays and imports neither napari nor Qt::
     labels = segment(image)               # 0 = background, 1 = foreground
     labels = segment(prior=prior, n_classes=4)   # re-cluster, no refit
 
+Files (axes and pixel size from OME/ImageJ metadata, labels other tools read):
+:mod:`napari_dsp.io`.
+
 Importing the package is cheap: torch is imported when a function that needs it is
 first used (PEP 562 module ``__getattr__``), so ``napari-dsp --help`` and napari's plugin
 discovery stay fast.
@@ -32,11 +35,17 @@ _EXPORTS = {
 __all__ = [
     "FIELDS", "FitProgress", "PriorResult", "SegmentResult", "Settings", "__version__",
     "cluster", "fit_prior", "iter_fit_prior", "iter_segment", "iter_segment_stack",
-    "segment", "segment_stack",
+    "io", "segment", "segment_stack",
 ]
 
 
+#: submodules reachable as attributes (``napari_dsp.io.read_info``)
+_SUBMODULES = ("io",)
+
+
 def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'napari_dsp' has no attribute {name!r}")
