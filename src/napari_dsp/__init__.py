@@ -28,12 +28,14 @@ _EXPORTS = {
     "cluster": "api",
     "segment_stack": "stack", "iter_segment_stack": "stack",
     "PriorResult": "results", "SegmentResult": "results",
+    "NothingToSegmentWarning": "results",
     "FitProgress": "progress",
     "Settings": "settings", "FIELDS": "settings",
 }
 
 __all__ = [
-    "FIELDS", "FitProgress", "PriorResult", "SegmentResult", "Settings", "__version__",
+    "FIELDS", "FitProgress", "NothingToSegmentWarning", "PriorResult", "SegmentResult",
+    "Settings", "__version__",
     "cluster", "fit_prior", "iter_fit_prior", "iter_segment", "iter_segment_stack",
     "io", "segment", "segment_stack",
 ]
@@ -61,6 +63,6 @@ def __dir__():
 if TYPE_CHECKING:  # pragma: no cover
     from .api import cluster, fit_prior, iter_fit_prior, iter_segment, segment
     from .progress import FitProgress
-    from .results import PriorResult, SegmentResult
+    from .results import NothingToSegmentWarning, PriorResult, SegmentResult
     from .settings import FIELDS, Settings
     from .stack import iter_segment_stack, segment_stack

@@ -12,18 +12,27 @@ loses its alpha channel); labels and the spread are always ``(Y, X)``.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Generator
 from typing import Any, Optional, Union
 
 import numpy as np
 
 from .core import cluster as _cluster
+from .core import decide as _decide
 from .core import image as _image
 from .core import plan as _plan
 from .core import postprocess as _post
 from .core.prior import iter_plane_prior
 from .progress import FitProgress, ProgressCallback, check_callback, drain, relay
-from .results import PriorResult, SegmentResult, make_metadata, prior_seed, resolve_seed
+from .results import (
+    NothingToSegmentWarning,
+    PriorResult,
+    SegmentResult,
+    make_metadata,
+    prior_seed,
+    resolve_seed,
+)
 from .settings import Settings, make_settings
 
 PriorLike = Union[PriorResult, np.ndarray]
@@ -37,6 +46,7 @@ class _Input:
 
     def __init__(self, image, channel_axis: Optional[int]):
         chw = _image.to_channels_first(image, channel_axis)
+        self.raw = chw  # (C, Y, X) as given (a view): the noise test needs unclipped values
         self.layout = _image.Layout(np.ndim(image), channel_axis)
         self.shape = tuple(int(s) for s in np.shape(image))
         self.dtype = chw.dtype
@@ -254,6 +264,14 @@ def segment(image=None, *, n_classes: Optional[int] = None,
     ------
     TypeError, ValueError
         As for :func:`fit_prior`, and for a prior whose shape does not match the image.
+
+    Warns
+    -----
+    NothingToSegmentWarning
+        Foreground/background only: when the prior's two classes do not stand out from
+        the image's noise (:mod:`napari_dsp.core.decide`). The labels are then the
+        pixels that stand out alone (one bright spot gives that spot), or empty; the
+        decision and its statistic are in ``metadata["clustering"]["decision"]``.
     """
     if n_classes is not None:
         overrides["n_classes"] = n_classes
@@ -261,6 +279,7 @@ def segment(image=None, *, n_classes: Optional[int] = None,
     settings = _quiet(make_settings(settings, **overrides), progress)
     result = drain(iter_segment(image, prior=prior, channel_axis=channel_axis,
                                 settings=settings, scribbles=scribbles), progress)
+    warn_if_nothing(result)
     return result if full_output else result.labels
 
 
@@ -276,7 +295,7 @@ def cluster(prior: PriorLike, settings: Optional[Settings] = None, *, image=None
     inp = _Input(image, channel_axis) if image is not None else None
     result = _as_prior_result(prior, inp, channel_axis)
     settings = settings.replace(seed=resolve_seed(settings.seed, prior_seed(result)))
-    return _cluster_prior(result, inp, settings)
+    return warn_if_nothing(_cluster_prior(result, inp, settings))
 
 
 def _cluster_prior(prior: PriorResult, inp: Optional[_Input], settings: Settings
@@ -286,12 +305,13 @@ def _cluster_prior(prior: PriorResult, inp: Optional[_Input], settings: Settings
                                           n_classes=settings.n_classes,
                                           window=settings.window, seed=settings.seed)
     if settings.n_classes == 2:
-        [labels], more = _post.post_process(
-            [labels], [inp.data if inp is not None else None], refine=settings.refine,
-            fill=settings.fill_holes, min_size=settings.min_size, invert=settings.invert)
+        [labels], more = foreground_or_nothing(
+            [labels], [inp.raw] if inp is not None else None,
+            [inp.data if inp is not None else None], settings)
         info.update(more)
     if settings.instances:
-        [labels], [info["count"]] = _post.label_objects([labels], settings.min_size)
+        [labels], [info["count"]] = _post.label_objects([labels], object_min_size(
+            info, settings))
     pm = prior.metadata
     inp_meta = pm.get("input", {})
     # the fit's settings are the prior's (this call may say other n_iter, n_runs, ...)
@@ -306,6 +326,50 @@ def _cluster_prior(prior: PriorResult, inp: Optional[_Input], settings: Settings
                          inp_meta.get("channel_axis"),
                          fit=pm.get("fit"), clustering=info)
     return SegmentResult(labels, prior, meta)
+
+
+def foreground_or_nothing(labels: list, raws: Optional[list], images: list,
+                          settings: Settings) -> tuple[list, dict]:
+    """The prior's 0/1 maps (one per plane) tested against the image's noise
+    (:mod:`napari_dsp.core.decide`): where the split is believed, the clean-up of
+    :func:`~napari_dsp.core.postprocess.post_process`; else the pixels that stand out
+    alone, or nothing (``decision.message`` says so; :func:`warn_if_nothing` turns it
+    into a :class:`NothingToSegmentWarning` for the non-generator functions)."""
+    if raws is None:  # a prior re-clustered without its image: nothing to test against
+        labels, info = _post.post_process(labels, images, refine=settings.refine,
+                                          fill=settings.fill_holes,
+                                          min_size=settings.min_size, invert=settings.invert)
+        return labels, dict(info, decision={"result": "prior", "separated": None,
+                                            "note": "no image given: not tested"})
+    fgs, decision = _decide.decide(raws, [lab == 1 for lab in labels])
+    if decision["result"] == "prior":
+        labels, info = _post.post_process(labels, images, refine=settings.refine,
+                                          fill=settings.fill_holes,
+                                          min_size=settings.min_size, invert=settings.invert)
+        return labels, dict(info, decision=decision)
+    # isolated significant pixels are kept whatever min_size says; invert does not turn
+    # "nothing" into "everything"
+    return [f.astype(lab.dtype) for f, lab in zip(fgs, labels)], {
+        "decision": decision, "refined": False, "inverted": False}
+
+
+def warn_if_nothing(result: SegmentResult) -> SegmentResult:
+    """Raise the :class:`NothingToSegmentWarning` of a result whose foreground was not
+    the prior's (nothing stood out from the noise, or only isolated pixels). The
+    generator forms leave it in the metadata (``clustering.decision``) for their caller
+    to show, as the napari widget does with a notification."""
+    decision = (result.metadata.get("clustering") or {}).get("decision") or {}
+    if decision.get("message"):
+        warnings.warn(f"napari-dsp: {decision['message']}", NothingToSegmentWarning,
+                      stacklevel=3)
+    return result
+
+
+def object_min_size(info: dict, settings: Settings) -> int:
+    """``min_size`` for the instance ids: 1 where the foreground is the isolated pixels
+    that stand out from the noise (each is significant by itself)."""
+    outliers = (info.get("decision") or {}).get("result") == "outliers"
+    return 1 if outliers else settings.min_size
 
 
 def _as_prior_result(prior: PriorLike, inp: Optional[_Input], channel_axis

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import unicodedata
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -268,16 +269,27 @@ def run_job(job: Job, *, settings, channel_axis: Optional[int] = None,
     _check_not_constant(job.source, pixels)
     if on_start is not None:
         on_start()
-    if arr.stack:
-        from .stack import segment_stack
+    from .results import NothingToSegmentWarning
 
-        result = segment_stack(pixels, channel_axis=arr.channel_axis, settings=settings,
-                               progress=progress, full_output=True, spacing=spacing)
-    else:
-        from .api import segment
+    with warnings.catch_warnings():
+        # said once, as a note, from the metadata below
+        warnings.simplefilter("ignore", NothingToSegmentWarning)
+        if arr.stack:
+            from .stack import segment_stack
 
-        result = segment(pixels, channel_axis=arr.channel_axis, settings=settings,
-                         progress=progress, full_output=True, scribbles=scribbles)
+            result = segment_stack(pixels, channel_axis=arr.channel_axis,
+                                   settings=settings, progress=progress,
+                                   full_output=True, spacing=spacing)
+        else:
+            from .api import segment
+
+            result = segment(pixels, channel_axis=arr.channel_axis, settings=settings,
+                             progress=progress, full_output=True, scribbles=scribbles)
+    decision = result.metadata.get("clustering", {}).get("decision") or {}
+    if decision.get("message"):
+        if progress is not None and hasattr(progress, "close"):
+            progress.close()
+        notify(decision["message"])
     labels = np.asarray(result.labels)
     axes = arr.labels_axes if len(arr.labels_axes) == labels.ndim and \
         "?" not in arr.labels_axes else "TZYX"[4 - labels.ndim:]

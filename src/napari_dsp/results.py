@@ -18,6 +18,12 @@ from typing import Any, Optional
 import numpy as np
 
 
+class NothingToSegmentWarning(UserWarning):
+    """The image shows nothing that stands out from its noise (or only isolated pixels):
+    the labels are empty (or those pixels). The decision and its statistic are in the
+    result's ``metadata["clustering"]["decision"]``."""
+
+
 @dataclass(frozen=True)
 class PriorResult:
     """The prior of one image (or stack), with the ensemble's spread and how it was made.

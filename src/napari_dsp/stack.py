@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .api import _Clock, _quiet
+from .api import _Clock, _quiet, foreground_or_nothing, object_min_size, warn_if_nothing
 from .core import cluster as _cluster
 from .core import image as _image
 from .core import plan as _plan
@@ -74,10 +74,11 @@ class _Stack:
             raise ValueError("image contains NaN or infinite values; replace them first, "
                              "e.g. np.nan_to_num(image, nan=0.0)")
 
-    def read(self, image) -> tuple[list, np.dtype]:
-        """Every plane once as ``(C, Y, X)`` (lazy data: one read per plane), normalised
-        together so an intensity means the same in every plane (per-plane stretching
-        would turn an empty plane's noise into "objects")."""
+    def read(self, image) -> tuple[list, list]:
+        """Every plane once as ``(C, Y, X)`` (lazy data: one read per plane): normalised
+        together, so an intensity means the same in every plane (per-plane stretching
+        would turn an empty plane's noise into "objects"), and as read (the noise test
+        of :mod:`napari_dsp.core.decide` needs the unclipped values)."""
         lazy = not isinstance(image, np.ndarray) and hasattr(image, "shape") \
             and hasattr(image, "__getitem__") and hasattr(image, "dtype")
         arr = image if lazy else np.asarray(image)
@@ -88,10 +89,9 @@ class _Stack:
                 key[axis] = v
             raw.append(_image.to_channels_first(np.asarray(arr[tuple(key)]),
                                                 self.plane_axis))
-        dtype = raw[0].dtype
         h = raw[0].shape[1]
         normed = _image.normalize(np.concatenate(raw, axis=1))  # (C, n * Y, X)
-        return [normed[:, i * h:(i + 1) * h] for i in range(len(self.planes))], dtype
+        return [normed[:, i * h:(i + 1) * h] for i in range(len(self.planes))], raw
 
     def plane_layout(self, chw: Optional[np.ndarray]) -> Optional[np.ndarray]:
         """(C, Y, X) -> (Y, X), or (Y, X, C) with a channel axis."""
@@ -127,7 +127,8 @@ def iter_segment_stack(image, *, channel_axis: Optional[int] = None,
 
 def _segment_stack(image, stack: _Stack, settings: Settings, device, spacing: tuple):
     clock = _Clock()
-    normed, dtype = stack.read(image)
+    normed, raw = stack.read(image)
+    dtype = raw[0].dtype
     n = len(normed)
     s = settings
     fit_info: dict = {}
@@ -160,12 +161,11 @@ def _segment_stack(image, stack: _Stack, settings: Settings, device, spacing: tu
     labels, info = _cluster.cluster_priors(priors, n_classes=s.n_classes, window=s.window,
                                            seed=s.seed)
     if s.n_classes == 2:
-        labels, more = _post.post_process(
-            labels, normed if s.refine else [None] * n, refine=s.refine,
-            fill=s.fill_holes, min_size=s.min_size, invert=s.invert)
+        labels, more = foreground_or_nothing(labels, raw, normed if s.refine else [None] * n,
+                                             s)
         info.update(more)
     if s.instances:
-        labels, counts = _post.label_objects(labels, s.min_size,
+        labels, counts = _post.label_objects(labels, object_min_size(info, s),
                                              spacing if s.volumetric else None)
         info["count"] = int(sum(counts))
         if not s.volumetric:
@@ -224,6 +224,11 @@ def segment_stack(image, *, channel_axis: Optional[int] = None,
     -------
     labels : ndarray, shape (..., Y, X), uint8
 
+    Warns
+    -----
+    NothingToSegmentWarning
+        As :func:`~napari_dsp.segment`: nothing in the stack stands out from its noise.
+
     Raises
     ------
     TypeError, ValueError
@@ -233,4 +238,5 @@ def segment_stack(image, *, channel_axis: Optional[int] = None,
     settings = _quiet(make_settings(settings, **overrides), progress)
     result = drain(iter_segment_stack(image, channel_axis=channel_axis, settings=settings,
                                       spacing=spacing), progress)
+    warn_if_nothing(result)
     return result if full_output else result.labels

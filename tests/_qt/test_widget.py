@@ -607,3 +607,17 @@ def test_volumetric_setting_fits_one_3d_prior_with_the_layer_spacing(viewer, qtb
     assert iou(labels.data == 1, mask) > 0.85
     widget.planes = "current plane"  # the setting no longer applies
     assert not widget.settings().volumetric
+
+
+def test_a_field_of_noise_gives_empty_labels_and_one_notification(viewer, qtbot, notes):
+    noise = np.random.default_rng(5).poisson(10, (96, 96)).astype(np.uint16)
+    viewer.add_image(noise, name="noise")
+    widget = open_widget(viewer, n_iter=30, n_runs=5)
+    run_and_wait(qtbot, widget)
+    labels = viewer.layers["noise labels"]
+    assert isinstance(labels, Labels) and not labels.data.any()
+    said = [n for n in notes if "stands out from its noise" in n]
+    assert len(said) == 1, notes
+    assert "nothing stands out from the noise" in widget.status
+    decision = labels.metadata["napari_dsp"]["clustering"]["decision"]
+    assert decision["result"] == "empty"

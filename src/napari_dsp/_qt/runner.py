@@ -164,10 +164,16 @@ class Runner:
             return
         self._outputs.publish(self.viewer, job, result, self._spread)
         seed = result.metadata["settings"]["seed"]
-        count = result.metadata.get("clustering", {}).get("count")
+        clustering = result.metadata.get("clustering", {})
+        count = clustering.get("count")
+        decision = clustering.get("decision") or {}
+        empty = {"empty": "; nothing stands out from the noise",
+                 "outliers": "; only isolated pixels stand out"}.get(decision.get("result"), "")
         self.report(f"done on {result.metadata['device']} in "
                     f"{format_seconds(time.monotonic() - self._start)} (seed {seed})"
-                    + ("" if count is None else f"; {count} objects"))
+                    + ("" if count is None else f"; {count} objects") + empty)
+        if decision.get("message"):
+            show_warning(f"napari-dsp: {decision['message']}")
 
     def _on_errored(self, exc: Exception) -> None:
         logger.error("napari-dsp: the fit failed", exc_info=exc)
