@@ -155,7 +155,9 @@ def iter_segment(image=None, *, prior: Optional[PriorLike] = None,
     """Generator form of :func:`segment`: yields progress, returns a
     :class:`SegmentResult`. Arguments are checked at the call. With ``prior`` given
     there is no fit; K-means then yields nothing, ``method='kanezaki'`` yields its
-    self-training steps."""
+    self-training steps. Where nothing stands out from the noise, the result says so in
+    ``metadata["clustering"]["decision"]["message"]`` and no warning is raised (the
+    caller shows it, as the napari widget does)."""
     settings = make_settings(settings, **overrides)
     kanezaki = settings.method == "kanezaki"
     if scribbles is not None and not kanezaki:
