@@ -367,3 +367,36 @@ def test_temporary_names_are_short(tmp_path):
     name = "n" * (255 - len("_labels.tif")) + "_labels.tif"  # the longest legal name
     path = io.write_labels(tmp_path / name, np.zeros((20, 20), np.uint8))
     assert path.exists() and len(os.fsencode(path.name)) == 255
+
+
+def test_a_failed_overwrite_puts_the_earlier_files_back(tmp_path, monkeypatch):
+    first, second = tmp_path / "a_prior.tif", tmp_path / "a_labels.json"
+    first.write_text("old prior")
+    second.write_text("old sidecar")
+    real = os.replace
+    calls = []
+
+    def failing(src, dst, *args, **kwargs):
+        calls.append(dst)
+        if str(dst) == str(second):
+            raise OSError(28, "No space left on device")
+        return real(src, dst, *args, **kwargs)
+
+    with io.Staged(overwrite=True) as out:
+        out.image(first, np.zeros((20, 20), np.float32), axes="YX")
+        out.json(second, {"new": True})
+        out.json(tmp_path / "new.json", {"x": 1})
+        monkeypatch.setattr(io.os, "replace", failing)
+        with pytest.raises(OSError, match="No space"):
+            out.commit()
+    monkeypatch.setattr(io.os, "replace", real)
+    assert first.read_text() == "old prior" and second.read_text() == "old sidecar"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_labels.json", "a_prior.tif"]
+
+
+def test_a_successful_overwrite_leaves_no_backup(tmp_path):
+    path = tmp_path / "x_labels.tif"
+    path.write_text("old")
+    io.write_labels(path, np.ones((20, 20), np.uint8), overwrite=True)
+    assert tifffile.imread(path).sum() == 400
+    assert [p.name for p in tmp_path.iterdir()] == ["x_labels.tif"]

@@ -871,22 +871,51 @@ class Staged:
         return self._stage(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
     def commit(self) -> list[Path]:
-        """Move every staged file into place. If one cannot be placed, the ones this
-        call placed are removed again and the error is raised."""
-        placed = []
+        """Move every staged file into place. If one cannot be placed, the set is rolled
+        back: files this call created are removed, and files it replaced (with
+        ``overwrite``) get their earlier content back; then the error is raised."""
+        placed: list[Path] = []
+        backups: list[tuple[Path, Path]] = []
         try:
             for tmp, path in self._files:
+                if self.overwrite and os.path.lexists(path):
+                    backups.append((self._backup(path), path))
                 _commit(tmp, path, self.overwrite)
                 placed.append(path)
         except BaseException:
-            if not self.overwrite:
-                for path in placed:
-                    with contextlib.suppress(OSError):
-                        os.unlink(path)
+            backed = {path: bak for bak, path in backups}
+            for path in reversed(placed):
+                with contextlib.suppress(OSError):
+                    if path in backed:
+                        os.replace(backed.pop(path), path)  # its earlier content
+                    else:
+                        os.unlink(path)  # created by this call
+            for bak in backed.values():  # never replaced: the backup is not needed
+                with contextlib.suppress(OSError):
+                    os.unlink(bak)
             raise
+        else:
+            for bak, _ in backups:
+                with contextlib.suppress(OSError):
+                    os.unlink(bak)
         finally:
             self.discard()
         return placed
+
+    @staticmethod
+    def _backup(path: Path) -> Path:
+        """A second name for ``path``'s current content (a hard link, else a copy), named
+        like a temporary file so a killed run's is cleaned up like one."""
+        bak, fd = _new_temp(path.parent)
+        os.close(fd)
+        os.unlink(bak)
+        try:
+            os.link(path, bak)
+        except OSError:
+            import shutil
+
+            shutil.copy2(path, bak)
+        return bak
 
 
 def is_ome_name(path) -> bool:
