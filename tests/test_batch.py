@@ -275,7 +275,7 @@ def test_a_killed_runs_temp_file_is_removed_by_the_next_run(tmp_path):
     out = tmp_path / "o"
     out.mkdir()
     victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    stale = out / f".napari-dsp-{io._host_tag()}-{victim.pid}-0a1b2c.part"
+    stale = out / f".napari-dsp-{io.host_tag()}-{victim.pid}-0a1b2c.part"
     stale.write_bytes(b"\0" * 1000)
     victim.kill()
     victim.wait()

@@ -282,7 +282,7 @@ def test_sidecar_json_is_strict():
 def test_stale_temp_files_are_removed_and_live_ones_kept(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()
-    host = io._host_tag()
+    host = io.host_tag()
     stale = tmp_path / f".napari-dsp-{host}-{dead}-abcdef.part"
     live = tmp_path / f".napari-dsp-{host}-{os.getpid()}-abcdef.part"
     legacy = tmp_path / ".cell_labels.ab12cd34.tif.part"
@@ -301,7 +301,7 @@ def test_stale_temp_files_are_removed_and_live_ones_kept(tmp_path):
     held = tmp_path / f".napari-dsp-{host}-{dead}-123456.part"
     held.write_bytes(b"x")
     fd = os.open(held, os.O_RDONLY)
-    assert io._lock(fd)
+    assert io.try_lock(fd)
     locker = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time\n"
                                "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
                                "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('locked', flush=True)\n"
@@ -386,10 +386,10 @@ def test_a_failed_overwrite_puts_the_earlier_files_back(tmp_path, monkeypatch):
         out.image(first, np.zeros((20, 20), np.float32), axes="YX")
         out.json(second, {"new": True})
         out.json(tmp_path / "new.json", {"x": 1})
-        monkeypatch.setattr(io.os, "replace", failing)
+        monkeypatch.setattr(os, "replace", failing)
         with pytest.raises(OSError, match="No space"):
             out.commit()
-    monkeypatch.setattr(io.os, "replace", real)
+    monkeypatch.setattr(os, "replace", real)
     assert first.read_text() == "old prior" and second.read_text() == "old sidecar"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_labels.json", "a_prior.tif"]
 

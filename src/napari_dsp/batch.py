@@ -86,7 +86,7 @@ def probe_folder(folder: Path) -> tuple[Optional[str], bool]:
     if not base.is_dir():
         return f"{base} is a file, so the folder {folder} cannot be created", False
     try:
-        tmp, fd = _io._new_temp(base)
+        tmp, fd = _io.new_temp(base)
     except OSError as exc:
         return f"cannot write in {base} ({exc.strerror or exc})", False
     try:

@@ -1,10 +1,9 @@
 """Command line: ``napari-dsp segment INPUT... -o OUTPUT`` and ``napari-dsp demo``.
 
-Owns argument parsing, the progress bar, the batch loop's messages and exit statuses,
-and signals: SIGINT, SIGTERM and SIGHUP stop a run the same way (one message, exit status
-128 + the signal's number, no temporary file left; a signal that arrives while a file's
-outputs are being moved into place waits until they all are). Files and batches are
-:mod:`napari_dsp.io` and :mod:`napari_dsp.batch`.
+Owns argument parsing, the progress bar, the batch loop's messages and exit statuses
+(128 + the signal's number when SIGINT, SIGTERM or SIGHUP stopped a run, see
+:mod:`napari_dsp._signals`). Files and batches are :mod:`napari_dsp.io` and
+:mod:`napari_dsp.batch`.
 
 The setting flags are built from :data:`~napari_dsp.settings.FIELDS`, and only the
 options a user sets are forwarded to :class:`~napari_dsp.Settings`, so the library's
@@ -15,7 +14,6 @@ answers at once, and a file refused from its header is refused before torch load
 from __future__ import annotations
 
 import argparse
-import contextlib
 import signal
 import sys
 import time
@@ -27,6 +25,7 @@ import numpy as np
 
 from . import batch as _batch
 from . import io as _io
+from ._signals import Signals, Stopped
 from .settings import FIELDS, Settings
 
 
@@ -35,59 +34,7 @@ def read_image(path: Path) -> np.ndarray:
     return _io.read_pixels(_io.read_info(path))
 
 
-class Stopped(KeyboardInterrupt):
-    """SIGINT, SIGTERM or SIGHUP: stop the run like Ctrl-C."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
-class _Signals:
-    """SIGINT, SIGTERM and SIGHUP raise :class:`Stopped` in the main thread, except
-    inside :meth:`held`, which delays them to its end."""
-
-    NAMES = ("SIGINT", "SIGTERM", "SIGHUP")
-
-    def __init__(self):
-        self.holding = False
-        self.pending: Optional[int] = None
-        self.previous: dict = {}
-
-    def install(self) -> None:
-        for name in self.NAMES:
-            sig = getattr(signal, name, None)
-            if sig is None or signal.getsignal(sig) is signal.SIG_IGN:
-                continue  # ignored on purpose (nohup, a background job): stays ignored
-            # not possible outside the main thread (a test, an embedding): left as is
-            with contextlib.suppress(ValueError, OSError):
-                self.previous[sig] = signal.signal(sig, self._handle)
-
-    def restore(self) -> None:
-        for sig, handler in self.previous.items():
-            with contextlib.suppress(ValueError, OSError, TypeError):
-                signal.signal(sig, handler)
-        self.previous = {}
-
-    def _handle(self, signum, frame) -> None:
-        if self.holding:
-            self.pending = signum
-            return
-        raise Stopped(signum)
-
-    @contextlib.contextmanager
-    def held(self):
-        self.holding = True
-        try:
-            yield
-        finally:
-            self.holding = False
-            if self.pending is not None:
-                signum, self.pending = self.pending, None
-                raise Stopped(signum)
-
-
-_SIGNALS = _Signals()
+_SIGNALS = Signals()
 
 
 class ProgressBar:
