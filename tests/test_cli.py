@@ -241,10 +241,12 @@ def test_truncated_tiff_in_a_batch(images, tmp_path, capsys):
     ((7, 40, 50), None, True, (40, 50)),
     ((7, 2, 40, 50), 1, True, (40, 50)),
 ])
-def test_max_pixels_counts_the_spatial_plane(shape, axis, stack, expected):
-    from napari_dsp.core.image import plane_shape
+def test_max_pixels_counts_the_spatial_plane(shape, axis, stack, expected, tmp_path):
+    """The plane --max-pixels is checked against, from the header (io.arrange)."""
+    from napari_dsp import io
 
-    assert plane_shape(shape, axis, stack) == expected
+    np.save(tmp_path / "x.npy", np.zeros(shape, np.uint8))
+    assert io.arrange(io.read_info(tmp_path / "x.npy"), axis, stack).plane == expected
 
 
 @pytest.mark.parametrize("command", [[], ["segment"], ["demo"]])

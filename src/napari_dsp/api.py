@@ -338,12 +338,10 @@ def foreground_or_nothing(labels: list, raws: Optional[list], images: list,
     alone, or nothing (``decision.message`` says so; :func:`warn_if_nothing` turns it
     into a :class:`NothingToSegmentWarning` for the non-generator functions)."""
     if raws is None:  # a prior re-clustered without its image: nothing to test against
-        labels, info = _post.post_process(labels, images, refine=settings.refine,
-                                          fill=settings.fill_holes,
-                                          min_size=settings.min_size, invert=settings.invert)
-        return labels, dict(info, decision={"result": "prior", "separated": None,
-                                            "note": "no image given: not tested"})
-    fgs, decision = _decide.decide(raws, [lab == 1 for lab in labels])
+        fgs, decision = None, {"result": "prior", "separated": None,
+                               "note": "no image given: not tested"}
+    else:
+        fgs, decision = _decide.decide(raws, [lab == 1 for lab in labels])
     if decision["result"] == "prior":
         labels, info = _post.post_process(labels, images, refine=settings.refine,
                                           fill=settings.fill_holes,

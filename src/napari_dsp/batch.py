@@ -246,7 +246,7 @@ def run_job(job: Job, *, settings, channel_axis: Optional[int] = None,
         return Outcome("skipped", present)
     from .core.memory import available_memory
 
-    volumetric = bool(getattr(settings, "volumetric", False))
+    volumetric = settings.volumetric
     info = _io.read_info(job.source)
     arr = _io.arrange(info, channel_axis, stack or volumetric)
     for note in arr.notes:

@@ -75,18 +75,6 @@ def to_channels_first(image, channel_axis: Optional[int] = None) -> np.ndarray:
     return chw
 
 
-def plane_shape(shape: tuple, channel_axis: Optional[int], stack: bool) -> tuple:
-    """(Y, X) of an image of ``shape`` as the segmentation will see it, from the shape
-    alone (no pixel read): the channel axis removed, an RGB(A) last axis of a single image
-    dropped (the rule of :func:`to_channels_first`), the last two remaining axes."""
-    axes = list(shape)
-    if channel_axis is not None and -len(axes) <= channel_axis < len(axes):
-        del axes[channel_axis]
-    elif not stack and len(axes) == 3 and axes[-1] in (3, 4):
-        del axes[-1]
-    return tuple(axes[-2:]) if len(axes) >= 2 else (1, int(np.prod(shape)))
-
-
 def normalize(chw: np.ndarray) -> np.ndarray:
     """Map a ``(C, Y, X)`` image to float32 in [0, 1] robustly.
 

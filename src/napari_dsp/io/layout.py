@@ -15,6 +15,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..core.image import check_axis_type
 from .header import ImageFileError, ImageInfo, _first_line
 
 
@@ -83,8 +84,7 @@ def arrange(info: ImageInfo, channel_axis: Optional[int] = None,
     """
     ndim = len(info.shape)
     if channel_axis is not None:
-        if isinstance(channel_axis, bool) or not isinstance(channel_axis, (int, np.integer)):
-            raise TypeError(f"channel_axis must be an integer or None, got {channel_axis!r}")
+        check_axis_type(channel_axis)
         if not -ndim <= channel_axis < ndim:
             raise ImageFileError(f"{info.path}: has shape {info.shape}: --channel-axis "
                                  f"{channel_axis} is out of range for {ndim} dimensions")
