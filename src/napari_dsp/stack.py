@@ -79,19 +79,22 @@ class _Stack:
         together, so an intensity means the same in every plane (per-plane stretching
         would turn an empty plane's noise into "objects"), and as read (the noise test
         of :mod:`napari_dsp.core.decide` needs the unclipped values)."""
-        lazy = not isinstance(image, np.ndarray) and hasattr(image, "shape") \
-            and hasattr(image, "__getitem__") and hasattr(image, "dtype")
-        arr = image if lazy else np.asarray(image)
-        raw = []
-        for index in self.planes:
-            key = [slice(None)] * len(self.shape)
-            for axis, v in zip(self.lead_axes, index):
-                key[axis] = v
-            raw.append(_image.to_channels_first(np.asarray(arr[tuple(key)]),
-                                                self.plane_axis))
+        arr = image if is_lazy(image) else np.asarray(image)
+        raw = [self.raw_plane(arr, index) for index in self.planes]
         h = raw[0].shape[1]
         normed = _image.normalize(np.concatenate(raw, axis=1))  # (C, n * Y, X)
         return [normed[:, i * h:(i + 1) * h] for i in range(len(self.planes))], raw
+
+    def key(self, index: tuple) -> tuple:
+        """The index into the image of the plane at ``index`` (of the leading axes)."""
+        key = [slice(None)] * len(self.shape)
+        for axis, v in zip(self.lead_axes, index):
+            key[axis] = v
+        return tuple(key)
+
+    def raw_plane(self, arr, index: tuple) -> np.ndarray:
+        """The plane at ``index`` as read, ``(C, Y, X)`` (one read of lazy data)."""
+        return _image.to_channels_first(np.asarray(arr[self.key(index)]), self.plane_axis)
 
     def plane_layout(self, chw: Optional[np.ndarray]) -> Optional[np.ndarray]:
         """(C, Y, X) -> (Y, X), or (Y, X, C) with a channel axis."""
@@ -101,6 +104,12 @@ class _Stack:
 
     def stacked(self, planes: list) -> np.ndarray:
         return np.stack(planes).reshape(self.lead + planes[0].shape)
+
+
+def is_lazy(image) -> bool:
+    """A dask, zarr or other array-like read on indexing (not a numpy array)."""
+    return not isinstance(image, np.ndarray) and hasattr(image, "shape") \
+        and hasattr(image, "__getitem__") and hasattr(image, "dtype")
 
 
 def iter_segment_stack(image, *, channel_axis: Optional[int] = None,

@@ -10,6 +10,9 @@ chunks.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 import numpy as np
 import torch
 from sklearn.cluster import KMeans
@@ -151,11 +154,34 @@ def cluster_prior(prior: np.ndarray, *, n_classes: int, window: int, seed: int
     return labels[0], info
 
 
-def cluster_priors(priors: list, *, n_classes: int, window: int, seed: int
-                   ) -> tuple[list, dict]:
-    """Segment several ``(C, Y, X)`` priors (the planes of a stack) with SHARED K-means
-    centres, class order and foreground decision, so an id means the same thing in every
-    plane. Returns ``(list of (Y, X) label maps, info)``."""
+@dataclass(frozen=True)
+class ClusterModel:
+    """What K-means learns from the priors, to label any plane the same way: the window
+    features' principal axes and mean, the centres, each centre's rank by brightness
+    (1 = darkest) and, for two classes, the foreground's rank (after the border rule)."""
+
+    axes: np.ndarray
+    mean: np.ndarray
+    centers: np.ndarray
+    rank: np.ndarray
+    foreground: Optional[int] = None
+
+    def apply(self, prior: np.ndarray) -> np.ndarray:
+        """Labels ``(Y, X)`` of a ``(C, Y, X)`` prior: 0/1 (foreground) for two
+        classes, else 1..K."""
+        ordered = self.rank[assign(project(prior, self.axes, self.mean),
+                                   self.centers)].reshape(prior.shape[1:])
+        n_classes = len(self.centers)
+        dtype = np.uint8 if n_classes < 256 else np.uint16
+        if self.foreground is None:
+            return ordered.astype(dtype)
+        return (ordered == self.foreground).astype(dtype)
+
+
+def fit_cluster_model(priors: list, *, n_classes: int, window: int, seed: int
+                      ) -> tuple[ClusterModel, dict]:
+    """The :class:`ClusterModel` of several ``(C, Y, X)`` priors (the planes of a stack,
+    or a sample of them), and the foreground rule's numbers (two classes)."""
     rng = np.random.default_rng(seed)
     axes, mean = principal_axes(priors, window, rng)
     feats = [project(p, axes, mean) for p in priors]
@@ -172,14 +198,24 @@ def cluster_priors(priors: list, *, n_classes: int, window: int, seed: int
     means = np.where(counts > 0, sums / np.maximum(counts, 1), np.inf)
     rank = np.empty(n_classes, dtype=np.int32)
     rank[np.argsort(means, kind="stable")] = np.arange(1, n_classes + 1)
-    ordered = [rank[r].reshape(p.shape[1:]) for r, p in zip(raw, priors)]
-    dtype = np.uint8 if n_classes < 256 else np.uint16
     info: dict = {}
-    if n_classes != 2:
-        return [o.astype(dtype) for o in ordered], info
-    two = [(o == 2).astype(np.uint8) for o in ordered]  # 1 = the brighter class
-    fg, info = choose_foreground_planes(two)
-    return [(t == fg).astype(dtype) for t in two], info
+    foreground = None
+    if n_classes == 2:
+        # 1 = the brighter class
+        two = [(rank[r].reshape(p.shape[1:]) == 2).astype(np.uint8)
+               for r, p in zip(raw, priors)]
+        fg, info = choose_foreground_planes(two)
+        foreground = 2 if fg == 1 else 1
+    return ClusterModel(axes, mean, centers, rank, foreground), info
+
+
+def cluster_priors(priors: list, *, n_classes: int, window: int, seed: int
+                   ) -> tuple[list, dict]:
+    """Segment several ``(C, Y, X)`` priors (the planes of a stack) with SHARED K-means
+    centres, class order and foreground decision, so an id means the same thing in every
+    plane. Returns ``(list of (Y, X) label maps, info)``."""
+    model, info = fit_cluster_model(priors, n_classes=n_classes, window=window, seed=seed)
+    return [model.apply(p) for p in priors], info
 
 
 def assign(features: np.ndarray, centers: np.ndarray, chunk: int = 1_000_000) -> np.ndarray:

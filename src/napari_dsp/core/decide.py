@@ -29,6 +29,7 @@ the result is empty. Nothing here imports napari, Qt or torch.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -106,10 +107,20 @@ def outliers(raws: list) -> list:
     z-score of the channel mean beyond :func:`z_threshold` (either sign). Counts
     (non-negative integers) are first made Gaussian-like with Anscombe's transform, so a
     Poisson field's long upper tail is not taken for spots."""
+    limits = outlier_limits(raws)
+    return [outliers_of(r, limits) for r in raws]
+
+
+def _channel_mean(raw: np.ndarray, counts: bool) -> np.ndarray:
+    m = np.asarray(raw, np.float64).mean(0)
+    return 2.0 * np.sqrt(m + 0.375) if counts else m
+
+
+def outlier_limits(raws: list, n_pixels: Optional[int] = None) -> dict:
+    """The centre and the limit of :func:`outliers`, from ``raws`` (all planes, or a
+    sample of them standing for ``n_pixels`` pixels)."""
     counts = all(np.asarray(r).dtype.kind in "bu" for r in raws)
-    means = [np.asarray(r, np.float64).mean(0) for r in raws]
-    if counts:
-        means = [2.0 * np.sqrt(m + 0.375) for m in means]
+    means = [_channel_mean(r, counts) for r in raws]
     pooled = np.concatenate([m.reshape(-1) for m in means])
     centre = float(np.median(pooled))
     # the larger of the two robust estimates: the values' own spread (right for a field
@@ -117,8 +128,13 @@ def outliers(raws: list) -> list:
     spread = 1.4826 * float(np.median(np.abs(pooled - centre)))
     sigma = max(spread, float(np.median([noise_sigma(m) for m in means])),
                 floor_sigma(np.asarray(raws[0])))
-    limit = z_threshold(pooled.size) * sigma
-    return [np.abs(m - centre) > limit for m in means]
+    limit = z_threshold(pooled.size if n_pixels is None else n_pixels) * sigma
+    return {"centre": centre, "limit": limit, "counts": counts}
+
+
+def outliers_of(raw: np.ndarray, limits: dict) -> np.ndarray:
+    """The outlying pixels of one ``(C, Y, X)`` plane under :func:`outlier_limits`."""
+    return np.abs(_channel_mean(raw, limits["counts"]) - limits["centre"]) > limits["limit"]
 
 
 def z_threshold(n_pixels: int) -> float:

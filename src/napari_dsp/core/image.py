@@ -109,6 +109,34 @@ def normalize(chw: np.ndarray) -> np.ndarray:
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
+def stretch_limits(planes: list) -> tuple[float, float]:
+    """The 0.1 and 99.9 percentiles :func:`normalize` stretches between, over several
+    ``(C, Y, X)`` planes (a sample of a stack too large to hold): finite values only."""
+    data = np.concatenate([np.asarray(p, np.float64).reshape(-1) for p in planes])
+    data = data[np.isfinite(data)]
+    if data.size == 0:
+        raise ValueError("the planes hold no finite values; replace NaN and infinities "
+                         "first, e.g. np.nan_to_num(image, nan=0.0)")
+    lo, hi = (float(v) for v in np.percentile(_subsample(data), [LOW_PERCENTILE,
+                                                               HIGH_PERCENTILE]))
+    if not hi > lo:
+        lo, hi = float(data.min()), float(data.max())
+    return lo, hi
+
+
+def stretch(chw: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """A ``(C, Y, X)`` plane stretched between ``lo`` and ``hi`` (see
+    :func:`stretch_limits`) to float32 in [0, 1]; NaN/Inf raise ``ValueError``."""
+    data = np.asarray(chw, np.float64)
+    if not np.all(np.isfinite(data)):
+        bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+        raise ValueError(f"a plane contains {bad} NaN or infinite value(s); replace them "
+                         f"first, e.g. np.nan_to_num(image, nan=0.0)")
+    if not hi > lo:
+        return np.zeros(data.shape, np.float32)
+    return np.clip((data - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
 def _subsample(data: np.ndarray, limit: int = 2_000_000) -> np.ndarray:
     flat = data.reshape(-1)
     if flat.size <= limit:

@@ -68,29 +68,14 @@ def refine_foreground(images: list, foregrounds: list) -> tuple[list, dict]:
         ``info``: ``refined`` (bool), ``pixel_error`` (the expected error measured, or
         None when one class is empty).
     """
-    smooth = [_smoothed(im) for im in images]
     n_fg = sum(int(f.sum()) for f in foregrounds)
     n_all = sum(f.size for f in foregrounds)
     if n_fg == 0 or n_fg == n_all:
         return list(foregrounds), {"refined": False, "pixel_error": None}
-    models = []
-    for cls in (False, True):
-        count, total, squares = 0, 0.0, 0.0
-        for s, f in zip(smooth, foregrounds):
-            sel = s[:, f == cls].astype(np.float64)
-            count += sel.shape[1]
-            total = total + sel.sum(1)
-            squares = squares + (sel ** 2).sum(1)
-        mean = total / count
-        var = np.maximum(squares / count - mean ** 2, VAR_FLOOR)
-        models.append((mean.astype(np.float32), var.astype(np.float32), count / n_all))
+    models = class_models(images, foregrounds)
     log_odds, error_sum = [], 0.0
-    for s in smooth:
-        score = []
-        for mean, var, share in models:
-            z = (s - mean[:, None, None]) ** 2 / var[:, None, None]
-            score.append(-0.5 * (z.sum(0) + np.log(var).sum()) + np.log(share))
-        d = np.clip(score[1] - score[0], -60.0, 60.0)
+    for image in images:
+        d = log_odds_of(image, models)
         p = 1.0 / (1.0 + np.exp(-d))
         error_sum += float(np.minimum(p, 1.0 - p).sum())
         log_odds.append(d)
@@ -99,6 +84,36 @@ def refine_foreground(images: list, foregrounds: list) -> tuple[list, dict]:
     if not info["refined"]:
         return list(foregrounds), info
     return [d > 0 for d in log_odds], info
+
+
+def class_models(images: list, foregrounds: list) -> list:
+    """The Gaussian model ``(mean, variance, share)`` of the smoothed pixels of the
+    background and of the foreground (in that order), pooled over planes; both classes
+    must have pixels."""
+    n_all = sum(f.size for f in foregrounds)
+    models = []
+    for cls in (False, True):
+        count, total, squares = 0, 0.0, 0.0
+        for im, f in zip(images, foregrounds):
+            sel = _smoothed(im)[:, f == cls].astype(np.float64)
+            count += sel.shape[1]
+            total = total + sel.sum(1)
+            squares = squares + (sel ** 2).sum(1)
+        mean = total / count
+        var = np.maximum(squares / count - mean ** 2, VAR_FLOOR)
+        models.append((mean.astype(np.float32), var.astype(np.float32), count / n_all))
+    return models
+
+
+def log_odds_of(image: np.ndarray, models: list) -> np.ndarray:
+    """Log posterior odds foreground : background of every pixel of a ``(C, Y, X)``
+    image under :func:`class_models` (clipped to +-60)."""
+    s = _smoothed(image)
+    score = []
+    for mean, var, share in models:
+        z = (s - mean[:, None, None]) ** 2 / var[:, None, None]
+        score.append(-0.5 * (z.sum(0) + np.log(var).sum()) + np.log(share))
+    return np.clip(score[1] - score[0], -60.0, 60.0)
 
 
 def fill_holes(foreground: np.ndarray) -> np.ndarray:
