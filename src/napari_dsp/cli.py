@@ -157,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="refuse images with more pixels per plane than this (default "
                           "67.2e6, 8192x8192): a guard for batches of unknown files; "
                           "large planes are fitted at the working size (--working-size)")
+    seg.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                     help="run the files on a dask cluster, one task per file: local:N "
+                          "starts N single-threaded worker processes on this machine; "
+                          "an address (tcp://host:8786) uses a running dask scheduler, "
+                          "whose workers must see the inputs and -o at the same paths. "
+                          "Needs pip install \"napari-dsp[distributed]\"")
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_setting_flags(seg)
     demo = sub.add_parser("demo", help="segment a built-in sample image (scikit-image's "
@@ -232,6 +238,8 @@ def _run_segment(args) -> int:
         if removed:
             _note(f"removed {len(removed)} unfinished temporary file(s) a stopped run "
                   f"left in {folder}")
+    if args.scheduler is not None:
+        return _run_on_cluster(args, jobs, settings, scribbles)
     start_fit = _Once(_tune_allocator)
     done = skipped = failed = 0
     for i, job in enumerate(jobs, 1):
@@ -256,10 +264,58 @@ def _run_segment(args) -> int:
                   f"replace its outputs)", file=sys.stderr)
         else:
             done += 1
-    if len(jobs) > 1 or failed or skipped:
+    return _summary(len(jobs), done, skipped, failed)
+
+
+def _summary(n_jobs: int, done: int, skipped: int, failed: int) -> int:
+    if n_jobs > 1 or failed or skipped:
         print(f"napari-dsp: {done} done, {skipped} skipped (outputs exist), {failed} "
               f"failed", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _run_on_cluster(args, jobs: list, settings: Settings, scribbles) -> int:
+    """The batch as one task per file on a dask cluster (:mod:`napari_dsp.distributed`):
+    a line per finished file, then the same summary as a local run."""
+    from . import distributed as _dist
+
+    try:
+        _dist.parse_scheduler(args.scheduler)
+        client = _dist.connect(args.scheduler)
+    except (_dist.SchedulerError, ValueError) as exc:
+        _error(f"{exc}; nothing was written")
+        return 2
+    counts = {"done": 0, "skipped": 0, "failed": 0}
+
+    def report(result, n: int, total: int) -> None:
+        counts[result.status] += 1
+        for text in result.notes:
+            _note(f"{result.source}: {text}")
+        if result.status == "failed":
+            _error(result.message)
+        elif result.status == "skipped":
+            names = ", ".join(str(p) for p in result.existing)
+            print(f"napari-dsp: skipped {result.source}: {names} exist(s) (use "
+                  f"--overwrite to replace its outputs)", file=sys.stderr)
+        elif not args.quiet:
+            print(f"[{n}/{total}] {result.source.name} done in {result.seconds:.1f} s",
+                  file=sys.stderr)
+
+    try:
+        if not args.quiet:
+            workers = len(client.scheduler_info().get("workers", {}))
+            print(f"napari-dsp: {len(jobs)} file(s) on {workers} dask worker(s) at "
+                  f"{client.scheduler.address}", file=sys.stderr)
+        futures = _dist.submit_files(client, jobs, settings=settings,
+                                     overwrite=args.overwrite,
+                                     channel_axis=args.channel_axis, stack=args.stack,
+                                     spacing=args.spacing, max_pixels=args.max_pixels,
+                                     scribbles=scribbles)
+        _dist.collect(futures, jobs, list(dict.fromkeys(j.labels.parent for j in jobs)),
+                      report)
+    finally:
+        _dist.close(client)
+    return _summary(len(jobs), counts["done"], counts["skipped"], counts["failed"])
 
 
 def _describe_failure(src: Path, exc: BaseException) -> str:

@@ -1,0 +1,298 @@
+"""Batches on a dask.distributed cluster: one task per file, planned once on the client.
+
+Owns :func:`connect` (a running scheduler by address, or ``local:N``: a ``LocalCluster``
+of N single-threaded worker processes started for the run), :func:`segment_files` (a
+batch of files: the plan of :func:`napari_dsp.batch.plan_batch` made on the client before
+anything is submitted, then one task per file that reads its file, fits and writes its
+outputs atomically from the worker, see :func:`napari_dsp.batch.run_job`) and
+:func:`submit_segment` (arrays in, futures of :class:`~napari_dsp.SegmentResult` out).
+
+Faults: a worker that dies takes its task with it; the scheduler runs the task again on
+another worker (dask's ``allowed-failures``). Outputs are moved into place only when all
+of a file's outputs are written, so a killed task leaves at most temporary files, which
+are removed at the end of the run (their process is gone). Should a worker die in the
+instant between two of a file's outputs being moved into place, the task that runs again
+completes the set: an output that did not exist when the batch was planned is this run's
+own.
+
+``dask.distributed`` is an optional dependency (``pip install "napari-dsp[distributed]"``);
+importing this module does not import it, torch or napari.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from . import batch as _batch
+from . import io as _io
+
+INSTALL_HINT = 'pip install "napari-dsp[distributed]"'
+
+
+class SchedulerError(RuntimeError):
+    """The cluster could not be reached or started; the message says what to do."""
+
+
+def _distributed():
+    try:
+        import distributed
+    except ImportError:
+        raise SchedulerError(f"running on a dask cluster needs dask.distributed: "
+                             f"{INSTALL_HINT}") from None
+    return distributed
+
+
+def parse_scheduler(text: str) -> tuple[str, Any]:
+    """``"local:N"`` -> ``("local", N)``; anything else -> ``("address", text)``.
+
+    Raises ``ValueError`` for ``local:`` without a positive whole number.
+    """
+    text = str(text).strip()
+    if text.lower().startswith("local"):
+        _, _, count = text.partition(":")
+        try:
+            n = int(count)
+        except ValueError:
+            n = 0
+        if n < 1 or n > 1024:
+            raise ValueError(f"--scheduler {text}: write local:N with N worker processes "
+                             f"(e.g. local:4), or a scheduler's address such as "
+                             f"tcp://host:8786")
+        return "local", n
+    if not text:
+        raise ValueError("--scheduler needs local:N or a scheduler's address such as "
+                         "tcp://host:8786")
+    return "address", text
+
+
+def connect(scheduler: str, *, timeout: Optional[float] = None):
+    """A ``distributed.Client`` for ``scheduler`` (see :func:`parse_scheduler`).
+
+    ``local:N`` starts N single-threaded worker processes on this machine (closed with
+    the client: use it as a context manager, or call :func:`close`); an address connects
+    to a running scheduler, waiting at most ``timeout`` seconds (default: dask's
+    ``distributed.comm.timeouts.connect``, 30 s unless configured, e.g. with the
+    environment variable ``DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT=5s``).
+
+    Raises
+    ------
+    SchedulerError
+        dask.distributed is not installed, the scheduler cannot be reached within
+        ``timeout`` seconds, or the local cluster cannot start.
+    ValueError
+        For a malformed ``scheduler``.
+    """
+    kind, value = parse_scheduler(scheduler)
+    distributed = _distributed()
+    if kind == "local":
+        import logging
+
+        try:
+            cluster = distributed.LocalCluster(
+                n_workers=value, threads_per_worker=1, processes=True,
+                dashboard_address=":0", silence_logs=logging.CRITICAL)
+        except Exception as exc:  # ports, memory, a broken environment
+            raise SchedulerError(f"could not start {value} local dask workers ({exc}); "
+                                 f"try fewer (local:1) or leave out --scheduler") from exc
+        return distributed.Client(cluster)
+    if timeout is None:
+        import dask.config
+        from dask.utils import parse_timedelta
+
+        timeout = parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"))
+    try:
+        return distributed.Client(value, timeout=timeout)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise SchedulerError(
+            f"cannot reach the dask scheduler at {value} within {timeout:g} s ({exc}); "
+            f"check the address and that the scheduler runs (dask scheduler), or use "
+            f"--scheduler local:N") from None
+
+
+def close(client) -> None:
+    """Close ``client`` and the local cluster :func:`connect` started for it, if any."""
+    cluster = getattr(client, "cluster", None)
+    client.close()
+    if cluster is not None and type(cluster).__name__ == "LocalCluster":
+        cluster.close()
+
+
+@dataclass
+class FileResult:
+    """What happened to one file: ``status`` is ``"done"``, ``"skipped"`` (outputs
+    exist) or ``"failed"`` (``message`` says why and what to do)."""
+
+    source: Path
+    status: str
+    message: str = ""
+    existing: tuple = ()
+    notes: list = field(default_factory=list)
+    worker: str = ""
+    seconds: float = 0.0
+
+
+def _worker_threads() -> int:
+    try:
+        from distributed import get_worker
+
+        return max(1, int(get_worker().state.nthreads))
+    except Exception:  # not on a worker (a direct call, a test)
+        return 1
+
+
+def run_file(job: _batch.Job, settings, planned_absent: tuple, *, overwrite: bool,
+             channel_axis: Optional[int] = None, stack: bool = False,
+             spacing: Optional[tuple] = None, max_pixels: float = float("inf"),
+             scribbles=None) -> FileResult:
+    """The task of one file, on a worker: :func:`napari_dsp.batch.run_job` with the
+    worker's threads; every failure becomes a ``"failed"`` result with one line.
+
+    ``planned_absent`` are the job's outputs that did not exist when the batch was
+    planned: if some of them exist now and the rest do not, an earlier attempt of this
+    task (on a worker that died while moving outputs into place) wrote them, and they
+    are completed rather than skipped.
+    """
+    from .cli import _describe_failure
+
+    start = time.perf_counter()
+    notes: list = []
+    worker = ""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker().address
+    except Exception:
+        pass
+    if settings.n_workers is None:  # one fitting thread per thread the worker has
+        settings = settings.replace(n_workers=_worker_threads())
+    present = set(_io.existing(job.outputs))
+    own = present and present <= set(planned_absent) and len(present) < len(job.outputs)
+    try:
+        outcome = _batch.run_job(job, settings=settings, channel_axis=channel_axis,
+                                 stack=stack, spacing=spacing, max_pixels=max_pixels,
+                                 scribbles=scribbles, overwrite=overwrite or bool(own),
+                                 notify=notes.append)
+    except Exception as exc:  # one line per failed file; the batch goes on
+        return FileResult(job.source, "failed", _describe_failure(job.source, exc),
+                          notes=notes, worker=worker,
+                          seconds=time.perf_counter() - start)
+    return FileResult(job.source, outcome.status, existing=outcome.existing, notes=notes,
+                      worker=worker, seconds=time.perf_counter() - start)
+
+
+def submit_files(client, jobs: Sequence[_batch.Job], *, settings, overwrite: bool = False,
+                 channel_axis: Optional[int] = None, stack: bool = False,
+                 spacing: Optional[tuple] = None, max_pixels: float = float("inf"),
+                 scribbles=None) -> list:
+    """One future per job (see :func:`run_file`), in the order of ``jobs``."""
+    futures = []
+    for job in jobs:
+        absent = tuple(p for p in job.outputs if not os.path.lexists(p))
+        futures.append(client.submit(
+            run_file, job, settings, absent, overwrite=overwrite,
+            channel_axis=channel_axis, stack=stack, spacing=spacing,
+            max_pixels=max_pixels, scribbles=scribbles, pure=False,
+            key=f"napari-dsp-{job.source.name}-{os.urandom(4).hex()}"))
+    return futures
+
+
+def segment_files(inputs: Sequence, output, client, *, settings=None, prior: bool = False,
+                  overwrite: bool = False, channel_axis: Optional[int] = None,
+                  stack: bool = False, spacing: Optional[tuple] = None,
+                  max_pixels: float = float("inf"),
+                  on_result: Optional[Callable[[FileResult, int, int], None]] = None,
+                  **overrides: Any) -> list[FileResult]:
+    """Segment files on a dask cluster; every output is written by the workers.
+
+    The batch is planned on this machine first (:func:`napari_dsp.batch.plan_batch`:
+    output names, collisions, outputs that would replace inputs), so a refused batch
+    submits nothing. Then one task per file reads the file, fits and writes
+    ``<stem>_labels.tif``, the sidecar and (``prior=True``) the prior into ``output``,
+    which the workers must be able to reach at the same path (a shared file system).
+
+    Parameters
+    ----------
+    inputs : paths of image files
+    output : folder (or a ``.tif`` name for one input), as for the command line
+    client : distributed.Client (see :func:`connect`)
+    settings, overrides : as for :func:`napari_dsp.segment`
+    overwrite : replace existing outputs; without it a file with any output is skipped
+    on_result : called with ``(result, completed, total)`` as each file finishes
+
+    Returns
+    -------
+    list of FileResult, in the order of the (de-duplicated) inputs.
+
+    Raises
+    ------
+    napari_dsp.batch.BatchError
+        When the batch is refused (nothing was submitted).
+    """
+    from .settings import make_settings
+
+    settings = make_settings(settings, **overrides)
+    makes_prior = settings.method != "kanezaki" or settings.use_prior
+    jobs, _notes = _batch.plan_batch(inputs, output, prior=prior and makes_prior)
+    folders = list(dict.fromkeys(job.labels.parent for job in jobs))
+    for folder in folders:
+        _io.remove_stale_temps(folder)
+    futures = submit_files(client, jobs, settings=settings, overwrite=overwrite,
+                           channel_axis=channel_axis, stack=stack, spacing=spacing,
+                           max_pixels=max_pixels)
+    return collect(futures, jobs, folders, on_result)
+
+
+def collect(futures: list, jobs: Sequence[_batch.Job], folders: Sequence[Path],
+            on_result: Optional[Callable] = None) -> list[FileResult]:
+    """Wait for the futures as they complete; a task lost for good (its workers kept
+    dying) is a failed file. Temporary files of killed workers are removed at the end."""
+    distributed = _distributed()
+    index = {f.key: i for i, f in enumerate(futures)}
+    results: list = [None] * len(futures)
+    try:
+        for n, future in enumerate(distributed.as_completed(futures), 1):
+            i = index[future.key]
+            try:
+                result = future.result()
+            except Exception as exc:  # KilledWorker, a lost scheduler, ...
+                result = FileResult(jobs[i].source, "failed",
+                                    f"{jobs[i].source}: its task was lost "
+                                    f"({type(exc).__name__}: {exc}); run the batch again "
+                                    f"(finished files are skipped)")
+            results[i] = result
+            if on_result is not None:
+                on_result(result, n, len(futures))
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        raise
+    finally:
+        for folder in folders:
+            _io.remove_stale_temps(folder)
+    return results
+
+
+def submit_segment(client, images: Sequence, *, settings=None, **kwargs: Any) -> list:
+    """Futures of :func:`napari_dsp.segment` ``(image, full_output=True, ...)`` for each
+    array of ``images`` (one task each; the arrays are sent to the workers). ``kwargs``
+    are :func:`~napari_dsp.segment`'s (``channel_axis=``, ``n_iter=``...). Call
+    ``.result()`` on a future for its :class:`~napari_dsp.SegmentResult`."""
+    from .api import segment  # noqa: F401  (checked here, imported on the worker)
+
+    return [client.submit(_segment_one, image, settings, kwargs, pure=False)
+            for image in images]
+
+
+def _segment_one(image, settings, kwargs):
+    from .api import segment
+    from .settings import make_settings
+
+    settings = make_settings(settings)
+    if settings.n_workers is None and "n_workers" not in kwargs:
+        settings = settings.replace(n_workers=_worker_threads())
+    return segment(image, settings=settings, full_output=True, **kwargs)

@@ -1,0 +1,223 @@
+"""Batches on a real dask.distributed LocalCluster (two worker processes, no mocks): the
+same labels as the sequential command line, a worker killed in the middle of a run, the
+command line's --scheduler, and the messages when the cluster cannot be used."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_dsp import distributed as dist
+from napari_dsp import io
+from napari_dsp._synthetic import nuclei
+from napari_dsp.settings import make_settings
+from tests.fast import TINY, TINY_FLAGS
+
+distributed = pytest.importorskip("distributed", reason="needs napari-dsp[distributed]")
+
+#: Fits that take about half a second each, so a worker can be killed while it works.
+SLOWER = dict(TINY, n_iter=30, n_runs=4)
+
+
+def cli(*args, timeout=300, env=None):
+    return subprocess.run([sys.executable, "-m", "napari_dsp.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout,
+                          env=None if env is None else {**os.environ, **env})
+
+
+def write_inputs(folder, n, size=64):
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        image, _ = nuclei((size, size), n=4, radius=(5, 9), seed=i)
+        path = folder / f"field{i:02d}.tif"
+        tifffile.imwrite(path, image)
+        paths.append(path)
+    return paths
+
+
+def read_labels(path):
+    return io.read_pixels(io.read_info(path))
+
+
+@pytest.fixture(scope="module")
+def client():
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=":0") as cluster, \
+            distributed.Client(cluster) as c:
+        yield c
+
+
+def sequential(paths, out, settings):
+    """The reference: the plain command line, one file after another."""
+    flags = ["--iterations", settings["n_iter"], "--runs", settings["n_runs"],
+             "--workers", "1", "--seed", settings["seed"], "--quiet"]
+    proc = cli("segment", *paths, "-o", out, *flags)
+    assert proc.returncode == 0, proc.stderr
+    return {p.name: read_labels(out / f"{p.stem}_labels.tif") for p in paths}
+
+
+def test_cluster_batch_gives_the_sequential_labels(tmp_path, client):
+    paths = write_inputs(tmp_path / "in", 4)
+    reference = sequential(paths, tmp_path / "seq", TINY)
+    seen = []
+    results = dist.segment_files(paths, tmp_path / "out", client, settings=None,
+                                 prior=True, on_result=lambda r, n, t: seen.append((n, t)),
+                                 **TINY)
+    assert [r.status for r in results] == ["done"] * 4
+    assert sorted(seen) == [(n, 4) for n in range(1, 5)]
+    workers = {r.worker for r in results}
+    assert workers <= set(client.scheduler_info()["workers"]) and workers
+    for p in paths:
+        labels = read_labels(tmp_path / "out" / f"{p.stem}_labels.tif")
+        assert labels.dtype == np.uint8 and labels.shape == (64, 64)
+        assert labels.max() == 1  # objects were found
+        assert (labels == reference[p.name]).mean() > 0.999
+        assert (tmp_path / "out" / f"{p.stem}_prior.tif").exists()
+        assert (tmp_path / "out" / f"{p.stem}_labels.json").exists()
+    # a second run skips what is done and replaces nothing
+    stamps = {f: f.stat().st_mtime_ns for f in (tmp_path / "out").iterdir()}
+    again = dist.segment_files(paths, tmp_path / "out", client, prior=True, **TINY)
+    assert [r.status for r in again] == ["skipped"] * 4
+    assert {f: f.stat().st_mtime_ns for f in (tmp_path / "out").iterdir()} == stamps
+
+
+def test_a_refused_batch_submits_nothing(tmp_path, client):
+    a, b = tmp_path / "wellA", tmp_path / "wellB"
+    [pa], [pb] = write_inputs(a, 1), write_inputs(b, 1)
+    with pytest.raises(ValueError, match="would all write"):
+        dist.segment_files([pa, pb], tmp_path / "out", client, **TINY)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_failed_file_is_one_result_and_the_rest_go_on(tmp_path, client):
+    paths = write_inputs(tmp_path / "in", 2)
+    bad = tmp_path / "in" / "broken.tif"
+    bad.write_bytes(b"not a tiff at all")
+    results = dist.segment_files([paths[0], bad, paths[1]], tmp_path / "out", client,
+                                 **TINY)
+    assert [r.status for r in results] == ["done", "failed", "done"]
+    assert str(bad) in results[1].message and "\n" not in results[1].message
+    assert not (tmp_path / "out" / "broken_labels.tif").exists()
+
+
+def _worker_pids(client):
+    return client.run(os.getpid)
+
+
+def test_a_worker_killed_mid_run_and_the_batch_still_completes(tmp_path):
+    """SIGKILL one of two workers while it fits: its file runs again on a worker, every
+    output is complete and right, and no temporary file is left behind."""
+    paths = write_inputs(tmp_path / "in", 4, size=80)
+    reference = sequential(paths, tmp_path / "seq", SLOWER)
+    killed = []
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=":0") as cluster, \
+            distributed.Client(cluster) as client:
+        pids = _worker_pids(client)
+
+        def kill_a_busy_worker():
+            deadline = time.time() + 120
+            while time.time() < deadline and not killed:
+                busy = [w for w, keys in client.processing().items() if keys]
+                if busy:
+                    time.sleep(0.3)  # inside the fit
+                    os.kill(pids[busy[0]], signal.SIGKILL)
+                    killed.append(busy[0])
+                time.sleep(0.05)
+
+        killer = threading.Thread(target=kill_a_busy_worker)
+        killer.start()
+        results = dist.segment_files(paths, tmp_path / "out", client, **SLOWER)
+        killer.join()
+    assert killed, "no worker was busy to kill"
+    assert [r.status for r in results] == ["done"] * 4, [r.message for r in results]
+    for p in paths:
+        labels = read_labels(tmp_path / "out" / f"{p.stem}_labels.tif")
+        assert (labels == reference[p.name]).mean() > 0.999
+    leftovers = [f.name for f in (tmp_path / "out").iterdir() if f.name.endswith(".part")]
+    assert leftovers == []
+    assert len(list((tmp_path / "out").iterdir())) == 8  # labels + sidecar per file
+
+
+def test_a_partial_set_from_a_killed_attempt_is_completed(tmp_path):
+    """The instant between two outputs moved into place: what exists now but not at
+    planning time is this run's own, and the task run again completes the set."""
+    [path] = write_inputs(tmp_path / "in", 1)
+    from napari_dsp import batch
+
+    [job], _ = batch.plan_batch([path], tmp_path / "out")
+    absent = tuple(job.outputs)
+    job.labels.parent.mkdir()
+    job.sidecar.write_text("{}")  # as if the worker died after moving the sidecar
+    result = dist.run_file(job, make_settings(**TINY), absent,
+                           overwrite=False)
+    assert result.status == "done"
+    assert read_labels(job.labels).max() == 1 and job.sidecar.read_text() != "{}"
+    # an output that existed before the batch is never replaced
+    job.sidecar.write_text("{}")
+    job.labels.unlink()
+    result = dist.run_file(job, make_settings(**TINY), (job.labels,),
+                           overwrite=False)
+    assert result.status == "skipped" and job.sidecar.read_text() == "{}"
+
+
+def test_arrays_on_the_cluster(client):
+    images = [nuclei((64, 64), n=4, radius=(5, 9), seed=s)[0] for s in range(2)]
+    futures = dist.submit_segment(client, images, **TINY)
+    results = [f.result() for f in futures]
+    for image, result in zip(images, results):
+        assert result.labels.shape == image.shape and result.labels.max() == 1
+        assert result.metadata["settings"]["seed"] == 0
+
+
+def test_command_line_with_a_local_cluster(tmp_path):
+    paths = write_inputs(tmp_path / "in", 3)
+    proc = cli("segment", *paths, "-o", tmp_path / "out", *TINY_FLAGS,
+               "--scheduler", "local:2")
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and "ERROR" not in proc.stderr, proc.stderr
+    assert "3 file(s) on 2 dask worker(s)" in proc.stderr
+    assert proc.stderr.count(" done in ") == 3
+    assert "3 done, 0 skipped (outputs exist), 0 failed" in proc.stderr
+    assert all((tmp_path / "out" / f"{p.stem}_labels.tif").exists() for p in paths)
+    again = cli("segment", *paths, "-o", tmp_path / "out", *TINY_FLAGS,
+                "--scheduler", "local:2", "--quiet")
+    assert again.returncode == 0 and "0 done, 3 skipped" in again.stderr, again.stderr
+
+
+def test_unreachable_scheduler_is_one_message_and_nothing_is_written(tmp_path):
+    [path] = write_inputs(tmp_path / "in", 1)
+    proc = cli("segment", path, "-o", tmp_path / "out", *TINY_FLAGS,
+               "--scheduler", "tcp://127.0.0.1:9",
+               env={"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"})
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "cannot reach the dask scheduler at tcp://127.0.0.1:9" \
+        in lines[0] and "within 2 s" in lines[0] and "nothing was written" in lines[0], \
+        proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("text", ["local:0", "local:x", "local", ""])
+def test_malformed_scheduler(text):
+    with pytest.raises(ValueError, match="local:N"):
+        dist.parse_scheduler(text)
+
+
+def test_parse_scheduler():
+    assert dist.parse_scheduler("local:3") == ("local", 3)
+    assert dist.parse_scheduler(" tcp://10.0.0.5:8786 ") == ("address", "tcp://10.0.0.5:8786")
+
+
+def test_without_distributed_the_message_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    with pytest.raises(dist.SchedulerError, match=r'pip install "napari-dsp\[distributed\]"'):
+        dist.connect("local:1")
