@@ -1,0 +1,406 @@
+"""Stacks larger than memory: segmented plane by plane with bounded memory into a zarr
+array on disk, written as planes finish, in this process or as tasks on a dask cluster.
+
+Owns :func:`segment_stack_to_zarr`, its two passes and its source handling:
+
+1. :func:`learn` reads a sample of planes (:data:`SAMPLE_PLANES`, evenly spaced), fits
+   their priors, and learns from them what the in-memory :func:`napari_dsp.segment_stack`
+   computes over all planes: the intensity stretch, the K-means model (window axes,
+   centres, class order, foreground side), the noise decision (is there anything to
+   segment) and the refinement's class models. That is the :class:`StackModel`.
+2. :func:`segment_plane` segments any plane under that model alone: read, stretch, fit,
+   assign, clean up. Planes are independent, so they run one after another here, or as
+   tasks on workers that write their own chunk (one chunk per plane).
+
+Memory holds one plane's fit at a time, plus the sample's priors during the first pass.
+The output is written to a temporary folder beside it and moved into place when every
+plane is done; a stopped run leaves no partial output under the final name.
+
+With ``instances=True`` the ids are per plane (1..n in each plane; the counts per plane
+are in the metadata), where the in-memory path makes them unique over the stack.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import json
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from .core import decide as _decide
+from .core import image as _image
+from .core import postprocess as _post
+from .settings import Settings, make_settings
+
+#: Planes the first pass learns the shared model from (all of them in a shorter stack).
+SAMPLE_PLANES = 8
+
+
+@dataclass
+class StackModel:
+    """What every plane shares (see the module's docstring)."""
+
+    settings: Settings
+    lo: float
+    hi: float
+    cluster: Any  # core.cluster.ClusterModel
+    decision: dict = field(default_factory=dict)
+    outlier_limits: Optional[dict] = None
+    refine_models: Optional[list] = None
+    info: dict = field(default_factory=dict)
+    sample: tuple = ()
+
+
+def open_source(source):
+    """An array-like for ``source``: a path to a TIFF (read lazily through tifffile's
+    zarr store, one plane at a time) or a zarr store; arrays are returned as they are."""
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+            import zarr
+
+            return zarr.open(tifffile.imread(path, aszarr=True), mode="r")
+        if path.is_dir() or path.suffix.lower() == ".zarr":
+            import zarr
+
+            return zarr.open(str(path), mode="r")
+        raise ValueError(f"{path}: pass a TIFF or a zarr store for a stack larger than "
+                         f"memory (or the array itself)")
+    return source
+
+
+@functools.lru_cache(maxsize=4)
+def _open_cached(path: str, mtime_ns: int, size: int):
+    """:func:`open_source` once per file (and version of it) in a worker process: a
+    TIFF's pages are parsed once, not for every plane."""
+    return open_source(path)
+
+
+def sample_indices(planes: Sequence[tuple], n: int = SAMPLE_PLANES) -> tuple:
+    """``n`` evenly spaced planes (all of them when there are fewer)."""
+    if len(planes) <= n:
+        return tuple(planes)
+    picks = np.unique(np.round(np.linspace(0, len(planes) - 1, n)).astype(int))
+    return tuple(planes[i] for i in picks)
+
+
+def _fit(normed: np.ndarray, settings: Settings) -> np.ndarray:
+    from .core import plan as _plan
+    from .core.prior import iter_plane_prior
+    from .progress import drain
+
+    device = _plan.resolve_device(settings.device)
+    plan = _plan.plan_fit(normed, n_runs=settings.n_runs, device=device,
+                          working_size=settings.working_size, n_workers=settings.n_workers)
+    fit = iter_plane_prior(normed, plan, seed=settings.seed, n_runs=settings.n_runs,
+                           n_iter=settings.n_iter, learning_rate=settings.learning_rate,
+                           precision=settings.precision, preview_every=0)
+    median, _spread = drain(fit, None)
+    return median
+
+
+def learn(source, stack, settings: Settings, n_sample: int = SAMPLE_PLANES,
+          progress: Optional[Callable[[int, int], None]] = None
+          ) -> tuple[StackModel, dict]:
+    """The first pass: the :class:`StackModel` from a sample of planes, and the sample's
+    priors by plane index (the second pass reuses them)."""
+    from .core import cluster as _cluster
+
+    s = settings
+    sample = sample_indices(stack.planes, n_sample)
+    raws = [stack.raw_plane(source, index) for index in sample]
+    for raw in raws:
+        if raw.dtype.kind == "f" and not np.isfinite(raw).all():
+            raise ValueError("the stack contains NaN or infinite values; replace them "
+                             "first, e.g. np.nan_to_num")
+    lo, hi = _image.stretch_limits(raws)
+    if not hi > lo:
+        raise ValueError(f"the sampled planes are constant (every pixel is {lo:g}); "
+                         f"there is nothing to segment")
+    normed = [_image.stretch(r, lo, hi) for r in raws]
+    priors = {}
+    for i, (index, plane) in enumerate(zip(sample, normed)):
+        priors[index] = _fit(plane, s)
+        if progress is not None:
+            progress(i + 1, len(sample))
+    plist = [priors[i] for i in sample]
+    model, info = _cluster.fit_cluster_model(plist, n_classes=s.n_classes, window=s.window,
+                                             seed=s.seed)
+    out = StackModel(s, lo, hi, model, info=dict(info), sample=sample)
+    if s.n_classes != 2:
+        return out, priors
+    fgs = [model.apply(p) == 1 for p in plist]
+    _, decision = _decide.decide(raws, fgs)
+    decision.pop("message", None)  # said once for the whole stack, below
+    out.decision = decision
+    n_pixels = len(stack.planes) * int(np.prod(raws[0].shape[1:]))
+    if decision["result"] == "outliers":
+        out.outlier_limits = _decide.outlier_limits(raws, n_pixels=n_pixels)
+    elif decision["result"] == "prior" and s.refine:
+        _, refine_info = _post.refine_foreground(normed, fgs)
+        out.info.update(refine_info)
+        if refine_info["refined"]:
+            out.refine_models = _post.class_models(normed, fgs)
+    return out, priors
+
+
+def segment_plane(raw: np.ndarray, model: StackModel,
+                  prior: Optional[np.ndarray] = None) -> tuple[np.ndarray, int]:
+    """The second pass for one ``(C, Y, X)`` plane as read: ``(labels (Y, X), count)``
+    (count: objects with ``instances``, else foreground pixels or class-1 pixels)."""
+    s = model.settings
+    normed = _image.stretch(raw, model.lo, model.hi)
+    if prior is None:
+        prior = _fit(normed, s)
+    labels = model.cluster.apply(prior)
+    if s.n_classes != 2:
+        return labels, int((labels == 1).sum())
+    result = model.decision.get("result", "prior")
+    min_size = s.min_size
+    if result == "empty":
+        fg = np.zeros(labels.shape, bool)
+    elif result == "outliers":
+        fg = _decide.outliers_of(raw, model.outlier_limits)
+        min_size = 1
+    else:
+        fg = labels == 1
+        if model.refine_models is not None:
+            fg = _post.log_odds_of(normed, model.refine_models) > 0
+        if s.fill_holes:
+            fg = _post.fill_holes(fg)
+        if s.min_size:
+            fg = _post.remove_specks(fg, s.min_size)
+        if s.invert:
+            fg = ~fg
+    if s.instances:
+        ids = _post.instances(fg, min_size=min_size)
+        return ids.astype(np.uint32), int(ids.max())
+    return fg.astype(np.uint8), int(fg.sum())
+
+
+def _plane_task(source_ref, stack, index: tuple, model: StackModel, store: str,
+                prior: Optional[np.ndarray]) -> tuple[tuple, int]:
+    """One plane on a worker: read it, segment it, write its chunk of ``store``."""
+    import zarr
+
+    from .distributed import _worker_threads
+
+    if model.settings.n_workers is None:  # one fitting thread per worker thread
+        model = dataclasses.replace(model, settings=model.settings.replace(
+            n_workers=_worker_threads()))
+    if stack is not None:  # a path: opened once per worker process
+        path = Path(source_ref)
+        st = path.stat()
+        raw = stack.raw_plane(_open_cached(str(path), st.st_mtime_ns, st.st_size), index)
+    else:
+        raw = np.asarray(source_ref)  # a _PlaneRef: (C, Y, X)
+    labels, count = segment_plane(raw, model, prior)
+    out = zarr.open_array(store, mode="r+")
+    out[index] = labels
+    return index, count
+
+
+def segment_stack_to_zarr(image, output, *, channel_axis: Optional[int] = None,
+                          settings: Optional[Settings] = None, client=None,
+                          n_sample: int = SAMPLE_PLANES, overwrite: bool = False,
+                          progress: Optional[Callable[[str, int, int], None]] = None,
+                          **overrides: Any) -> Path:
+    """Segment every plane of a stack with bounded memory into a zarr array at ``output``.
+
+    Parameters
+    ----------
+    image : array_like (numpy, dask, zarr) or path of a TIFF or zarr store
+        ``(..., Y, X)`` with at most two leading axes (T, Z), plus ``channel_axis``.
+        Planes are read one at a time.
+    output : path ending in ``.zarr``
+        Created with one chunk per plane (labels ``uint8``; ``uint32`` with
+        ``instances``). Its attributes hold the metadata (settings, the shared model's
+        numbers, counts per plane, axes).
+    settings, overrides : as for :func:`napari_dsp.segment_stack` (``method='kmeans'``;
+        ``volumetric`` needs the stack in memory and is refused).
+    client : distributed.Client, optional
+        Run the planes as tasks on its workers (the workers must reach ``image`` when it
+        is a path, and ``output``); without it, planes run here one after another.
+    n_sample : planes the shared model is learnt from (:func:`learn`).
+    overwrite : replace an existing ``output``.
+    progress : called with ``(stage, done, total)``, stage ``"sample"`` or ``"planes"``.
+
+    Returns
+    -------
+    Path of the zarr array.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For a bad stack, settings or output (nothing is written then).
+    FileExistsError
+        ``output`` exists and ``overwrite`` is False.
+    """
+    s = make_settings(settings, **overrides)
+    if s.method != "kmeans":
+        raise ValueError("segment_stack_to_zarr supports method='kmeans' only")
+    if s.volumetric:
+        raise ValueError("volumetric=True fits one 3-D prior to the whole stack, which "
+                         "needs it in memory: use segment_stack, or leave volumetric out")
+    if int(n_sample) < 1:
+        raise ValueError(f"n_sample must be at least 1, got {n_sample}")
+    output = Path(output)
+    if output.suffix.lower() != ".zarr":
+        raise ValueError(f"{output}: name the output <name>.zarr")
+    if output.exists() and not overwrite:
+        raise FileExistsError(f"{output} exists; pass overwrite=True to replace it, or "
+                              f"another name")
+    source_ref = image
+    source = open_source(image)
+    try:
+        return _to_zarr(source_ref, source, output, s, channel_axis, client, n_sample,
+                        overwrite, progress)
+    finally:
+        if source is not image:  # a store opened here from a path
+            closer = getattr(getattr(source, "store", None), "close", None)
+            if callable(closer):
+                closer()
+
+
+def _to_zarr(source_ref, source, output: Path, s: Settings, channel_axis, client,
+             n_sample: int, overwrite: bool, progress) -> Path:
+    import zarr
+
+    from .core.plan import resolve_device
+    from .results import make_metadata, resolve_seed
+    from .stack import _Stack
+
+    stack = _Stack(source, channel_axis)
+    s = s.replace(seed=resolve_seed(s.seed))
+    device = resolve_device(s.device)
+    model, priors = learn(source, stack, s, n_sample,
+                          None if progress is None else
+                          (lambda d, t: progress("sample", d, t)))
+    dtype = np.uint32 if s.instances else np.uint8
+    plane_shape = stack.raw_plane(source, stack.planes[0]).shape[1:]
+    shape = stack.lead + tuple(plane_shape)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.{os.getpid()}.{os.urandom(3).hex()}.part")
+    zarr.open_array(str(tmp), mode="w", shape=shape,
+                    chunks=(1,) * len(stack.lead) + tuple(plane_shape), dtype=dtype,
+                    fill_value=0)
+    counts: dict = {}
+    try:
+        n = len(stack.planes)
+        if client is None:
+            out = zarr.open_array(str(tmp), mode="r+")
+            for k, index in enumerate(stack.planes, 1):
+                raw = stack.raw_plane(source, index)
+                labels, counts[index] = segment_plane(raw, model, priors.get(index))
+                out[index] = labels
+                if progress is not None:
+                    progress("planes", k, n)
+        else:
+            counts = _run_planes(client, source_ref, source, stack, model, priors,
+                                 str(tmp), progress)
+        axes = _axes(stack)
+        meta = make_metadata(s, device=str(device), image_shape=stack.shape,
+                             image_dtype=np.dtype(source.dtype), channel_axis=channel_axis,
+                             clustering=dict(model.info, decision=model.decision,
+                                             sample_planes=[list(i) for i in model.sample]),
+                             stack={"n_planes": n, "plane_axes": stack.lead_axes,
+                                    "mode": "plane by plane (bounded memory)"})
+        per_plane = [counts[i] for i in stack.planes]
+        if s.instances:
+            meta["clustering"]["counts_per_plane"] = per_plane
+            meta["clustering"]["count"] = int(sum(per_plane))
+            meta["clustering"]["ids"] = "per plane (1..n in each plane)"
+        arr = zarr.open_array(str(tmp), mode="r+")
+        arr.attrs.update({"napari_dsp": json.loads(json.dumps(meta, default=_jsonable)),
+                          "axes": axes})
+        _move_into_place(tmp, output, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    message = model.decision.get("result")
+    if message in ("empty", "outliers"):
+        import warnings
+
+        from .results import NothingToSegmentWarning
+
+        warnings.warn(f"napari-dsp: nothing in the sampled planes stands out from their "
+                      f"noise (result: {message}); see the output's metadata",
+                      NothingToSegmentWarning, stacklevel=2)
+    return output
+
+
+def _run_planes(client, source_ref, source, stack, model, priors, store, progress) -> dict:
+    from . import distributed as _dist
+
+    dist = _dist._distributed()
+    by_path = isinstance(source_ref, (str, os.PathLike))
+    model_future = client.scatter(model, broadcast=True)
+    futures = []
+    for index in stack.planes:
+        if by_path:
+            ref, st = source_ref, stack
+        else:  # the plane itself (a lazy slice of dask/zarr data is read on the worker)
+            ref, st = _PlaneRef(source, stack.key(index), stack.plane_axis), None
+        futures.append(client.submit(_plane_task, ref, st, index, model_future, store,
+                                     priors.get(index), pure=False))
+    counts = {}
+    try:
+        for k, future in enumerate(dist.as_completed(futures), 1):
+            index, count = future.result()
+            counts[index] = count
+            if progress is not None:
+                progress("planes", k, len(futures))
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        raise
+    return counts
+
+
+class _PlaneRef:
+    """One plane of an array, read where the task runs (``np.asarray`` on it)."""
+
+    def __init__(self, source, key, plane_axis):
+        self.data = source[key] if not isinstance(source, np.ndarray) else \
+            np.ascontiguousarray(source[key])
+        self.plane_axis = plane_axis
+
+    def __array__(self, dtype=None, copy=None):
+        arr = _image.to_channels_first(np.asarray(self.data), self.plane_axis)
+        return arr if dtype is None else arr.astype(dtype)
+
+
+def _axes(stack) -> str:
+    lead = "TZ"[2 - len(stack.lead):] if stack.lead else ""
+    return lead + "YX"
+
+
+def _move_into_place(tmp: Path, output: Path, overwrite: bool) -> None:
+    if output.exists():
+        if not overwrite:
+            raise FileExistsError(f"{output} appeared while the stack was segmented; "
+                                  f"the result was not written")
+        aside = output.with_name(f".{output.name}.{os.urandom(3).hex()}.old")
+        os.rename(output, aside)
+        os.rename(tmp, output)
+        with contextlib.suppress(OSError):
+            shutil.rmtree(aside) if aside.is_dir() else os.unlink(aside)
+        return
+    os.rename(tmp, output)
+
+
+def _jsonable(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
