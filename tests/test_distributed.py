@@ -166,6 +166,14 @@ def test_a_partial_set_from_a_killed_attempt_is_completed(tmp_path):
     result = dist.run_file(job, make_settings(**TINY), (job.labels,),
                            overwrite=False)
     assert result.status == "skipped" and job.sidecar.read_text() == "{}"
+    # an attempt that moved everything into place before its worker died: done
+    job.sidecar.unlink()
+    assert dist.run_file(job, make_settings(**TINY), absent, overwrite=False).status \
+        == "done"
+    stamps = [p.stat().st_mtime_ns for p in job.outputs]
+    assert dist.run_file(job, make_settings(**TINY), absent, overwrite=False).status \
+        == "done"
+    assert [p.stat().st_mtime_ns for p in job.outputs] == stamps  # not redone
 
 
 def test_arrays_on_the_cluster(client):
@@ -214,6 +222,8 @@ def test_malformed_scheduler(text):
 
 def test_parse_scheduler():
     assert dist.parse_scheduler("local:3") == ("local", 3)
+    assert dist.parse_scheduler("LOCAL:2") == ("local", 2)
+    assert dist.parse_scheduler("localhost:8786") == ("address", "localhost:8786")
     assert dist.parse_scheduler(" tcp://10.0.0.5:8786 ") == ("address", "tcp://10.0.0.5:8786")
 
 

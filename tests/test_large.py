@@ -146,13 +146,13 @@ def _traced():
 
 @pytest.mark.slow
 def test_memory_does_not_grow_with_the_number_of_planes(tmp_path):
-    """48 planes against 16 read lazily from a TIFF: the peak of what numpy and Python
+    """64 planes against 16 read lazily from a TIFF: the peak of what numpy and Python
     hold (tracemalloc) here, and on each worker of a LocalCluster, grows by less than
     half the extra planes' own bytes (keeping them, or any copy of them, would fail).
     The whole process's peak (VmHWM) against the in-memory path is measured by
     benchmarks/bench_cluster.py."""
     distributed = pytest.importorskip("distributed")
-    size, few, many = 192, 16, 48
+    size, few, many = 192, 16, 64
     for n in (few, many):
         data = np.concatenate([planes(16, size, seed=0)] * (n // 16))
         tifffile.imwrite(tmp_path / f"stack{n}.tif", data)

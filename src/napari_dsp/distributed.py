@@ -22,6 +22,7 @@ importing this module does not import it, torch or napari.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -53,12 +54,10 @@ def parse_scheduler(text: str) -> tuple[str, Any]:
     Raises ``ValueError`` for ``local:`` without a positive whole number.
     """
     text = str(text).strip()
-    if text.lower().startswith("local"):
-        _, _, count = text.partition(":")
-        try:
-            n = int(count)
-        except ValueError:
-            n = 0
+    local = re.fullmatch(r"local(?::(.*))?", text, flags=re.IGNORECASE)
+    if local:  # "localhost:8786" is an address
+        count = (local.group(1) or "").strip()
+        n = int(count) if count.isdigit() else 0
         if n < 1 or n > 1024:
             raise ValueError(f"--scheduler {text}: write local:N with N worker processes "
                              f"(e.g. local:4), or a scheduler's address such as "
@@ -136,6 +135,16 @@ class FileResult:
     seconds: float = 0.0
 
 
+def prepare_worker() -> None:
+    """Tune this worker process for fitting, as the command line tunes itself: glibc
+    keeps freed activations in its heap (dask starts workers with
+    ``MALLOC_TRIM_THRESHOLD_=65536``, which made every fit about twice as slow,
+    measured by ``benchmarks/bench_cluster.py``). Idempotent; a worker's job is fitting."""
+    from .core.fit import tune_allocator_for_fitting
+
+    tune_allocator_for_fitting()
+
+
 def _worker_threads() -> int:
     try:
         from distributed import get_worker
@@ -153,9 +162,9 @@ def run_file(job: _batch.Job, settings, planned_absent: tuple, *, overwrite: boo
     worker's threads; every failure becomes a ``"failed"`` result with one line.
 
     ``planned_absent`` are the job's outputs that did not exist when the batch was
-    planned: if some of them exist now and the rest do not, an earlier attempt of this
-    task (on a worker that died while moving outputs into place) wrote them, and they
-    are completed rather than skipped.
+    planned: if some of them exist now, an earlier attempt of this task (on a worker
+    that died while or after moving outputs into place) wrote them: a partial set is
+    completed rather than skipped, a full set is done.
     """
     from .cli import _describe_failure
 
@@ -170,8 +179,12 @@ def run_file(job: _batch.Job, settings, planned_absent: tuple, *, overwrite: boo
         pass
     if settings.n_workers is None:  # one fitting thread per thread the worker has
         settings = settings.replace(n_workers=_worker_threads())
+    prepare_worker()
     present = set(_io.existing(job.outputs))
-    own = present and present <= set(planned_absent) and len(present) < len(job.outputs)
+    own = bool(present) and present <= set(planned_absent)
+    if own and len(present) == len(job.outputs):  # an attempt finished before it died
+        return FileResult(job.source, "done", notes=["completed by an earlier attempt"],
+                          worker=worker, seconds=time.perf_counter() - start)
     try:
         outcome = _batch.run_job(job, settings=settings, channel_axis=channel_axis,
                                  stack=stack, spacing=spacing, max_pixels=max_pixels,
@@ -295,4 +308,5 @@ def _segment_one(image, settings, kwargs):
     settings = make_settings(settings)
     if settings.n_workers is None and "n_workers" not in kwargs:
         settings = settings.replace(n_workers=_worker_threads())
+    prepare_worker()
     return segment(image, settings=settings, full_output=True, **kwargs)

@@ -192,8 +192,9 @@ def _plane_task(source_ref, stack, index: tuple, model: StackModel, store: str,
     """One plane on a worker: read it, segment it, write its chunk of ``store``."""
     import zarr
 
-    from .distributed import _worker_threads
+    from .distributed import _worker_threads, prepare_worker
 
+    prepare_worker()
     if model.settings.n_workers is None:  # one fitting thread per worker thread
         model = dataclasses.replace(model, settings=model.settings.replace(
             n_workers=_worker_threads()))
