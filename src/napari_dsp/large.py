@@ -113,6 +113,19 @@ def learn(source, stack, settings: Settings, n_sample: int = SAMPLE_PLANES,
           ) -> tuple[StackModel, dict]:
     """The first pass: the :class:`StackModel` from a sample of planes, and the sample's
     priors by plane index (the second pass reuses them)."""
+    gen = iter_learn(source, stack, settings, n_sample)
+    while True:
+        try:
+            done, total = next(gen)
+        except StopIteration as end:
+            return end.value
+        if progress is not None:
+            progress(done, total)
+
+
+def iter_learn(source, stack, settings: Settings, n_sample: int = SAMPLE_PLANES):
+    """:func:`learn` as a generator: yields ``(planes fitted, sample size)`` after each
+    sampled plane's fit, returns ``(model, priors)``."""
     from .core import cluster as _cluster
 
     s = settings
@@ -130,8 +143,7 @@ def learn(source, stack, settings: Settings, n_sample: int = SAMPLE_PLANES,
     priors = {}
     for i, (index, plane) in enumerate(zip(sample, normed)):
         priors[index] = _fit(plane, s)
-        if progress is not None:
-            progress(i + 1, len(sample))
+        yield i + 1, len(sample)
     plist = [priors[i] for i in sample]
     model, info = _cluster.fit_cluster_model(plist, n_classes=s.n_classes, window=s.window,
                                              seed=s.seed)
@@ -247,9 +259,24 @@ def segment_stack_to_zarr(image, output, *, channel_axis: Optional[int] = None,
         ``output`` exists and ``overwrite`` is False.
     """
     s = make_settings(settings, **overrides)
-    if s.method != "kmeans":
+    output = _check_call(s, output, n_sample, overwrite)
+    gen = _iter_to_zarr(image, output, s, channel_axis, client, n_sample, overwrite)
+    while True:
+        try:
+            step = next(gen)
+        except StopIteration as end:
+            output, meta = end.value
+            break
+        if progress is not None:
+            progress(*step)
+    _warn_if_nothing(meta)
+    return output
+
+
+def _check_call(settings: Settings, output, n_sample: int, overwrite: bool) -> Path:
+    if settings.method != "kmeans":
         raise ValueError("segment_stack_to_zarr supports method='kmeans' only")
-    if s.volumetric:
+    if settings.volumetric:
         raise ValueError("volumetric=True fits one 3-D prior to the whole stack, which "
                          "needs it in memory: use segment_stack, or leave volumetric out")
     if int(n_sample) < 1:
@@ -260,11 +287,80 @@ def segment_stack_to_zarr(image, output, *, channel_axis: Optional[int] = None,
     if output.exists() and not overwrite:
         raise FileExistsError(f"{output} exists; pass overwrite=True to replace it, or "
                               f"another name")
+    return output
+
+
+def iter_segment_stack_to_zarr(image, output, *, channel_axis: Optional[int] = None,
+                               settings: Optional[Settings] = None,
+                               n_sample: int = SAMPLE_PLANES, overwrite: bool = False,
+                               **overrides: Any):
+    """Generator form of :func:`segment_stack_to_zarr` (the napari widget runs it in a
+    thread): yields a :class:`~napari_dsp.progress.FitProgress` after every plane fitted
+    (``plane``/``n_planes`` set; closing the generator stops between planes and removes
+    the unfinished output), returns a :class:`~napari_dsp.SegmentResult` whose labels are
+    a dask array read from the zarr output (``prior`` None). Arguments are checked at
+    the call."""
+    import time
+
+    from .progress import FitProgress
+    from .results import SegmentResult
+
+    s = make_settings(settings, **overrides)
+    output = _check_call(s, output, n_sample, overwrite)
+    from .stack import _Stack
+
+    probe = open_source(image)  # the stack's axes and dtype, checked now
+    n_planes = len(_Stack(probe, channel_axis).planes)
+    if probe is not image:
+        closer = getattr(getattr(probe, "store", None), "close", None)
+        if callable(closer):
+            closer()
+    n_fits = len(sample_indices(list(range(n_planes)), n_sample)) + n_planes
+    start = time.monotonic()
+
+    def run():
+        fitted = 0
+        gen = _iter_to_zarr(image, output, s, channel_axis, None, n_sample, overwrite)
+        try:
+            while True:
+                try:
+                    stage, done, _count = next(gen)
+                except StopIteration as end:
+                    return end.value
+                fitted += 1
+                # a sampled plane counts as plane 0 of the stack's progress line
+                plane = done - 1 if stage == "planes" else 0
+                yield FitProgress(step=fitted, total=n_fits, plane=plane,
+                                  n_planes=n_planes, elapsed=time.monotonic() - start)
+        finally:
+            gen.close()
+
+    out, meta = yield from run()
+    import dask.array as da
+
+    return SegmentResult(da.from_zarr(str(out)), None, meta)
+
+
+def _warn_if_nothing(meta: dict) -> None:
+    result = (meta.get("clustering") or {}).get("decision", {}).get("result")
+    if result in ("empty", "outliers"):
+        import warnings
+
+        from .results import NothingToSegmentWarning
+
+        warnings.warn(f"napari-dsp: nothing in the sampled planes stands out from their "
+                      f"noise (result: {result}); see the output's metadata",
+                      NothingToSegmentWarning, stacklevel=3)
+
+
+def _iter_to_zarr(image, output: Path, s: Settings, channel_axis, client,
+                  n_sample: int, overwrite: bool):
+    """Both passes; yields ``(stage, done, total)``, returns ``(output, metadata)``."""
     source_ref = image
     source = open_source(image)
     try:
-        return _to_zarr(source_ref, source, output, s, channel_axis, client, n_sample,
-                        overwrite, progress)
+        return (yield from _to_zarr(source_ref, source, output, s, channel_axis, client,
+                                    n_sample, overwrite))
     finally:
         if source is not image:  # a store opened here from a path
             closer = getattr(getattr(source, "store", None), "close", None)
@@ -273,7 +369,7 @@ def segment_stack_to_zarr(image, output, *, channel_axis: Optional[int] = None,
 
 
 def _to_zarr(source_ref, source, output: Path, s: Settings, channel_axis, client,
-             n_sample: int, overwrite: bool, progress) -> Path:
+             n_sample: int, overwrite: bool):
     import zarr
 
     from .core.plan import resolve_device
@@ -283,9 +379,14 @@ def _to_zarr(source_ref, source, output: Path, s: Settings, channel_axis, client
     stack = _Stack(source, channel_axis)
     s = s.replace(seed=resolve_seed(s.seed))
     device = resolve_device(s.device)
-    model, priors = learn(source, stack, s, n_sample,
-                          None if progress is None else
-                          (lambda d, t: progress("sample", d, t)))
+    learning = iter_learn(source, stack, s, n_sample)
+    while True:
+        try:
+            done, total = next(learning)
+        except StopIteration as end:
+            model, priors = end.value
+            break
+        yield "sample", done, total
     dtype = np.uint32 if s.instances else np.uint8
     plane_shape = stack.raw_plane(source, stack.planes[0]).shape[1:]
     shape = stack.lead + tuple(plane_shape)
@@ -303,11 +404,10 @@ def _to_zarr(source_ref, source, output: Path, s: Settings, channel_axis, client
                 raw = stack.raw_plane(source, index)
                 labels, counts[index] = segment_plane(raw, model, priors.get(index))
                 out[index] = labels
-                if progress is not None:
-                    progress("planes", k, n)
+                yield "planes", k, n
         else:
-            counts = _run_planes(client, source_ref, source, stack, model, priors,
-                                 str(tmp), progress)
+            counts = yield from _run_planes(client, source_ref, source, stack, model,
+                                            priors, str(tmp))
         axes = _axes(stack)
         meta = make_metadata(s, device=str(device), image_shape=stack.shape,
                              image_dtype=np.dtype(source.dtype), channel_axis=channel_axis,
@@ -324,22 +424,15 @@ def _to_zarr(source_ref, source, output: Path, s: Settings, channel_axis, client
         arr.attrs.update({"napari_dsp": json.loads(json.dumps(meta, default=_jsonable)),
                           "axes": axes})
         _move_into_place(tmp, output, overwrite)
-    except BaseException:
+        meta["labels_file"] = str(output)
+    except BaseException:  # an error, Ctrl-C, or the generator closed (cancel)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    message = model.decision.get("result")
-    if message in ("empty", "outliers"):
-        import warnings
-
-        from .results import NothingToSegmentWarning
-
-        warnings.warn(f"napari-dsp: nothing in the sampled planes stands out from their "
-                      f"noise (result: {message}); see the output's metadata",
-                      NothingToSegmentWarning, stacklevel=2)
-    return output
+    return output, meta
 
 
-def _run_planes(client, source_ref, source, stack, model, priors, store, progress) -> dict:
+def _run_planes(client, source_ref, source, stack, model, priors, store):
+    """The planes as tasks; yields ``("planes", done, total)``, returns the counts."""
     from . import distributed as _dist
 
     dist = _dist._distributed()
@@ -358,8 +451,7 @@ def _run_planes(client, source_ref, source, stack, model, priors, store, progres
         for k, future in enumerate(dist.as_completed(futures), 1):
             index, count = future.result()
             counts[index] = count
-            if progress is not None:
-                progress("planes", k, len(futures))
+            yield "planes", k, len(futures)
     except BaseException:
         for future in futures:
             future.cancel()

@@ -12,6 +12,7 @@ import pytest
 from napari.layers import Image, Labels
 from napari.utils.notifications import notification_manager
 
+from napari_dsp._qt.outputs import META_KEY
 from napari_dsp._qt.widget import DSPWidget
 from napari_dsp._synthetic import dark_on_bright
 from tests.fast import TINY
@@ -587,6 +588,51 @@ def test_dask_stack_and_affine_placement_per_plane(viewer, qtbot):
     assert viewer.layers["lazy labels"] is labels
     for z, m in enumerate([mask, moved]):
         assert iou(labels.data[z] == 1, m) > 0.8
+
+
+def test_lazy_stack_all_planes_goes_to_disk_with_bounded_memory(viewer, qtbot, tmp_path):
+    """A dask-backed stack in all-planes mode is segmented plane by plane into zarr; the
+    labels layer reads that output lazily and matches segment_stack_to_zarr."""
+    da = pytest.importorskip("dask.array")
+    pytest.importorskip("zarr")
+    from napari_dsp._synthetic import nuclei
+    from napari_dsp.large import segment_stack_to_zarr
+
+    stack = np.stack([nuclei((48, 48), n=3, radius=(5, 8), seed=i)[0] for i in range(5)])
+    layer = viewer.add_image(da.from_array(stack, chunks=(1, 48, 48)), name="lazy stack")
+    widget = open_widget(viewer)
+    widget.image_layer = layer
+    widget.planes = "all planes"
+    run_and_wait(qtbot, widget)
+    labels = viewer.layers["lazy stack labels"]
+    assert isinstance(labels, Labels) and not isinstance(labels.data, np.ndarray)
+    where = re.search(r"labels on disk in (\S+\.zarr)", widget.status)
+    assert where, widget.status
+    assert "lazy stack prior" not in names(viewer)  # no prior is kept for a lazy stack
+    reference = segment_stack_to_zarr(stack, tmp_path / "ref.zarr",
+                                      **{**FAST, **widget_seed(labels)})
+    import zarr
+
+    np.testing.assert_array_equal(np.asarray(labels.data), zarr.open_array(
+        str(reference), mode="r")[:])
+    assert np.asarray(labels.data).max() == 1
+    assert isinstance(layer.data, da.Array)  # the source layer is untouched
+    # a cancelled run leaves neither its output nor its new folder
+    import tempfile
+    from pathlib import Path
+
+    before = set(Path(tempfile.gettempdir()).glob("napari-dsp-*"))
+    widget.set_values(n_iter=300)
+    worker = widget.run()
+    qtbot.waitUntil(lambda: "plane" in widget.status, timeout=TIMEOUT)
+    cancel_and_wait(qtbot, widget, worker)
+    assert widget.status == "cancelled"
+    assert set(Path(tempfile.gettempdir()).glob("napari-dsp-*")) == before
+    assert Path(where.group(1)).exists()  # the finished run's output stays
+
+
+def widget_seed(labels) -> dict:
+    return {"seed": labels.metadata[META_KEY]["settings"]["seed"]}
 
 
 def test_volumetric_setting_fits_one_3d_prior_with_the_layer_spacing(viewer, qtbot):

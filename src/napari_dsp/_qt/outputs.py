@@ -16,13 +16,16 @@ hidden. A layer of an earlier run is updated in place rather than stacked again.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
 from ..api import iter_segment
+from ..large import iter_segment_stack_to_zarr
 from ..progress import FitProgress
 from ..results import PriorResult, SegmentResult
 from ..settings import Settings
@@ -115,15 +118,21 @@ def prepare_run(layer, settings: Settings, point, *, level: int, all_planes: boo
                 scribbles=None):
     """Read ``layer`` (see :func:`read_layer`) and start the API's generator on it:
     :func:`~napari_dsp.iter_segment` for a plane, :func:`~napari_dsp.iter_segment_stack`
-    for a stack segmented whole (``volumetric`` with the layer's voxel size). Both
-    validate at the call, so bad input raises TypeError/ValueError here, before any
-    thread starts. Returns the :class:`Job` and the generator."""
+    for a stack segmented whole (``volumetric`` with the layer's voxel size), and
+    :func:`~napari_dsp.large.iter_segment_stack_to_zarr` for a lazy (dask, zarr) stack
+    in all-planes mode (:func:`on_disk`). All validate at the call, so bad input raises
+    TypeError/ValueError here, before any thread starts. Returns the :class:`Job` and the
+    generator."""
     multiscale = getattr(layer, "multiscale", False)
     level = level if multiscale else None
     data, plane = read_layer(layer, point, level, all_planes)
     lead = tuple(data.shape[:data.ndim - spatial_ndim(layer)])
     image = None
-    if lead and plane is None:
+    if lead and plane is None and on_disk(data, settings):
+        out = zarr_output(layer)
+        gen = _removing_empty(out.parent, iter_segment_stack_to_zarr(
+            data, out, settings=settings, channel_axis=-1 if layer.rgb else None))
+    elif lead and plane is None:
         spacing = tuple(placement(layer, level)["scale"][-3:]) if settings.volumetric \
             else None
         gen = iter_segment_stack(data, settings=settings, spacing=spacing,
@@ -137,6 +146,43 @@ def prepare_run(layer, settings: Settings, point, *, level: int, all_planes: boo
                 strokes = strokes[plane]
         gen = iter_segment(image, settings=settings, scribbles=strokes)
     return Job(layer, settings, lead, plane, level, image), gen
+
+
+def on_disk(data, settings: Settings) -> bool:
+    """Whether a whole stack is segmented plane by plane into zarr on disk (bounded
+    memory, labels read lazily) rather than in memory: lazy data (dask, zarr), with
+    dask.distributed's extra installed, K-means and not ``volumetric``."""
+    from ..stack import is_lazy
+
+    if not is_lazy(data) or settings.method != "kmeans" or settings.volumetric:
+        return False
+    try:
+        import dask.array  # noqa: F401
+        import zarr  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _removing_empty(folder: Path, gen):
+    """``gen``, and then ``folder`` removed if it is empty (a cancelled or failed run
+    leaves nothing behind)."""
+    import contextlib
+
+    try:
+        return (yield from gen)
+    finally:
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only succeeds when empty
+
+
+def zarr_output(layer) -> Path:
+    """A new folder in the system's temporary folder for a lazy stack's labels (the
+    status line and the labels layer's metadata say where)."""
+    import tempfile
+
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", layer.name).strip("._") or "stack"
+    return Path(tempfile.mkdtemp(prefix="napari-dsp-")) / f"{safe[:80]}_labels.zarr"
 
 
 @dataclass

@@ -169,9 +169,11 @@ class Runner:
         decision = clustering.get("decision") or {}
         empty = {"empty": "; nothing stands out from the noise",
                  "outliers": "; only isolated pixels stand out"}.get(decision.get("result"), "")
+        where = result.metadata.get("labels_file")
         self.report(f"done on {result.metadata['device']} in "
                     f"{format_seconds(time.monotonic() - self._start)} (seed {seed})"
-                    + ("" if count is None else f"; {count} objects") + empty)
+                    + ("" if count is None else f"; {count} objects") + empty
+                    + ("" if where is None else f"; labels on disk in {where}"))
         if decision.get("message"):
             show_warning(f"napari-dsp: {decision['message']}")
 
