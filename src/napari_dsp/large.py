@@ -152,7 +152,9 @@ def iter_learn(source, stack, settings: Settings, n_sample: int = SAMPLE_PLANES)
         return out, priors
     fgs = [model.apply(p) == 1 for p in plist]
     _, decision = _decide.decide(raws, fgs)
-    decision.pop("message", None)  # said once for the whole stack, below
+    if decision.get("message"):  # decided on the sample, for the whole stack
+        decision["message"] = (f"judged on {len(sample)} sampled plane(s) of "
+                               f"{len(stack.planes)}: {decision['message']}")
     out.decision = decision
     n_pixels = len(stack.planes) * int(np.prod(raws[0].shape[1:]))
     if decision["result"] == "outliers":
@@ -342,15 +344,13 @@ def iter_segment_stack_to_zarr(image, output, *, channel_axis: Optional[int] = N
 
 
 def _warn_if_nothing(meta: dict) -> None:
-    result = (meta.get("clustering") or {}).get("decision", {}).get("result")
-    if result in ("empty", "outliers"):
+    message = (meta.get("clustering") or {}).get("decision", {}).get("message")
+    if message:
         import warnings
 
         from .results import NothingToSegmentWarning
 
-        warnings.warn(f"napari-dsp: nothing in the sampled planes stands out from their "
-                      f"noise (result: {result}); see the output's metadata",
-                      NothingToSegmentWarning, stacklevel=3)
+        warnings.warn(f"napari-dsp: {message}", NothingToSegmentWarning, stacklevel=3)
 
 
 def _iter_to_zarr(image, output: Path, s: Settings, channel_axis, client,
