@@ -6,7 +6,9 @@ would write the same file, an output would replace an input, or a name is too lo
 the file system is refused whole, with one message naming the files) and
 :func:`run_job` (header checks before any pixel is decoded, the fit, the outputs staged
 and committed together: labels, prior, sidecar). The command line (:mod:`napari_dsp.cli`)
-adds argument parsing, progress bars and signals; nothing here prints.
+adds argument parsing, progress bars and signals; nothing here prints
+(:func:`describe_failure` gives the one line a failed file is reported with, for the
+command line and for :mod:`napari_dsp.distributed`).
 """
 
 from __future__ import annotations
@@ -359,3 +361,26 @@ def _with_channels(axes: str, ndim: int, channel_axis: Optional[int]) -> str:
 
 def _fmt(values) -> str:
     return " x ".join(f"{v:g}" for v in values)
+
+
+def describe_failure(src: Path, exc: BaseException) -> str:
+    """One line for a file that failed, saying what to do."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, (_io.ImageFileError, TypeError, ValueError)):
+        return text if text.startswith(str(src)) else f"{src}: {text}"
+    if isinstance(exc, _io.OutputExistsError):
+        return (f"{src}: {exc.filename} appeared while it was computed (another run?); "
+                f"nothing of this file was written")
+    if isinstance(exc, OSError):
+        name = getattr(exc, "filename2", None) or getattr(exc, "filename", None)
+        where = f" {name}" if name else ""
+        return (f"{src}: cannot write{where} ({exc.strerror or exc}); check the folder's "
+                f"permissions and free space")
+    if isinstance(exc, MemoryError):
+        return (f"{src}: out of memory; try a --working-size, fewer --runs, or close other "
+                f"programs")
+    if isinstance(exc, RuntimeError):  # torch failures
+        return (f"{src}: the fit failed ({text}); try fewer --runs, a --working-size, or "
+                f"--device cpu")
+    return (f"{src}: unexpected {type(exc).__name__} ({text}); please report it with the "
+            f"command you ran")

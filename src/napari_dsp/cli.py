@@ -255,7 +255,7 @@ def _run_segment(args) -> int:
             failed += 1
             if bar is not None:
                 bar.close()
-            _error(_describe_failure(src, exc))
+            _error(_batch.describe_failure(src, exc))
             continue
         if outcome.status == "skipped":
             skipped += 1
@@ -280,7 +280,6 @@ def _run_on_cluster(args, jobs: list, settings: Settings, scribbles) -> int:
     from . import distributed as _dist
 
     try:
-        _dist.parse_scheduler(args.scheduler)
         client = _dist.connect(args.scheduler)
     except (_dist.SchedulerError, ValueError) as exc:
         _error(f"{exc}; nothing was written")
@@ -316,29 +315,6 @@ def _run_on_cluster(args, jobs: list, settings: Settings, scribbles) -> int:
     finally:
         _dist.close(client)
     return _summary(len(jobs), counts["done"], counts["skipped"], counts["failed"])
-
-
-def _describe_failure(src: Path, exc: BaseException) -> str:
-    """One line for a file that failed, saying what to do."""
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    if isinstance(exc, (_io.ImageFileError, TypeError, ValueError)):
-        return text if text.startswith(str(src)) else f"{src}: {text}"
-    if isinstance(exc, _io.OutputExistsError):
-        return (f"{src}: {exc.filename} appeared while it was computed (another run?); "
-                f"nothing of this file was written")
-    if isinstance(exc, OSError):
-        name = getattr(exc, "filename2", None) or getattr(exc, "filename", None)
-        where = f" {name}" if name else ""
-        return (f"{src}: cannot write{where} ({exc.strerror or exc}); check the folder's "
-                f"permissions and free space")
-    if isinstance(exc, MemoryError):
-        return (f"{src}: out of memory; try a --working-size, fewer --runs, or close other "
-                f"programs")
-    if isinstance(exc, RuntimeError):  # torch failures
-        return (f"{src}: the fit failed ({text}); try fewer --runs, a --working-size, or "
-                f"--device cpu")
-    return (f"{src}: unexpected {type(exc).__name__} ({text}); please report it with the "
-            f"command you ran")
 
 
 def _run_demo(args) -> int:

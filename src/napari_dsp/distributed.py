@@ -166,8 +166,6 @@ def run_file(job: _batch.Job, settings, planned_absent: tuple, *, overwrite: boo
     that died while or after moving outputs into place) wrote them: a partial set is
     completed rather than skipped, a full set is done.
     """
-    from .cli import _describe_failure
-
     start = time.perf_counter()
     notes: list = []
     worker = ""
@@ -191,7 +189,7 @@ def run_file(job: _batch.Job, settings, planned_absent: tuple, *, overwrite: boo
                                  scribbles=scribbles, overwrite=overwrite or bool(own),
                                  notify=notes.append)
     except Exception as exc:  # one line per failed file; the batch goes on
-        return FileResult(job.source, "failed", _describe_failure(job.source, exc),
+        return FileResult(job.source, "failed", _batch.describe_failure(job.source, exc),
                           notes=notes, worker=worker,
                           seconds=time.perf_counter() - start)
     return FileResult(job.source, outcome.status, existing=outcome.existing, notes=notes,
@@ -295,8 +293,6 @@ def submit_segment(client, images: Sequence, *, settings=None, **kwargs: Any) ->
     array of ``images`` (one task each; the arrays are sent to the workers). ``kwargs``
     are :func:`~napari_dsp.segment`'s (``channel_axis=``, ``n_iter=``...). Call
     ``.result()`` on a future for its :class:`~napari_dsp.SegmentResult`."""
-    from .api import segment  # noqa: F401  (checked here, imported on the worker)
-
     return [client.submit(_segment_one, image, settings, kwargs, pure=False)
             for image in images]
 

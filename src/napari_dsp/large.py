@@ -1,16 +1,11 @@
 """Stacks larger than memory: segmented plane by plane with bounded memory into a zarr
 array on disk, written as planes finish, in this process or as tasks on a dask cluster.
 
-Owns :func:`segment_stack_to_zarr`, its two passes and its source handling:
-
-1. :func:`learn` reads a sample of planes (:data:`SAMPLE_PLANES`, evenly spaced), fits
-   their priors, and learns from them what the in-memory :func:`napari_dsp.segment_stack`
-   computes over all planes: the intensity stretch, the K-means model (window axes,
-   centres, class order, foreground side), the noise decision (is there anything to
-   segment) and the refinement's class models. That is the :class:`StackModel`.
-2. :func:`segment_plane` segments any plane under that model alone: read, stretch, fit,
-   assign, clean up. Planes are independent, so they run one after another here, or as
-   tasks on workers that write their own chunk (one chunk per plane).
+Owns :func:`segment_stack_to_zarr` and :func:`iter_segment_stack_to_zarr`, the sources
+they read (:func:`open_source`), the zarr output and the planes as cluster tasks. The two
+passes are :mod:`napari_dsp.stackmodel`: a :class:`~napari_dsp.stackmodel.StackModel` is
+learnt from a sample of planes, then every plane is segmented under it alone, one after
+another here, or as tasks on workers that write their own chunk (one chunk per plane).
 
 Memory holds one plane's fit at a time, plus the sample's priors during the first pass.
 The output is written to a temporary folder beside it and moved into place when every
@@ -25,38 +20,18 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import json
 import os
 import shutil
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
-from .core import decide as _decide
+from . import io as _io
 from .core import image as _image
-from .core import postprocess as _post
 from .settings import Settings, make_settings
-
-#: Planes the first pass learns the shared model from (all of them in a shorter stack).
-SAMPLE_PLANES = 8
-
-
-@dataclass
-class StackModel:
-    """What every plane shares (see the module's docstring)."""
-
-    settings: Settings
-    lo: float
-    hi: float
-    cluster: Any  # core.cluster.ClusterModel
-    decision: dict = field(default_factory=dict)
-    outlier_limits: Optional[dict] = None
-    refine_models: Optional[list] = None
-    info: dict = field(default_factory=dict)
-    sample: tuple = ()
+from .stackmodel import SAMPLE_PLANES, StackModel, iter_learn, sample_indices, segment_plane
 
 
 def open_source(source):
@@ -78,127 +53,18 @@ def open_source(source):
     return source
 
 
+def _close_opened(source, given) -> None:
+    """Close the store :func:`open_source` opened for a path (not an array given)."""
+    closer = getattr(getattr(source, "store", None), "close", None)
+    if source is not given and callable(closer):
+        closer()
+
+
 @functools.lru_cache(maxsize=4)
 def _open_cached(path: str, mtime_ns: int, size: int):
     """:func:`open_source` once per file (and version of it) in a worker process: a
     TIFF's pages are parsed once, not for every plane."""
     return open_source(path)
-
-
-def sample_indices(planes: Sequence[tuple], n: int = SAMPLE_PLANES) -> tuple:
-    """``n`` evenly spaced planes (all of them when there are fewer)."""
-    if len(planes) <= n:
-        return tuple(planes)
-    picks = np.unique(np.round(np.linspace(0, len(planes) - 1, n)).astype(int))
-    return tuple(planes[i] for i in picks)
-
-
-def _fit(normed: np.ndarray, settings: Settings) -> np.ndarray:
-    from .core import plan as _plan
-    from .core.prior import iter_plane_prior
-    from .progress import drain
-
-    device = _plan.resolve_device(settings.device)
-    plan = _plan.plan_fit(normed, n_runs=settings.n_runs, device=device,
-                          working_size=settings.working_size, n_workers=settings.n_workers)
-    fit = iter_plane_prior(normed, plan, seed=settings.seed, n_runs=settings.n_runs,
-                           n_iter=settings.n_iter, learning_rate=settings.learning_rate,
-                           precision=settings.precision, preview_every=0)
-    median, _spread = drain(fit, None)
-    return median
-
-
-def learn(source, stack, settings: Settings, n_sample: int = SAMPLE_PLANES,
-          progress: Optional[Callable[[int, int], None]] = None
-          ) -> tuple[StackModel, dict]:
-    """The first pass: the :class:`StackModel` from a sample of planes, and the sample's
-    priors by plane index (the second pass reuses them)."""
-    gen = iter_learn(source, stack, settings, n_sample)
-    while True:
-        try:
-            done, total = next(gen)
-        except StopIteration as end:
-            return end.value
-        if progress is not None:
-            progress(done, total)
-
-
-def iter_learn(source, stack, settings: Settings, n_sample: int = SAMPLE_PLANES):
-    """:func:`learn` as a generator: yields ``(planes fitted, sample size)`` after each
-    sampled plane's fit, returns ``(model, priors)``."""
-    from .core import cluster as _cluster
-
-    s = settings
-    sample = sample_indices(stack.planes, n_sample)
-    raws = [stack.raw_plane(source, index) for index in sample]
-    for raw in raws:
-        if raw.dtype.kind == "f" and not np.isfinite(raw).all():
-            raise ValueError("the stack contains NaN or infinite values; replace them "
-                             "first, e.g. np.nan_to_num")
-    lo, hi = _image.stretch_limits(raws)
-    if not hi > lo:
-        raise ValueError(f"the sampled planes are constant (every pixel is {lo:g}); "
-                         f"there is nothing to segment")
-    normed = [_image.stretch(r, lo, hi) for r in raws]
-    priors = {}
-    for i, (index, plane) in enumerate(zip(sample, normed)):
-        priors[index] = _fit(plane, s)
-        yield i + 1, len(sample)
-    plist = [priors[i] for i in sample]
-    model, info = _cluster.fit_cluster_model(plist, n_classes=s.n_classes, window=s.window,
-                                             seed=s.seed)
-    out = StackModel(s, lo, hi, model, info=dict(info), sample=sample)
-    if s.n_classes != 2:
-        return out, priors
-    fgs = [model.apply(p) == 1 for p in plist]
-    _, decision = _decide.decide(raws, fgs)
-    if decision.get("message"):  # decided on the sample, for the whole stack
-        decision["message"] = (f"judged on {len(sample)} sampled plane(s) of "
-                               f"{len(stack.planes)}: {decision['message']}")
-    out.decision = decision
-    n_pixels = len(stack.planes) * int(np.prod(raws[0].shape[1:]))
-    if decision["result"] == "outliers":
-        out.outlier_limits = _decide.outlier_limits(raws, n_pixels=n_pixels)
-    elif decision["result"] == "prior" and s.refine:
-        _, refine_info = _post.refine_foreground(normed, fgs)
-        out.info.update(refine_info)
-        if refine_info["refined"]:
-            out.refine_models = _post.class_models(normed, fgs)
-    return out, priors
-
-
-def segment_plane(raw: np.ndarray, model: StackModel,
-                  prior: Optional[np.ndarray] = None) -> tuple[np.ndarray, int]:
-    """The second pass for one ``(C, Y, X)`` plane as read: ``(labels (Y, X), count)``
-    (count: objects with ``instances``, else foreground pixels or class-1 pixels)."""
-    s = model.settings
-    normed = _image.stretch(raw, model.lo, model.hi)
-    if prior is None:
-        prior = _fit(normed, s)
-    labels = model.cluster.apply(prior)
-    if s.n_classes != 2:
-        return labels, int((labels == 1).sum())
-    result = model.decision.get("result", "prior")
-    min_size = s.min_size
-    if result == "empty":
-        fg = np.zeros(labels.shape, bool)
-    elif result == "outliers":
-        fg = _decide.outliers_of(raw, model.outlier_limits)
-        min_size = 1
-    else:
-        fg = labels == 1
-        if model.refine_models is not None:
-            fg = _post.log_odds_of(normed, model.refine_models) > 0
-        if s.fill_holes:
-            fg = _post.fill_holes(fg)
-        if s.min_size:
-            fg = _post.remove_specks(fg, s.min_size)
-        if s.invert:
-            fg = ~fg
-    if s.instances:
-        ids = _post.instances(fg, min_size=min_size)
-        return ids.astype(np.uint32), int(ids.max())
-    return fg.astype(np.uint8), int(fg.sum())
 
 
 def _plane_task(source_ref, stack, index: tuple, model: StackModel, store: str,
@@ -313,10 +179,7 @@ def iter_segment_stack_to_zarr(image, output, *, channel_axis: Optional[int] = N
 
     probe = open_source(image)  # the stack's axes and dtype, checked now
     n_planes = len(_Stack(probe, channel_axis).planes)
-    if probe is not image:
-        closer = getattr(getattr(probe, "store", None), "close", None)
-        if callable(closer):
-            closer()
+    _close_opened(probe, image)
     n_fits = len(sample_indices(list(range(n_planes)), n_sample)) + n_planes
     start = time.monotonic()
 
@@ -362,10 +225,7 @@ def _iter_to_zarr(image, output: Path, s: Settings, channel_axis, client,
         return (yield from _to_zarr(source_ref, source, output, s, channel_axis, client,
                                     n_sample, overwrite))
     finally:
-        if source is not image:  # a store opened here from a path
-            closer = getattr(getattr(source, "store", None), "close", None)
-            if callable(closer):
-                closer()
+        _close_opened(source, image)
 
 
 def _to_zarr(source_ref, source, output: Path, s: Settings, channel_axis, client,
@@ -388,7 +248,7 @@ def _to_zarr(source_ref, source, output: Path, s: Settings, channel_axis, client
             break
         yield "sample", done, total
     dtype = np.uint32 if s.instances else np.uint8
-    plane_shape = stack.raw_plane(source, stack.planes[0]).shape[1:]
+    plane_shape = stack.plane_shape
     shape = stack.lead + tuple(plane_shape)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.{os.getpid()}.{os.urandom(3).hex()}.part")
@@ -421,7 +281,7 @@ def _to_zarr(source_ref, source, output: Path, s: Settings, channel_axis, client
             meta["clustering"]["count"] = int(sum(per_plane))
             meta["clustering"]["ids"] = "per plane (1..n in each plane)"
         arr = zarr.open_array(str(tmp), mode="r+")
-        arr.attrs.update({"napari_dsp": json.loads(json.dumps(meta, default=_jsonable)),
+        arr.attrs.update({"napari_dsp": _io.jsonable(meta),
                           "axes": axes})
         _move_into_place(tmp, output, overwrite)
         meta["labels_file"] = str(output)
@@ -489,11 +349,3 @@ def _move_into_place(tmp: Path, output: Path, overwrite: bool) -> None:
             shutil.rmtree(aside) if aside.is_dir() else os.unlink(aside)
         return
     os.rename(tmp, output)
-
-
-def _jsonable(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)

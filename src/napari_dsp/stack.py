@@ -63,8 +63,7 @@ class _Stack:
         if dtype.kind not in "biuf":
             raise TypeError(f"image has dtype {dtype}; pass a boolean, integer or real "
                             f"floating-point stack (for complex data, pass np.abs(image))")
-        h, w = (self.shape[a] for a in [a for a in range(len(self.shape))
-                                        if a != self.channel_axis][-2:])
+        h, w = self.plane_shape
         if min(h, w) < _image.MIN_SIDE:
             raise ValueError(f"planes are {h}x{w} pixels; at least {_image.MIN_SIDE}x"
                              f"{_image.MIN_SIDE} is needed (if an axis is channels, pass "
@@ -84,6 +83,12 @@ class _Stack:
         h = raw[0].shape[1]
         normed = _image.normalize(np.concatenate(raw, axis=1))  # (C, n * Y, X)
         return [normed[:, i * h:(i + 1) * h] for i in range(len(self.planes))], raw
+
+    @property
+    def plane_shape(self) -> tuple:
+        """``(Y, X)`` of a plane, from the shape alone."""
+        return tuple(self.shape[a] for a in range(len(self.shape))
+                     if a != self.channel_axis)[-2:]
 
     def key(self, index: tuple) -> tuple:
         """The index into the image of the plane at ``index`` (of the leading axes)."""

@@ -132,6 +132,17 @@ def remove_specks(foreground: np.ndarray, min_size: int) -> np.ndarray:
     return foreground & ~small[labels]
 
 
+def clean_up(foreground: np.ndarray, *, fill: bool, min_size: int, invert: bool
+             ) -> np.ndarray:
+    """Holes filled, specks removed, then ``invert`` (after the clean-up, which is about
+    the objects the rule found) of one plane's foreground."""
+    if fill:
+        foreground = fill_holes(foreground)
+    if min_size:
+        foreground = remove_specks(foreground, min_size)
+    return ~foreground if invert else foreground
+
+
 def post_process(labels: list, images: list, *, refine: bool, fill: bool, min_size: int,
                  invert: bool) -> tuple[list, dict]:
     """Refinement from the pixels (class models shared over planes), hole filling, speck
@@ -144,12 +155,7 @@ def post_process(labels: list, images: list, *, refine: bool, fill: bool, min_si
     elif refine:
         info = {"refined": False, "pixel_error": None,
                 "refine_skipped": "no image given: the prior's outlines are kept"}
-    if fill:
-        fgs = [fill_holes(f) for f in fgs]
-    if min_size:
-        fgs = [remove_specks(f, min_size) for f in fgs]
-    if invert:  # after the clean-up, which is about the objects the rule found
-        fgs = [~f for f in fgs]
+    fgs = [clean_up(f, fill=fill, min_size=min_size, invert=invert) for f in fgs]
     info["inverted"] = invert
     return [f.astype(lab.dtype) for f, lab in zip(fgs, labels)], info
 
