@@ -66,17 +66,18 @@ def child(variant: str, size: int, device: str, n_runs: int, n_iter: int) -> Non
 
 
 def reference_fit(image, device, n_runs: int, n_iter: int):
-    """The research procedure, written plainly: one fresh generator after another."""
+    """The research procedure, written plainly: one fresh generator after another
+    (``image`` (H, W, C) float32 in [0, 1], H and W multiples of 8)."""
     import numpy as np
     import torch
 
     from napari_dsp.core.nets import EnsembleGenerator, make_noise
 
     target = torch.from_numpy(np.ascontiguousarray(np.moveaxis(image, -1, 0)))[None].to(device)
-    h, w = image.shape[:2]
+    h, w, c = image.shape
     outputs = []
     for run in range(n_runs):
-        net = EnsembleGenerator(1, 3, [run]).to(device)
+        net = EnsembleGenerator(1, c, [run]).to(device)
         noise = make_noise([run], 2, h, w).to(device)
         opt = torch.optim.Adam(net.parameters(), lr=0.01)
         for _ in range(n_iter):

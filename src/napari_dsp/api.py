@@ -23,7 +23,7 @@ from .core import decide as _decide
 from .core import image as _image
 from .core import plan as _plan
 from .core import postprocess as _post
-from .core.prior import iter_plane_prior
+from .core.prior import iter_planned_prior
 from .progress import FitProgress, ProgressCallback, check_callback, drain, relay
 from .results import (
     NothingToSegmentWarning,
@@ -37,7 +37,7 @@ from .settings import Settings, make_settings
 
 PriorLike = Union[PriorResult, np.ndarray]
 #: The settings that made a prior (kept from the prior's metadata when it is re-clustered).
-FIT_SETTINGS = ("n_iter", "n_runs", "learning_rate", "working_size", "precision",
+FIT_SETTINGS = ("n_iter", "n_runs", "settle", "learning_rate", "working_size", "precision",
                 "device", "n_workers", "preview_every")
 
 
@@ -77,16 +77,10 @@ def iter_fit_prior(image, settings: Optional[Settings] = None, *,
 
 def _fit(inp: _Input, settings: Settings, device, batch_size=None, start=None):
     clock = _Clock(start)
-    plan = _plan.plan_fit(inp.data, n_runs=settings.n_runs, device=device,
-                          working_size=settings.working_size, n_workers=settings.n_workers,
-                          batch_size=batch_size)
-    fit = iter_plane_prior(inp.data, plan, seed=settings.seed, n_runs=settings.n_runs,
-                           n_iter=settings.n_iter, learning_rate=settings.learning_rate,
-                           precision=settings.precision,
-                           preview_every=settings.preview_every)
-    median, spread = yield from relay(fit, lambda p: clock.stamp(p.replace(
+    fit = iter_planned_prior(inp.data, device=device, batch_size=batch_size,
+                             **settings.fit_values())
+    median, spread, fit_info = yield from relay(fit, lambda p: clock.stamp(p.replace(
         preview=None if p.preview is None else inp.layout.to_user(p.preview))))
-    fit_info = plan.describe()
     meta = inp.metadata(settings, fit_info["device"], fit=fit_info)
     return PriorResult(inp.layout.to_user(median), spread, meta, inp.layout.out_axis)
 

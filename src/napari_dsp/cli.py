@@ -26,7 +26,7 @@ import numpy as np
 from . import batch as _batch
 from . import io as _io
 from ._signals import Signals, Stopped
-from .settings import FIELDS, Settings
+from .settings import FIELDS, RESEARCH_FIT, Settings
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -94,6 +94,11 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
             kind = _finite_float if isinstance(default, float) else int
             parser.add_argument(spec.flag, dest=name, type=kind, default=None, metavar="N",
                                 help=helptext)
+    parser.add_argument("--research-defaults", action="store_true",
+                        help="fit as the research procedure does: "
+                             + " ".join(f"{FIELDS[k].flag} {v}" for k, v in
+                                        RESEARCH_FIT.items())
+                             + " (slower; flags given as well still apply)")
     parser.add_argument("--channel-axis", type=int, default=None, metavar="AXIS",
                         help="axis of the channels of a multichannel image (RGB(A) with "
                              "channels last, and channels named by OME or ImageJ metadata "
@@ -181,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _settings_from_args(args) -> Settings:
     chosen = {name: getattr(args, name) for name in FIELDS if getattr(args, name) is not None}
     # no live display here: previews are never computed, whatever --preview-every says
-    return Settings().replace(**{**chosen, "preview_every": 0})
+    base = Settings.research() if getattr(args, "research_defaults", False) else Settings()
+    return base.replace(**{**chosen, "preview_every": 0})
 
 
 def _error(text: str) -> None:

@@ -94,6 +94,11 @@ FIELDS: dict[str, Field] = {
               maximum=5000, flag="--iterations"),
         Field("n_runs", "Independent fits in the ensemble; the prior is their per-pixel "
               "median.", label="runs", minimum=1, maximum=64, flag="--runs"),
+        Field("settle", "Stop the fits early once the prior has settled: when the "
+              "median's mean change per iteration (a fraction of the intensity range) "
+              "falls below this, from iteration 10 on; n_iter is then the most. 0 = "
+              "always n_iter iterations (the research procedure).", label="settled below",
+              minimum=0.0, maximum=1.0, flag="--settle", advanced=True, step=0.0005),
         Field("window", "Side of the square window (pixels, odd) whose prior values form "
               "each pixel's feature for K-means.", label="window", minimum=1, maximum=31,
               flag="--window", applies="kmeans", step=2),
@@ -171,6 +176,11 @@ FIELDS: dict[str, Field] = {
 }
 
 
+#: The research procedure's fit (docs/algorithm.md): ``Settings.research()``, the
+#: command line's ``--research-defaults``.
+RESEARCH_FIT = {"n_runs": 11, "n_iter": 50, "settle": 0.0, "precision": "float32"}
+
+
 @dataclass(frozen=True)
 class Settings:
     """Parameters of a Deep Segmentation Prior run, with the research defaults.
@@ -205,6 +215,11 @@ class Settings:
         Iterations of each generator fit (research default 50).
     n_runs : int
         Ensemble size; the prior is the per-pixel median over the runs (default 11).
+    settle : float
+        Stop the fits once the prior has settled: when the mean absolute change of the
+        members' median from one iteration to the next (in units of the normalised
+        image) falls below ``settle``, from iteration 10 on (0 = always ``n_iter``
+        iterations). The iterations fitted are in ``metadata["fit"]["iterations"]``.
     window : int
         Odd side of the square window of prior values used as a pixel's feature (3; the
         research code used 7, which on the reference cases moves object outlines outwards
@@ -251,6 +266,7 @@ class Settings:
     continuity_weight: float = 0.0
     n_iter: int = 50
     n_runs: int = 11
+    settle: float = 0.0
     window: int = 3
     working_size: Optional[int] = None
     seed: Optional[int] = None
@@ -284,6 +300,13 @@ class Settings:
             raise ValueError("invert only applies to foreground/background "
                              f"(n_classes=2), got n_classes={self.n_classes}")
 
+    @classmethod
+    def research(cls, **overrides: Any) -> Settings:
+        """The research procedure's fit (:data:`RESEARCH_FIT`: 11 runs x 50 iterations,
+        float32, no early stop) with this package's other defaults; ``overrides``
+        replace single values."""
+        return cls(**{**RESEARCH_FIT, **overrides})
+
     def replace(self, **changes: Any) -> Settings:
         """Return a copy with ``changes`` applied (validated); unknown names raise."""
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
@@ -294,6 +317,13 @@ class Settings:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def fit_values(self) -> dict:
+        """The plain values a plane's prior fit takes
+        (``napari_dsp.core.prior.iter_planned_prior``)."""
+        return {name: getattr(self, name) for name in (
+            "seed", "n_runs", "n_iter", "learning_rate", "precision", "preview_every",
+            "settle", "working_size", "n_workers")}
 
 
 def _check(name: str, value: Any, annotation: str) -> None:

@@ -19,7 +19,7 @@ from .core import cluster as _cluster
 from .core import image as _image
 from .core import plan as _plan
 from .core import postprocess as _post
-from .core.prior import iter_plane_prior, iter_volume_prior
+from .core.prior import iter_planned_prior, iter_volume_prior
 from .progress import FitProgress, ProgressCallback, check_callback, drain, relay
 from .results import PriorResult, SegmentResult, make_metadata, resolve_seed
 from .settings import Settings, make_settings
@@ -160,18 +160,15 @@ def _segment_stack(image, stack: _Stack, settings: Settings, device, spacing: tu
         fit_info = {"device": _plan.describe_device(device), "volumetric": True,
                     "spacing": list(spacing), "z_stages": stages, "threads": threads}
     else:
-        priors, spreads = [], []
+        priors, spreads, iterations = [], [], []  # iterations fitted, per plane
         for i, plane in enumerate(normed):
-            plan = _plan.plan_fit(plane, n_runs=s.n_runs, device=device,
-                                  working_size=s.working_size, n_workers=s.n_workers)
-            fit = iter_plane_prior(plane, plan, seed=s.seed, n_runs=s.n_runs,
-                                   n_iter=s.n_iter, learning_rate=s.learning_rate,
-                                   precision=s.precision, preview_every=s.preview_every)
-            median, spread = yield from relay(fit, lambda p, i=i: clock.stamp(p.replace(
-                preview=stack.plane_layout(p.preview), plane=i, n_planes=n)))
+            fit = iter_planned_prior(plane, device=device, **s.fit_values())
+            median, spread, plane_info = yield from relay(fit, lambda p, i=i: clock.stamp(
+                p.replace(preview=stack.plane_layout(p.preview), plane=i, n_planes=n)))
             priors.append(median)
             spreads.append(spread)
-            fit_info = plan.describe()
+            iterations.append(plane_info["iterations"])
+            fit_info = {**plane_info, "iterations": iterations}
     labels, info = _cluster.cluster_priors(priors, n_classes=s.n_classes, window=s.window,
                                            seed=s.seed)
     if s.n_classes == 2:

@@ -51,16 +51,13 @@ def sample_indices(planes: Sequence[tuple], n: int = SAMPLE_PLANES) -> tuple:
 
 def fit_plane(normed: np.ndarray, settings: Settings) -> np.ndarray:
     from .core import plan as _plan
-    from .core.prior import iter_plane_prior
+    from .core.prior import iter_planned_prior
     from .progress import drain
 
     device = _plan.resolve_device(settings.device)
-    plan = _plan.plan_fit(normed, n_runs=settings.n_runs, device=device,
-                          working_size=settings.working_size, n_workers=settings.n_workers)
-    fit = iter_plane_prior(normed, plan, seed=settings.seed, n_runs=settings.n_runs,
-                           n_iter=settings.n_iter, learning_rate=settings.learning_rate,
-                           precision=settings.precision, preview_every=0)
-    median, _spread = drain(fit, None)
+    fit = iter_planned_prior(normed, device=device,
+                             **settings.replace(preview_every=0).fit_values())
+    median, _spread, _info = drain(fit, None)
     return median
 
 

@@ -203,7 +203,10 @@ def iter_members_threaded(target: np.ndarray, crop: tuple, *, threads: int,
             w.start()
         n = len(shares)
         reports: list[Optional[FitProgress]] = [None] * n
-        previews: list[Optional[np.ndarray]] = [None] * n
+        # previews by step, per thread, until every thread has reached that step: a
+        # preview is always every member at the same step (threads run side by side, one
+        # may be ahead), so it does not depend on timing
+        pending: list[dict] = [{} for _ in range(n)]
         results: list[Optional[np.ndarray]] = [None] * n
         while any(r is None for r in results):
             k, kind, value = inbox.get()
@@ -213,22 +216,32 @@ def iter_members_threaded(target: np.ndarray, crop: tuple, *, threads: int,
                 results[k] = value
                 continue
             reports[k] = value
-            if value.preview is not None:
-                previews[k] = value.preview
             known = [r for r in reports if r is not None]
-            ready = value.preview is not None and all(p is not None for p in previews)
+            preview = None
+            if value.preview is not None:
+                pending[k][value.step] = value.preview
+                common = set.intersection(*(set(d) for d in pending))
+                if common:
+                    at = max(common)
+                    preview = np.concatenate([d[at] for d in pending], 0)
+                    for d in pending:
+                        for s in [s for s in d if s <= at]:
+                            del d[s]
             # the iteration of the group furthest behind (threads run side by side; a
             # report per thread would make the count jump back and forth)
             running = [r.iteration for k, r in enumerate(reports)
                        if r is not None and results[k] is None and r.step < r.total]
+            iteration = min(running) if running else value.iteration
+            if preview is not None:  # the iteration the preview shows
+                iteration = (at - 1) % value.n_iter + 1
             yield value.replace(
-                iteration=min(running) if running else value.iteration,
+                iteration=iteration,
                 step=sum(r.step for r in known),
                 total=sum(r.total for r in known) + sum(
                     value.n_iter * -(-len(s) // (fit_kwargs.get("batch_size") or len(s)))
                     for s, r in zip(shares, reports) if r is None),
                 members_done=sum(r.members_done for r in known), n_members=len(seeds),
-                preview=np.concatenate(previews, 0) if ready else None)
+                preview=preview)
         return np.concatenate(results, 0)
     finally:
         stop.set()
@@ -281,6 +294,42 @@ def iter_ensemble(target: np.ndarray, crop: tuple, *, threads: int,
         return iter_members_threaded(target, crop, threads=threads, device=device,
                                      **fit_kwargs)
     return iter_members(target, crop, device=device, **fit_kwargs)
+
+
+#: The earliest iteration a fit may stop at when the prior has settled.
+MIN_SETTLE_ITER = 10
+
+
+def until_settled(fit: Generator, settle: float, *, preview_every: int, info: dict,
+                  min_iter: int = MIN_SETTLE_ITER
+                  ) -> Generator[FitProgress, None, np.ndarray]:
+    """Relay ``fit``, whose reports carry every member's output at one iteration, every
+    iteration, and end it once the prior has settled: when the median's mean absolute
+    change since the previous iteration (in units of the normalised image) falls below
+    ``settle``, from ``min_iter`` on. Previews go on as medians every ``preview_every``
+    iterations. Returns the members' outputs at the last iteration fitted; ``info``
+    gets ``iterations`` (fitted), ``settled`` and the last ``change``."""
+    previous, change, iteration = None, None, 0
+    while True:
+        try:
+            p = next(fit)
+        except StopIteration as done:
+            info.update(iterations=iteration, settled=False, change=change)
+            return done.value
+        if p.preview is None:
+            yield p
+            continue
+        members, iteration = p.preview, p.iteration
+        med = median(members)
+        if previous is not None:
+            change = float(np.abs(med - previous).mean())
+        previous = med
+        if change is not None and iteration >= min_iter and change < settle:
+            fit.close()
+            info.update(iterations=iteration, settled=True, change=change)
+            return members
+        show = preview_every and iteration % preview_every == 0
+        yield p.replace(preview=med if show else None)
 
 
 def summarize(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

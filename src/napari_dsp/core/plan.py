@@ -36,6 +36,8 @@ MIN_RADIUS = 3.0
 #: Planes smaller than this (pixels) are fitted by one thread: starting a second one
 #: costs more than it saves.
 MIN_PIXELS_FOR_THREADS = 96 * 96
+#: Most activation memory of one group of members trained together on a CPU (bytes).
+GROUP_BYTES = 1.5e9
 #: Share of the available memory a fit may plan to use.
 MEMORY_SHARE = 0.9
 
@@ -65,10 +67,13 @@ class FitPlan:
 
 def plan_fit(data: np.ndarray, *, n_runs: int, device: torch.device,
              working_size: Optional[int], n_workers: Optional[int],
-             batch_size: Optional[int] = None) -> FitPlan:
+             batch_size: Optional[int] = None, together: bool = False) -> FitPlan:
     """Plan the fit of a normalised ``(C, Y, X)`` plane (see ``Settings`` for the
     meaning of ``working_size`` and ``n_workers``); refuses up front, with a
-    ``ValueError`` that says what to change, a CPU fit that would not fit in memory."""
+    ``ValueError`` that says what to change, a CPU fit that would not fit in memory.
+
+    ``together``: train each thread's share of the members as one group where memory
+    allows (the early stop watches all members iteration by iteration)."""
     c = data.shape[0]
     shape = tuple(int(v) for v in data.shape[1:])
     tile = tile_size(c, n_runs, n_workers, device, shape[0] * shape[1])
@@ -78,6 +83,11 @@ def plan_fit(data: np.ndarray, *, n_runs: int, device: torch.device,
     n_pixels = _padded_pixels(side)
     if batch_size is None:
         batch_size = default_batch_size(n_runs, n_pixels, c, device)
+        if together and device.type == "cpu":
+            share = -(-n_runs // max(1, default_threads(n_runs, n_pixels)
+                                     if n_workers is None else int(n_workers)))
+            batch_size = int(max(batch_size, min(share, math.floor(
+                GROUP_BYTES / activation_bytes(n_pixels, c)))))
     if device.type != "cpu":
         threads = 1
     elif n_workers is None:
@@ -275,7 +285,7 @@ def default_batch_size(n_runs: int, n_pixels: int, n_channels: int,
     """
     per_member = activation_bytes(n_pixels, n_channels)
     if device.type == "cpu":
-        return int(max(1, min(n_runs, 2, math.floor(1.5e9 / per_member))))
+        return int(max(1, min(n_runs, 2, math.floor(GROUP_BYTES / per_member))))
     budget = 0.5 * free_device_bytes(device)
     return int(max(1, min(n_runs, math.floor(budget / max(per_member, 1)))))
 

@@ -20,7 +20,7 @@ from ..progress import FitProgress, relay
 from . import fit as _fit
 from . import image as _image
 from . import nets
-from .plan import TILE_OVERLAP, FitPlan
+from .plan import TILE_OVERLAP, FitPlan, plan_fit
 
 
 def member_seeds(seed: int, n_runs: int) -> list[int]:
@@ -28,18 +28,47 @@ def member_seeds(seed: int, n_runs: int) -> list[int]:
     return [int(s) for s in np.random.SeedSequence(seed).generate_state(n_runs)]
 
 
+def iter_planned_prior(data: np.ndarray, *, device, seed: int, n_runs: int, n_iter: int,
+                       learning_rate: float, precision: str, preview_every: int,
+                       settle: float, working_size: Optional[int],
+                       n_workers: Optional[int], batch_size: Optional[int] = None):
+    """Plan (:func:`napari_dsp.core.plan.plan_fit`) and fit the prior of a normalised
+    ``(C, Y, X)`` plane: yields progress, returns ``(median, spread, fit_info)``, the
+    plan's description with the iterations fitted."""
+    plan = plan_fit(data, n_runs=n_runs, device=device, working_size=working_size,
+                    n_workers=n_workers, batch_size=batch_size, together=settle > 0)
+    info: dict = {}
+    median, spread = yield from iter_plane_prior(
+        data, plan, seed=seed, n_runs=n_runs, n_iter=n_iter, learning_rate=learning_rate,
+        precision=precision, preview_every=preview_every, settle=settle, info=info)
+    fit_info = plan.describe()
+    its = info["iterations"]
+    fit_info.update(n_iter=n_iter, settle=info["settle"],
+                    iterations=its[0] if len(its) == 1 else its,
+                    settled=all(info["settled"]) if info["settled"] else False)
+    return median, spread, fit_info
+
+
 def iter_plane_prior(data: np.ndarray, plan: FitPlan, *, seed: int, n_runs: int,
                      n_iter: int, learning_rate: float, precision: str,
-                     preview_every: int):
+                     preview_every: int, settle: float = 0.0,
+                     info: Optional[dict] = None):
     """Fit the prior of a normalised ``(C, Y, X)`` plane as ``plan`` says; yields
     progress (previews as ``(C, Y, X)`` medians at the plane's size), returns
-    ``(median (C, Y, X), spread (Y, X))``."""
+    ``(median (C, Y, X), spread (Y, X))``.
+
+    ``settle > 0`` ends each fit once the prior has settled (see
+    :func:`napari_dsp.core.fit.until_settled`); ``info`` (a dict) then gets
+    ``iterations`` (fitted, one per tile) and ``settled``."""
+    info = {} if info is None else info
     shape = tuple(data.shape[1:])
     work = tuple(plan.working_shape)
     if work != shape:
         data = _image.resize(data, work)
     fit_kwargs = dict(seeds=member_seeds(seed, n_runs), n_iter=n_iter,
                       learning_rate=learning_rate, precision=precision)
+    settle = settle if settle_applies(plan, n_runs) else 0.0
+    info.update(settle=settle, iterations=[], settled=[])
     if len(plan.tiles) == 1:
         def full_size(p: FitProgress) -> FitProgress:
             if p.preview is None or work == shape:
@@ -47,16 +76,23 @@ def iter_plane_prior(data: np.ndarray, plan: FitPlan, *, seed: int, n_runs: int,
             return p.replace(preview=_image.resize(p.preview, shape))
 
         median, spread = yield from relay(
-            _iter_ensemble(data, plan, preview_every, fit_kwargs), full_size)
+            _iter_ensemble(data, plan, preview_every, fit_kwargs, settle, info), full_size)
     else:
-        median, spread = yield from _iter_tiles(data, plan, fit_kwargs)
+        median, spread = yield from _iter_tiles(data, plan, fit_kwargs, settle, info)
     if work != shape:
         median = _image.resize(median, shape)
         spread = _image.resize(spread[None], shape)[0]
     return median, spread
 
 
-def _iter_tiles(data: np.ndarray, plan: FitPlan, fit_kwargs: dict):
+def settle_applies(plan: FitPlan, n_runs: int) -> bool:
+    """Whether every member of a fit trains at once (one group per thread), which the
+    early stop needs: it watches the median of all members, iteration by iteration."""
+    return plan.batch_size >= -(-n_runs // max(1, plan.threads))
+
+
+def _iter_tiles(data: np.ndarray, plan: FitPlan, fit_kwargs: dict, settle: float,
+                info: dict):
     """Fit the plan's overlapping tiles one after another (memory bounded by one tile)
     and blend them with linear ramps across the overlaps. Every tile uses the same
     member seeds; no previews."""
@@ -66,7 +102,8 @@ def _iter_tiles(data: np.ndarray, plan: FitPlan, fit_kwargs: dict):
     weight = np.zeros((h, w), np.float32)
     n = len(plan.tiles)
     for k, (ys, xs) in enumerate(plan.tiles):
-        fit = _iter_ensemble(np.ascontiguousarray(data[:, ys, xs]), plan, 0, fit_kwargs)
+        fit = _iter_ensemble(np.ascontiguousarray(data[:, ys, xs]), plan, 0, fit_kwargs,
+                             settle, info)
         median, spread = yield from relay(fit, lambda p, k=k: p.replace(
             step=k * p.total + p.step, total=n * p.total, tile=k, n_tiles=n))
         ramp = _image.blend_weights((ys, xs), (h, w), TILE_OVERLAP)
@@ -76,9 +113,11 @@ def _iter_tiles(data: np.ndarray, plan: FitPlan, fit_kwargs: dict):
     return acc / weight, acc_spread / weight
 
 
-def _iter_ensemble(data: np.ndarray, plan: FitPlan, preview_every: int, fit_kwargs: dict):
+def _iter_ensemble(data: np.ndarray, plan: FitPlan, preview_every: int, fit_kwargs: dict,
+                   settle: float, info: dict):
     """One ensemble fit of a normalised ``(C, H, W)`` piece: yields progress (previews as
-    ``(C, H, W)`` medians), returns (median, spread)."""
+    ``(C, H, W)`` medians), returns (median, spread); appends the iterations fitted and
+    whether the prior settled to ``info``."""
     padded, crop = _image.pad_to_multiple(data)
     c = padded.shape[0]
     device = plan.device
@@ -86,14 +125,24 @@ def _iter_ensemble(data: np.ndarray, plan: FitPlan, preview_every: int, fit_kwar
     def make_net(g: int, seeds: Sequence[int]):
         return nets.EnsembleGenerator(g, c, seeds)
 
+    n_iter = fit_kwargs["n_iter"]
+    watch = settle > 0 and n_iter > _fit.MIN_SETTLE_ITER
+    done = {"iterations": n_iter, "settled": False}
+
     def start(batch: int):
-        return _fit.iter_ensemble(padded, crop, threads=plan.threads, device=device,
-                                  make_net=make_net, batch_size=batch,
-                                  preview_every=preview_every, **fit_kwargs)
+        fit = _fit.iter_ensemble(padded, crop, threads=plan.threads, device=device,
+                                 make_net=make_net, batch_size=batch,
+                                 preview_every=1 if watch else preview_every,
+                                 **fit_kwargs)
+        if not watch or batch < plan.batch_size:  # smaller groups: no early stop
+            done.update(iterations=n_iter, settled=False)
+            return relay(fit, _preview_median)
+        return _fit.until_settled(fit, settle, preview_every=preview_every, info=done)
 
     with _fit.trimmed_heap(device):
-        members = yield from relay(_retry_smaller_groups(start, plan.batch_size, device),
-                                   _preview_median)
+        members = yield from _retry_smaller_groups(start, plan.batch_size, device)
+        info["iterations"].append(int(done["iterations"]))
+        info["settled"].append(bool(done["settled"]))
         return _fit.summarize(members)
 
 
