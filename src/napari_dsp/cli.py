@@ -94,11 +94,9 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
             kind = _finite_float if isinstance(default, float) else int
             parser.add_argument(spec.flag, dest=name, type=kind, default=None, metavar="N",
                                 help=helptext)
-    parser.add_argument("--research-defaults", action="store_true",
-                        help="fit as the research procedure does: "
-                             + " ".join(f"{FIELDS[k].flag} {v}" for k, v in
-                                        RESEARCH_FIT.items())
-                             + " (slower; flags given as well still apply)")
+    research = " ".join(f"{FIELDS[k].flag} {v}" for k, v in RESEARCH_FIT.items())
+    parser.add_argument("--research-defaults", action="store_true", help=f"fit as the "
+                        f"research procedure: {research} (slower; other flags still apply)")
     parser.add_argument("--channel-axis", type=int, default=None, metavar="AXIS",
                         help="axis of the channels of a multichannel image (RGB(A) with "
                              "channels last, and channels named by OME or ImageJ metadata "
@@ -212,7 +210,7 @@ class _Once:
 
 
 def _tune_allocator() -> None:
-    from .core.fit import tune_allocator_for_fitting
+    from .core.heap import tune_allocator_for_fitting
 
     tune_allocator_for_fitting()  # this process only fits: keep activations in the heap
 

@@ -140,7 +140,7 @@ def prepare_worker() -> None:
     keeps freed activations in its heap (dask starts workers with
     ``MALLOC_TRIM_THRESHOLD_=65536``, which made every fit about twice as slow,
     measured by ``benchmarks/bench_cluster.py``). Idempotent; a worker's job is fitting."""
-    from .core.fit import tune_allocator_for_fitting
+    from .core.heap import tune_allocator_for_fitting
 
     tune_allocator_for_fitting()
 

@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
 METHODS = ("kmeans", "kanezaki")
-PRECISIONS = ("float32", "bfloat16")
+PRECISIONS = ("auto", "float32", "bfloat16")
 
 
 #: When a setting applies, from the values of the others (the form hides what does not
@@ -123,8 +123,10 @@ FIELDS: dict[str, Field] = {
               "are fitted in overlapping tiles, blended.", label="working size",
               minimum=0, maximum=65536, flag="--working-size", advanced=True,
               none_text="automatic"),
-        Field("precision", "Arithmetic of the fit. 'bfloat16' is faster on recent CPUs "
-              "and GPUs and costs about 0.8 dB of prior PSNR.", label="precision",
+        Field("precision", "Arithmetic of the fit. 'auto': bfloat16 where the processor "
+              "computes it natively (CUDA GPUs with bfloat16, CPUs with AVX512-BF16 or "
+              "AMX), float32 elsewhere; 'bfloat16' elsewhere is emulated and slower.",
+              label="precision",
               choices=PRECISIONS, flag="--precision", advanced=True),
         Field("n_workers", "CPU threads sharing the ensemble, each running torch "
               "single-threaded. None = one per core for planes from 96x96 up, else one; "
@@ -214,7 +216,10 @@ class Settings:
     n_iter : int
         Iterations of each generator fit (research default 50).
     n_runs : int
-        Ensemble size; the prior is the per-pixel median over the runs (default 11).
+        Ensemble size; the prior is the per-pixel median over the runs (default 6; the
+        research procedure used 11: over 20 images and 3 seeds, 6 members x 50
+        iterations keep every image's worst-seed IoU within 0.01 of 11 x 50's and the
+        mean within +0.0004, ``benchmarks/study_speed.py``; see ``Settings.research()``).
     settle : float
         Stop the fits once the prior has settled: when the mean absolute change of the
         members' median from one iteration to the next (in units of the normalised
@@ -235,7 +240,7 @@ class Settings:
         Seed of every random choice; ``None`` draws one (reported in the result).
     device : {'auto', 'cpu', 'cuda', 'cuda:N', 'mps'}
         Where to fit.
-    precision : {'float32', 'bfloat16'}
+    precision : {'auto', 'float32', 'bfloat16'}
         Arithmetic of the fit.
     n_workers : int or None
         CPU threads sharing the ensemble (None = automatic, 0 = one fit on torch's own
@@ -265,7 +270,7 @@ class Settings:
     use_prior: bool = True
     continuity_weight: float = 0.0
     n_iter: int = 50
-    n_runs: int = 11
+    n_runs: int = 6
     settle: float = 0.0
     window: int = 3
     working_size: Optional[int] = None
@@ -274,7 +279,7 @@ class Settings:
     precision: str = "float32"
     n_workers: Optional[int] = None
     learning_rate: float = 0.01
-    preview_every: int = 5
+    preview_every: int = 2
     stabilize_iter: int = 50
     n_superpixels: int = 10000
     compactness: float = 100.0

@@ -152,13 +152,15 @@ def _segment_stack(image, stack: _Stack, settings: Settings, device, spacing: tu
                                             n_workers=s.n_workers)
         fit = iter_volume_prior(volume, spacing, seed=s.seed,
                                 n_runs=s.n_runs, n_iter=s.n_iter,
-                                learning_rate=s.learning_rate, precision=s.precision,
+                                learning_rate=s.learning_rate,
+                                precision=_plan.resolve_precision(s.precision, device),
                                 device=device, threads=threads)
         median, spread, stages = yield from relay(fit, clock.stamp)
         priors = [median[:, z] for z in range(n)]
         spreads = list(spread)
         fit_info = {"device": _plan.describe_device(device), "volumetric": True,
-                    "spacing": list(spacing), "z_stages": stages, "threads": threads}
+                    "spacing": list(spacing), "z_stages": stages, "threads": threads,
+                    "precision": _plan.resolve_precision(s.precision, device)}
     else:
         priors, spreads, iterations = [], [], []  # iterations fitted, per plane
         for i, plane in enumerate(normed):

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from napari_dsp.core import image as _image
 from napari_dsp.core.image import normalize, pad_to_multiple, to_channels_first
 
 
@@ -94,3 +95,13 @@ def test_normalize_values_near_the_float64_limit(recwarn):
     out = normalize(to_channels_first(np.where(base > 0, 1e308, -1e308)))
     np.testing.assert_array_equal(out[0], base.astype(np.float32))
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+@pytest.mark.parametrize("size, radius", [(256, (2, 4)), (512, (6, 12)), (512, (16, 24))])
+def test_the_object_radius_is_found_on_blobs_of_known_size(size, radius):
+    from napari_dsp._synthetic import nuclei
+
+    image, _mask = nuclei((size, size), n=int(20 * (size / 256) ** 2 * (8 / radius[1]) ** 2),
+                          radius=radius, seed=0)
+    estimate = _image.object_radius(_image.normalize(_image.to_channels_first(image)))
+    assert radius[0] / 1.5 <= estimate <= radius[1] * 1.5

@@ -126,3 +126,39 @@ def test_tiles_cover_the_plane_with_overlap():
         cover[ys, xs] += 1
     assert cover.min() >= 1 and cover.max() >= 2
     assert _plan.tile_slices((300, 300), 512, 32) == [(slice(0, 300), slice(0, 300))]
+
+
+@pytest.mark.parametrize("caps, expected", [
+    ({"avx512_bf16": True, "avx512_f": True}, "bfloat16"),
+    ({"amx_bf16": True}, "bfloat16"),
+    ({"avx512_bf16": False, "avx512_f": True, "avx2": True}, "float32"),  # emulated: slower
+    ({}, "float32"),
+])
+def test_auto_precision_is_bfloat16_only_where_the_cpu_computes_it(monkeypatch, caps,
+                                                                     expected):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
+    cpu = torch.device("cpu")
+    assert _plan.resolve_precision("auto", cpu) == expected
+    assert _plan.resolve_precision("float32", cpu) == "float32"  # a choice is kept
+    assert _plan.resolve_precision("bfloat16", cpu) == "bfloat16"
+
+
+@pytest.mark.parametrize("supported", [True, False])
+def test_auto_precision_on_cuda_follows_the_gpu(monkeypatch, supported):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: supported)
+    expected = "bfloat16" if supported else "float32"
+    assert _plan.resolve_precision("auto", torch.device("cuda")) == expected
+    assert _plan.resolve_precision("auto", torch.device("mps")) == "float32"
+
+
+def test_the_precision_used_is_in_the_metadata(monkeypatch):
+    from napari_dsp import fit_prior
+
+    image = np.random.default_rng(0).random((32, 40)).astype(np.float32)
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {})
+    r = fit_prior(image, n_iter=2, n_runs=1, seed=0, precision="auto")
+    assert r.metadata["fit"]["precision"] == "float32"
+    assert r.metadata["settings"]["precision"] == "auto"
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})
+    r = fit_prior(image, n_iter=2, n_runs=1, seed=0, precision="auto")
+    assert r.metadata["fit"]["precision"] == "bfloat16"

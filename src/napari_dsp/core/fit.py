@@ -5,18 +5,16 @@ progress; CPU ensembles shared out over threads; the median and spread of the me
 thread and yields a :class:`~napari_dsp.progress.FitProgress` after every iteration, so
 a consumer can stop within one iteration. :func:`iter_members_threaded` runs shares of
 the ensemble in Python threads of this process, each with a single-threaded torch (torch
-releases the GIL inside its kernels). :func:`summarize` turns the members' outputs into
-the prior (median) and its spread. Nothing here knows about napari, Qt or files.
+releases the GIL inside its kernels); their previews are every member at one iteration.
+:func:`until_settled` ends a fit once the members' median has settled (the early stop).
+:func:`summarize` turns the members' outputs into the prior (median) and its spread.
+Nothing here knows about napari, Qt or files.
 """
 
 from __future__ import annotations
 
 import atexit
-import contextlib
-import ctypes
-import ctypes.util
 import queue
-import sys
 import threading
 from collections.abc import Callable, Generator, Sequence
 from typing import Optional
@@ -25,6 +23,7 @@ import numpy as np
 import torch
 
 from ..progress import FitProgress
+from .heap import trimmed_heap, tune_allocator_for_fitting  # noqa: F401 - re-exported (scripts, benchmarks)
 from .nets import NOISE_CHANNELS, make_noise
 
 #: What a device that runs out of memory raises (CUDA; MPS raises a RuntimeError).
@@ -358,63 +357,3 @@ def _median(stack: torch.Tensor) -> torch.Tensor:
     if n % 2:
         return ordered[n // 2]
     return 0.5 * (ordered[n // 2 - 1] + ordered[n // 2])
-
-
-# -- glibc's allocator, private to the fit -------------------------------------------------
-_LIBC = None
-_TUNED = False
-
-
-def _libc():
-    global _LIBC
-    if _LIBC is None and sys.platform.startswith("linux"):
-        try:
-            _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        except OSError:  # pragma: no cover
-            _LIBC = False
-    return _LIBC or None
-
-
-def tune_allocator_for_fitting() -> bool:
-    """Keep freed memory in glibc's heap instead of returning it to the OS: for processes
-    whose job is fitting (the command line, benchmarks), never napari: the settings are
-    process-wide and permanent.
-
-    The fit frees and re-allocates the same large activations every iteration; by default
-    glibc unmaps them and faults them in again each time, which costs more than the
-    arithmetic of a small network. Threads share one arena (glibc's per-thread arenas
-    made the two fitting threads about 10 % slower per iteration at 512 x 512; where
-    other threads made arenas before, glibc keeps those).
-    Returns whether the setting took effect (glibc only).
-    """
-    global _TUNED
-    libc = _libc()
-    if _TUNED or libc is None:
-        return _TUNED
-    try:
-        m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8
-        ok = libc.mallopt(m_mmap_max, 0) == 1
-        ok = libc.mallopt(m_arena_max, 1) == 1 and ok
-        _TUNED = libc.mallopt(m_trim_threshold, 2**30) == 1 and ok
-    except AttributeError:  # pragma: no cover - not glibc
-        _TUNED = False
-    return _TUNED
-
-
-@contextlib.contextmanager
-def trimmed_heap(device: torch.device):
-    """After a CPU fit, hand the heap's free pages back to the OS (a long-lived process
-    such as napari keeps no fit's activations)."""
-    try:
-        yield
-    finally:
-        if device.type == "cpu":
-            _release_heap()
-
-
-def _release_heap() -> None:
-    """Return the heap's free pages to the OS (glibc's ``malloc_trim``)."""
-    libc = _libc()
-    if libc is not None:
-        with contextlib.suppress(AttributeError):  # not glibc
-            libc.malloc_trim(0)

@@ -4,7 +4,8 @@
 the largest plane fitted in one piece (the tile), the working resolution, the tiles, how
 many ensemble members are trained as one grouped model, how many CPU threads share the
 ensemble, and whether the memory it needs is there. :class:`FitPlan` carries the answer;
-its :meth:`FitPlan.describe` goes into the result's metadata.
+its :meth:`FitPlan.describe` goes into the result's metadata. :func:`resolve_precision`
+turns ``precision='auto'`` into the arithmetic the device computes natively.
 
 Memory available is :func:`napari_dsp.core.memory.available_memory`.
 """
@@ -175,6 +176,26 @@ def resolve_device(device) -> torch.device:
 def _mps_available() -> bool:
     backend = getattr(torch.backends, "mps", None)
     return bool(backend is not None and backend.is_available())
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``'auto'`` -> ``'bfloat16'`` where ``device`` computes it natively, else
+    ``'float32'``; other values unchanged."""
+    if precision != "auto":
+        return precision
+    return "bfloat16" if native_bfloat16(device) else "float32"
+
+
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether ``device`` has bfloat16 arithmetic in hardware: a CUDA GPU that supports
+    it, or a CPU with AVX512-BF16, AMX-BF16 or the Arm BF16 extension (emulated
+    bfloat16 is slower than float32)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        caps = getattr(torch.cpu, "get_capabilities", lambda: {})()
+        return any(bool(caps.get(k)) for k in ("avx512_bf16", "amx_bf16", "bf16"))
+    return False
 
 
 def describe_device(device: torch.device) -> str:

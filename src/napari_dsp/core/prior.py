@@ -1,5 +1,7 @@
 """The prior of one normalised plane or volume: the plan carried out.
 
+:func:`iter_planned_prior` plans a plane's fit (``plan.plan_fit``, the precision) and
+carries it out, returning the plan's description with the iterations fitted.
 :func:`iter_plane_prior` takes a ``(C, Y, X)`` plane in [0, 1] and a
 :class:`~napari_dsp.core.plan.FitPlan`: it scales the plane to the working shape, fits
 it whole or in overlapping tiles blended with linear ramps, runs the ensemble in threads
@@ -20,7 +22,8 @@ from ..progress import FitProgress, relay
 from . import fit as _fit
 from . import image as _image
 from . import nets
-from .plan import TILE_OVERLAP, FitPlan, plan_fit
+from .heap import trimmed_heap
+from .plan import TILE_OVERLAP, FitPlan, plan_fit, resolve_precision
 
 
 def member_seeds(seed: int, n_runs: int) -> list[int]:
@@ -37,13 +40,14 @@ def iter_planned_prior(data: np.ndarray, *, device, seed: int, n_runs: int, n_it
     plan's description with the iterations fitted."""
     plan = plan_fit(data, n_runs=n_runs, device=device, working_size=working_size,
                     n_workers=n_workers, batch_size=batch_size, together=settle > 0)
+    precision = resolve_precision(precision, plan.device)
     info: dict = {}
     median, spread = yield from iter_plane_prior(
         data, plan, seed=seed, n_runs=n_runs, n_iter=n_iter, learning_rate=learning_rate,
         precision=precision, preview_every=preview_every, settle=settle, info=info)
     fit_info = plan.describe()
     its = info["iterations"]
-    fit_info.update(n_iter=n_iter, settle=info["settle"],
+    fit_info.update(precision=precision, n_iter=n_iter, settle=info["settle"],
                     iterations=its[0] if len(its) == 1 else its,
                     settled=all(info["settled"]) if info["settled"] else False)
     return median, spread, fit_info
@@ -139,7 +143,7 @@ def _iter_ensemble(data: np.ndarray, plan: FitPlan, preview_every: int, fit_kwar
             return relay(fit, _preview_median)
         return _fit.until_settled(fit, settle, preview_every=preview_every, info=done)
 
-    with _fit.trimmed_heap(device):
+    with trimmed_heap(device):
         members = yield from _retry_smaller_groups(start, plan.batch_size, device)
         info["iterations"].append(int(done["iterations"]))
         info["settled"].append(bool(done["settled"]))
@@ -189,7 +193,7 @@ def iter_volume_prior(volume: np.ndarray, spacing: Sequence[float], *, seed: int
                                   n_iter=n_iter, learning_rate=learning_rate,
                                   precision=precision, batch_size=batch)
 
-    with _fit.trimmed_heap(device):
+    with trimmed_heap(device):
         members = yield from _retry_smaller_groups(start, batch_size or n_runs, device)
         median, spread = _fit.summarize(members)
     return median, spread, stages
