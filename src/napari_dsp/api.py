@@ -313,8 +313,8 @@ def _cluster_prior(prior: PriorResult, inp: Optional[_Input], settings: Settings
     # the fit's settings are the prior's (this call may say other n_iter, n_runs, ...)
     fitted = pm.get("settings")
     if fitted:
-        settings = Settings(**{**settings.to_dict(), **{
-            k: v for k, v in fitted.items() if k in FIT_SETTINGS}})
+        settings = Settings(**{**settings.to_dict(), "settle": 0.0, **{
+            k: v for k, v in fitted.items() if k in FIT_SETTINGS}})  # older: no stop
     meta = make_metadata(settings, device=pm.get("device", "cpu"),
                          image_shape=inp.shape if inp else inp_meta.get("shape", labels.shape),
                          image_dtype=inp.dtype if inp else inp_meta.get("dtype", "float32"),

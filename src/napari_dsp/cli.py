@@ -68,7 +68,7 @@ class ProgressBar:
         self.stream.flush()
 
     def close(self) -> None:
-        """End a line the bar left open (a failure in the middle of a fit)."""
+        """End a line the bar left open (a failure, or a fit that stopped early)."""
         if self.shown:
             self.stream.write("\n")
             self.stream.flush()
@@ -261,6 +261,8 @@ def _run_segment(args) -> int:
                 bar.close()
             _error(_batch.describe_failure(src, exc))
             continue
+        if bar is not None:
+            bar.close()  # a fit that stopped early leaves its line open
         if outcome.status == "skipped":
             skipped += 1
             names = ", ".join(str(p) for p in outcome.existing)

@@ -185,7 +185,9 @@ RESEARCH_FIT = {"n_runs": 11, "n_iter": 50, "settle": 0.0, "precision": "float32
 
 @dataclass(frozen=True)
 class Settings:
-    """Parameters of a Deep Segmentation Prior run, with the research defaults.
+    """Parameters of a Deep Segmentation Prior run: the research defaults, but for the
+    departures the README lists (6 members, window 3; ``Settings.research()`` for the
+    research procedure's fit).
 
     Parameters
     ----------

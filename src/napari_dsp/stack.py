@@ -160,9 +160,10 @@ def _segment_stack(image, stack: _Stack, settings: Settings, device, spacing: tu
         spreads = list(spread)
         fit_info = {"device": _plan.describe_device(device), "volumetric": True,
                     "spacing": list(spacing), "z_stages": stages, "threads": threads,
-                    "precision": _plan.resolve_precision(s.precision, device)}
+                    "precision": _plan.resolve_precision(s.precision, device),
+                    "iterations": s.n_iter, "settle": 0.0, "settled": False}  # no stop
     else:
-        priors, spreads, iterations = [], [], []  # iterations fitted, per plane
+        priors, spreads, iterations, settled = [], [], [], []  # per plane
         for i, plane in enumerate(normed):
             fit = iter_planned_prior(plane, device=device, **s.fit_values())
             median, spread, plane_info = yield from relay(fit, lambda p, i=i: clock.stamp(
@@ -170,7 +171,8 @@ def _segment_stack(image, stack: _Stack, settings: Settings, device, spacing: tu
             priors.append(median)
             spreads.append(spread)
             iterations.append(plane_info["iterations"])
-            fit_info = {**plane_info, "iterations": iterations}
+            settled.append(plane_info["settled"])
+            fit_info = {**plane_info, "iterations": iterations, "settled": all(settled)}
     labels, info = _cluster.cluster_priors(priors, n_classes=s.n_classes, window=s.window,
                                            seed=s.seed)
     if s.n_classes == 2:

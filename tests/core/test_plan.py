@@ -143,10 +143,10 @@ def test_auto_precision_is_bfloat16_only_where_the_cpu_computes_it(monkeypatch, 
     assert _plan.resolve_precision("bfloat16", cpu) == "bfloat16"
 
 
-@pytest.mark.parametrize("supported", [True, False])
-def test_auto_precision_on_cuda_follows_the_gpu(monkeypatch, supported):
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: supported)
-    expected = "bfloat16" if supported else "float32"
+@pytest.mark.parametrize("capability, expected", [((8, 0), "bfloat16"), ((9, 0), "bfloat16"),
+                                                  ((7, 5), "float32")])  # T4: emulated
+def test_auto_precision_on_cuda_follows_the_gpu(monkeypatch, capability, expected):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: capability)
     assert _plan.resolve_precision("auto", torch.device("cuda")) == expected
     assert _plan.resolve_precision("auto", torch.device("mps")) == "float32"
 

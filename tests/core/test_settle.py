@@ -75,6 +75,21 @@ def test_threaded_previews_show_every_member_at_one_iteration():
                                    atol=1e-6)
 
 
+def test_previews_go_on_when_one_thread_has_fewer_member_groups():
+    """Shares of 3 and 2 members in groups of 2: one thread trains two groups, the other
+    one; once the second has finished, previews show its final members beside the
+    first thread's, up to the end."""
+    kw = dict(make_net=lambda g, s: EnsembleGenerator(g, 3, s), n_iter=4,
+              learning_rate=0.01, device=torch.device("cpu"), preview_every=1)
+    seen = []
+    result = drain(_fit.iter_members_threaded(IMAGE, CROP, threads=2, seeds=[1, 2, 3, 4, 5],
+                                              batch_size=2, **kw), seen.append)
+    shown = [p for p in seen if p.preview is not None]
+    assert len(shown) == 8  # every step of the longer thread (2 groups x 4 iterations)
+    assert all(p.preview.shape[1:] == (3, 32, 40) for p in shown)
+    np.testing.assert_array_equal(shown[-1].preview, result)
+
+
 def test_a_settled_prior_is_the_prior_of_a_fit_stopped_at_that_iteration():
     kw = dict(n_runs=4, n_workers=2, seed=3, batch_size=2)
     settled = drain(iter_fit_prior(FIELD, n_iter=30, settle=1.0, **kw))

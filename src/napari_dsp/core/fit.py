@@ -219,10 +219,15 @@ def iter_members_threaded(target: np.ndarray, crop: tuple, *, threads: int,
             preview = None
             if value.preview is not None:
                 pending[k][value.step] = value.preview
-                common = set.intersection(*(set(d) for d in pending))
+                # a thread that has finished (fewer member groups) shows its members at
+                # that step while it has them, its final members after its last step
+                running = [j for j in range(n) if results[j] is None]
+                common = set.intersection(*(set(pending[j]) for j in running))
                 if common:
                     at = max(common)
-                    preview = np.concatenate([d[at] for d in pending], 0)
+                    preview = np.concatenate([pending[j].get(at, results[j])
+                                              if results[j] is not None else pending[j][at]
+                                              for j in range(n)], 0)
                     for d in pending:
                         for s in [s for s in d if s <= at]:
                             del d[s]
@@ -309,26 +314,28 @@ def until_settled(fit: Generator, settle: float, *, preview_every: int, info: di
     iterations. Returns the members' outputs at the last iteration fitted; ``info``
     gets ``iterations`` (fitted), ``settled`` and the last ``change``."""
     previous, change, iteration = None, None, 0
-    while True:
-        try:
-            p = next(fit)
-        except StopIteration as done:
-            info.update(iterations=iteration, settled=False, change=change)
-            return done.value
-        if p.preview is None:
-            yield p
-            continue
-        members, iteration = p.preview, p.iteration
-        med = median(members)
-        if previous is not None:
-            change = float(np.abs(med - previous).mean())
-        previous = med
-        if change is not None and iteration >= min_iter and change < settle:
-            fit.close()
-            info.update(iterations=iteration, settled=True, change=change)
-            return members
-        show = preview_every and iteration % preview_every == 0
-        yield p.replace(preview=med if show else None)
+    try:
+        while True:
+            try:
+                p = next(fit)
+            except StopIteration as done:
+                info.update(iterations=iteration, settled=False, change=change)
+                return done.value
+            if p.preview is None:
+                yield p
+                continue
+            members, iteration = p.preview, p.iteration
+            med = median(members)
+            if previous is not None:
+                change = float(np.abs(med - previous).mean())
+            previous = med
+            if change is not None and iteration >= min_iter and change < settle:
+                info.update(iterations=iteration, settled=True, change=change)
+                return members
+            show = preview_every and iteration % preview_every == 0
+            yield p.replace(preview=med if show else None)
+    finally:
+        fit.close()  # stops the fitting threads, whether settled, finished or cancelled
 
 
 def summarize(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -190,8 +190,8 @@ def native_bfloat16(device: torch.device) -> bool:
     """Whether ``device`` has bfloat16 arithmetic in hardware: a CUDA GPU that supports
     it, or a CPU with AVX512-BF16, AMX-BF16 or the Arm BF16 extension (emulated
     bfloat16 is slower than float32)."""
-    if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cuda":  # Ampere (8.x) and later; before it bfloat16 is emulated
+        return torch.cuda.get_device_capability(device)[0] >= 8
     if device.type == "cpu":
         caps = getattr(torch.cpu, "get_capabilities", lambda: {})()
         return any(bool(caps.get(k)) for k in ("avx512_bf16", "amx_bf16", "bf16"))

@@ -131,7 +131,7 @@ def _iter_ensemble(data: np.ndarray, plan: FitPlan, preview_every: int, fit_kwar
 
     n_iter = fit_kwargs["n_iter"]
     watch = settle > 0 and n_iter > _fit.MIN_SETTLE_ITER
-    done = {"iterations": n_iter, "settled": False}
+    done = {"iterations": n_iter, "settled": False, "watched": False}
 
     def start(batch: int):
         fit = _fit.iter_ensemble(padded, crop, threads=plan.threads, device=device,
@@ -139,14 +139,17 @@ def _iter_ensemble(data: np.ndarray, plan: FitPlan, preview_every: int, fit_kwar
                                  preview_every=1 if watch else preview_every,
                                  **fit_kwargs)
         if not watch or batch < plan.batch_size:  # smaller groups: no early stop
-            done.update(iterations=n_iter, settled=False)
+            done.update(iterations=n_iter, settled=False, watched=False)
             return relay(fit, _preview_median)
+        done["watched"] = True
         return _fit.until_settled(fit, settle, preview_every=preview_every, info=done)
 
     with trimmed_heap(device):
         members = yield from _retry_smaller_groups(start, plan.batch_size, device)
         info["iterations"].append(int(done["iterations"]))
         info["settled"].append(bool(done["settled"]))
+        if not done["watched"]:  # the stop did not run (too few iterations, retried)
+            info["settle"] = 0.0
         return _fit.summarize(members)
 
 
