@@ -148,19 +148,19 @@ def _segment_stack(image, stack: _Stack, settings: Settings, device, spacing: tu
     fit_info: dict = {}
     if s.volumetric:
         volume = np.stack(normed, 1)
+        precision = _plan.resolve_precision(s.precision, device)
         threads = _plan.plan_volume_threads(volume.shape, n_runs=s.n_runs, device=device,
                                             n_workers=s.n_workers)
         fit = iter_volume_prior(volume, spacing, seed=s.seed,
                                 n_runs=s.n_runs, n_iter=s.n_iter,
-                                learning_rate=s.learning_rate,
-                                precision=_plan.resolve_precision(s.precision, device),
+                                learning_rate=s.learning_rate, precision=precision,
                                 device=device, threads=threads)
         median, spread, stages = yield from relay(fit, clock.stamp)
         priors = [median[:, z] for z in range(n)]
         spreads = list(spread)
         fit_info = {"device": _plan.describe_device(device), "volumetric": True,
                     "spacing": list(spacing), "z_stages": stages, "threads": threads,
-                    "precision": _plan.resolve_precision(s.precision, device),
+                    "precision": precision,
                     "iterations": s.n_iter, "settle": 0.0, "settled": False}  # no stop
     else:
         priors, spreads, iterations, settled = [], [], [], []  # per plane

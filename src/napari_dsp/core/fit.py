@@ -221,8 +221,8 @@ def iter_members_threaded(target: np.ndarray, crop: tuple, *, threads: int,
                 pending[k][value.step] = value.preview
                 # a thread that has finished (fewer member groups) shows its members at
                 # that step while it has them, its final members after its last step
-                running = [j for j in range(n) if results[j] is None]
-                common = set.intersection(*(set(pending[j]) for j in running))
+                live = [j for j in range(n) if results[j] is None]
+                common = set.intersection(*(set(pending[j]) for j in live))
                 if common:
                     at = max(common)
                     preview = np.concatenate([pending[j].get(at, results[j])

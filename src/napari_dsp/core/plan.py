@@ -82,23 +82,23 @@ def plan_fit(data: np.ndarray, *, n_runs: int, device: torch.device,
     tiles = tuple(tile_slices(work, tile, TILE_OVERLAP))
     side = max(sl.stop - sl.start for sl, _ in tiles), max(sl.stop - sl.start for _, sl in tiles)
     n_pixels = _padded_pixels(side)
-    if batch_size is None:
-        batch_size = default_batch_size(n_runs, n_pixels, c, device)
-        if together and device.type == "cpu":
-            share = -(-n_runs // max(1, default_threads(n_runs, n_pixels)
-                                     if n_workers is None else int(n_workers)))
-            batch_size = int(max(batch_size, min(share, math.floor(
-                GROUP_BYTES / activation_bytes(n_pixels, c)))))
     if device.type != "cpu":
         threads = 1
     elif n_workers is None:
         threads = default_threads(n_runs, n_pixels)
+    else:
+        threads = min(int(n_workers), n_runs)
+    if batch_size is None:
+        batch_size = default_batch_size(n_runs, n_pixels, c, device)
+        if together and device.type == "cpu":
+            share = -(-n_runs // max(1, threads))
+            batch_size = int(max(batch_size, min(share, math.floor(
+                GROUP_BYTES / activation_bytes(n_pixels, c)))))
+    if device.type == "cpu" and n_workers is None:
         # automatic: fewer threads rather than refusing
         while threads > 1 and not fits(estimate_bytes(n_pixels, c, n_runs, batch_size,
                                                       threads)):
             threads -= 1
-    else:
-        threads = min(int(n_workers), n_runs)
     need = estimate_bytes(n_pixels, c, n_runs, batch_size, threads)
     have = available_memory()
     if device.type == "cpu" and have is not None and need > MEMORY_SHARE * have:
