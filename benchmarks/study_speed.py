@@ -11,7 +11,10 @@ setting is the median of its members at its iteration. Variants:
 
 - ``fp32``: full resolution, float32 (the research procedure's arithmetic);
 - ``bf16``: full resolution, bfloat16 autocast;
-- ``half``: fitted at half the side (antialiased), the prior scaled back up.
+- ``half``: fitted at half the side (antialiased), the prior scaled back up;
+- ``lr2``, ``lr3``: float32 at twice / three times the learning rate (0.02, 0.03), to see
+  whether a larger step reaches the same prior in proportionally fewer iterations (Adam's
+  step per parameter scales with the learning rate); fitted for 36 iterations.
 
 Every prior then goes through napari-dsp's default clustering and refinement
 (``napari_dsp.cluster`` with the image), and is scored by foreground IoU against the
@@ -52,7 +55,13 @@ EVAL_GRID = {
     "fp32": [(m, i) for m in MEMBERS for i in (30, 40, 50)],
     "half": [(m, i) for m in (3, 4, 5, 6, 11) for i in (40, 50)],
     "bf16": [(m, i) for m in (3, 4, 5) for i in (40, 50)],
+    "lr2": [(m, i) for m in (5, 6, 7) for i in (20, 24, 30)],
+    "lr3": [(m, i) for m in (5, 6, 7) for i in (14, 20, 24)],
 }
+#: Learning rate and iterations fitted per variant (default: 0.01, I_MAX).
+VARIANT_FIT = {"lr2": (0.02, 36), "lr3": (0.03, 36)}
+LABELS = {"fp32": "float32", "half": "float32, half resolution", "bf16": "bfloat16",
+          "lr2": "float32, learning rate 0.02", "lr3": "float32, learning rate 0.03"}
 SHARED = HERE.parents[1] / "shared" / "data" / "cases"
 
 
@@ -98,9 +107,10 @@ def fit_snapshots(image: np.ndarray, seed: int, variant: str, n_max: int = N_MAX
         data = _image.resize(data, tuple(max(16, s // 2) for s in shape))
     padded, crop = _image.pad_to_multiple(data)
     c = padded.shape[0]
+    lr, n_iter = VARIANT_FIT.get(variant, (0.01, I_MAX))
     fit = _fit.iter_members(
         padded, crop, make_net=lambda g, s: nets.EnsembleGenerator(g, c, s),
-        seeds=member_seeds(seed, N_MAX)[:n_max], n_iter=I_MAX, learning_rate=0.01,
+        seeds=member_seeds(seed, N_MAX)[:n_max], n_iter=n_iter, learning_rate=lr,
         device=torch.device("cpu"), precision="bfloat16" if variant == "bf16" else
         "float32", preview_every=1, batch_size=n_max)
     members = [m for m in MEMBERS if m <= n_max]
@@ -269,11 +279,12 @@ def _plot(front: list, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=80)
-    for variant, marker in (("fp32", "o"), ("half", "s"), ("bf16", "^")):
+    for variant, marker in (("fp32", "o"), ("half", "s"), ("bf16", "^"), ("lr2", "v"),
+                            ("lr3", "D")):
         pts = [f for f in front if f[0] == variant]
         if pts:
-            ax.scatter([p[3] for p in pts], [p[4] for p in pts], marker=marker, label=variant,
-                       alpha=0.7)
+            ax.scatter([p[3] for p in pts], [p[4] for p in pts], marker=marker, alpha=0.7,
+                       label=LABELS.get(variant, variant))
     ax.axhline(-0.01, color="grey", lw=0.8, ls="--")
     ax.set_xscale("log")
     ax.set_xlabel("fit cost relative to 11 members x 50 iterations")
