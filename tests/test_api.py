@@ -4,7 +4,16 @@ import sys
 import numpy as np
 import pytest
 
-from napari_dsp import FitProgress, PriorResult, Settings, fit_prior, iter_fit_prior, segment
+from napari_dsp import (
+    FitProgress,
+    PriorResult,
+    Settings,
+    cluster,
+    fit_prior,
+    iter_fit_prior,
+    segment,
+    segment_stack,
+)
 from napari_dsp._synthetic import dark_on_bright
 from tests.fast import TINY
 
@@ -220,3 +229,44 @@ def test_api_does_not_import_napari_or_qt_and_import_is_cheap():
             "'magicgui') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_texture_features_separate_what_brightness_cannot():
+    """Two stripe textures of the same mean brightness: the texture-aware prior splits
+    them, the intensity prior cannot; the texture channels' prior comes with the result,
+    re-clustering keeps using it, and a prior without it is refused for texture=True."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from tests.core.test_texture import two_textures
+
+    image, truth = two_textures((96, 96))
+    kw = dict(seed=0, n_iter=20, n_runs=2, full_output=True)
+    tex = segment(image, texture=True, **kw)
+    plain = segment(image, **kw)
+    assert adjusted_rand_score(truth.ravel(), tex.labels.ravel()) > 0.8
+    assert adjusted_rand_score(truth.ravel(), plain.labels.ravel()) < 0.3
+    assert tex.prior.prior.shape == image.shape  # the image's own layout
+    assert tex.prior.texture.shape == (6, 96, 96)
+    assert tex.metadata["fit"]["texture"]["channels"] == 6
+    decision = tex.metadata["clustering"]["decision"]
+    assert decision["separated"] is None and "texture" in decision["note"]
+    again = cluster(tex.prior, image=image)
+    np.testing.assert_array_equal(again.labels, tex.labels)
+    assert again.metadata["settings"]["texture"] is True
+    with pytest.raises(ValueError, match="prior fitted with texture=True"):
+        segment(image, prior=plain.prior, texture=True)
+    with pytest.raises(ValueError, match="single 2-D images"):
+        segment_stack(np.stack([image, image]), texture=True)
+
+
+def test_self_training_takes_the_texture_prior_as_its_guide():
+    from sklearn.metrics import adjusted_rand_score
+
+    from tests.core.test_texture import two_textures
+
+    image, truth = two_textures((64, 64))
+    r = segment(image, method="kanezaki", texture=True, seed=0, n_iter=20, n_runs=2,
+                max_iter=200, min_labels=2, full_output=True)
+    assert r.prior.texture.shape == (6, 64, 64)
+    assert len(np.unique(r.labels)) == 2
+    assert adjusted_rand_score(truth.ravel(), r.labels.ravel()) > 0.8

@@ -266,3 +266,24 @@ def test_help_of_every_command_works_without_torch(command):
     assert last.startswith("HEAVY []"), last
     if command:
         assert "--iterations" in out.stdout and "%%" not in out.stdout  # escaped once
+
+
+def test_texture_flag_on_a_file_and_its_refusal_on_a_stack(tmp_path, capsys):
+    from tests.core.test_texture import two_textures
+
+    image, truth = two_textures((64, 64))
+    tifffile.imwrite(tmp_path / "t.tif", (image * 1000).astype(np.uint16))
+    out = tmp_path / "t_labels.tif"
+    assert main(["segment", str(tmp_path / "t.tif"), "-o", str(out), "--texture",
+                 *FAST]) == 0
+    assert tifffile.imread(out).shape == (64, 64)
+    meta = json.loads((tmp_path / "t_labels.json").read_text())
+    assert meta["settings"]["texture"] is True and meta["fit"]["texture"]["channels"] == 6
+    tifffile.imwrite(tmp_path / "z.tif", (np.stack([image, image]) * 1000).astype(
+        np.uint16), photometric="minisblack")
+    capsys.readouterr()
+    code = main(["segment", str(tmp_path / "z.tif"), "-o", str(tmp_path / "z_l.tif"),
+                 "--stack", "--texture", *FAST])
+    err = capsys.readouterr().err
+    assert code == 1 and "single 2-D images" in err and "Traceback" not in err
+    assert not (tmp_path / "z_l.tif").exists()

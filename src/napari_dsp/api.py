@@ -12,21 +12,19 @@ loses its alpha channel); labels and the spread are always ``(Y, X)``.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Generator
 from typing import Any, Optional, Union
 
 import numpy as np
 
 from .core import cluster as _cluster
-from .core import decide as _decide
 from .core import image as _image
 from .core import plan as _plan
 from .core import postprocess as _post
 from .core.prior import iter_planned_prior
+from .foreground import foreground_or_nothing, object_min_size, warn_if_nothing
 from .progress import FitProgress, ProgressCallback, check_callback, drain, relay
 from .results import (
-    NothingToSegmentWarning,
     PriorResult,
     SegmentResult,
     make_metadata,
@@ -38,7 +36,7 @@ from .settings import Settings, make_settings
 PriorLike = Union[PriorResult, np.ndarray]
 #: The settings that made a prior (kept from the prior's metadata when it is re-clustered).
 FIT_SETTINGS = ("n_iter", "n_runs", "settle", "learning_rate", "working_size", "precision",
-                "device", "n_workers", "preview_every")
+                "device", "n_workers", "preview_every", "texture")
 
 
 class _Input:
@@ -77,12 +75,22 @@ def iter_fit_prior(image, settings: Optional[Settings] = None, *,
 
 def _fit(inp: _Input, settings: Settings, device, batch_size=None, start=None):
     clock = _Clock(start)
-    fit = iter_planned_prior(inp.data, device=device, batch_size=batch_size,
+    c = inp.data.shape[0]
+    data = inp.data
+    if settings.texture:  # the texture channels are fitted with the image, after it
+        from .core import texture as _texture
+
+        data = np.concatenate([data, _texture.texture_channels(data, device=device)], 0)
+    fit = iter_planned_prior(data, device=device, batch_size=batch_size,
                              **settings.fit_values())
     median, spread, fit_info = yield from relay(fit, lambda p: clock.stamp(p.replace(
-        preview=None if p.preview is None else inp.layout.to_user(p.preview))))
+        preview=None if p.preview is None else inp.layout.to_user(p.preview[:c]))))
+    if settings.texture:
+        fit_info["texture"] = {"channels": int(len(median) - c), "frequencies": list(
+            _texture.FREQUENCIES), "orientations": _texture.ORIENTATIONS}
     meta = inp.metadata(settings, fit_info["device"], fit=fit_info)
-    return PriorResult(inp.layout.to_user(median), spread, meta, inp.layout.out_axis)
+    return PriorResult(inp.layout.to_user(median[:c]), spread, meta, inp.layout.out_axis,
+                       texture=median[c:] if settings.texture else None)
 
 
 class _Clock:
@@ -164,7 +172,7 @@ def iter_segment(image=None, *, prior: Optional[PriorLike] = None,
         raise ValueError("segment needs an image, a prior, or both")
     inp = _Input(image, channel_axis) if image is not None else None
     if prior is not None:
-        prior = _as_prior_result(prior, inp, channel_axis)
+        prior = _check_texture(_as_prior_result(prior, inp, channel_axis), settings)
     if kanezaki:
         scribbles = _check_scribbles(scribbles, inp.data.shape[1:], settings.n_features)
     settings = settings.replace(seed=resolve_seed(settings.seed, prior_seed(prior)))
@@ -182,7 +190,7 @@ def _segment(inp: Optional[_Input], prior: Optional[PriorResult], settings: Sett
         return _cluster_prior(prior, inp, settings)
     from .core.kanezaki import iter_kanezaki
 
-    guide = prior.channels_first() if (prior is not None and settings.use_prior) else None
+    guide = prior.features() if (prior is not None and settings.use_prior) else None
     s = settings
     labels, info = yield from relay(iter_kanezaki(
         inp.data, guide, seed=s.seed, device=device, n_features=s.n_features,
@@ -289,21 +297,36 @@ def cluster(prior: PriorLike, settings: Optional[Settings] = None, *, image=None
     """
     settings = make_settings(settings, **overrides)
     inp = _Input(image, channel_axis) if image is not None else None
-    result = _as_prior_result(prior, inp, channel_axis)
+    result = _check_texture(_as_prior_result(prior, inp, channel_axis), settings)
     settings = settings.replace(seed=resolve_seed(settings.seed, prior_seed(result)))
     return warn_if_nothing(_cluster_prior(result, inp, settings))
 
 
+def _check_texture(prior: PriorResult, settings: Settings) -> PriorResult:
+    """A prior is clustered with the texture channels it was fitted with; asking for
+    texture features from a prior without them is an error, not a silent fallback."""
+    if settings.texture and prior.texture is None:
+        raise ValueError("texture=True needs a prior fitted with texture=True (its "
+                         "texture channels); refit with fit_prior(image, texture=True), "
+                         "or leave the prior out")
+    return prior
+
+
 def _cluster_prior(prior: PriorResult, inp: Optional[_Input], settings: Settings
                    ) -> SegmentResult:
-    """K-means on the prior, then (2 classes) the clean-up and the instance ids."""
-    labels, info = _cluster.cluster_prior(prior.channels_first(),
+    """K-means on the prior (and its texture channels), then (2 classes) the clean-up
+    and the instance ids."""
+    labels, info = _cluster.cluster_prior(prior.features(),
                                           n_classes=settings.n_classes,
                                           window=settings.window, seed=settings.seed)
     if settings.n_classes == 2:
+        texture = prior.texture is not None
         [labels], more = foreground_or_nothing(
-            [labels], [inp.raw] if inp is not None else None,
-            [inp.data if inp is not None else None], settings)
+            [labels], [inp.raw] if inp is not None and not texture else None,
+            [inp.data if inp is not None else None],
+            settings.replace(refine=False) if texture else settings,
+            untested="texture features: the intensity noise test does not apply"
+            if texture else "no image given: not tested")
         info.update(more)
     if settings.instances:
         [labels], [info["count"]] = _post.label_objects([labels], object_min_size(
@@ -322,48 +345,6 @@ def _cluster_prior(prior: PriorResult, inp: Optional[_Input], settings: Settings
                          inp_meta.get("channel_axis"),
                          fit=pm.get("fit"), clustering=info)
     return SegmentResult(labels, prior, meta)
-
-
-def foreground_or_nothing(labels: list, raws: Optional[list], images: list,
-                          settings: Settings) -> tuple[list, dict]:
-    """The prior's 0/1 maps (one per plane) tested against the image's noise
-    (:mod:`napari_dsp.core.decide`): where the split is believed, the clean-up of
-    :func:`~napari_dsp.core.postprocess.post_process`; else the pixels that stand out
-    alone, or nothing (``decision.message`` says so; :func:`warn_if_nothing` turns it
-    into a :class:`NothingToSegmentWarning` for the non-generator functions)."""
-    if raws is None:  # a prior re-clustered without its image: nothing to test against
-        fgs, decision = None, {"result": "prior", "separated": None,
-                               "note": "no image given: not tested"}
-    else:
-        fgs, decision = _decide.decide(raws, [lab == 1 for lab in labels])
-    if decision["result"] == "prior":
-        labels, info = _post.post_process(labels, images, refine=settings.refine,
-                                          fill=settings.fill_holes,
-                                          min_size=settings.min_size, invert=settings.invert)
-        return labels, dict(info, decision=decision)
-    # isolated significant pixels are kept whatever min_size says; invert does not turn
-    # "nothing" into "everything"
-    return [f.astype(lab.dtype) for f, lab in zip(fgs, labels)], {
-        "decision": decision, "refined": False, "inverted": False}
-
-
-def warn_if_nothing(result: SegmentResult) -> SegmentResult:
-    """Raise the :class:`NothingToSegmentWarning` of a result whose foreground was not
-    the prior's (nothing stood out from the noise, or only isolated pixels). The
-    generator forms leave it in the metadata (``clustering.decision``) for their caller
-    to show, as the napari widget does with a notification."""
-    decision = (result.metadata.get("clustering") or {}).get("decision") or {}
-    if decision.get("message"):
-        warnings.warn(f"napari-dsp: {decision['message']}", NothingToSegmentWarning,
-                      stacklevel=3)
-    return result
-
-
-def object_min_size(info: dict, settings: Settings) -> int:
-    """``min_size`` for the instance ids: 1 where the foreground is the isolated pixels
-    that stand out from the noise (each is significant by itself)."""
-    outliers = (info.get("decision") or {}).get("result") == "outliers"
-    return 1 if outliers else settings.min_size
 
 
 def _as_prior_result(prior: PriorLike, inp: Optional[_Input], channel_axis

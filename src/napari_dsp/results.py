@@ -39,6 +39,9 @@ class PriorResult:
         Settings actually used (the seed included), device, package versions.
     channel_axis : int or None
         Where the channels of ``prior`` are (None for grayscale).
+    texture : ndarray, shape (K, Y, X), float32 in [0, 1], or None
+        With ``texture=True``: the prior of the texture channels, fitted together with
+        the image (:mod:`napari_dsp.core.texture`); clustering uses both.
 
     ``np.asarray(result)`` gives ``result.prior``.
     """
@@ -47,6 +50,7 @@ class PriorResult:
     spread: np.ndarray
     metadata: dict = field(default_factory=dict)
     channel_axis: Optional[int] = None
+    texture: Optional[np.ndarray] = None
 
     def __array__(self, dtype=None, copy=None):
         return self.prior if dtype is None else self.prior.astype(dtype)
@@ -60,6 +64,13 @@ class PriorResult:
         if self.channel_axis is None:
             return self.prior[None]
         return np.moveaxis(self.prior, self.channel_axis, 0)
+
+    def features(self) -> np.ndarray:
+        """What clustering looks at: the prior as ``(C, Y, X)``, followed by the texture
+        channels' prior where there is one."""
+        if self.texture is None:
+            return self.channels_first()
+        return np.concatenate([self.channels_first(), self.texture], 0)
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,13 @@ FIELDS: dict[str, Field] = {
         Field("n_classes", "Number of classes. 2 = foreground/background (0 = background, "
               "1 = foreground); K > 2 = classes 1..K ordered by mean prior intensity.",
               label="classes", minimum=2, maximum=32, flag="--classes", applies="kmeans"),
+        Field("texture", "Fit the prior to texture channels as well as the intensities "
+              "(Gabor filter energies at 4 scales x 4 orientations, their first 6 "
+              "principal components) and cluster both: regions of the same brightness "
+              "but different texture (tissue types, textured substrates) become "
+              "different classes. Single 2-D images; the noise test and the outline "
+              "refinement, which look at intensities only, are skipped.",
+              label="texture features", flag="--texture"),
         Field("min_labels", "kanezaki: stop once the number of classes has fallen to this "
               "(then train stabilize_iter more iterations).", label="min classes",
               minimum=1, maximum=99, flag="--min-labels", applies="kanezaki"),
@@ -260,6 +267,7 @@ class Settings:
     """
 
     n_classes: int = 2
+    texture: bool = False
     invert: bool = False
     instances: bool = False
     min_size: int = 16

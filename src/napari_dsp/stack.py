@@ -14,12 +14,13 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .api import _Clock, _quiet, foreground_or_nothing, object_min_size, warn_if_nothing
+from .api import _Clock, _quiet
 from .core import cluster as _cluster
 from .core import image as _image
 from .core import plan as _plan
 from .core import postprocess as _post
 from .core.prior import iter_planned_prior, iter_volume_prior
+from .foreground import foreground_or_nothing, object_min_size, warn_if_nothing
 from .progress import FitProgress, ProgressCallback, check_callback, drain, relay
 from .results import PriorResult, SegmentResult, make_metadata, resolve_seed
 from .settings import Settings, make_settings
@@ -125,6 +126,10 @@ def iter_segment_stack(image, *, channel_axis: Optional[int] = None,
     ``n_planes`` set), returns a :class:`SegmentResult` of stacks. Arguments are
     checked at the call."""
     settings = make_settings(settings, **overrides)
+    if settings.texture:
+        raise ValueError("texture=True is for single 2-D images in this version; "
+                         "segment the planes one by one with segment(plane, "
+                         "texture=True)")
     if settings.method != "kmeans":
         raise ValueError("segment_stack supports method='kmeans' only in this version; "
                          "run method='kanezaki' plane by plane")

@@ -241,6 +241,25 @@ def test_spread_layer_on_request_is_added_hidden(viewer, qtbot):
     assert names(viewer)[-1] == "cells labels"
 
 
+def test_texture_features_split_textures_and_show_their_prior_as_rgb(viewer, qtbot):
+    """Two stripe textures of the same brightness: with the texture checkbox the labels
+    follow them, and the texture channels' prior is added hidden as an RGB layer."""
+    from tests.core.test_texture import two_textures
+
+    image, truth = two_textures((64, 64))
+    viewer.add_image(image, name="tex", scale=(0.5, 0.5))
+    widget = open_widget(viewer, texture=True, n_iter=20)
+    run_and_wait(qtbot, widget)
+    layer = viewer.layers["tex texture prior"]
+    assert layer.rgb and layer.data.shape == (64, 64, 3) and not layer.visible
+    assert tuple(layer.scale) == (0.5, 0.5)
+    labels = viewer.layers["tex labels"]
+    assert isinstance(labels, Labels) and labels.metadata[META_KEY]["fit"]["texture"]
+    fg = labels.data == 1
+    assert max(np.mean(fg == (truth == 1)), np.mean(fg == (truth == 0))) > 0.9
+    assert names(viewer)[-1] == "tex labels"
+
+
 def test_sample_data_opens_and_segments_sensibly(viewer, qtbot):
     viewer.open_sample("napari-dsp", "nuclei")
     assert names(viewer) == ["synthetic nuclei", "synthetic nuclei reference mask"]

@@ -3,15 +3,16 @@
 Owns: reading an Image layer for a run (:func:`read_layer`: the multiscale level, the
 plane the sliders show, a copy of in-memory data taken on the main thread), the world
 placement of output layers (:func:`placement`), and the output layers of one source
-layer (:class:`Outputs`): the prior, the labels and the spread, their live previews
+layer (:class:`Outputs`): the prior, the labels, the spread and (texture features) the
+texture channels' prior as RGB, their live previews
 while a run goes, putting them in place when it ends, and the rollback of a run that did
 not finish.
 
 Layer conventions (those of cellpose-napari for auxiliary outputs): the user's image is
 never changed or hidden; the labels layer is added visible, on top of its prior and
 spread; the prior is shown while it is being fitted (the live preview, named
-"<name> prior (running)") and hidden when the run ends; the spread layer is added
-hidden. A layer of an earlier run is updated in place rather than stacked again.
+"<name> prior (running)") and hidden when the run ends; the spread and texture layers
+are added hidden. A layer of an earlier run is updated in place rather than stacked again.
 """
 
 from __future__ import annotations
@@ -265,9 +266,11 @@ class Outputs:
     prior_slot: Slot = field(default_factory=Slot)
     labels_slot: Slot = field(default_factory=Slot)
     spread_slot: Slot = field(default_factory=Slot)
+    texture_slot: Slot = field(default_factory=Slot)
 
     def begin(self) -> None:
-        for slot in (self.prior_slot, self.labels_slot, self.spread_slot):
+        for slot in (self.prior_slot, self.labels_slot, self.spread_slot,
+                     self.texture_slot):
             slot.commit()
 
     def _full(self, viewer, slot: Slot, part: np.ndarray, index, job: Job, dtype):
@@ -326,6 +329,13 @@ class Outputs:
                 f"{job.name} spread", visible=False, where=where, colormap="magma",
                 metadata={META_KEY: {"what": "per-pixel standard deviation across the "
                                              "ensemble (mean over channels)"}})
+        texture = result.prior.texture if result.prior is not None else None
+        if texture is not None and index is None:
+            self.texture_slot.show(
+                viewer, viewer.add_image, np.moveaxis(texture[:3], 0, -1),
+                f"{job.name} texture prior", visible=False, where=where, rgb=True,
+                metadata={META_KEY: {"what": "prior of the texture channels, first "
+                                             "three principal components as RGB"}})
         self.labels_slot.show(
             viewer, viewer.add_labels,
             self._full(viewer, self.labels_slot, result.labels, index, job,
@@ -344,13 +354,14 @@ class Outputs:
         self.labels_slot.rollback(viewer, f"{name} labels")
         self.prior_slot.rollback(viewer, f"{name} prior")
         self.spread_slot.rollback(viewer, f"{name} spread")
+        self.texture_slot.rollback(viewer, f"{name} texture prior")
 
     def _labels_on_top(self, viewer) -> None:
         if not self.labels_slot.alive(viewer):
             return
         layers = viewer.layers
-        below = [layers.index(s.layer) for s in (self.prior_slot, self.spread_slot)
-                 if s.alive(viewer)]
+        below = [layers.index(s.layer) for s in (self.prior_slot, self.spread_slot,
+                                                 self.texture_slot) if s.alive(viewer)]
         at = layers.index(self.labels_slot.layer)
         if below and at < max(below):
             layers.move(at, max(below) + 1)
