@@ -270,3 +270,32 @@ def test_self_training_takes_the_texture_prior_as_its_guide():
     assert r.prior.texture.shape == (6, 64, 64)
     assert len(np.unique(r.labels)) == 2
     assert adjusted_rand_score(truth.ravel(), r.labels.ravel()) > 0.8
+
+
+def test_texture_keeps_brightness_order_previews_layout_and_says_what_it_skipped():
+    """Three bands at 0.35 / 0.5 / 0.65, the darkest striped: with texture features the
+    classes are still numbered by brightness; previews come in the image's layout (RGB);
+    the skipped refinement is in the metadata; texture without a prior is refused."""
+    from napari_dsp.large import segment_stack_to_zarr
+    from tests.core.test_texture import stripes
+
+    image = np.zeros((60, 60), np.float32)
+    image[:20], image[20:40], image[40:] = 0.35, 0.5, 0.65
+    image[:20] += 0.1 * (stripes((20, 60), 6, 0.0) - 0.5).astype(np.float32)
+    r = segment(image, n_classes=3, texture=True, seed=0, n_iter=20, n_runs=2,
+                full_output=True)
+    assert [np.bincount(r.labels[a:a + 20].ravel()).argmax() for a in (0, 20, 40)] == \
+        [1, 2, 3]
+    seen = []
+    rgb = np.repeat(image[..., None], 3, -1)
+    two = segment(rgb, texture=True, seed=0, n_iter=4, n_runs=2, preview_every=2,
+                  progress=seen.append, full_output=True)
+    shapes = {p.preview.shape for p in seen if p.preview is not None}
+    assert shapes == {(60, 60, 3)}
+    assert two.metadata["settings"]["refine"] is False
+    assert two.metadata["clustering"]["refine_skipped"] == "texture features"
+    with pytest.raises(ValueError, match="use_prior=False"):
+        segment(image, method="kanezaki", use_prior=False, texture=True)
+    with pytest.raises(ValueError, match="single 2-D images"):
+        segment_stack_to_zarr(np.stack([image, image]), "/nonexistent/x.zarr",
+                              texture=True)

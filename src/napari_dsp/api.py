@@ -165,6 +165,10 @@ def iter_segment(image=None, *, prior: Optional[PriorLike] = None,
     if scribbles is not None and not kanezaki:
         raise ValueError("scribbles are used by method='kanezaki' only; pass "
                          "method='kanezaki' (or drop the scribbles)")
+    if kanezaki and settings.texture and not settings.use_prior:
+        raise ValueError("texture=True works through the prior (its texture channels "
+                         "guide the superpixels); with use_prior=False there is none: "
+                         "leave texture out, or use the prior")
     if kanezaki and image is None:
         raise ValueError("method='kanezaki' trains on the image itself: pass the image "
                          "(and, to skip the fit, its prior)")
@@ -316,18 +320,22 @@ def _cluster_prior(prior: PriorResult, inp: Optional[_Input], settings: Settings
                    ) -> SegmentResult:
     """K-means on the prior (and its texture channels), then (2 classes) the clean-up
     and the instance ids."""
+    texture = prior.texture is not None
+    if texture:  # the pixels' two-Gaussian rule sees intensities only
+        settings = settings.replace(refine=False)
     labels, info = _cluster.cluster_prior(prior.features(),
                                           n_classes=settings.n_classes,
-                                          window=settings.window, seed=settings.seed)
+                                          window=settings.window, seed=settings.seed,
+                                          brightness=prior.channels_first().shape[0])
     if settings.n_classes == 2:
-        texture = prior.texture is not None
         [labels], more = foreground_or_nothing(
             [labels], [inp.raw] if inp is not None and not texture else None,
-            [inp.data if inp is not None else None],
-            settings.replace(refine=False) if texture else settings,
-            untested="texture features: the intensity noise test does not apply"
-            if texture else "no image given: not tested")
+            [inp.data if inp is not None else None], settings,
+            untested="texture features: the intensity noise test and the refinement "
+            "from the pixels do not apply" if texture else "no image given: not tested")
         info.update(more)
+        if texture:
+            info.update(refined=False, refine_skipped="texture features")
     if settings.instances:
         [labels], [info["count"]] = _post.label_objects([labels], object_min_size(
             info, settings))

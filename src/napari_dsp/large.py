@@ -146,7 +146,7 @@ def _check_call(settings: Settings, output, n_sample: int, overwrite: bool) -> P
         raise ValueError("segment_stack_to_zarr supports method='kmeans' only")
     if settings.texture:
         raise ValueError("texture=True is for single 2-D images in this version; "
-                         "segment the planes one by one with segment(plane, texture=True)")
+                         "segment one plane at a time")
     if settings.volumetric:
         raise ValueError("volumetric=True fits one 3-D prior to the whole stack, which "
                          "needs it in memory: use segment_stack, or leave volumetric out")

@@ -200,6 +200,10 @@ class Settings:
     ----------
     n_classes : int
         Number of K-means classes on the prior (2 = foreground/background).
+    texture : bool
+        Fit the prior to texture channels as well (``napari_dsp.core.texture``) and
+        cluster both; classes are still ordered by the intensities. 2-D images only;
+        no noise test, no refinement.
     invert : bool
         Swap foreground and background (``n_classes == 2`` only).
     instances : bool

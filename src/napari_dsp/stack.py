@@ -128,8 +128,7 @@ def iter_segment_stack(image, *, channel_axis: Optional[int] = None,
     settings = make_settings(settings, **overrides)
     if settings.texture:
         raise ValueError("texture=True is for single 2-D images in this version; "
-                         "segment the planes one by one with segment(plane, "
-                         "texture=True)")
+                         "segment one plane at a time")
     if settings.method != "kmeans":
         raise ValueError("segment_stack supports method='kmeans' only in this version; "
                          "run method='kanezaki' plane by plane")

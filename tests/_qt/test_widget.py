@@ -258,6 +258,10 @@ def test_texture_features_split_textures_and_show_their_prior_as_rgb(viewer, qtb
     fg = labels.data == 1
     assert max(np.mean(fg == (truth == 1)), np.mean(fg == (truth == 0))) > 0.9
     assert names(viewer)[-1] == "tex labels"
+    widget.set_values(texture=False)  # a run without texture removes the stale layer
+    run_and_wait(qtbot, widget)
+    assert "tex texture prior" not in names(viewer)
+    assert names(viewer) == ["tex", "tex prior", "tex labels"]
 
 
 def test_sample_data_opens_and_segments_sensibly(viewer, qtbot):

@@ -64,8 +64,11 @@ def test_same_image_same_channels_and_rgb_uses_luminance():
     image, _ = two_textures((64, 80))
     a = texture_channels(image[None])
     np.testing.assert_array_equal(a, texture_channels(image[None]))
-    rgb = np.repeat(image[None], 3, 0)
-    np.testing.assert_allclose(texture_channels(rgb), a, atol=1e-5)
+    # RGB: the channels of its luminance (the mean of the channels), not of one channel
+    rgb = np.stack([image * 0.5, image * 1.5, np.full_like(image, 0.3)])
+    np.testing.assert_allclose(texture_channels(rgb), texture_channels(rgb.mean(0)[None]),
+                               atol=1e-5)
+    assert np.abs(texture_channels(rgb) - texture_channels(rgb[2:])).max() > 0.1
 
 
 @pytest.mark.parametrize("bad, match", [

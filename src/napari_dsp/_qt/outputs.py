@@ -330,6 +330,9 @@ class Outputs:
                 metadata={META_KEY: {"what": "per-pixel standard deviation across the "
                                              "ensemble (mean over channels)"}})
         texture = result.prior.texture if result.prior is not None else None
+        if (texture is None or index is not None) and self.texture_slot.alive(viewer):
+            viewer.layers.remove(self.texture_slot.layer)  # an earlier run's: now stale
+            self.texture_slot.layer = None
         if texture is not None and index is None:
             self.texture_slot.show(
                 viewer, viewer.add_image, np.moveaxis(texture[:3], 0, -1),

@@ -143,14 +143,15 @@ def _decide(border_share: float, area_share: float) -> tuple[int, dict]:
     return fg, info
 
 
-def cluster_prior(prior: np.ndarray, *, n_classes: int, window: int, seed: int
-                  ) -> tuple[np.ndarray, dict]:
+def cluster_prior(prior: np.ndarray, *, n_classes: int, window: int, seed: int,
+                  brightness: Optional[int] = None) -> tuple[np.ndarray, dict]:
     """Segment a ``(C, Y, X)`` prior: 0/1 foreground map for 2 classes (the border rule's
     side; ``invert`` is applied by the caller after the clean-up), else 1..K.
 
     Returns ``(labels, info)`` with ``labels`` uint8/uint16 of shape ``(Y, X)``.
     """
-    labels, info = cluster_priors([prior], n_classes=n_classes, window=window, seed=seed)
+    labels, info = cluster_priors([prior], n_classes=n_classes, window=window, seed=seed,
+                                  brightness=brightness)
     return labels[0], info
 
 
@@ -178,10 +179,12 @@ class ClusterModel:
         return (ordered == self.foreground).astype(dtype)
 
 
-def fit_cluster_model(priors: list, *, n_classes: int, window: int, seed: int
-                      ) -> tuple[ClusterModel, dict]:
+def fit_cluster_model(priors: list, *, n_classes: int, window: int, seed: int,
+                      brightness: Optional[int] = None) -> tuple[ClusterModel, dict]:
     """The :class:`ClusterModel` of several ``(C, Y, X)`` priors (the planes of a stack,
-    or a sample of them), and the foreground rule's numbers (two classes)."""
+    or a sample of them), and the foreground rule's numbers (two classes). Classes are
+    ordered by the mean of the first ``brightness`` channels (default: all), so that
+    texture channels clustered with the image do not change what "brighter" means."""
     rng = np.random.default_rng(seed)
     axes, mean = principal_axes(priors, window, rng)
     feats = [project(p, axes, mean) for p in priors]
@@ -193,8 +196,8 @@ def fit_cluster_model(priors: list, *, n_classes: int, window: int, seed: int
     raw = [assign(f, centers) for f in feats]
     # Class order by mean prior intensity over all planes.
     counts = sum(np.bincount(r, minlength=n_classes) for r in raw)
-    sums = sum(np.bincount(r, weights=p.mean(0).reshape(-1), minlength=n_classes)
-               for r, p in zip(raw, priors))
+    sums = sum(np.bincount(r, weights=p[:brightness].mean(0).reshape(-1),
+                           minlength=n_classes) for r, p in zip(raw, priors))
     means = np.where(counts > 0, sums / np.maximum(counts, 1), np.inf)
     rank = np.empty(n_classes, dtype=np.int32)
     rank[np.argsort(means, kind="stable")] = np.arange(1, n_classes + 1)
@@ -209,12 +212,13 @@ def fit_cluster_model(priors: list, *, n_classes: int, window: int, seed: int
     return ClusterModel(axes, mean, centers, rank, foreground), info
 
 
-def cluster_priors(priors: list, *, n_classes: int, window: int, seed: int
-                   ) -> tuple[list, dict]:
+def cluster_priors(priors: list, *, n_classes: int, window: int, seed: int,
+                   brightness: Optional[int] = None) -> tuple[list, dict]:
     """Segment several ``(C, Y, X)`` priors (the planes of a stack) with SHARED K-means
     centres, class order and foreground decision, so an id means the same thing in every
     plane. Returns ``(list of (Y, X) label maps, info)``."""
-    model, info = fit_cluster_model(priors, n_classes=n_classes, window=window, seed=seed)
+    model, info = fit_cluster_model(priors, n_classes=n_classes, window=window, seed=seed,
+                                    brightness=brightness)
     return [model.apply(p) for p in priors], info
 
 

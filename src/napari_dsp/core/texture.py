@@ -7,9 +7,15 @@ filters (4 scales, 0.05 to 0.35 cycles per pixel, one octave wide, 4 orientation
 each response's magnitude (the local energy in that band: high in a region whose texture
 has that scale and orientation, whatever its phase), smooths it over half the filter's
 width, compresses it (``log(1 + e / mean e)``), standardises the 16 energies and keeps
-their first principal components, each stretched to [0, 1]. Everything runs in torch,
-in the Fourier domain (one FFT of the reflect-padded image, one product and inverse FFT
-per band), on the device of the fit.
+their first principal components, each stretched to [0, 1]. The filtering runs in
+torch, in the Fourier domain (one FFT of the reflect-padded image, one product and
+inverse FFT per band), on the device of the fit, in float32; the principal components
+(a 16 x 16 eigenproblem) and the stretch in numpy. They are computed once, at full
+resolution, before the fit's working size and tiles.
+
+Every channel is stretched to [0, 1] however weak its texture: on a field of noise the
+channels show the noise's own fluctuations at full contrast, which is why the
+intensity noise test (empty fields) does not apply to ``texture=True``.
 
 Measured on procedural mosaics of equal brightness (``benchmarks/bench_textures.py``),
 K-means on these channels' prior separates textures that the intensity prior merges.
@@ -46,7 +52,7 @@ def gabor_energies(gray: np.ndarray, device="cpu", smooth: float = SMOOTH) -> np
     ``(len(FREQUENCIES) * ORIENTATIONS, Y, X)`` float32."""
     h, w = gray.shape
     pad = int(min(math.ceil(3 * SIGMA_CYCLES / FREQUENCIES[0]), h - 1, w - 1))
-    dtype = torch.float32 if torch.device(device).type == "mps" else torch.float64  # MPS: no f64
+    dtype = torch.float32  # half the memory of float64
     x = torch.as_tensor(np.ascontiguousarray(gray), dtype=dtype, device=device)
     x = torch.nn.functional.pad(x[None, None], (pad,) * 4, mode="reflect")[0, 0]
     x = x - x.mean()
