@@ -249,7 +249,8 @@ def test_texture_features_separate_what_brightness_cannot():
     assert tex.prior.texture.shape == (6, 96, 96)
     assert tex.metadata["fit"]["texture"]["channels"] == 6
     decision = tex.metadata["clustering"]["decision"]
-    assert decision["separated"] is None and "texture" in decision["note"]
+    assert decision["result"] == "prior" and decision["texture_separation"] >= 4
+    assert "texture" in decision["note"]
     again = cluster(tex.prior, image=image)
     np.testing.assert_array_equal(again.labels, tex.labels)
     assert again.metadata["settings"]["texture"] is True
@@ -299,3 +300,17 @@ def test_texture_keeps_brightness_order_previews_layout_and_says_what_it_skipped
     with pytest.raises(ValueError, match="single 2-D images"):
         segment_stack_to_zarr(np.stack([image, image]), "/nonexistent/x.zarr",
                               texture=True)
+
+
+def test_texture_features_do_not_find_regions_in_noise():
+    """Every texture channel is stretched to [0, 1]: on a field of Poisson noise K-means
+    splits the noise's own fluctuations. The split must not be believed: empty labels,
+    the warning, both statistics in the metadata."""
+    from napari_dsp import NothingToSegmentWarning
+
+    noise = np.random.default_rng(0).poisson(20, (96, 96)).astype(np.uint16)
+    with pytest.warns(NothingToSegmentWarning, match="texture"):
+        r = segment(noise, texture=True, seed=0, n_iter=20, n_runs=2, full_output=True)
+    assert not r.labels.any()
+    decision = r.metadata["clustering"]["decision"]
+    assert decision["result"] == "empty" and decision["texture_separation"] < 4

@@ -328,11 +328,14 @@ def _cluster_prior(prior: PriorResult, inp: Optional[_Input], settings: Settings
                                           window=settings.window, seed=settings.seed,
                                           brightness=prior.channels_first().shape[0])
     if settings.n_classes == 2:
+        separated = None
+        if texture and inp is not None:
+            from .core.texture import separation
+
+            separated = separation(inp.data, labels)
         [labels], more = foreground_or_nothing(
-            [labels], [inp.raw] if inp is not None and not texture else None,
-            [inp.data if inp is not None else None], settings,
-            untested="texture features: the intensity noise test and the refinement "
-            "from the pixels do not apply" if texture else "no image given: not tested")
+            [labels], [inp.raw] if inp is not None else None,
+            [inp.data if inp is not None else None], settings, texture=separated)
         info.update(more)
         if texture:
             info.update(refined=False, refine_skipped="texture features")

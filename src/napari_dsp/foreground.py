@@ -18,10 +18,12 @@ from .settings import Settings
 
 
 def foreground_or_nothing(labels: list, raws: Optional[list], images: list,
-                          settings: Settings, untested: str = "no image given: not tested"
-                          ) -> tuple[list, dict]:
+                          settings: Settings, untested: str = "no image given: not tested",
+                          texture: Optional[float] = None) -> tuple[list, dict]:
     """The prior's 0/1 maps (one per plane) tested against the image's noise
-    (:mod:`napari_dsp.core.decide`): where the split is believed, the clean-up of
+    (:mod:`napari_dsp.core.decide`; with ``texture``, the classes' texture separation
+    of :func:`napari_dsp.core.texture.separation`, believed from its
+    ``MIN_SEPARATION``, counts as well): where the split is believed, the clean-up of
     :func:`~napari_dsp.core.postprocess.post_process`; else the pixels that stand out
     alone, or nothing (``decision.message`` says so; :func:`warn_if_nothing` turns it
     into a :class:`NothingToSegmentWarning` for the non-generator functions)."""
@@ -29,6 +31,18 @@ def foreground_or_nothing(labels: list, raws: Optional[list], images: list,
         fgs, decision = None, {"result": "prior", "separated": None, "note": untested}
     else:
         fgs, decision = _decide.decide(raws, [lab == 1 for lab in labels])
+    if texture is not None:  # texture features: a texture difference counts as well
+        from .core.texture import MIN_SEPARATION
+
+        decision.update(texture_separation=round(texture, 3),
+                        texture_threshold=MIN_SEPARATION)
+        if decision["result"] != "prior" and texture >= MIN_SEPARATION:
+            decision.pop("message", None)
+            decision.update(result="prior", note="the classes differ in texture")
+        elif "message" in decision:
+            decision["message"] += (f" (texture features: in texture the classes differ "
+                                    f"by {texture:.1f} within-class standard deviations, "
+                                    f"{MIN_SEPARATION:g} needed)")
     if decision["result"] == "prior":
         labels, info = _post.post_process(labels, images, refine=settings.refine,
                                           fill=settings.fill_holes,

@@ -74,8 +74,9 @@ FIELDS: dict[str, Field] = {
               "(Gabor filter energies at 4 scales x 4 orientations, their first 6 "
               "principal components) and cluster both: regions of the same brightness "
               "but different texture (tissue types, textured substrates) become "
-              "different classes. Single 2-D images; the noise test and the outline "
-              "refinement, which look at intensities only, are skipped.",
+              "different classes. Single 2-D images; the outline refinement (from "
+              "intensities) is skipped, and a split is believed where the classes "
+              "differ in intensity or in texture beyond the image's noise.",
               label="texture features", flag="--texture"),
         Field("min_labels", "kanezaki: stop once the number of classes has fallen to this "
               "(then train stabilize_iter more iterations).", label="min classes",
@@ -203,7 +204,7 @@ class Settings:
     texture : bool
         Fit the prior to texture channels as well (``napari_dsp.core.texture``) and
         cluster both; classes are still ordered by the intensities. 2-D images only;
-        no noise test, no refinement.
+        no refinement; the noise test counts a texture difference as well.
     invert : bool
         Swap foreground and background (``n_classes == 2`` only).
     instances : bool

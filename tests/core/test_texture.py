@@ -78,3 +78,14 @@ def test_same_image_same_channels_and_rgb_uses_luminance():
 def test_bad_input_is_refused(bad, match):
     with pytest.raises(ValueError, match=match):
         texture_channels(bad)
+
+
+def test_separation_is_large_between_textures_and_small_within_noise():
+    from napari_dsp.core.texture import MIN_SEPARATION, separation
+
+    image, truth = two_textures((96, 96))
+    assert separation(image[None], truth) > 2 * MIN_SEPARATION
+    noise = np.random.default_rng(1).normal(0.5, 0.1, (96, 96)).astype(np.float32)
+    halves = np.zeros((96, 96), int)
+    halves[:, 48:] = 1
+    assert separation(noise[None], halves) < MIN_SEPARATION / 2
