@@ -226,11 +226,16 @@ class Slot:
     def commit(self) -> None:
         self.previous, self.created = None, False
 
+    def remove(self, viewer) -> None:
+        """Take this slot's layer out of the viewer."""
+        if self.alive(viewer):
+            viewer.layers.remove(self.layer)
+        self.layer = None
+
     def rollback(self, viewer, name: str) -> None:
         if self.alive(viewer):
             if self.created:
-                viewer.layers.remove(self.layer)
-                self.layer = None
+                self.remove(viewer)
             elif self.previous is not None:
                 _place(self.layer, self.was_where)
                 self.layer.data = self.previous
@@ -330,9 +335,8 @@ class Outputs:
                 metadata={META_KEY: {"what": "per-pixel standard deviation across the "
                                              "ensemble (mean over channels)"}})
         texture = result.prior.texture if result.prior is not None else None
-        if (texture is None or index is not None) and self.texture_slot.alive(viewer):
-            viewer.layers.remove(self.texture_slot.layer)  # an earlier run's: now stale
-            self.texture_slot.layer = None
+        if texture is None or index is not None:
+            self.texture_slot.remove(viewer)  # an earlier run's texture layer: now stale
         if texture is not None and index is None:
             self.texture_slot.show(
                 viewer, viewer.add_image, np.moveaxis(texture[:3], 0, -1),

@@ -47,9 +47,9 @@ SMOOTH = 0.5
 MIN_SEPARATION = 4.0
 
 
-def _freq_grid(h: int, w: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    fy = torch.fft.fftfreq(h, device=device, dtype=dtype)[:, None]
-    fx = torch.fft.fftfreq(w, device=device, dtype=dtype)[None, :]
+def _freq_grid(h: int, w: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    fy = torch.fft.fftfreq(h, device=device)[:, None]
+    fx = torch.fft.fftfreq(w, device=device)[None, :]
     return fy.expand(h, w), fx.expand(h, w)
 
 
@@ -59,13 +59,12 @@ def gabor_energies(gray: np.ndarray, device="cpu", smooth: float = SMOOTH) -> np
     ``(len(FREQUENCIES) * ORIENTATIONS, Y, X)`` float32."""
     h, w = gray.shape
     pad = int(min(math.ceil(3 * SIGMA_CYCLES / FREQUENCIES[0]), h - 1, w - 1))
-    dtype = torch.float32  # half the memory of float64
-    x = torch.as_tensor(np.ascontiguousarray(gray), dtype=dtype, device=device)
+    x = torch.as_tensor(np.ascontiguousarray(gray), dtype=torch.float32, device=device)
     x = torch.nn.functional.pad(x[None, None], (pad,) * 4, mode="reflect")[0, 0]
     x = x - x.mean()
     ph, pw = x.shape
     spectrum = torch.fft.fft2(x)
-    fy, fx = _freq_grid(ph, pw, device, dtype)
+    fy, fx = _freq_grid(ph, pw, device)
     f2 = fy ** 2 + fx ** 2
     out = []
     for f in FREQUENCIES:
