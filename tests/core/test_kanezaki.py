@@ -6,7 +6,13 @@ from sklearn.metrics import adjusted_rand_score
 
 from napari_dsp import fit_prior, iter_segment, segment
 from napari_dsp._synthetic import scribbles_for, textured_regions
-from napari_dsp.core.kanezaki import compact_ids, majority, merge_indistinct, separations
+from napari_dsp.core.kanezaki import (
+    compact_ids,
+    majority,
+    merge_indistinct,
+    repeatable,
+    separations,
+)
 from napari_dsp.core.nets import FeatureNet
 
 PRIOR = dict(n_runs=5, n_iter=50, n_workers=1, seed=0)
@@ -76,10 +82,12 @@ def test_progress_stages_and_label_previews_and_stop():
 
 
 def test_same_seed_same_labels():
+    """Exactly repeatable on the CPU. (On CUDA, cuDNN's convolution gradients are not
+    bitwise repeatable: tests/test_cuda.py measures the agreement there.)"""
     image, _ = textured_regions(3, size=48, seed=2)
     prior = fit_prior(image, **PRIOR)
-    a = segment(image, prior=prior, method="kanezaki", seed=3, max_iter=60)
-    b = segment(image, prior=prior, method="kanezaki", seed=3, max_iter=60)
+    a = segment(image, prior=prior, method="kanezaki", seed=3, max_iter=60, device="cpu")
+    b = segment(image, prior=prior, method="kanezaki", seed=3, max_iter=60, device="cpu")
     np.testing.assert_array_equal(a, b)
 
 
@@ -136,12 +144,13 @@ def test_indistinct_classes_are_merged_distinct_ones_kept():
 
 def test_two_concurrent_runs_give_what_each_gives_alone():
     """Each run owns its random generator: two self-trainings at once in two threads
-    of one process (two widgets) give exactly what each gives alone."""
+    of one process (two widgets) give exactly what each gives alone (on the CPU, where
+    runs are bitwise repeatable)."""
     import threading
 
     image, _ = textured_regions(3, size=48, seed=2)
     prior = fit_prior(image, **PRIOR)
-    kw = dict(prior=prior, method="kanezaki", max_iter=40)
+    kw = dict(prior=prior, method="kanezaki", max_iter=40, device="cpu")
     alone = {s: segment(image, seed=s, **kw) for s in (3, 4)}
     together = {}
 
@@ -155,3 +164,20 @@ def test_two_concurrent_runs_give_what_each_gives_alone():
         t.join()
     for s in (3, 4):
         np.testing.assert_array_equal(together[s], alone[s])
+
+
+def test_training_steps_on_cuda_use_deterministic_cudnn_and_restore_the_flags():
+    """The flags are process-wide: set for a CUDA step only, and put back after it (even
+    when the step fails); nothing changes for the CPU."""
+    import torch
+
+    cudnn = torch.backends.cudnn
+    before = cudnn.deterministic, cudnn.benchmark
+    with repeatable(torch.device("cpu")):
+        assert (cudnn.deterministic, cudnn.benchmark) == before
+    with repeatable(torch.device("cuda")):
+        assert cudnn.deterministic is True and cudnn.benchmark is False
+    assert (cudnn.deterministic, cudnn.benchmark) == before
+    with pytest.raises(RuntimeError, match="boom"), repeatable(torch.device("cuda")):
+        raise RuntimeError("boom")
+    assert (cudnn.deterministic, cudnn.benchmark) == before

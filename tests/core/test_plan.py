@@ -68,12 +68,12 @@ def test_a_fit_that_cannot_fit_in_memory_is_refused_up_front(monkeypatch):
     image = np.random.default_rng(0).random((256, 256))
     monkeypatch.setattr(_plan, "available_memory", lambda: 50e6)  # a 50 MB machine
     # smaller tiles that fit instead of a refusal; the prior has the full size
-    result = fit_prior(image, n_iter=2, n_runs=2, n_workers=0, seed=0)
+    result = fit_prior(image, n_iter=2, n_runs=2, n_workers=0, seed=0, device="cpu")
     assert result.metadata["fit"]["tiles"] > 1 and result.prior.shape == (256, 256)
     monkeypatch.setattr(_plan, "available_memory", lambda: 2e6)  # not even a 64x64 tile
     with pytest.raises(ValueError, match=r"needs about .* GB of memory and 0.0 GB is "
                                          r"available; set a working_size"):
-        fit_prior(image, n_iter=2, n_runs=2, n_workers=0)
+        fit_prior(image, n_iter=2, n_runs=2, n_workers=0, device="cpu")
 
 
 def test_cgroup_limit_caps_the_available_memory(tmp_path):
@@ -98,7 +98,7 @@ import threading, time, numpy as np, psutil
 from napari_dsp import fit_prior
 from napari_dsp.core.plan import estimate_bytes
 me = psutil.Process()
-fit_prior(np.random.default_rng(0).random((64, 64)), n_iter=2, n_runs=2, seed=0)  # warm-up
+fit_prior(np.random.default_rng(0).random((64, 64)), n_iter=2, n_runs=2, seed=0, device="cpu")
 base, peak, done = me.memory_info().rss, [0], threading.Event()
 def sample():
     while not done.is_set():
@@ -107,7 +107,7 @@ def sample():
 t = threading.Thread(target=sample)
 t.start()
 fit_prior(np.random.default_rng(1).random((384, 384, 3)), n_iter=3, n_runs=4,
-          n_workers=1, seed=0)
+          n_workers=1, seed=0, device="cpu")
 done.set()
 t.join()
 print(peak[0] - base, estimate_bytes(384 * 384, 3, 4, 2, 1))
@@ -156,9 +156,9 @@ def test_the_precision_used_is_in_the_metadata(monkeypatch):
 
     image = np.random.default_rng(0).random((32, 40)).astype(np.float32)
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {})
-    r = fit_prior(image, n_iter=2, n_runs=1, seed=0, precision="auto")
+    r = fit_prior(image, n_iter=2, n_runs=1, seed=0, precision="auto", device="cpu")
     assert r.metadata["fit"]["precision"] == "float32"
     assert r.metadata["settings"]["precision"] == "auto"
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})
-    r = fit_prior(image, n_iter=2, n_runs=1, seed=0, precision="auto")
+    r = fit_prior(image, n_iter=2, n_runs=1, seed=0, precision="auto", device="cpu")
     assert r.metadata["fit"]["precision"] == "bfloat16"

@@ -56,7 +56,7 @@ def test_out_of_memory_retries_with_smaller_groups(monkeypatch):
 
     monkeypatch.setattr(_fit, "iter_members", capped)
     image = np.random.default_rng(0).random((32, 32))
-    result = fit_prior(image, n_iter=3, n_runs=4, n_workers=1, seed=1)
+    result = fit_prior(image, n_iter=3, n_runs=4, n_workers=1, seed=1, device="cpu")
     assert groups == [2, 1] and result.prior.shape == (32, 32)
 
     def always(image, crop, **kw):
@@ -65,7 +65,7 @@ def test_out_of_memory_retries_with_smaller_groups(monkeypatch):
 
     monkeypatch.setattr(_fit, "iter_members", always)
     with pytest.raises(ValueError, match="out of memory on cpu even with one ensemble member"):
-        fit_prior(image, n_iter=3, n_runs=4, n_workers=1, seed=1)
+        fit_prior(image, n_iter=3, n_runs=4, n_workers=1, seed=1, device="cpu")
 
 
 def test_blend_weights_rise_across_the_overlap():

@@ -91,7 +91,7 @@ def test_previews_go_on_when_one_thread_has_fewer_member_groups():
 
 
 def test_a_settled_prior_is_the_prior_of_a_fit_stopped_at_that_iteration():
-    kw = dict(n_runs=4, n_workers=2, seed=3, batch_size=2)
+    kw = dict(n_runs=4, n_workers=2, seed=3, batch_size=2, device="cpu")  # CPU threads
     settled = drain(iter_fit_prior(FIELD, n_iter=30, settle=1.0, **kw))
     assert settled.metadata["fit"]["iterations"] == _fit.MIN_SETTLE_ITER
     assert settled.metadata["fit"]["settled"] is True
