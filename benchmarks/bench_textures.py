@@ -18,18 +18,28 @@ Methods, all in the same run on the same images:
   200; K not given);
 - ``dsp``: ``napari_dsp.segment(n_classes=K)`` (intensity prior, defaults);
 - ``dsp-texture``: ``napari_dsp.segment(n_classes=K, texture=True)``;
-- ``kanezaki-texture`` / ``kanezaki-no-prior`` (``--kanezaki``): self-training seeded by
-  the texture prior, and on superpixels of the raw image (K found).
+- the self-training (K found; ``--kanezaki`` adds them all, ``--methods`` picks): on
+  superpixels of the raw image (``kanezaki-no-prior``, the research's ``--no-prior``), of
+  the intensity prior (``kanezaki-prior``, the research's default) and of the texture
+  prior (``kanezaki-texture``), each with the default superpixels (10,000, at least 25 px
+  each, compactness 100); ``-sp400`` variants use superpixels of 400 px (one period of
+  the bank's lowest frequency) at compactness 10 (``-c100``: 100). The priors are fitted
+  once per mosaic and seed, outside the runs' times.
 
 Scores: adjusted Rand index (ARI) against the regions, pixel accuracy after
-Hungarian matching of classes to regions, classes found, seconds.
+Hungarian matching of classes to regions, classes found, seconds; for the self-training
+also its iterations, the iteration it reached ``min_labels`` and the classes it had
+trained before the final merge. ``--json`` appends every row to a JSON-lines file
+(several processes can split the mosaics with ``--first``).
 
-    python benchmarks/bench_textures.py [--mosaics 8] [--size 256] [--kanezaki]
+    python benchmarks/bench_textures.py [--mosaics 8] [--first 0] [--size 256]
+        [--seeds 0 1] [--methods ...] [--kanezaki] [--json rows.jsonl]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 import warnings
 
@@ -108,6 +118,45 @@ def kmeans(features: np.ndarray, k: int) -> np.ndarray:
     return KMeans(k, n_init=10, random_state=0).fit_predict(x).reshape(features.shape[1:])
 
 
+#: Methods with K given, and those whose result does not depend on the seed.
+BASE = ["pixels", "gabor", "felzenszwalb", "dsp", "dsp-texture"]
+DETERMINISTIC = {"pixels", "gabor", "felzenszwalb"}
+#: Self-training variants: (prior: None / "intensity" / "texture", superpixel area in
+#: pixels or None for the default (10,000 superpixels, at least 25 px each), compactness).
+KANEZAKI = {
+    "kanezaki-no-prior": (None, None, 100.0),  # the research's --no-prior
+    "kanezaki-prior": ("intensity", None, 100.0),  # the research's default
+    "kanezaki-texture": ("texture", None, 100.0),
+    "kanezaki-texture-sp400": ("texture", 400, 10.0),
+    "kanezaki-no-prior-sp400": (None, 400, 10.0),
+    "kanezaki-prior-sp400": ("intensity", 400, 10.0),
+    "kanezaki-texture-sp400-c100": ("texture", 400, 100.0),
+}
+_PRIORS: dict = {}
+
+
+def kanezaki(method: str, image: np.ndarray, seed: int) -> np.ndarray:
+    """One self-training run; the priors are fitted once per image and seed (their time
+    is ``run.prior_seconds``, not counted in the run's)."""
+    import napari_dsp
+
+    guide, area, compactness = KANEZAKI[method]
+    prior = None
+    if guide is not None:
+        key = (image.tobytes().__hash__(), seed, guide)
+        if key not in _PRIORS:
+            if len(_PRIORS) > 4:
+                _PRIORS.clear()
+            _PRIORS[key] = napari_dsp.fit_prior(image, seed=seed, texture=guide == "texture")
+        prior = _PRIORS[key]
+    n_sp = image.size // area if area else 10000
+    r = napari_dsp.segment(image, prior=prior, method="kanezaki", use_prior=prior is not None,
+                           texture=guide == "texture", seed=seed, n_superpixels=n_sp,
+                           compactness=compactness, full_output=True)
+    run.kanezaki = r.metadata["kanezaki"]
+    return r.labels
+
+
 def run(method: str, image: np.ndarray, k: int, seed: int) -> np.ndarray:
     import napari_dsp
     from napari_dsp.core.texture import gabor_energies
@@ -127,54 +176,76 @@ def run(method: str, image: np.ndarray, k: int, seed: int) -> np.ndarray:
         return napari_dsp.segment(image, n_classes=k, seed=seed)
     if method == "dsp-texture":
         return napari_dsp.segment(image, n_classes=k, texture=True, seed=seed)
-    if method in ("kanezaki-texture", "kanezaki-no-prior"):
-        tex = method == "kanezaki-texture"
-        r = napari_dsp.segment(image, method="kanezaki", texture=tex, use_prior=tex,
-                               seed=seed, full_output=True)
-        run.kanezaki_iterations = r.metadata["kanezaki"].get("iterations")
-        return r.labels
+    if method.startswith("kanezaki"):
+        return kanezaki(method, image, seed)
     raise ValueError(method)
+
+
+def mean(values: list) -> str:
+    return f"{np.mean(values):.3f}" if values else "-"
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mosaics", type=int, default=8, help="half equal brightness, "
                         "half with offsets")
+    parser.add_argument("--first", type=int, default=0, help="index of the first mosaic "
+                        "(mosaic i has seed 100 + i)")
     parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the napari-dsp runs")
-    parser.add_argument("--kanezaki", action="store_true")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="seeds of the napari-dsp runs")
+    parser.add_argument("--methods", nargs="+", default=BASE, choices=BASE + list(KANEZAKI))
+    parser.add_argument("--kanezaki", action="store_true", help="add the self-training "
+                        "variants to --methods")
+    parser.add_argument("--json", help="also write every row to this JSON-lines file")
     args = parser.parse_args(argv)
-    methods = ["pixels", "gabor", "felzenszwalb", "dsp", "dsp-texture"]
-    if args.kanezaki:
-        methods += ["kanezaki-texture", "kanezaki-no-prior"]
-    print("| mosaic | regions | offset | method | ARI | matched accuracy | classes | "
-          "time |\n|---|---|---|---|---|---|---|---|")
+    methods = args.methods + (list(KANEZAKI) if args.kanezaki else [])
+    print("| mosaic | regions | offset | seed | method | ARI | matched accuracy | classes | "
+          "iterations (to min_labels) | classes trained | time |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|")
     scores: dict = {m: [] for m in methods}
-    for i in range(args.mosaics):
+    for i in range(args.first, args.first + args.mosaics):
         k, offset = 2 + i % 3, (0.08 if i % 2 else 0.0)
         image, truth = mosaic(k, 100 + i, args.size, offset)
-        for m in methods:
-            t0 = time.perf_counter()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                labels = run(m, image, k, args.seed)
-            seconds = time.perf_counter() - t0
-            ari = adjusted_rand_score(truth.ravel(), labels.ravel())
-            acc = matched_accuracy(truth, labels)
-            n = len(np.unique(labels))
-            scores[m].append((ari, acc, n, k, offset))
-            print(f"| {100 + i} | {k} | {offset:g} | {m} | {ari:.3f} | {acc:.3f} | {n} | "
-                  f"{seconds:.1f} s |", flush=True)
-    print("\n| method | mean ARI | mean ARI, equal brightness | mean ARI, offsets | "
-          "mean matched accuracy | classes = K | classes within K +- 1 |\n"
-          "|---|---|---|---|---|---|---|")
+        for seed in args.seeds:
+            for m in methods:
+                if seed != args.seeds[0] and m in DETERMINISTIC:
+                    continue
+                run.kanezaki = {}
+                t0 = time.perf_counter()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    labels = run(m, image, k, seed)
+                seconds = time.perf_counter() - t0
+                row = dict(mosaic=100 + i, k=k, offset=offset, seed=seed, method=m,
+                           size=args.size, ari=adjusted_rand_score(truth.ravel(),
+                                                                   labels.ravel()),
+                           accuracy=matched_accuracy(truth, labels),
+                           classes=len(np.unique(labels)), seconds=seconds,
+                           **{f"kanezaki_{a}": b for a, b in run.kanezaki.items()})
+                scores[m].append(row)
+                kz = run.kanezaki
+                its = (f"{kz['iterations']} ({kz['min_labels_reached_at']})" if kz else "")
+                print(f"| {100 + i} | {k} | {offset:g} | {seed} | {m} | {row['ari']:.3f} | "
+                      f"{row['accuracy']:.3f} | {row['classes']} | {its} | "
+                      f"{kz.get('classes_trained', '')} | {seconds:.1f} s |", flush=True)
+                if args.json:
+                    with open(args.json, "a") as out:
+                        out.write(json.dumps(row) + "\n")
+    print("\n| method | runs | mean ARI | equal brightness | offsets | mean matched accuracy "
+          "| classes = K | classes within K +- 1 | mean iterations | reached min_labels |\n"
+          "|---|---|---|---|---|---|---|---|---|---|")
     for m, rows in scores.items():
-        a = np.array([r[:4] for r in rows], float)
-        eq = [r[0] for r in rows if r[4] == 0]
-        off = [r[0] for r in rows if r[4] != 0]
-        print(f"| {m} | {a[:, 0].mean():.3f} | {np.mean(eq):.3f} | {np.mean(off):.3f} | "
-              f"{a[:, 1].mean():.3f} | {int((a[:, 2] == a[:, 3]).sum())}/{len(a)} | "
-              f"{int((abs(a[:, 2] - a[:, 3]) <= 1).sum())}/{len(a)} |")
+        a = np.array([[r["ari"], r["accuracy"], r["classes"], r["k"]] for r in rows])
+        eq = [r["ari"] for r in rows if r["offset"] == 0]
+        off = [r["ari"] for r in rows if r["offset"] != 0]
+        its = [r["kanezaki_iterations"] for r in rows if "kanezaki_iterations" in r]
+        reached = sum(r.get("kanezaki_min_labels_reached_at") is not None for r in rows)
+        print(f"| {m} | {len(a)} | {a[:, 0].mean():.3f} | {mean(eq)} | {mean(off)} | "
+              f"{a[:, 1].mean():.3f} | "
+              f"{int((a[:, 2] == a[:, 3]).sum())}/{len(a)} | "
+              f"{int((abs(a[:, 2] - a[:, 3]) <= 1).sum())}/{len(a)} | "
+              + (f"{np.mean(its):.0f} | {reached}/{len(a)} |" if its else "| |"))
     return 0
 
 
