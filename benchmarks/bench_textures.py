@@ -6,7 +6,10 @@ different procedural texture (oriented stripes, random-phase band-pass textures 
 different spectra, blobs, noise of different grain), all at mean 0.5 and the same
 standard deviation (0.15) before 8-bit quantisation; the ``offset`` mosaics add a
 per-region brightness offset of up to +-0.08. Every image is generated from its seed;
-nothing is downloaded.
+nothing is downloaded. ``--photos`` fills the same regions with photographed textures
+instead: crops of four images in scikit-image's wheel (:data:`PHOTOS`: ihc, hubble deep
+field, page, retina; brick, grass, gravel and moon are left for checks), normalised the
+same way.
 
 Methods, all in the same run on the same images:
 
@@ -33,7 +36,7 @@ trained before the final merge. ``--json`` appends every row to a JSON-lines fil
 (several processes can split the mosaics with ``--first``).
 
     python benchmarks/bench_textures.py [--mosaics 8] [--first 0] [--size 256]
-        [--seeds 0 1] [--methods ...] [--kanezaki] [--json rows.jsonl]
+        [--seeds 0 1] [--methods ...] [--kanezaki] [--photos] [--json rows.jsonl]
 """
 
 from __future__ import annotations
@@ -54,6 +57,35 @@ KINDS = [("stripes", 0.0, 8.0), ("stripes", np.pi / 2, 8.0), ("stripes", np.pi /
          ("blobs", 4.0, 0.5), ("grain", 0.0), ("grain", 2.5)]
 
 
+#: Photographed textures (``--photos``): crops of images that scikit-image ships inside
+#: its wheel (skimage/data, no download; not its texture photos brick, grass, gravel and
+#: moon), as (file, top, left, height, width); a crop smaller than the mosaic is mirrored
+#: to fill it. Checked by eye to hold one texture each: fibrous stained tissue (ihc),
+#: a star field (hubble_deep_field), printed text (page), the retina's background with
+#: vessels (retina).
+PHOTOS = [("photo", "ihc.png", 0, 0, 256, 256),
+          ("photo", "hubble_deep_field.jpg", 300, 300, 256, 256),
+          ("photo", "page.png", 40, 0, 151, 384),
+          ("photo", "retina.jpg", 900, 300, 256, 256)]
+
+
+def photo(kind, shape) -> np.ndarray:
+    """A ``shape`` field of the luminance of a photographed crop (mirrored to fill)."""
+    import os
+
+    import skimage
+    from skimage import color, io
+
+    _, name, top, left, h, w = kind
+    im = io.imread(os.path.join(os.path.dirname(skimage.__file__), "data", name))
+    gray = color.rgb2gray(im[..., :3]) if im.ndim == 3 else im / 255.0
+    crop = gray[top:top + h, left:left + w]
+    reps = [-(-n // c) for n, c in zip(shape, crop.shape)]
+    tiled = np.block([[crop[:, ::(-1) ** j][::(-1) ** i] for j in range(reps[1])]
+                      for i in range(reps[0])])
+    return tiled[:shape[0], :shape[1]]
+
+
 def regions(shape, k, rng, wave=12.0):
     h, w = shape
     for _ in range(200):  # keep the cells' seeds apart
@@ -71,7 +103,9 @@ def regions(shape, k, rng, wave=12.0):
 def texture(kind, shape, rng):
     h, w = shape
     yy, xx = np.mgrid[0:h, 0:w].astype(float)
-    if kind[0] == "stripes":
+    if kind[0] == "photo":
+        t = photo(kind, shape)
+    elif kind[0] == "stripes":
         _, theta, period = kind
         t = np.sin(2 * np.pi * (xx * np.cos(theta) + yy * np.sin(theta)) / period
                    + rng.uniform(0, 2 * np.pi)) + 0.3 * rng.normal(size=shape)
@@ -91,12 +125,14 @@ def texture(kind, shape, rng):
     return (t - t.mean()) / (t.std() + 1e-12)
 
 
-def mosaic(k: int, seed: int, size: int = 256, offset: float = 0.0):
-    """``(uint8 image, regions)`` of a k-region mosaic."""
+def mosaic(k: int, seed: int, size: int = 256, offset: float = 0.0, kinds=None):
+    """``(uint8 image, regions)`` of a k-region mosaic of textures drawn from ``kinds``
+    (default :data:`KINDS`)."""
     rng = np.random.default_rng(seed)
     shape = (size, size)
     reg = regions(shape, k, rng)
-    kinds = [KINDS[i] for i in rng.choice(len(KINDS), k, replace=False)]
+    pool = KINDS if kinds is None else kinds
+    kinds = [pool[i] for i in rng.choice(len(pool), k, replace=False)]
     offs = rng.permutation(np.linspace(-offset, offset, k)) if offset else np.zeros(k)
     img = np.zeros(shape)
     for i, kind in enumerate(kinds):
@@ -198,6 +234,8 @@ def main(argv=None) -> int:
     parser.add_argument("--kanezaki", action="store_true", help="add the self-training "
                         "variants to --methods")
     parser.add_argument("--json", help="also write every row to this JSON-lines file")
+    parser.add_argument("--photos", action="store_true", help="photographed textures "
+                        "(PHOTOS) instead of the procedural ones")
     args = parser.parse_args(argv)
     methods = args.methods + (list(KANEZAKI) if args.kanezaki else [])
     print("| mosaic | regions | offset | seed | method | ARI | matched accuracy | classes | "
@@ -206,7 +244,8 @@ def main(argv=None) -> int:
     scores: dict = {m: [] for m in methods}
     for i in range(args.first, args.first + args.mosaics):
         k, offset = 2 + i % 3, (0.08 if i % 2 else 0.0)
-        image, truth = mosaic(k, 100 + i, args.size, offset)
+        image, truth = mosaic(k, 100 + i, args.size, offset,
+                              PHOTOS if args.photos else None)
         for seed in args.seeds:
             for m in methods:
                 if seed != args.seeds[0] and m in DETERMINISTIC:
