@@ -58,11 +58,11 @@ KINDS = [("stripes", 0.0, 8.0), ("stripes", np.pi / 2, 8.0), ("stripes", np.pi /
 
 
 #: Photographed textures (``--photos``): crops of images that scikit-image ships inside
-#: its wheel (skimage/data, no download; not its texture photos brick, grass, gravel and
-#: moon), as (file, top, left, height, width); a crop smaller than the mosaic is mirrored
-#: to fill it. Checked by eye to hold one texture each: fibrous stained tissue (ihc),
-#: a star field (hubble_deep_field), printed text (page), the retina's background with
-#: vessels (retina).
+#: its wheel (skimage/data, no download; measured with 0.26.0; not its texture photos
+#: brick, grass, gravel and moon), as (file, top, left, height, width); a crop smaller
+#: than the mosaic is mirrored to fill it. Checked by eye to hold one texture each:
+#: fibrous stained tissue (ihc), a star field (hubble_deep_field), printed text (page),
+#: the retina's background with vessels (retina).
 PHOTOS = [("photo", "ihc.png", 0, 0, 256, 256),
           ("photo", "hubble_deep_field.jpg", 300, 300, 256, 256),
           ("photo", "page.png", 40, 0, 151, 384),

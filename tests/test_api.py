@@ -304,6 +304,27 @@ def test_texture_keeps_brightness_order_previews_layout_and_says_what_it_skipped
                               texture=True)
 
 
+def test_texture_separation_runs_on_the_device_asked_for(monkeypatch):
+    """The noise test's texture energies are computed where the fit ran (a CUDA device
+    here with torch.cuda patched; the energies themselves are stubbed), and on the best
+    device present when an existing prior is re-clustered."""
+    import torch
+
+    from napari_dsp import cluster
+    from napari_dsp.core import texture
+    from tests.core.test_texture import two_textures
+
+    image, _ = two_textures((48, 48))
+    prior = fit_prior(image, texture=True, seed=0, n_iter=4, n_runs=2, device="cpu")
+    seen = []
+    monkeypatch.setattr(texture, "separation",
+                        lambda chw, labels, device="cpu": seen.append(device) or 10.0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    segment(image, prior=prior, texture=True, device="cuda")
+    cluster(prior, image=image, texture=True)
+    assert seen == [torch.device("cuda"), torch.device("cuda")]
+
+
 def test_texture_features_do_not_find_regions_in_noise():
     """Every texture channel is stretched to [0, 1]: on a field of Poisson noise K-means
     splits the noise's own fluctuations. The split must not be believed: empty labels,

@@ -191,7 +191,7 @@ def _segment(inp: Optional[_Input], prior: Optional[PriorResult], settings: Sett
     if prior is None and (not kanezaki or settings.use_prior):
         prior = yield from _fit(inp, settings, device, start=clock.start)
     if not kanezaki:
-        return _cluster_prior(prior, inp, settings)
+        return _cluster_prior(prior, inp, settings, device)
     from .core.kanezaki import iter_kanezaki
 
     guide = prior.features() if (prior is not None and settings.use_prior) else None
@@ -303,7 +303,7 @@ def cluster(prior: PriorLike, settings: Optional[Settings] = None, *, image=None
     inp = _Input(image, channel_axis) if image is not None else None
     result = _check_texture(_as_prior_result(prior, inp, channel_axis), settings)
     settings = settings.replace(seed=resolve_seed(settings.seed, prior_seed(result)))
-    return warn_if_nothing(_cluster_prior(result, inp, settings))
+    return warn_if_nothing(_cluster_prior(result, inp, settings, None))
 
 
 def _check_texture(prior: PriorResult, settings: Settings) -> PriorResult:
@@ -316,8 +316,8 @@ def _check_texture(prior: PriorResult, settings: Settings) -> PriorResult:
     return prior
 
 
-def _cluster_prior(prior: PriorResult, inp: Optional[_Input], settings: Settings
-                   ) -> SegmentResult:
+def _cluster_prior(prior: PriorResult, inp: Optional[_Input], settings: Settings,
+                   device) -> SegmentResult:
     """K-means on the prior (and its texture channels), then (2 classes) the clean-up
     and the instance ids."""
     texture = prior.texture is not None
@@ -332,7 +332,8 @@ def _cluster_prior(prior: PriorResult, inp: Optional[_Input], settings: Settings
         if texture and inp is not None:
             from .core.texture import separation
 
-            separated = separation(inp.data, labels)
+            # on the fit's device (re-clustering: any device here)
+            separated = separation(inp.data, labels, device or _plan.resolve_device("auto"))
         [labels], more = foreground_or_nothing(
             [labels], [inp.raw] if inp is not None else None,
             [inp.data if inp is not None else None], settings, texture=separated)
