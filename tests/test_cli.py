@@ -39,6 +39,35 @@ def test_single_file(images, tmp_path):
     assert prior.shape == (40, 48) and prior.dtype == np.float32
 
 
+def test_texture_prior_is_written_with_the_prior(images, tmp_path):
+    """--texture --prior: the texture channels' prior as a 6-channel float32 TIFF (axes
+    CYX, the input's pixel size) beside the prior, named in the sidecar; it counts as
+    one of the input's outputs (a rerun skips, --overwrite replaces it)."""
+    from tests.core.test_texture import two_textures
+
+    image, _ = two_textures((48, 64))
+    src = tmp_path / "tex.tif"
+    tifffile.imwrite(src, (image * 255).astype(np.uint8), imagej=True,
+                     resolution=(1 / 0.5, 1 / 0.5), metadata={"unit": "um"})
+    out = tmp_path / "o"
+    args = ["segment", str(src), "-o", str(out), "--prior", "--texture", *FAST]
+    assert main(args) == 0
+    with tifffile.TiffFile(out / "tex_texture_prior.tif") as tif:
+        assert tif.series[0].axes == "CYX" and tif.series[0].shape == (6, 48, 64)
+        assert tif.series[0].dtype == np.float32
+        assert tif.pages[0].tags["XResolution"].value == (2, 1)
+    assert tifffile.imread(out / "tex_prior.tif").shape == (48, 64)
+    meta = json.loads((out / "tex_labels.json").read_text())
+    assert meta["texture_prior_file"].endswith("tex_texture_prior.tif")
+    (out / "tex_texture_prior.tif").write_text("kept")
+    assert main(args) == 0
+    assert (out / "tex_texture_prior.tif").read_text() == "kept"
+    assert main([*args, "--overwrite"]) == 0
+    assert tifffile.imread(out / "tex_texture_prior.tif").shape == (6, 48, 64)
+    assert main(["segment", str(src), "-o", str(tmp_path / "p"), "--prior", *FAST]) == 0
+    assert not (tmp_path / "p" / "tex_texture_prior.tif").exists()
+
+
 def test_batch_with_a_corrupt_file_goes_on_and_fails(images, tmp_path, capsys):
     bad = tmp_path / "broken.tif"
     bad.write_bytes(b"II*\x00this is not a tiff")

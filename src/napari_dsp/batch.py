@@ -47,19 +47,23 @@ class Job:
     labels: Path
     sidecar: Path
     prior: Optional[Path] = None
+    texture_prior: Optional[Path] = None
 
     @property
     def outputs(self) -> tuple:
-        return tuple(p for p in (self.labels, self.prior, self.sidecar) if p is not None)
+        return tuple(p for p in (self.labels, self.prior, self.texture_prior, self.sidecar)
+                     if p is not None)
 
 
-def job_for(source: Path, labels: Path, prior: bool) -> Job:
+def job_for(source: Path, labels: Path, prior: bool, texture: bool = False) -> Job:
     """The job writing ``labels``: its sidecar ``<labels stem>.json`` and, with
-    ``prior``, ``<stem>_prior.tif`` beside it."""
+    ``prior``, ``<stem>_prior.tif`` beside it (and ``<stem>_texture_prior.tif`` with
+    ``texture``)."""
     stem = _io.stem(labels)
     base = stem[: -len("_labels")] if stem.endswith("_labels") else stem
     return Job(source, labels, labels.with_name(stem + ".json"),
-               labels.with_name(base + "_prior.tif") if prior else None)
+               labels.with_name(base + "_prior.tif") if prior else None,
+               labels.with_name(base + "_texture_prior.tif") if prior and texture else None)
 
 
 def _key(path: Path, fold: bool = False) -> str:
@@ -105,7 +109,7 @@ def probe_folder(folder: Path) -> tuple[Optional[str], bool]:
 _OUTPUT_NAME = ("_labels.tif", "_labels.tiff", "_prior.tif", "_labels.json")
 
 
-def plan_batch(inputs: Sequence, output, *, prior: bool = False,
+def plan_batch(inputs: Sequence, output, *, prior: bool = False, texture: bool = False,
                protected: Sequence = ()) -> tuple[list[Job], list[str]]:
     """The jobs of a batch, with every output path, checked before anything runs.
 
@@ -146,7 +150,7 @@ def plan_batch(inputs: Sequence, output, *, prior: bool = False,
                          f"single input)")
     labels = [output] if names_a_file else \
         [output / f"{_io.stem(p)}_labels.tif" for p in unique]
-    jobs = [job_for(src, dst, prior) for src, dst in zip(unique, labels)]
+    jobs = [job_for(src, dst, prior, texture) for src, dst in zip(unique, labels)]
     problems = []
     folders = {job.labels.parent for job in jobs}
     fold = {}
@@ -307,9 +311,13 @@ def run_job(job: Job, *, settings, channel_axis: Optional[int] = None,
             prior_axes = _with_channels(axes, prior.ndim, result.prior.channel_axis)
             prior_file = out.image(job.prior, prior, axes=prior_axes, pixel_size=sizes,
                                    unit=unit, info=stamp)
+        if job.texture_prior is not None and result.prior.texture is not None:
+            out.image(job.texture_prior, result.prior.texture, axes="C" + axes,
+                      pixel_size=sizes, unit=unit, info=stamp)  # (6, Y, X) components
         meta = dict(result.metadata, input_file=str(job.source),
                     labels_file=str(job.labels),
                     prior_file=str(prior_file) if prior_file is not None else None,
+                    texture_prior_file=str(job.texture_prior) if job.texture_prior else None,
                     file={"format": info.format, "shape": list(info.shape),
                           "axes": info.axes, "axes_used": arr.axes,
                           "axes_from": arr.source,

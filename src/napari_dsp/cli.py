@@ -119,9 +119,8 @@ def _positive_float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="napari-dsp",
-        description="Unsupervised segmentation with a Deep Segmentation Prior.")
+    parser = argparse.ArgumentParser(prog="napari-dsp", description="Unsupervised "
+                                     "segmentation with a Deep Segmentation Prior.")
     sub = parser.add_subparsers(dest="command", required=True)
     seg = sub.add_parser(
         "segment", help="segment image files",
@@ -139,8 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("-o", "--output", type=Path, required=True,
                      help="output file for one input, or a directory (one "
                           "<stem>_labels.tif per input)")
-    seg.add_argument("--prior", action="store_true",
-                     help="also write the prior as <stem>_prior.tif (float32)")
+    seg.add_argument("--prior", action="store_true", help="also write the prior as "
+                     "<stem>_prior.tif (float32; with --texture, its texture channels as "
+                     "<stem>_texture_prior.tif)")
     seg.add_argument("--overwrite", action="store_true",
                      help="replace existing outputs (labels, prior and sidecar); "
                           "without it an input with any existing output is skipped")
@@ -220,8 +220,8 @@ def _run_segment(args) -> int:
         settings = _settings_from_args(args)
         protected = [args.scribbles] if args.scribbles is not None else []
         makes_prior = settings.method != "kanezaki" or settings.use_prior
-        jobs, notes = _batch.plan_batch(args.inputs, args.output,
-                                        prior=args.prior and makes_prior,
+        jobs, notes = _batch.plan_batch(args.inputs, args.output, prior=args.prior and
+                                        makes_prior, texture=settings.texture,
                                         protected=protected)
         if args.scribbles is not None and args.stack:
             raise _batch.BatchError("--scribbles is for single images; leave out --stack")

@@ -248,7 +248,8 @@ def segment_files(inputs: Sequence, output, client, *, settings=None, prior: boo
 
     settings = make_settings(settings, **overrides)
     makes_prior = settings.method != "kanezaki" or settings.use_prior
-    jobs, _notes = _batch.plan_batch(inputs, output, prior=prior and makes_prior)
+    jobs, _notes = _batch.plan_batch(inputs, output, prior=prior and makes_prior,
+                                     texture=settings.texture)
     folders = list(dict.fromkeys(job.labels.parent for job in jobs))
     for folder in folders:
         _io.remove_stale_temps(folder)
