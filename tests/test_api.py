@@ -306,8 +306,8 @@ def test_texture_keeps_brightness_order_previews_layout_and_says_what_it_skipped
 
 def test_texture_separation_runs_on_the_device_asked_for(monkeypatch):
     """The noise test's texture energies are computed where the fit ran (a CUDA device
-    here with torch.cuda patched; the energies themselves are stubbed), and on the best
-    device present when an existing prior is re-clustered."""
+    here with torch.cuda patched; the energies themselves are stubbed), and on the device
+    the settings ask for when an existing prior is re-clustered."""
     import torch
 
     from napari_dsp import cluster
@@ -321,8 +321,9 @@ def test_texture_separation_runs_on_the_device_asked_for(monkeypatch):
                         lambda chw, labels, device="cpu": seen.append(device) or 10.0)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     segment(image, prior=prior, texture=True, device="cuda")
-    cluster(prior, image=image, texture=True)
-    assert seen == [torch.device("cuda"), torch.device("cuda")]
+    cluster(prior, image=image, texture=True)  # device 'auto'
+    cluster(prior, image=image, texture=True, device="cpu")
+    assert seen == [torch.device("cuda"), torch.device("cuda"), torch.device("cpu")]
 
 
 def test_texture_features_do_not_find_regions_in_noise():

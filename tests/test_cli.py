@@ -52,20 +52,20 @@ def test_texture_prior_is_written_with_the_prior(images, tmp_path):
     out = tmp_path / "o"
     args = ["segment", str(src), "-o", str(out), "--prior", "--texture", *FAST]
     assert main(args) == 0
-    with tifffile.TiffFile(out / "tex_texture_prior.tif") as tif:
+    with tifffile.TiffFile(out / "tex_prior_texture.tif") as tif:
         assert tif.series[0].axes == "CYX" and tif.series[0].shape == (6, 48, 64)
         assert tif.series[0].dtype == np.float32
         assert tif.pages[0].tags["XResolution"].value == (2, 1)
     assert tifffile.imread(out / "tex_prior.tif").shape == (48, 64)
     meta = json.loads((out / "tex_labels.json").read_text())
-    assert meta["texture_prior_file"].endswith("tex_texture_prior.tif")
-    (out / "tex_texture_prior.tif").write_text("kept")
+    assert meta["texture_prior_file"].endswith("tex_prior_texture.tif")
+    (out / "tex_prior_texture.tif").write_text("kept")
     assert main(args) == 0
-    assert (out / "tex_texture_prior.tif").read_text() == "kept"
+    assert (out / "tex_prior_texture.tif").read_text() == "kept"
     assert main([*args, "--overwrite"]) == 0
-    assert tifffile.imread(out / "tex_texture_prior.tif").shape == (6, 48, 64)
+    assert tifffile.imread(out / "tex_prior_texture.tif").shape == (6, 48, 64)
     assert main(["segment", str(src), "-o", str(tmp_path / "p"), "--prior", *FAST]) == 0
-    assert not (tmp_path / "p" / "tex_texture_prior.tif").exists()
+    assert not (tmp_path / "p" / "tex_prior_texture.tif").exists()
 
 
 def test_batch_with_a_corrupt_file_goes_on_and_fails(images, tmp_path, capsys):

@@ -332,8 +332,9 @@ def _cluster_prior(prior: PriorResult, inp: Optional[_Input], settings: Settings
         if texture and inp is not None:
             from .core.texture import separation
 
-            # on the fit's device (re-clustering: any device here)
-            separated = separation(inp.data, labels, device or _plan.resolve_device("auto"))
+            # on the fit's device; re-clustering: on the one the settings ask for
+            separated = separation(inp.data, labels,
+                                   device or _plan.resolve_device(settings.device))
         [labels], more = foreground_or_nothing(
             [labels], [inp.raw] if inp is not None else None,
             [inp.data if inp is not None else None], settings, texture=separated)

@@ -57,13 +57,13 @@ class Job:
 
 def job_for(source: Path, labels: Path, prior: bool, texture: bool = False) -> Job:
     """The job writing ``labels``: its sidecar ``<labels stem>.json`` and, with
-    ``prior``, ``<stem>_prior.tif`` beside it (and ``<stem>_texture_prior.tif`` with
-    ``texture``)."""
+    ``prior``, ``<stem>_prior.tif`` beside it (and ``<stem>_prior_texture.tif`` with
+    ``texture``: a name no input's ``_prior.tif`` can take)."""
     stem = _io.stem(labels)
     base = stem[: -len("_labels")] if stem.endswith("_labels") else stem
     return Job(source, labels, labels.with_name(stem + ".json"),
                labels.with_name(base + "_prior.tif") if prior else None,
-               labels.with_name(base + "_texture_prior.tif") if prior and texture else None)
+               labels.with_name(base + "_prior_texture.tif") if prior and texture else None)
 
 
 def _key(path: Path, fold: bool = False) -> str:
@@ -106,7 +106,8 @@ def probe_folder(folder: Path) -> tuple[Optional[str], bool]:
 
 #: Names of files napari-dsp writes: an input with such a name is probably an earlier
 #: run's output picked up by a wildcard.
-_OUTPUT_NAME = ("_labels.tif", "_labels.tiff", "_prior.tif", "_labels.json")
+_OUTPUT_NAME = ("_labels.tif", "_labels.tiff", "_prior.tif", "_prior_texture.tif",
+                "_labels.json")
 
 
 def plan_batch(inputs: Sequence, output, *, prior: bool = False, texture: bool = False,
@@ -311,13 +312,15 @@ def run_job(job: Job, *, settings, channel_axis: Optional[int] = None,
             prior_axes = _with_channels(axes, prior.ndim, result.prior.channel_axis)
             prior_file = out.image(job.prior, prior, axes=prior_axes, pixel_size=sizes,
                                    unit=unit, info=stamp)
+        texture_file = None
         if job.texture_prior is not None and result.prior.texture is not None:
-            out.image(job.texture_prior, result.prior.texture, axes="C" + axes,
-                      pixel_size=sizes, unit=unit, info=stamp)  # (6, Y, X) components
+            texture_file = out.image(job.texture_prior, result.prior.texture,
+                                     axes="C" + axes, pixel_size=sizes, unit=unit,
+                                     info=stamp)  # (6, Y, X) principal components
         meta = dict(result.metadata, input_file=str(job.source),
                     labels_file=str(job.labels),
                     prior_file=str(prior_file) if prior_file is not None else None,
-                    texture_prior_file=str(job.texture_prior) if job.texture_prior else None,
+                    texture_prior_file=str(texture_file) if texture_file else None,
                     file={"format": info.format, "shape": list(info.shape),
                           "axes": info.axes, "axes_used": arr.axes,
                           "axes_from": arr.source,

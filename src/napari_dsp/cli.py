@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "<stem>_labels.tif per input)")
     seg.add_argument("--prior", action="store_true", help="also write the prior as "
                      "<stem>_prior.tif (float32; with --texture, its texture channels as "
-                     "<stem>_texture_prior.tif)")
+                     "<stem>_prior_texture.tif)")
     seg.add_argument("--overwrite", action="store_true",
                      help="replace existing outputs (labels, prior and sidecar); "
                           "without it an input with any existing output is skipped")

@@ -166,18 +166,40 @@ def test_two_concurrent_runs_give_what_each_gives_alone():
         np.testing.assert_array_equal(together[s], alone[s])
 
 
-def test_training_steps_on_cuda_use_deterministic_cudnn_and_restore_the_flags():
+def test_training_steps_on_cuda_use_deterministic_cudnn_and_restore_the_flags(monkeypatch):
     """The flags are process-wide: set for a CUDA step only, and put back after it (even
-    when the step fails); nothing changes for the CPU."""
+    when the step fails); nothing changes for the CPU; every training step and the final
+    pass run inside it (device given as a string too)."""
+    import contextlib
+
     import torch
 
+    from napari_dsp.core import kanezaki
+
     cudnn = torch.backends.cudnn
-    before = cudnn.deterministic, cudnn.benchmark
+    monkeypatch.setattr(cudnn, "benchmark", True)
+    monkeypatch.setattr(cudnn, "deterministic", False)
     with repeatable(torch.device("cpu")):
-        assert (cudnn.deterministic, cudnn.benchmark) == before
-    with repeatable(torch.device("cuda")):
+        assert (cudnn.deterministic, cudnn.benchmark) == (False, True)
+    with repeatable("cuda"):
         assert cudnn.deterministic is True and cudnn.benchmark is False
-    assert (cudnn.deterministic, cudnn.benchmark) == before
-    with pytest.raises(RuntimeError, match="boom"), repeatable(torch.device("cuda")):
-        raise RuntimeError("boom")
-    assert (cudnn.deterministic, cudnn.benchmark) == before
+    assert (cudnn.deterministic, cudnn.benchmark) == (False, True)
+    with pytest.raises(RuntimeError, match="boom"):
+        with repeatable(torch.device("cuda")):
+            raise RuntimeError("boom")
+    assert (cudnn.deterministic, cudnn.benchmark) == (False, True)
+
+    entered = []
+
+    @contextlib.contextmanager
+    def spy(device):
+        entered.append(str(device))
+        with repeatable(device):
+            yield
+
+    monkeypatch.setattr(kanezaki, "repeatable", spy)
+    image, _ = textured_regions(2, size=32, seed=0)
+    gen = kanezaki.iter_kanezaki(image[None].astype(np.float32), None, seed=0,
+                                 device="cpu", max_iter=7, min_labels=1)
+    steps = sum(1 for _ in iter(lambda: next(gen, None), None))
+    assert steps == 7 and entered == ["cpu"] * 8  # 7 steps and the final pass

@@ -42,8 +42,10 @@ def repeatable(device: torch.device) -> Iterator[None]:
     algorithms (its default ones accumulate gradients in no fixed order, and the
     self-training amplifies the difference: measured on an H100, two runs with the same
     seed differed in 1 % of the pixels; with this, in none), then restore the flags.
-    Nothing changes on other devices."""
-    if device.type != "cuda":
+    Nothing changes on other devices. The lock orders the self-training's steps among
+    themselves only: other CUDA work running meanwhile in another thread (a prior fit)
+    sees the flags set, and a flag it sets in that window is put back afterwards."""
+    if torch.device(device).type != "cuda":
         yield
         return
     cudnn = torch.backends.cudnn
