@@ -16,7 +16,9 @@ Methods, all in the same run on the same images:
 - ``pixels``: K-means on the raw pixel values (K given);
 - ``gabor``: K-means on the standardised Gabor energies of the same bank the texture
   channels use (4 scales x 4 orientations), each smoothed over its filter's sigma (the
-  classic filter-bank baseline, K given);
+  classic filter-bank baseline, K given); ``gabor-2scales``: the same on the energies the
+  texture channels are made of (each at both of ``core.texture.SCALES``), to tell what
+  the prior adds to those features;
 - ``felzenszwalb``: scikit-image's graph segmentation (scale 400, sigma 1, min size
   200; K not given);
 - ``dsp``: ``napari_dsp.segment(n_classes=K)`` (intensity prior, defaults);
@@ -155,8 +157,8 @@ def kmeans(features: np.ndarray, k: int) -> np.ndarray:
 
 
 #: Methods with K given, and those whose result does not depend on the seed.
-BASE = ["pixels", "gabor", "felzenszwalb", "dsp", "dsp-texture"]
-DETERMINISTIC = {"pixels", "gabor", "felzenszwalb"}
+BASE = ["pixels", "gabor", "gabor-2scales", "felzenszwalb", "dsp", "dsp-texture"]
+DETERMINISTIC = {"pixels", "gabor", "gabor-2scales", "felzenszwalb"}
 #: Self-training variants: (prior: None / "intensity" / "texture", superpixel area in
 #: pixels or None for the default (10,000 superpixels, at least 25 px each), compactness).
 KANEZAKI = {
@@ -171,20 +173,31 @@ KANEZAKI = {
 _PRIORS: dict = {}
 
 
+def prior_for(method: str, image: np.ndarray, seed: int):
+    """The prior a self-training variant is guided by (None without one), fitted once per
+    image, seed and kind; returns ``(prior, seconds spent fitting it now)``."""
+    import napari_dsp
+
+    guide = KANEZAKI[method][0]
+    if guide is None:
+        return None, 0.0
+    key = (hash(image.tobytes()), seed, guide)
+    if key in _PRIORS:
+        return _PRIORS[key], 0.0
+    if len(_PRIORS) > 4:
+        _PRIORS.clear()
+    t0 = time.perf_counter()
+    _PRIORS[key] = napari_dsp.fit_prior(image, seed=seed, texture=guide == "texture")
+    return _PRIORS[key], time.perf_counter() - t0
+
+
 def kanezaki(method: str, image: np.ndarray, seed: int) -> np.ndarray:
-    """One self-training run; the priors are fitted once per image and seed (their time
-    is ``run.prior_seconds``, not counted in the run's)."""
+    """One self-training run on the prior of :func:`prior_for` (fitted before the run's
+    clock starts)."""
     import napari_dsp
 
     guide, area, compactness = KANEZAKI[method]
-    prior = None
-    if guide is not None:
-        key = (image.tobytes().__hash__(), seed, guide)
-        if key not in _PRIORS:
-            if len(_PRIORS) > 4:
-                _PRIORS.clear()
-            _PRIORS[key] = napari_dsp.fit_prior(image, seed=seed, texture=guide == "texture")
-        prior = _PRIORS[key]
+    prior, _ = prior_for(method, image, seed)
     n_sp = image.size // area if area else 10000
     r = napari_dsp.segment(image, prior=prior, method="kanezaki", use_prior=prior is not None,
                            texture=guide == "texture", seed=seed, n_superpixels=n_sp,
@@ -202,6 +215,12 @@ def run(method: str, image: np.ndarray, k: int, seed: int) -> np.ndarray:
         return kmeans(g[None], k)
     if method == "gabor":
         e = gabor_energies(g, smooth=1.0)
+        e = (e - e.mean((1, 2), keepdims=True)) / (e.std((1, 2), keepdims=True) + 1e-9)
+        return kmeans(e, k)
+    if method == "gabor-2scales":  # the texture channels' energies, without the prior
+        from napari_dsp.core.texture import SCALES
+
+        e = gabor_energies(g, smooth=SCALES)
         e = (e - e.mean((1, 2), keepdims=True)) / (e.std((1, 2), keepdims=True) + 1e-9)
         return kmeans(e, k)
     if method == "felzenszwalb":
@@ -251,6 +270,7 @@ def main(argv=None) -> int:
                 if seed != args.seeds[0] and m in DETERMINISTIC:
                     continue
                 run.kanezaki = {}
+                fitted = prior_for(m, image, seed)[1] if m in KANEZAKI else 0.0
                 t0 = time.perf_counter()
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
@@ -261,6 +281,7 @@ def main(argv=None) -> int:
                                                                    labels.ravel()),
                            accuracy=matched_accuracy(truth, labels),
                            classes=len(np.unique(labels)), seconds=seconds,
+                           prior_seconds=fitted,
                            **{f"kanezaki_{a}": b for a, b in run.kanezaki.items()})
                 scores[m].append(row)
                 kz = run.kanezaki

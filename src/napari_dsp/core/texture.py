@@ -5,13 +5,16 @@ flat blobs.
 :func:`texture_channels` filters the image's luminance with a bank of complex Gabor
 filters (4 scales, 0.05 to 0.35 cycles per pixel, one octave wide, 4 orientations), takes
 each response's magnitude (the local energy in that band: high in a region whose texture
-has that scale and orientation, whatever its phase), smooths it over half the filter's
-width, compresses it (``log(1 + e / mean e)``), standardises the 16 energies and keeps
-their first principal components, each stretched to [0, 1]. The filtering runs in
-torch, in the Fourier domain (one FFT of the reflect-padded image, one product and
-inverse FFT per band), on the device of the fit, in float32; the principal components
-(a 16 x 16 eigenproblem) and the stretch in numpy. They are computed once, at full
-resolution, before the fit's working size and tiles.
+has that scale and orientation, whatever its phase), integrates it at two scales
+(:data:`SCALES`: over half the filter's width, which keeps borders sharp, and over twice
+it, over which a texture of large texels such as blobs has steady statistics),
+compresses it (``log(1 + e / mean e)``), standardises the 32 energies and keeps their
+first principal components, each stretched to [0, 1]. The filtering runs in torch, in
+the Fourier domain (one FFT of the reflect-padded image, one product and inverse FFT per
+band, one per band and scale for the integration), on the device of the fit, in float32;
+the principal components (a 32 x 32 eigenproblem, on a fixed sample of
+:data:`PCA_SAMPLE` pixels) and the stretch in numpy. They are
+computed once, at full resolution, before the fit's working size and tiles.
 
 Every channel is stretched to [0, 1] however weak its texture: on a field of noise the
 channels show the noise's own fluctuations at full contrast, and K-means finds "regions"
@@ -19,11 +22,12 @@ in them. So a foreground/background split is believed only where its two classes
 in some band's (unstretched) energy by :data:`MIN_SEPARATION` pooled within-class
 standard deviations or more (:func:`separation`), or in intensity as the intensity
 noise test says (:mod:`napari_dsp.core.decide`). Measured: fields of noise (Poisson at
-96² and 256², Gaussian, smoothed Gaussian) 1.3-2.3; procedural texture mosaics that were
-segmented 7.3-12.4 (one that failed, ARI 0.43: 1.1).
+96² and 256², Gaussian, smoothed Gaussian) at most 1.4 where K-means split them at all;
+procedural texture mosaics that were segmented 7.4-11.2 (a failing one: 0.99).
 
-Measured on procedural mosaics of equal brightness (``benchmarks/bench_textures.py``),
-K-means on these channels' prior separates textures that the intensity prior merges.
+Measured on procedural and photographed mosaics (``benchmarks/bench_textures.py``),
+K-means on these channels' prior separates textures that the intensity prior merges, and
+beats K-means on the same energies without the prior.
 Nothing here knows about napari, Qt or files.
 """
 
@@ -43,6 +47,12 @@ COMPONENTS = 6
 SIGMA_CYCLES = 0.56
 #: Each energy is smoothed with a Gaussian of SMOOTH x its filter's sigma.
 SMOOTH = 0.5
+#: The texture channels integrate each energy at two scales (x its filter's sigma): a
+#: local one that keeps borders sharp, and a regional one over which a texture of large
+#: texels (blobs, grain) has steady statistics.
+SCALES = (SMOOTH, 2.0)
+#: Pixels that give the standardisation and principal axes (a fixed sample above this).
+PCA_SAMPLE = 200_000
 #: Smallest texture separation (pooled within-class standard deviations) believed.
 MIN_SEPARATION = 4.0
 
@@ -53,10 +63,13 @@ def _freq_grid(h: int, w: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     return fy.expand(h, w), fx.expand(h, w)
 
 
-def gabor_energies(gray: np.ndarray, device="cpu", smooth: float = SMOOTH) -> np.ndarray:
+def gabor_energies(gray: np.ndarray, device="cpu", smooth=SMOOTH) -> np.ndarray:
     """The Gabor energies of a ``(Y, X)`` image in [0, 1], each smoothed with a Gaussian of
     ``smooth`` x its filter's sigma and log-compressed:
-    ``(len(FREQUENCIES) * ORIENTATIONS, Y, X)`` float32."""
+    ``(len(FREQUENCIES) * ORIENTATIONS, Y, X)`` float32. With a sequence of ``smooth``
+    values, every band at each of them (each band filtered once):
+    ``(len(smooth) * bands, Y, X)``, scale by scale."""
+    smooths = tuple(smooth) if np.ndim(smooth) else (smooth,)
     h, w = gray.shape
     pad = int(min(math.ceil(3 * SIGMA_CYCLES / FREQUENCIES[0]), h - 1, w - 1))
     x = torch.as_tensor(np.ascontiguousarray(gray), dtype=torch.float32, device=device)
@@ -66,20 +79,24 @@ def gabor_energies(gray: np.ndarray, device="cpu", smooth: float = SMOOTH) -> np
     spectrum = torch.fft.fft2(x)
     fy, fx = _freq_grid(ph, pw, device)
     f2 = fy ** 2 + fx ** 2
-    out = []
+    bands = len(FREQUENCIES) * ORIENTATIONS
+    e = torch.empty((len(smooths) * bands, h, w), dtype=torch.float32, device=device)
+    b = 0
     for f in FREQUENCIES:
         sigma = SIGMA_CYCLES / f
         sf = 1.0 / (2 * math.pi * sigma)  # the envelope's width in frequency
-        window = torch.exp(-2 * math.pi ** 2 * (smooth * sigma) ** 2 * f2)
+        windows = [torch.exp(-2 * math.pi ** 2 * (s * sigma) ** 2 * f2) for s in smooths]
         for k in range(ORIENTATIONS):
             theta = k * math.pi / ORIENTATIONS
             cy, cx = f * math.sin(theta), f * math.cos(theta)
             band = torch.exp(-((fy - cy) ** 2 + (fx - cx) ** 2) / (2 * sf ** 2))
             energy = torch.fft.ifft2(spectrum * band).abs()  # one-sided: |analytic response|
-            energy = torch.fft.ifft2(torch.fft.fft2(energy) * window).real.clamp_min(0)
-            out.append(energy[pad:pad + h, pad:pad + w])
-    e = torch.stack(out)
-    e = torch.log1p(e / e.mean(dim=(1, 2), keepdim=True).clamp_min(1e-12))
+            energy = torch.fft.fft2(energy)
+            for i, window in enumerate(windows):  # scale by scale
+                smoothed = torch.fft.ifft2(energy * window).real.clamp_min_(0)
+                e[i * bands + b] = smoothed[pad:pad + h, pad:pad + w]
+            b += 1
+    e.div_(e.mean(dim=(1, 2), keepdim=True).clamp_min(1e-12)).log1p_()
     return e.float().cpu().numpy()
 
 
@@ -95,17 +112,29 @@ def texture_channels(chw: np.ndarray, n_components: int = COMPONENTS,
         raise ValueError(f"texture_channels needs a (C, Y, X) image, got shape {chw.shape}")
     if not np.all(np.isfinite(chw)):
         raise ValueError("texture_channels: the image contains NaN or infinite values")
-    e = gabor_energies(chw.mean(0), device)
-    flat = e.reshape(len(e), -1).astype(np.float64)
-    flat -= flat.mean(1, keepdims=True)
-    std = flat.std(1, keepdims=True)
-    flat /= np.where(std > 1e-12, std, 1.0)
-    cov = flat @ flat.T / flat.shape[1]
-    values, vectors = np.linalg.eigh(cov)
+    e = gabor_energies(chw.mean(0), device, SCALES)
+    flat = e.reshape(len(e), -1)  # float32, a view
+    n = flat.shape[1]
+    # Standardisation and principal axes from a fixed sample of pixels (all of them up
+    # to PCA_SAMPLE): memory stays at the energies' own size.
+    pick = np.sort(np.random.default_rng(0).choice(n, PCA_SAMPLE, replace=False)) \
+        if n > PCA_SAMPLE else slice(None)
+    sample = flat[:, pick].astype(np.float64)
+    mean = sample.mean(1, keepdims=True)
+    std = sample.std(1, keepdims=True)
+    std = np.where(std > 1e-12, std, 1.0)
+    z = (sample - mean) / std
+    values, vectors = np.linalg.eigh(z @ z.T / z.shape[1])
     order = np.argsort(values)[::-1][:n_components]
     axes = vectors[:, order]
     axes *= np.where(axes[np.abs(axes).argmax(0), range(axes.shape[1])] < 0, -1.0, 1.0)
-    comps = (axes.T @ flat).reshape(-1, *chw.shape[1:])
+    weights = (axes / std).T  # (k, bands): projection of the standardised energies
+    offset = weights @ mean
+    comps = np.empty((len(weights), n), np.float64)
+    for start in range(0, n, PCA_SAMPLE):  # in float64, a block of pixels at a time
+        block = flat[:, start:start + PCA_SAMPLE].astype(np.float64)
+        comps[:, start:start + PCA_SAMPLE] = weights @ block - offset
+    comps = comps.reshape(-1, *chw.shape[1:])
     lo, hi = np.percentile(comps, [0.5, 99.5], axis=(1, 2), keepdims=True)
     span = np.where(hi - lo > 1e-12, hi - lo, 1.0)
     return np.clip((comps - lo) / span, 0, 1).astype(np.float32)
