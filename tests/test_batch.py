@@ -120,6 +120,20 @@ def test_a_file_without_axes_says_what_was_assumed(tmp_path):
 
 
 # ------------------------------------------------------------------- planned batches
+def test_texture_prior_names_never_meet_another_inputs_outputs(tmp_path):
+    """Inputs a and a_texture with --prior --texture: every output name is distinct, so
+    the batch is planned (a's texture prior must not take a_texture's prior name)."""
+    from napari_dsp.batch import plan_batch
+
+    for name in ("a.tif", "a_texture.tif"):
+        tifffile.imwrite(tmp_path / name, disc()[0])
+    jobs, _ = plan_batch([tmp_path / "a.tif", tmp_path / "a_texture.tif"], tmp_path / "o",
+                         prior=True, texture=True)
+    names = [p.name for job in jobs for p in job.outputs]
+    assert len(names) == len(set(names)) == 8
+    assert "a_prior_texture.tif" in names and "a_texture_prior.tif" in names
+
+
 def test_same_stem_inputs_are_refused_before_computing(tmp_path):
     for well, suffix in (("wellA", ".png"), ("wellB", ".tif")):
         (tmp_path / well).mkdir()
