@@ -184,9 +184,8 @@ def test_training_steps_on_cuda_use_deterministic_cudnn_and_restore_the_flags(mo
     with repeatable("cuda"):
         assert cudnn.deterministic is True and cudnn.benchmark is False
     assert (cudnn.deterministic, cudnn.benchmark) == (False, True)
-    with pytest.raises(RuntimeError, match="boom"):
-        with repeatable(torch.device("cuda")):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), repeatable(torch.device("cuda")):
+        raise RuntimeError("boom")
     assert (cudnn.deterministic, cudnn.benchmark) == (False, True)
 
     entered = []
