@@ -1,4 +1,5 @@
-"""Command line: ``napari-dsp segment INPUT... -o OUTPUT`` and ``napari-dsp demo``.
+"""Command line: ``napari-dsp segment INPUT... -o OUTPUT`` and ``napari-dsp demo`` (run
+by :mod:`napari_dsp._demo`).
 
 Owns argument parsing, the progress bar, the batch loop's messages and exit statuses
 (128 + the signal's number when SIGINT, SIGTERM or SIGHUP stopped a run, see
@@ -119,8 +120,9 @@ def _positive_float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="napari-dsp", description="Unsupervised "
-                                     "segmentation with a Deep Segmentation Prior.")
+    parser = argparse.ArgumentParser(
+        prog="napari-dsp",
+        description="Unsupervised segmentation with a Deep Segmentation Prior.")
     sub = parser.add_subparsers(dest="command", required=True)
     seg = sub.add_parser(
         "segment", help="segment image files",
@@ -323,56 +325,6 @@ def _run_on_cluster(args, jobs: list, settings: Settings, scribbles) -> int:
     return _summary(len(jobs), counts["done"], counts["skipped"], counts["failed"])
 
 
-def _run_demo(args) -> int:
-    from skimage import data
-
-    settings = _settings_from_args(args)
-    out = args.output
-    names = ("coins_labels.tif", "coins_prior.tif", "coins_labels.json")
-    if out is not None:
-        if out.exists() and not out.is_dir():
-            _error(f"-o {out} is a file; pass a folder")
-            return 2
-        present = [out / n for n in names if (out / n).exists()]
-        if present and not args.overwrite:
-            _error(f"{', '.join(map(str, present))} exist(s); pass --overwrite to replace "
-                   f"them or another -o folder")
-            return 2
-    from .api import segment
-
-    _tune_allocator()
-    image = data.coins()
-    print(f"napari-dsp demo: scikit-image 'coins' ({image.shape[0]}x{image.shape[1]}, "
-          f"{image.dtype}); fitting {settings.n_runs} runs x {settings.n_iter} iterations",
-          file=sys.stderr)
-    t0 = time.perf_counter()
-    bar = None if args.quiet else ProgressBar("coins")
-    result = segment(image, settings=settings, progress=bar, full_output=True)
-    labels = result.labels
-    n_fg = int((labels == 1).sum())
-    print(f"done in {time.perf_counter() - t0:.1f} s on {result.metadata['device']}; "
-          f"seed {result.metadata['settings']['seed']}")
-    if settings.n_classes == 2:
-        from scipy import ndimage as ndi
-
-        _, n_objects = ndi.label(labels == 1)
-        print(f"foreground: {100.0 * n_fg / labels.size:.1f} % of the image, "
-              f"{n_objects} connected objects")
-    else:
-        counts = np.bincount(labels.ravel(), minlength=settings.n_classes + 1)[1:]
-        print("pixels per class: " + ", ".join(f"{k}: {c}" for k, c in
-                                               enumerate(counts, 1)))
-    if out is not None:
-        with _io.Staged(args.overwrite) as staged:
-            staged.labels(out / names[0], labels, axes="YX")
-            staged.image(out / names[1], result.prior.prior, axes="YX")
-            staged.json(out / names[2], result.metadata)
-            with _SIGNALS.held():
-                staged.commit()
-        print(f"wrote {out / names[0]}, {names[1]} and {names[2]}")
-    return 0
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``napari-dsp`` command; returns the exit status (128 + the
     signal's number when SIGINT, SIGTERM or SIGHUP stopped it)."""
@@ -381,7 +333,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _SIGNALS.install()
     try:
         if args.command == "demo":
-            return _run_demo(args)
+            from ._demo import run_demo
+
+            return run_demo(args)
         return _run_segment(args)
     except KeyboardInterrupt as exc:
         signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
