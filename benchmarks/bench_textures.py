@@ -213,14 +213,10 @@ def run(method: str, image: np.ndarray, k: int, seed: int) -> np.ndarray:
     g = image.astype(np.float32) / 255.0
     if method == "pixels":
         return kmeans(g[None], k)
-    if method == "gabor":
-        e = gabor_energies(g, smooth=1.0)
-        e = (e - e.mean((1, 2), keepdims=True)) / (e.std((1, 2), keepdims=True) + 1e-9)
-        return kmeans(e, k)
-    if method == "gabor-2scales":  # the texture channels' energies, without the prior
+    if method in ("gabor", "gabor-2scales"):  # 2scales: the texture channels' energies
         from napari_dsp.core.texture import SCALES
 
-        e = gabor_energies(g, smooth=SCALES)
+        e = gabor_energies(g, smooth=1.0 if method == "gabor" else SCALES)
         e = (e - e.mean((1, 2), keepdims=True)) / (e.std((1, 2), keepdims=True) + 1e-9)
         return kmeans(e, k)
     if method == "felzenszwalb":

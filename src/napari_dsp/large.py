@@ -31,7 +31,14 @@ import numpy as np
 from . import io as _io
 from .core import image as _image
 from .settings import Settings, make_settings
-from .stackmodel import SAMPLE_PLANES, StackModel, iter_learn, sample_indices, segment_plane
+from .stackmodel import (
+    SAMPLE_PLANES,
+    StackModel,
+    iter_learn,
+    refuse_texture,
+    sample_indices,
+    segment_plane,
+)
 
 
 def open_source(source):
@@ -144,9 +151,7 @@ def segment_stack_to_zarr(image, output, *, channel_axis: Optional[int] = None,
 def _check_call(settings: Settings, output, n_sample: int, overwrite: bool) -> Path:
     if settings.method != "kmeans":
         raise ValueError("segment_stack_to_zarr supports method='kmeans' only")
-    if settings.texture:
-        raise ValueError("texture=True is for single 2-D images in this version; "
-                         "segment one plane at a time")
+    refuse_texture(settings)
     if settings.volumetric:
         raise ValueError("volumetric=True fits one 3-D prior to the whole stack, which "
                          "needs it in memory: use segment_stack, or leave volumetric out")

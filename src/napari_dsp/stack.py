@@ -24,6 +24,7 @@ from .foreground import foreground_or_nothing, object_min_size, warn_if_nothing
 from .progress import FitProgress, ProgressCallback, check_callback, drain, relay
 from .results import PriorResult, SegmentResult, make_metadata, resolve_seed
 from .settings import Settings, make_settings
+from .stackmodel import refuse_texture
 
 
 class _Stack:
@@ -126,9 +127,7 @@ def iter_segment_stack(image, *, channel_axis: Optional[int] = None,
     ``n_planes`` set), returns a :class:`SegmentResult` of stacks. Arguments are
     checked at the call."""
     settings = make_settings(settings, **overrides)
-    if settings.texture:
-        raise ValueError("texture=True is for single 2-D images in this version; "
-                         "segment one plane at a time")
+    refuse_texture(settings)
     if settings.method != "kmeans":
         raise ValueError("segment_stack supports method='kmeans' only in this version; "
                          "run method='kanezaki' plane by plane")

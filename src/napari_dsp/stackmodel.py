@@ -26,6 +26,14 @@ from .settings import Settings
 SAMPLE_PLANES = 8
 
 
+def refuse_texture(settings: Settings) -> None:
+    """Stacks, in memory or plane by plane, share one model across planes; texture
+    features have none yet (:mod:`napari_dsp.core.texture` is per image)."""
+    if settings.texture:
+        raise ValueError("texture=True is for single 2-D images in this version; "
+                         "segment one plane at a time")
+
+
 @dataclass
 class StackModel:
     """What every plane shares (see the module's docstring)."""
