@@ -17,8 +17,10 @@ Methods, all in the same run on the same images:
 - ``gabor``: K-means on the standardised Gabor energies of the same bank the texture
   channels use (4 scales x 4 orientations), each smoothed over its filter's sigma (the
   classic filter-bank baseline, K given); ``gabor-2scales``: the same on the energies the
-  texture channels are made of (each at both of ``core.texture.SCALES``), to tell what
-  the prior adds to those features;
+  texture channels are made of (each at both of ``core.texture.SCALES``);
+  ``texture-channels``: the image and its texture channels clustered exactly as
+  ``dsp-texture`` clusters their prior (window features, K-means), without the fit: what
+  the prior itself adds;
 - ``felzenszwalb``: scikit-image's graph segmentation (scale 400, sigma 1, min size
   200; K not given);
 - ``dsp``: ``napari_dsp.segment(n_classes=K)`` (intensity prior, defaults);
@@ -157,8 +159,9 @@ def kmeans(features: np.ndarray, k: int) -> np.ndarray:
 
 
 #: Methods with K given, and those whose result does not depend on the seed.
-BASE = ["pixels", "gabor", "gabor-2scales", "felzenszwalb", "dsp", "dsp-texture"]
-DETERMINISTIC = {"pixels", "gabor", "gabor-2scales", "felzenszwalb"}
+BASE = ["pixels", "gabor", "gabor-2scales", "texture-channels", "felzenszwalb", "dsp",
+        "dsp-texture"]
+DETERMINISTIC = {"pixels", "gabor", "gabor-2scales", "texture-channels", "felzenszwalb"}
 #: Self-training variants: (prior: None / "intensity" / "texture", superpixel area in
 #: pixels or None for the default (10,000 superpixels, at least 25 px each), compactness).
 KANEZAKI = {
@@ -219,6 +222,16 @@ def run(method: str, image: np.ndarray, k: int, seed: int) -> np.ndarray:
         e = gabor_energies(g, smooth=1.0 if method == "gabor" else SCALES)
         e = (e - e.mean((1, 2), keepdims=True)) / (e.std((1, 2), keepdims=True) + 1e-9)
         return kmeans(e, k)
+    if method == "texture-channels":  # what dsp-texture clusters, without the fit
+        from napari_dsp.core.cluster import cluster_prior
+        from napari_dsp.core.image import normalize
+        from napari_dsp.core.texture import texture_channels
+        from napari_dsp.settings import Settings
+
+        data = normalize(image[None])
+        feats = np.concatenate([data, texture_channels(data)])
+        return cluster_prior(feats, n_classes=k, window=Settings().window, seed=0,
+                             brightness=1)[0]
     if method == "felzenszwalb":
         from skimage.segmentation import felzenszwalb
 

@@ -10,6 +10,7 @@ from napari_dsp.core.texture import (
     FREQUENCIES,
     ORIENTATIONS,
     gabor_energies,
+    local_means,
     texture_channels,
 )
 
@@ -58,6 +59,19 @@ def test_equal_brightness_textures_separate_on_the_channels_not_on_the_pixels():
 
     assert agreement(channels) > 0.95
     assert agreement(image[None]) < 0.75  # brightness alone cannot tell them apart
+
+
+def test_local_means_are_the_mean_of_each_side_away_from_a_step():
+    image = np.full((64, 96), 0.2, np.float32)
+    image[:, 48:] = 0.7
+    m = local_means(image)
+    assert m.shape == (2, 64, 96) and m.dtype == np.float32
+    np.testing.assert_allclose(local_means(np.full((40, 50), 0.3, np.float32)), 0.3,
+                               atol=1e-5)
+    # the finer scale (a few pixels) is flat a little away from the step
+    np.testing.assert_allclose(m[0][:, :20], 0.2, atol=1e-3)
+    np.testing.assert_allclose(m[0][:, -20:], 0.7, atol=1e-3)
+    assert m[1][:, 40].mean() < m[1][:, 56].mean()
 
 
 def test_same_image_same_channels_and_rgb_uses_luminance():

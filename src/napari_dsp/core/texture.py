@@ -51,6 +51,9 @@ SMOOTH = 0.5
 #: local one that keeps borders sharp, and a regional one over which a texture of large
 #: texels (blobs, grain) has steady statistics.
 SCALES = (SMOOTH, 2.0)
+#: The local mean of the luminance (the first-order statistic, next to the energies'
+#: second-order ones) joins them at the coarsest band's integration scales.
+MEAN_SCALES = SCALES
 #: Pixels that give the standardisation and principal axes (a fixed sample above this).
 PCA_SAMPLE = 200_000
 #: Smallest texture separation (pooled within-class standard deviations) believed.
@@ -100,6 +103,24 @@ def gabor_energies(gray: np.ndarray, device="cpu", smooth=SMOOTH) -> np.ndarray:
     return e.float().cpu().numpy()
 
 
+def local_means(gray: np.ndarray, device="cpu") -> np.ndarray:
+    """The local mean of a ``(Y, X)`` image over the coarsest band's integration scales
+    (Gaussians of :data:`SCALES` x its filter's sigma, reflect-padded):
+    ``(len(SCALES), Y, X)`` float32."""
+    h, w = gray.shape
+    pad = int(min(math.ceil(3 * SIGMA_CYCLES / FREQUENCIES[0]), h - 1, w - 1))
+    x = torch.as_tensor(np.ascontiguousarray(gray), dtype=torch.float32, device=device)
+    x = torch.nn.functional.pad(x[None, None], (pad,) * 4, mode="reflect")[0, 0]
+    spectrum = torch.fft.fft2(x)
+    fy, fx = _freq_grid(*x.shape, device)
+    f2 = fy ** 2 + fx ** 2
+    sigma = SIGMA_CYCLES / FREQUENCIES[0]
+    out = torch.stack([torch.fft.ifft2(spectrum * torch.exp(
+        -2 * math.pi ** 2 * (s * sigma) ** 2 * f2)).real[pad:pad + h, pad:pad + w]
+        for s in MEAN_SCALES])
+    return out.float().cpu().numpy()
+
+
 def texture_channels(chw: np.ndarray, n_components: int = COMPONENTS,
                      device="cpu") -> np.ndarray:
     """Texture channels of a normalised ``(C, Y, X)`` image in [0, 1]:
@@ -112,7 +133,9 @@ def texture_channels(chw: np.ndarray, n_components: int = COMPONENTS,
         raise ValueError(f"texture_channels needs a (C, Y, X) image, got shape {chw.shape}")
     if not np.all(np.isfinite(chw)):
         raise ValueError("texture_channels: the image contains NaN or infinite values")
-    e = gabor_energies(chw.mean(0), device, SCALES)
+    gray = chw.mean(0)
+    e = np.concatenate([gabor_energies(gray, device, SCALES),
+                        local_means(gray, device)])
     flat = e.reshape(len(e), -1)  # float32, a view
     n = flat.shape[1]
     # Standardisation and principal axes from a fixed sample of pixels (all of them up
@@ -122,6 +145,11 @@ def texture_channels(chw: np.ndarray, n_components: int = COMPONENTS,
     sample = flat[:, pick].astype(np.float64)
     mean = sample.mean(1, keepdims=True)
     std = sample.std(1, keepdims=True)
+    # The local means count in units of the luminance's standard deviation, not their
+    # own: a brightness step between regions weighs what it is against the image's
+    # contrast, and the flat remainder of equal-brightness textures stays small instead
+    # of being blown up to the weight of a real difference.
+    std[-len(MEAN_SCALES):] = gray.std(dtype=np.float64)
     std = np.where(std > 1e-12, std, 1.0)
     z = (sample - mean) / std
     values, vectors = np.linalg.eigh(z @ z.T / z.shape[1])
