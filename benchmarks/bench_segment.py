@@ -18,7 +18,7 @@ Variants:
   no early stop): what the code alone gains, without the new defaults.
 
     python benchmarks/bench_segment.py [--sizes 256 512 1024] [--repeats 2]
-                                       [--image nuclei|camera]
+                                       [--image nuclei|camera] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -52,13 +52,12 @@ def make_image(kind: str, size: int):
     return image
 
 
-def child(variant: str, size: int, kind: str) -> None:
+def child(variant: str, size: int, kind: str, device: str) -> None:
     import numpy as np
+    import torch
 
     image = make_image(kind, size)
     if variant == "research":
-        import torch  # noqa: F401 - imported before the clock, as the others
-
         from bench_prior import reference_fit
         from napari_dsp.core.image import normalize, to_channels_first
         from quality import research_pipeline
@@ -66,18 +65,21 @@ def child(variant: str, size: int, kind: str) -> None:
         t0 = time.perf_counter()
         data = normalize(to_channels_first(image))  # (1, Y, X) in [0, 1]
         prior = reference_fit(np.ascontiguousarray(np.moveaxis(data, 0, -1)),
-                              torch.device("cpu"), 11, 50)[0]
+                              torch.device(device), 11, 50)[0]
         labels = research_pipeline(prior, 0)
     else:
         from napari_dsp import Settings, segment
 
         settings = Settings.research() if variant == "research-settings" else None
         t0 = time.perf_counter()
-        result = segment(image, seed=0, settings=settings, full_output=True)
+        result = segment(image, seed=0, settings=settings, device=device,
+                         full_output=True)
         labels = result.labels
         fit = result.metadata.get("fit", {})
     seconds = time.perf_counter() - t0
     out = {"seconds": seconds, "foreground": float(np.mean(labels > 0))}
+    if device.startswith("cuda"):
+        out["gpu_peak"] = torch.cuda.max_memory_allocated() / 1e9
     if variant != "research":
         out.update(iterations=fit.get("iterations"), members=result.metadata["settings"][
             "n_runs"], working_shape=fit.get("working_shape"))
@@ -90,8 +92,11 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--image", choices=("nuclei", "camera"), default="nuclei")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--device", default="cpu", help="where every variant fits: cpu, "
+                        "cuda, cuda:N (the GPU's peak memory is added)")
     args = parser.parse_args(argv)
-    print(f"whole segmentation, {args.image} image, grayscale, {psutil.cpu_count()} CPUs")
+    print(f"whole segmentation, {args.image} image, grayscale, {psutil.cpu_count()} CPUs, "
+          f"device {args.device}")
     print("| size | variant | wall time | research / variant | peak RSS | iterations | "
           "members | foreground |")
     print("|---|---|---|---|---|---|---|---|")
@@ -101,7 +106,7 @@ def main(argv=None) -> int:
         for _ in range(args.repeats):
             for variant in args.variants:
                 out, peak = run_measured([sys.executable, __file__, "--child", variant,
-                                          str(size), args.image])
+                                          str(size), args.image, args.device])
                 r = json.loads(out.strip().splitlines()[-1])
                 times[variant].append(r["seconds"])
                 info[variant] = {**r, "peak": peak / 1e9}
@@ -112,13 +117,15 @@ def main(argv=None) -> int:
             ratio = f"{ref / best:.2f}x" if ref else "-"
             print(f"| {size}² | {variant} | {best:.1f} s | {ratio} | {r['peak']:.2f} GB | "
                   f"{r.get('iterations', 50)} | {r.get('members', 11)} | "
-                  f"{r['foreground']:.3f} |", flush=True)
+                  f"{r['foreground']:.3f} |"
+                  + (f" GPU peak {r['gpu_peak']:.2f} GB |" if "gpu_peak" in r else ""),
+                  flush=True)
     return 0
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        _, _, variant, size, kind = sys.argv
-        child(variant, int(size), kind)
+        _, _, variant, size, kind, device = sys.argv
+        child(variant, int(size), kind, device)
     else:
         sys.exit(main())

@@ -134,34 +134,37 @@ def texture_channels(chw: np.ndarray, n_components: int = COMPONENTS,
     if not np.all(np.isfinite(chw)):
         raise ValueError("texture_channels: the image contains NaN or infinite values")
     gray = chw.mean(0)
-    e = np.concatenate([gabor_energies(gray, device, SCALES),
-                        local_means(gray, device)])
-    flat = e.reshape(len(e), -1)  # float32, a view
-    n = flat.shape[1]
+    # Two blocks of features, energies and local means, kept apart (no copy of the
+    # energies, the largest array here).
+    blocks = [b.reshape(len(b), -1) for b in (gabor_energies(gray, device, SCALES),
+                                               local_means(gray, device))]
+    n = gray.size
     # Standardisation and principal axes from a fixed sample of pixels (all of them up
     # to PCA_SAMPLE): memory stays at the energies' own size.
     pick = np.sort(np.random.default_rng(0).choice(n, PCA_SAMPLE, replace=False)) \
         if n > PCA_SAMPLE else slice(None)
-    sample = flat[:, pick].astype(np.float64)
+    sample = np.concatenate([b[:, pick] for b in blocks]).astype(np.float64)
     mean = sample.mean(1, keepdims=True)
     std = sample.std(1, keepdims=True)
     # The local means count in units of the luminance's standard deviation, not their
     # own: a brightness step between regions weighs what it is against the image's
     # contrast, and the flat remainder of equal-brightness textures stays small instead
     # of being blown up to the weight of a real difference.
-    std[-len(MEAN_SCALES):] = gray.std(dtype=np.float64)
+    std[len(blocks[0]):] = gray.std(dtype=np.float64)
     std = np.where(std > 1e-12, std, 1.0)
     z = (sample - mean) / std
     values, vectors = np.linalg.eigh(z @ z.T / z.shape[1])
     order = np.argsort(values)[::-1][:n_components]
     axes = vectors[:, order]
     axes *= np.where(axes[np.abs(axes).argmax(0), range(axes.shape[1])] < 0, -1.0, 1.0)
-    weights = (axes / std).T  # (k, bands): projection of the standardised energies
+    weights = (axes / std).T  # (k, features): projection of the standardised features
     offset = weights @ mean
+    split = np.split(weights, [len(blocks[0])], axis=1)
     comps = np.empty((len(weights), n), np.float64)
     for start in range(0, n, PCA_SAMPLE):  # in float64, a block of pixels at a time
-        block = flat[:, start:start + PCA_SAMPLE].astype(np.float64)
-        comps[:, start:start + PCA_SAMPLE] = weights @ block - offset
+        part = slice(start, start + PCA_SAMPLE)
+        comps[:, part] = sum(w @ b[:, part].astype(np.float64)
+                             for w, b in zip(split, blocks)) - offset
     comps = comps.reshape(-1, *chw.shape[1:])
     lo, hi = np.percentile(comps, [0.5, 99.5], axis=(1, 2), keepdims=True)
     span = np.where(hi - lo > 1e-12, hi - lo, 1.0)
