@@ -90,6 +90,47 @@ def test_previews_go_on_when_one_thread_has_fewer_member_groups():
     np.testing.assert_array_equal(shown[-1].preview, result)
 
 
+@pytest.mark.parametrize("first", [0, 1])
+def test_every_step_is_previewed_once_in_order_however_threads_interleave(monkeypatch,
+                                                                         first):
+    """Member fits replaced by scripted ones; one thread reports nothing until the other
+    has finished (the most a loaded machine can delay it). Every step is previewed
+    once, in order, each with every member, the last one the result: nothing depends on
+    which thread the scheduler runs first."""
+    import threading
+
+    gates = [threading.Event(), threading.Event()]
+    shares = {}
+
+    def scripted(target, crop, *, seeds, preview_every, stop, n_iter, **kw):
+        k = shares.setdefault(tuple(seeds), len(shares))
+        groups = -(-len(seeds) // 2)  # member groups of 2
+        if k != first:
+            gates[first].wait(10)  # the other thread finishes first
+        for step in range(1, groups * n_iter + 1):
+            members = np.full((len(seeds), 1, 2, 2), 100.0 * k + step)
+            yield FitProgress(step=step, total=groups * n_iter, preview=members,
+                              iteration=(step - 1) % n_iter + 1, n_iter=n_iter)
+        if k == first:
+            gates[first].set()
+        return members  # the final members are the last step's
+
+    monkeypatch.setattr(_fit, "iter_members", scripted)
+    seen = []
+    result = drain(_fit.iter_members_threaded(IMAGE, CROP, threads=2, seeds=[1, 2, 3, 4, 5],
+                                              batch_size=2, n_iter=4, preview_every=1),
+                   seen.append)
+    shown = [p.preview for p in seen if p.preview is not None]
+    # thread 0 trains 3 members in 2 groups (8 steps), thread 1 two in one (4 steps)
+    assert len(shown) == 8
+    for step, preview in enumerate(shown, 1):
+        assert preview.shape == (5, 1, 2, 2)
+        assert (preview[:3] == step).all()
+        assert (preview[3:] == 100 + min(step, 4)).all()  # then its final members
+    np.testing.assert_array_equal(shown[-1], result)
+    assert [p.step for p in seen] == sorted(p.step for p in seen)
+
+
 def test_a_settled_prior_is_the_prior_of_a_fit_stopped_at_that_iteration():
     kw = dict(n_runs=4, n_workers=2, seed=3, batch_size=2, device="cpu")  # CPU threads
     settled = drain(iter_fit_prior(FIELD, n_iter=30, settle=1.0, **kw))

@@ -204,41 +204,33 @@ def iter_members_threaded(target: np.ndarray, crop: tuple, *, threads: int,
         reports: list[Optional[FitProgress]] = [None] * n
         # previews by step, per thread, until every thread has reached that step: a
         # preview is always every member at the same step (threads run side by side, one
-        # may be ahead), so it does not depend on timing
+        # may be ahead). Every step is shown once, in order, however the threads' reports
+        # interleave, so what is shown does not depend on timing.
         pending: list[dict] = [{} for _ in range(n)]
         results: list[Optional[np.ndarray]] = [None] * n
-        while any(r is None for r in results):
-            k, kind, value = inbox.get()
-            if kind == "error":
-                raise value
-            if kind == "done":
-                results[k] = value
-                continue
-            reports[k] = value
+
+        def ready() -> Generator[tuple[int, np.ndarray], None, None]:
+            """(step, preview) of every step all unfinished threads have reached (all
+            steps left, once every thread has finished); a finished thread shows its
+            members at that step while it has them, its final members after its last."""
+            live = [j for j in range(n) if results[j] is None]
+            steps = (set.intersection(*(set(pending[j]) for j in live)) if live
+                     else set().union(*pending))
+            for at in sorted(steps):
+                yield at, np.concatenate([pending[j].pop(at) if at in pending[j]
+                                          else results[j] for j in range(n)], 0)
+
+        def report(value: FitProgress, preview=None, at=None) -> FitProgress:
             known = [r for r in reports if r is not None]
-            preview = None
-            if value.preview is not None:
-                pending[k][value.step] = value.preview
-                # a thread that has finished (fewer member groups) shows its members at
-                # that step while it has them, its final members after its last step
-                live = [j for j in range(n) if results[j] is None]
-                common = set.intersection(*(set(pending[j]) for j in live))
-                if common:
-                    at = max(common)
-                    preview = np.concatenate([pending[j].get(at, results[j])
-                                              if results[j] is not None else pending[j][at]
-                                              for j in range(n)], 0)
-                    for d in pending:
-                        for s in [s for s in d if s <= at]:
-                            del d[s]
             # the iteration of the group furthest behind (threads run side by side; a
-            # report per thread would make the count jump back and forth)
+            # report per thread would make the count jump back and forth), or the one
+            # the preview shows
             running = [r.iteration for k, r in enumerate(reports)
                        if r is not None and results[k] is None and r.step < r.total]
             iteration = min(running) if running else value.iteration
-            if preview is not None:  # the iteration the preview shows
+            if at is not None:
                 iteration = (at - 1) % value.n_iter + 1
-            yield value.replace(
+            return value.replace(
                 iteration=iteration,
                 step=sum(r.step for r in known),
                 total=sum(r.total for r in known) + sum(
@@ -246,6 +238,26 @@ def iter_members_threaded(target: np.ndarray, crop: tuple, *, threads: int,
                     for s, r in zip(shares, reports) if r is None),
                 members_done=sum(r.members_done for r in known), n_members=len(seeds),
                 preview=preview)
+
+        while any(r is None for r in results):
+            k, kind, value = inbox.get()
+            if kind == "error":
+                raise value
+            if kind == "done":
+                results[k] = value
+                if reports[k] is not None:  # others' steps may be complete now
+                    for at, preview in ready():
+                        yield report(reports[k], preview, at)
+                continue
+            reports[k] = value
+            shown = False
+            if value.preview is not None:
+                pending[k][value.step] = value.preview
+                for at, preview in ready():
+                    yield report(value, preview, at)
+                    shown = True
+            if not shown:
+                yield report(value)
         return np.concatenate(results, 0)
     finally:
         stop.set()
