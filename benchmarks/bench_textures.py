@@ -18,9 +18,10 @@ Methods, all in the same run on the same images:
   channels use (4 scales x 4 orientations), each smoothed over its filter's sigma (the
   classic filter-bank baseline, K given); ``gabor-2scales``: the same on the energies the
   texture channels are made of (each at both of ``core.texture.SCALES``);
-  ``texture-channels``: the image and its texture channels clustered exactly as
-  ``dsp-texture`` clusters their prior (window features, K-means), without the fit: what
-  the prior itself adds;
+  ``texture-channels``: the image and its texture channels, unfitted, handed to
+  ``napari_dsp.cluster`` in place of their prior (the same window features, K-means and,
+  for two classes, the same noise test and clean-up as ``dsp-texture``): what the fit
+  itself adds;
 - ``felzenszwalb``: scikit-image's graph segmentation (scale 400, sigma 1, min size
   200; K not given);
 - ``dsp``: ``napari_dsp.segment(n_classes=K)`` (intensity prior, defaults);
@@ -223,15 +224,15 @@ def run(method: str, image: np.ndarray, k: int, seed: int) -> np.ndarray:
         e = (e - e.mean((1, 2), keepdims=True)) / (e.std((1, 2), keepdims=True) + 1e-9)
         return kmeans(e, k)
     if method == "texture-channels":  # what dsp-texture clusters, without the fit
-        from napari_dsp.core.cluster import cluster_prior
         from napari_dsp.core.image import normalize
         from napari_dsp.core.texture import texture_channels
-        from napari_dsp.settings import Settings
+        from napari_dsp.results import PriorResult
 
-        data = normalize(image[None])
-        feats = np.concatenate([data, texture_channels(data)])
-        return cluster_prior(feats, n_classes=k, window=Settings().window, seed=0,
-                             brightness=1)[0]
+        data = normalize(image[None])  # as fit_prior normalises it
+        unfitted = PriorResult(data[0], np.zeros(image.shape, np.float32),
+                               texture=texture_channels(data))
+        return napari_dsp.cluster(unfitted, image=image, n_classes=k, texture=True,
+                                  seed=seed).labels
     if method == "felzenszwalb":
         from skimage.segmentation import felzenszwalb
 

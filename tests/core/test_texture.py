@@ -72,6 +72,16 @@ def test_local_means_are_the_mean_of_each_side_away_from_a_step():
     np.testing.assert_allclose(m[0][:, :20], 0.2, atol=1e-3)
     np.testing.assert_allclose(m[0][:, -20:], 0.7, atol=1e-3)
     assert m[1][:, 40].mean() < m[1][:, 56].mean()
+    # at every scale, up to the image's edges, the mirrored Gaussian mean: nothing
+    # wraps round from the opposite edge (the coarse scale reaches 67 px)
+    from scipy import ndimage as ndi
+
+    from napari_dsp.core.texture import MEAN_SCALES, SIGMA_CYCLES
+
+    for plane, scale in zip(m, MEAN_SCALES):
+        sigma = scale * SIGMA_CYCLES / FREQUENCIES[0]
+        np.testing.assert_allclose(plane, ndi.gaussian_filter(image, sigma, mode="mirror"),
+                                   atol=2e-3)
 
 
 def test_same_image_same_channels_and_rgb_uses_luminance():

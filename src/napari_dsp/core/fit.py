@@ -170,6 +170,11 @@ def iter_members_threaded(target: np.ndarray, crop: tuple, *, threads: int,
     of this process, each running torch single-threaded (members in seed order, so the
     result does not depend on the number of threads beyond floating-point rounding).
 
+    Previews are every member at one step: a step is previewed once all threads have
+    reached it (a thread that has finished shows its final members), every step once
+    and in order, however the threads' reports interleave; so what is shown, and the
+    early stop that watches it, does not depend on timing.
+
     Closing the generator stops every thread within one iteration and waits for them;
     an exception in a thread is raised here, as it was raised there.
     """
@@ -228,9 +233,12 @@ def iter_members_threaded(target: np.ndarray, crop: tuple, *, threads: int,
             running = [r.iteration for k, r in enumerate(reports)
                        if r is not None and results[k] is None and r.step < r.total]
             iteration = min(running) if running else value.iteration
+            loss = value.loss
             if at is not None:
                 iteration = (at - 1) % value.n_iter + 1
+                loss = value.loss if at == value.step else None  # a backlog step's: unknown
             return value.replace(
+                loss=loss,
                 iteration=iteration,
                 step=sum(r.step for r in known),
                 total=sum(r.total for r in known) + sum(

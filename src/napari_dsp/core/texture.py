@@ -14,7 +14,9 @@ units of the luminance's standard deviation (a brightness step between regions c
 for what it is against the image's contrast); the first principal components of all 34
 are kept, each stretched to [0, 1]. The filtering runs in torch, in
 the Fourier domain (one FFT of the reflect-padded image, one product and inverse FFT per
-band, one per band and scale for the integration), on the device of the fit, in float32;
+band, one per band and scale for the integration; one more FFT for the local means), on
+the device of the fit, in float32, the image mirrored on every side by as far as the
+widest Gaussian reaches (3 sigma), so that no filter wraps round to the opposite edge;
 the principal components (a 34 x 34 eigenproblem, on a fixed sample of
 :data:`PCA_SAMPLE` pixels) and the stretch in numpy. They are
 computed once, at full resolution, before the fit's working size and tiles.
@@ -70,6 +72,14 @@ def _freq_grid(h: int, w: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     return fy.expand(h, w), fx.expand(h, w)
 
 
+def _reflected(gray: np.ndarray, pad: int, device) -> torch.Tensor:
+    """``gray`` mirrored by ``pad`` pixels on every side (repeatedly where the image is
+    smaller than that), as a float32 tensor: the FFT filtering's domain, wide enough
+    that no Gaussian reaches round to the opposite edge."""
+    x = np.pad(np.asarray(gray, np.float32), pad, mode="reflect")
+    return torch.as_tensor(x, device=device)
+
+
 def gabor_energies(gray: np.ndarray, device="cpu", smooth=SMOOTH) -> np.ndarray:
     """The Gabor energies of a ``(Y, X)`` image in [0, 1], each smoothed with a Gaussian of
     ``smooth`` x its filter's sigma and log-compressed:
@@ -78,9 +88,9 @@ def gabor_energies(gray: np.ndarray, device="cpu", smooth=SMOOTH) -> np.ndarray:
     ``(len(smooth) * bands, Y, X)``, scale by scale."""
     smooths = tuple(smooth) if np.ndim(smooth) else (smooth,)
     h, w = gray.shape
-    pad = int(min(math.ceil(3 * SIGMA_CYCLES / FREQUENCIES[0]), h - 1, w - 1))
-    x = torch.as_tensor(np.ascontiguousarray(gray), dtype=torch.float32, device=device)
-    x = torch.nn.functional.pad(x[None, None], (pad,) * 4, mode="reflect")[0, 0]
+    # the coarsest filter's reach plus its widest integration's (3 sigma each)
+    pad = math.ceil(3 * (1 + max(smooths)) * SIGMA_CYCLES / FREQUENCIES[0])
+    x = _reflected(gray, pad, device)
     x = x - x.mean()
     ph, pw = x.shape
     spectrum = torch.fft.fft2(x)
@@ -109,16 +119,15 @@ def gabor_energies(gray: np.ndarray, device="cpu", smooth=SMOOTH) -> np.ndarray:
 
 def local_means(gray: np.ndarray, device="cpu") -> np.ndarray:
     """The local mean of a ``(Y, X)`` image over the coarsest band's integration scales
-    (Gaussians of :data:`SCALES` x its filter's sigma, reflect-padded):
-    ``(len(SCALES), Y, X)`` float32."""
+    (Gaussians of :data:`MEAN_SCALES` x its filter's sigma, reflect-padded):
+    ``(len(MEAN_SCALES), Y, X)`` float32."""
     h, w = gray.shape
-    pad = int(min(math.ceil(3 * SIGMA_CYCLES / FREQUENCIES[0]), h - 1, w - 1))
-    x = torch.as_tensor(np.ascontiguousarray(gray), dtype=torch.float32, device=device)
-    x = torch.nn.functional.pad(x[None, None], (pad,) * 4, mode="reflect")[0, 0]
+    sigma = SIGMA_CYCLES / FREQUENCIES[0]
+    pad = math.ceil(3 * max(MEAN_SCALES) * sigma)  # the widest Gaussian's reach
+    x = _reflected(gray, pad, device)
     spectrum = torch.fft.fft2(x)
     fy, fx = _freq_grid(*x.shape, device)
     f2 = fy ** 2 + fx ** 2
-    sigma = SIGMA_CYCLES / FREQUENCIES[0]
     out = torch.stack([torch.fft.ifft2(spectrum * torch.exp(
         -2 * math.pi ** 2 * (s * sigma) ** 2 * f2)).real[pad:pad + h, pad:pad + w]
         for s in MEAN_SCALES])
@@ -129,8 +138,9 @@ def texture_channels(chw: np.ndarray, n_components: int = COMPONENTS,
                      device="cpu") -> np.ndarray:
     """Texture channels of a normalised ``(C, Y, X)`` image in [0, 1]:
     ``(n_components, Y, X)`` float32 in [0, 1], the first principal components of the
-    standardised Gabor energies of its luminance (mean over channels), each stretched
-    between its 0.5 and 99.5 percentiles. Signs are fixed (the largest loading
+    standardised Gabor energies of its luminance (mean over channels) and of its local
+    means (:func:`local_means`, in units of the luminance's standard deviation), each
+    stretched between its 0.5 and 99.5 percentiles. Signs are fixed (the largest loading
     positive), so the same image always gives the same channels."""
     chw = np.asarray(chw)
     if chw.ndim != 3 or min(chw.shape[1:]) < 2:
