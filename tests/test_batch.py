@@ -260,11 +260,16 @@ def test_sigterm_and_sighup_stop_a_real_batch_like_ctrl_c(tmp_path, sig):
     for i in range(3):
         tifffile.imwrite(tmp_path / f"s{i}.tif", disc((64, 64), seed=i)[0])
     out = tmp_path / "o"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "napari_dsp.cli", "segment",
-         *(str(tmp_path / f"s{i}.tif") for i in range(3)), "-o", str(out), "--runs", "2",
-         "--iterations", "400", "--workers", "1", "--seed", "0", "--prior"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = ["segment", *(str(tmp_path / f"s{i}.tif") for i in range(3)), "-o", str(out),
+            "--runs", "2", "--iterations", "400", "--workers", "1", "--seed", "0", "--prior"]
+    # The command line leaves a signal alone where it was ignored when it started (as
+    # under nohup, which ignores SIGHUP, and so would this child of a suite run under
+    # it): the child restores the default first, as a plain shell would have it.
+    start = (f"import runpy, signal, sys; signal.signal({int(sig)}, signal.SIG_DFL); "
+             f"sys.argv = ['napari-dsp'] + {args!r}; "
+             f"runpy.run_module('napari_dsp.cli', run_name='__main__')")
+    proc = subprocess.Popen([sys.executable, "-c", start],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 240
         while not (out / "s0_labels.tif").exists():  # the first file is finished
