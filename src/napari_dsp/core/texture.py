@@ -72,6 +72,12 @@ def _freq_grid(h: int, w: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     return fy.expand(h, w), fx.expand(h, w)
 
 
+def _gaussian(f2: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The Fourier transform of a unit-sum Gaussian of ``sigma`` pixels, on the squared
+    frequencies ``f2`` of :func:`_freq_grid`."""
+    return torch.exp(-2 * math.pi ** 2 * sigma ** 2 * f2)
+
+
 def _reflected(gray: np.ndarray, pad: int, device) -> torch.Tensor:
     """``gray`` mirrored by ``pad`` pixels on every side (repeatedly where the image is
     smaller than that), as a float32 tensor: the FFT filtering's domain, wide enough
@@ -102,7 +108,7 @@ def gabor_energies(gray: np.ndarray, device="cpu", smooth=SMOOTH) -> np.ndarray:
     for f in FREQUENCIES:
         sigma = SIGMA_CYCLES / f
         sf = 1.0 / (2 * math.pi * sigma)  # the envelope's width in frequency
-        windows = [torch.exp(-2 * math.pi ** 2 * (s * sigma) ** 2 * f2) for s in smooths]
+        windows = [_gaussian(f2, s * sigma) for s in smooths]
         for k in range(ORIENTATIONS):
             theta = k * math.pi / ORIENTATIONS
             cy, cx = f * math.sin(theta), f * math.cos(theta)
@@ -128,9 +134,8 @@ def local_means(gray: np.ndarray, device="cpu") -> np.ndarray:
     spectrum = torch.fft.fft2(x)
     fy, fx = _freq_grid(*x.shape, device)
     f2 = fy ** 2 + fx ** 2
-    out = torch.stack([torch.fft.ifft2(spectrum * torch.exp(
-        -2 * math.pi ** 2 * (s * sigma) ** 2 * f2)).real[pad:pad + h, pad:pad + w]
-        for s in MEAN_SCALES])
+    out = torch.stack([torch.fft.ifft2(spectrum * _gaussian(f2, s * sigma)).real[
+        pad:pad + h, pad:pad + w] for s in MEAN_SCALES])
     return out.float().cpu().numpy()
 
 
