@@ -90,8 +90,8 @@ def test_refusals_write_nothing(tmp_path):
 
 
 def test_a_stopped_run_leaves_no_output(tmp_path):
-    def stop(stage, done, total):
-        if stage == "planes" and done == 2:
+    def stop(p):
+        if p.fraction >= 0.5:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
@@ -111,12 +111,17 @@ def test_planes_as_tasks_on_a_local_cluster(tmp_path):
                                   dashboard_address=":0") as cluster, \
             distributed.Client(cluster) as client:
         a = segment_stack_to_zarr(path, tmp_path / "a.zarr", client=client,
-                                  progress=lambda *p: seen.append(p), **TINY)
+                                  progress=seen.append, **TINY)
         b = segment_stack_to_zarr(dask_array.from_array(stack, chunks=(1, 64, 64)),
                                   tmp_path / "b.zarr", client=client, **TINY)
     np.testing.assert_array_equal(read(a)[:], here)
     np.testing.assert_array_equal(read(b)[:], here)
-    assert [p for p in seen if p[0] == "planes"][-1] == ("planes", 8, 8)
+    # every plane reported once written, and the last report is the whole run
+    assert seen[-1].step == seen[-1].total and seen[-1].n_planes == 8
+    written = [p.plane for p in seen if p.iteration == 0]
+    assert sorted(written) == list(range(8))
+    steps = [p.step for p in seen]
+    assert steps == sorted(steps)
 
 
 def _traced_peak(run) -> int:
@@ -183,3 +188,53 @@ def test_memory_does_not_grow_with_the_number_of_planes(tmp_path):
     assert workers[many] - workers[few] < extra / 2, (workers, extra)
     # the measurement can fail: the first pass holds its sample of 8 planes
     assert here[few] > 8 * size * size * 4
+
+
+@pytest.mark.parametrize("phase", ["sample", "planes"])
+def test_closing_the_generator_stops_within_an_iteration(tmp_path, phase):
+    """The generator reports every iteration of every plane's fit, in both passes, so
+    closing it (the widget's Cancel) stops the fit at once: no fitting thread runs on,
+    and no output or temporary folder is left."""
+    import threading
+
+    from napari_dsp.large import iter_segment_stack_to_zarr
+
+    gen = iter_segment_stack_to_zarr(planes(4, size=48), tmp_path / "s.zarr", n_sample=2,
+                                     **dict(TINY, n_iter=5000, n_workers=2, settle=0.0)
+                                     ) if phase == "sample" else \
+        iter_segment_stack_to_zarr(planes(4, size=48), tmp_path / "s.zarr", n_sample=1,
+                                   **dict(TINY, n_workers=2))
+    seen = [next(gen), next(gen)]
+    if phase == "planes":  # past the sample: a plane of the second pass, mid-fit
+        while not (seen[-1].plane > 0 and seen[-1].iteration >= 2):
+            seen.append(next(gen))
+    assert seen[-1].iteration >= 1 and seen[-1].n_planes == 4
+    gen.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("napari-dsp-fit-")]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_output_that_is_contains_or_lies_inside_the_input_is_refused(tmp_path):
+    """Even with overwrite=True: the input stack is never replaced or written into,
+    whether given as a path, a zarr array or a dask array read from it."""
+    dask_array = pytest.importorskip("dask.array")
+    src = tmp_path / "s.zarr"
+    z = zarr.open_array(str(src), mode="w", shape=(3, 48, 48), chunks=(1, 48, 48),
+                        dtype="uint8")
+    z[:] = planes(3, size=48)
+    before = z[:]
+    nested = tmp_path / "outer.zarr" / "inner.zarr"
+    zarr.open_array(str(nested), mode="w", shape=(3, 48, 48), dtype="uint8")[:] = before
+    cases = [
+        (str(src), src, "would replace the input"),
+        (zarr.open_array(str(src), mode="r"), src, "would replace the input"),
+        (dask_array.from_zarr(str(src)), src, "would replace the input"),
+        (str(src), src / "labels.zarr", "lies inside the input"),
+        (str(nested), tmp_path / "outer.zarr", "contains the input"),
+    ]
+    for image, output, words in cases:
+        with pytest.raises(ValueError, match=words):
+            segment_stack_to_zarr(image, output, overwrite=True, **TINY)
+    np.testing.assert_array_equal(read(src)[:], before)
+    np.testing.assert_array_equal(read(nested)[:], before)
+    assert not (src / "labels.zarr").exists()

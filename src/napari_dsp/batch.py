@@ -104,6 +104,28 @@ def probe_folder(folder: Path) -> tuple[Optional[str], bool]:
             os.unlink(tmp)
 
 
+def overlaps(outputs: Sequence, inputs: Sequence) -> list[tuple[Path, Path, str]]:
+    """The one rule every entry point that writes applies before it computes anything:
+    no output is an input (the same path, however spelt, or a hard link to it),
+    contains one (replacing a folder such as a zarr store would remove it), or lies
+    inside one (it would be written into the input). Returns ``(output, input, what
+    would happen)`` for each such pair."""
+    keys = [(Path(src), _key(src), _inode(src)) for src in inputs]
+    found = []
+    for out in (Path(p) for p in outputs):
+        key, inode = _key(out), _inode(out)
+        for src, src_key, src_inode in keys:
+            if key == src_key or (inode is not None and inode == src_inode):
+                found.append((out, src, f"would replace the input {src}"))
+            elif src_key.startswith(key.rstrip(os.sep) + os.sep):
+                found.append((out, src, f"contains the input {src}, which replacing it "
+                                        f"would remove"))
+            elif key.startswith(src_key.rstrip(os.sep) + os.sep):
+                found.append((out, src, f"lies inside the input {src}, which writing it "
+                                        f"would change"))
+    return found
+
+
 #: Names of files napari-dsp writes: an input with such a name is probably an earlier
 #: run's output picked up by a wildcard.
 _OUTPUT_NAME = ("_labels.tif", "_labels.tiff", "_prior.tif", "_prior_texture.tif",
@@ -169,16 +191,11 @@ def plan_batch(inputs: Sequence, output, *, prior: bool = False, texture: bool =
             problems.append(f"{' and '.join(str(j.source) for j in who)} would all write "
                             f"{path}")
     readers = unique + [Path(p) for p in protected]
-    by_key = {_key(p): p for p in readers}
-    by_inode = {i: p for p in readers if (i := _inode(p)) is not None}
     earlier_outputs = False
     for job in jobs:
-        for path in job.outputs:
-            src = by_key.get(_key(path)) or by_inode.get(_inode(path))
-            if src is not None:
-                problems.append(f"{path} (an output of {job.source}) would replace "
-                                f"the input {src}")
-                earlier_outputs |= str(src).lower().endswith(_OUTPUT_NAME)
+        for path, src, problem in overlaps(job.outputs, readers):
+            problems.append(f"{path} (an output of {job.source}) {problem}")
+            earlier_outputs |= str(src).lower().endswith(_OUTPUT_NAME)
     for job in jobs:
         problems.extend(f"{path} is a folder; an output file cannot replace it"
                         for path in job.outputs if path.is_dir())

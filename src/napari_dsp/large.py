@@ -22,23 +22,30 @@ import dataclasses
 import functools
 import os
 import shutil
-from collections.abc import Callable
+import time
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
 from . import io as _io
+from .batch import overlaps
 from .core import image as _image
+from .progress import FitProgress, ProgressCallback, check_callback, drain, relay
 from .settings import Settings, make_settings
 from .stackmodel import (
     SAMPLE_PLANES,
     StackModel,
     iter_learn,
+    iter_segment_plane,
     refuse_texture,
     sample_indices,
     segment_plane,
 )
+
+#: Progress steps per plane fit in a whole run's report (a fit's own steps depend on its
+#: tiles and early stop; each plane counts the same).
+STEPS_PER_FIT = 1000
 
 
 def open_source(source):
@@ -100,7 +107,7 @@ def _plane_task(source_ref, stack, index: tuple, model: StackModel, store: str,
 def segment_stack_to_zarr(image, output, *, channel_axis: Optional[int] = None,
                           settings: Optional[Settings] = None, client=None,
                           n_sample: int = SAMPLE_PLANES, overwrite: bool = False,
-                          progress: Optional[Callable[[str, int, int], None]] = None,
+                          progress: Optional[ProgressCallback] = None,
                           **overrides: Any) -> Path:
     """Segment every plane of a stack with bounded memory into a zarr array at ``output``.
 
@@ -120,7 +127,10 @@ def segment_stack_to_zarr(image, output, *, channel_axis: Optional[int] = None,
         is a path, and ``output``); without it, planes run here one after another.
     n_sample : planes the shared model is learnt from (:func:`learn`).
     overwrite : replace an existing ``output``.
-    progress : called with ``(stage, done, total)``, stage ``"sample"`` or ``"planes"``.
+    progress : callable, optional
+        Called with a :class:`~napari_dsp.progress.FitProgress` after every iteration of
+        every plane's fit (``plane``/``n_planes`` say which plane; without a client)
+        and as each plane is written.
 
     Returns
     -------
@@ -133,22 +143,37 @@ def segment_stack_to_zarr(image, output, *, channel_axis: Optional[int] = None,
     FileExistsError
         ``output`` exists and ``overwrite`` is False.
     """
+    check_callback(progress)
     s = make_settings(settings, **overrides)
-    output = _check_call(s, output, n_sample, overwrite)
-    gen = _iter_to_zarr(image, output, s, channel_axis, client, n_sample, overwrite)
-    while True:
-        try:
-            step = next(gen)
-        except StopIteration as end:
-            output, meta = end.value
-            break
-        if progress is not None:
-            progress(*step)
+    output = _check_call(s, output, n_sample, overwrite, image)
+    output, meta = drain(_iter_to_zarr(image, output, s, channel_axis, client, n_sample,
+                                       overwrite), progress)
     _warn_if_nothing(meta)
     return output
 
 
-def _check_call(settings: Settings, output, n_sample: int, overwrite: bool) -> Path:
+def stored_at(image) -> list[Path]:
+    """Where on disk ``image`` is read from: its path, the folder of a zarr array, or
+    the zarr arrays a dask array reads (as far as can be told; an array in memory has
+    none)."""
+    if isinstance(image, (str, os.PathLike)):
+        return [Path(image)]
+    found = []
+    arrays = [image]
+    graph = getattr(image, "dask", None)
+    if graph is not None:
+        with contextlib.suppress(Exception):
+            arrays += [v for v in dict(graph).values() if hasattr(v, "store")]
+    for arr in arrays:
+        store = getattr(arr, "store", None)
+        root = getattr(store, "root", None) or getattr(store, "path", None)
+        if isinstance(root, (str, os.PathLike)):
+            found.append(Path(root) / (getattr(arr, "path", "") or ""))
+    return found
+
+
+def _check_call(settings: Settings, output, n_sample: int, overwrite: bool,
+                image=None) -> Path:
     if settings.method != "kmeans":
         raise ValueError("segment_stack_to_zarr supports method='kmeans' only")
     refuse_texture(settings)
@@ -160,6 +185,10 @@ def _check_call(settings: Settings, output, n_sample: int, overwrite: bool) -> P
     output = Path(output)
     if output.suffix.lower() != ".zarr":
         raise ValueError(f"{output}: name the output <name>.zarr")
+    problems = overlaps([output], stored_at(image))
+    if problems:
+        raise ValueError("; ".join(f"{out} {what}" for out, _src, what in problems) +
+                         ": write the labels to another .zarr, outside the input")
     if output.exists() and not overwrite:
         raise FileExistsError(f"{output} exists; pass overwrite=True to replace it, or "
                               f"another name")
@@ -171,47 +200,29 @@ def iter_segment_stack_to_zarr(image, output, *, channel_axis: Optional[int] = N
                                n_sample: int = SAMPLE_PLANES, overwrite: bool = False,
                                **overrides: Any):
     """Generator form of :func:`segment_stack_to_zarr` (the napari widget runs it in a
-    thread): yields a :class:`~napari_dsp.progress.FitProgress` after every plane fitted
-    (``plane``/``n_planes`` set; closing the generator stops between planes and removes
-    the unfinished output), returns a :class:`~napari_dsp.SegmentResult` whose labels are
-    a dask array read from the zarr output (``prior`` None). Arguments are checked at
-    the call."""
-    import time
-
-    from .progress import FitProgress
+    thread): yields a :class:`~napari_dsp.progress.FitProgress` after every iteration of
+    every plane's fit (``plane``/``n_planes`` set; closing the generator stops the fit
+    within an iteration and removes the unfinished output), returns a
+    :class:`~napari_dsp.SegmentResult` whose labels are a dask array read from the zarr
+    output (``prior`` None). Arguments are checked at the call."""
     from .results import SegmentResult
 
     s = make_settings(settings, **overrides)
-    output = _check_call(s, output, n_sample, overwrite)
+    output = _check_call(s, output, n_sample, overwrite, image)
     from .stack import _Stack
 
     probe = open_source(image)  # the stack's axes and dtype, checked now
-    n_planes = len(_Stack(probe, channel_axis).planes)
+    _Stack(probe, channel_axis)
     _close_opened(probe, image)
-    n_fits = len(sample_indices(list(range(n_planes)), n_sample)) + n_planes
-    start = time.monotonic()
 
     def run():
-        fitted = 0
-        gen = _iter_to_zarr(image, output, s, channel_axis, None, n_sample, overwrite)
-        try:
-            while True:
-                try:
-                    stage, done, _count = next(gen)
-                except StopIteration as end:
-                    return end.value
-                fitted += 1
-                # a sampled plane counts as plane 0 of the stack's progress line
-                plane = done - 1 if stage == "planes" else 0
-                yield FitProgress(step=fitted, total=n_fits, plane=plane,
-                                  n_planes=n_planes, elapsed=time.monotonic() - start)
-        finally:
-            gen.close()
+        out, meta = yield from _iter_to_zarr(image, output, s, channel_axis, None,
+                                             n_sample, overwrite)
+        import dask.array as da
 
-    out, meta = yield from run()
-    import dask.array as da
+        return SegmentResult(da.from_zarr(str(out)), None, meta)
 
-    return SegmentResult(da.from_zarr(str(out)), None, meta)
+    return run()
 
 
 def _warn_if_nothing(meta: dict) -> None:
@@ -226,7 +237,8 @@ def _warn_if_nothing(meta: dict) -> None:
 
 def _iter_to_zarr(image, output: Path, s: Settings, channel_axis, client,
                   n_sample: int, overwrite: bool):
-    """Both passes; yields ``(stage, done, total)``, returns ``(output, metadata)``."""
+    """Both passes; yields :class:`~napari_dsp.progress.FitProgress`, returns ``(output,
+    metadata)``."""
     source_ref = image
     source = open_source(image)
     try:
@@ -247,14 +259,27 @@ def _to_zarr(source_ref, source, output: Path, s: Settings, channel_axis, client
     stack = _Stack(source, channel_axis)
     s = s.replace(seed=resolve_seed(s.seed))
     device = resolve_device(s.device)
-    learning = iter_learn(source, stack, s, n_sample)
-    while True:
-        try:
-            done, total = next(learning)
-        except StopIteration as end:
-            model, priors = end.value
-            break
-        yield "sample", done, total
+    n = len(stack.planes)
+    position = {index: k for k, index in enumerate(stack.planes)}
+    sample = sample_indices(stack.planes, n_sample)
+    start = time.monotonic()
+
+    def overall(fits_done: int, plane: int):
+        """A plane fit's report as a step of the whole run (every plane is fitted once:
+        the sample's priors are reused in the second pass)."""
+
+        def stamp(p: FitProgress) -> FitProgress:
+            return p.replace(step=fits_done * STEPS_PER_FIT + round(p.fraction *
+                                                                     STEPS_PER_FIT),
+                             total=n * STEPS_PER_FIT, plane=plane, n_planes=n,
+                             elapsed=time.monotonic() - start)
+
+        return stamp
+
+    def sample_report(p: FitProgress) -> FitProgress:
+        return overall(p.plane, position[sample[p.plane]])(p)
+
+    model, priors = yield from relay(iter_learn(source, stack, s, n_sample), sample_report)
     dtype = np.uint32 if s.instances else np.uint8
     plane_shape = stack.plane_shape
     shape = stack.lead + tuple(plane_shape)
@@ -265,17 +290,19 @@ def _to_zarr(source_ref, source, output: Path, s: Settings, channel_axis, client
                     fill_value=0)
     counts: dict = {}
     try:
-        n = len(stack.planes)
         if client is None:
             out = zarr.open_array(str(tmp), mode="r+")
-            for k, index in enumerate(stack.planes, 1):
+            fitted = len(priors)
+            for k, index in enumerate(stack.planes):
                 raw = stack.raw_plane(source, index)
-                labels, counts[index] = segment_plane(raw, model, priors.get(index))
+                labels, counts[index] = yield from relay(
+                    iter_segment_plane(raw, model, priors.get(index)), overall(fitted, k))
+                fitted += index not in priors
                 out[index] = labels
-                yield "planes", k, n
+                yield overall(fitted, k)(FitProgress(0, 1))
         else:
             counts = yield from _run_planes(client, source_ref, source, stack, model,
-                                            priors, str(tmp))
+                                            priors, str(tmp), overall)
         axes = _axes(stack)
         meta = make_metadata(s, device=str(device), image_shape=stack.shape,
                              image_dtype=np.dtype(source.dtype), channel_axis=channel_axis,
@@ -299,8 +326,9 @@ def _to_zarr(source_ref, source, output: Path, s: Settings, channel_axis, client
     return output, meta
 
 
-def _run_planes(client, source_ref, source, stack, model, priors, store):
-    """The planes as tasks; yields ``("planes", done, total)``, returns the counts."""
+def _run_planes(client, source_ref, source, stack, model, priors, store, overall):
+    """The planes as tasks; yields a report as each plane is written (``overall(fits
+    done, plane)`` makes it a step of the run), returns the counts."""
     from . import distributed as _dist
 
     dist = _dist._distributed()
@@ -316,10 +344,13 @@ def _run_planes(client, source_ref, source, stack, model, priors, store):
                                      priors.get(index), pure=False))
     counts = {}
     try:
-        for k, future in enumerate(dist.as_completed(futures), 1):
+        position = {index: k for k, index in enumerate(stack.planes)}
+        fitted = len(priors)  # the sample's planes were fitted here, in the first pass
+        for future in dist.as_completed(futures):
             index, count = future.result()
             counts[index] = count
-            yield "planes", k, len(futures)
+            fitted += index not in priors
+            yield overall(fitted, position[index])(FitProgress(0, 1))
     except BaseException:
         for future in futures:
             future.cancel()

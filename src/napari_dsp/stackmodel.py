@@ -57,24 +57,27 @@ def sample_indices(planes: Sequence[tuple], n: int = SAMPLE_PLANES) -> tuple:
     return tuple(planes[i] for i in picks)
 
 
-def fit_plane(normed: np.ndarray, settings: Settings) -> np.ndarray:
+def iter_fit_plane(normed: np.ndarray, settings: Settings):
+    """The prior of one normalised ``(C, Y, X)`` plane: yields the fit's
+    :class:`~napari_dsp.progress.FitProgress` every iteration (so a consumer that stops
+    stops the fit within one), returns the median ``(C, Y, X)``."""
     from .core import plan as _plan
     from .core.prior import iter_planned_prior
-    from .progress import drain
 
     device = _plan.resolve_device(settings.device)
-    fit = iter_planned_prior(normed, device=device,
-                             **settings.replace(preview_every=0).fit_values())
-    median, _spread, _info = drain(fit, None)
+    median, _spread, _info = yield from iter_planned_prior(
+        normed, device=device, **settings.replace(preview_every=0).fit_values())
     return median
 
 
 def iter_learn(source, stack, settings: Settings, n_sample: int = SAMPLE_PLANES):
     """The first pass: the :class:`StackModel` learnt from a sample of planes of
-    ``source`` (read through ``stack``, a ``napari_dsp.stack._Stack``). Yields ``(planes
-    fitted, sample size)`` after each sampled plane's fit; returns ``(model, priors)``,
+    ``source`` (read through ``stack``, a ``napari_dsp.stack._Stack``). Yields each
+    sampled plane's fit progress, with ``plane`` (its position in the sample) and
+    ``n_planes`` (the sample's size) set; returns ``(model, priors)``,
     the sample's priors by plane index (the second pass reuses them)."""
     from .core import cluster as _cluster
+    from .progress import relay
 
     s = settings
     sample = sample_indices(stack.planes, n_sample)
@@ -90,8 +93,8 @@ def iter_learn(source, stack, settings: Settings, n_sample: int = SAMPLE_PLANES)
     normed = [_image.stretch(r, lo, hi) for r in raws]
     priors = {}
     for i, (index, plane) in enumerate(zip(sample, normed)):
-        priors[index] = fit_plane(plane, s)
-        yield i + 1, len(sample)
+        priors[index] = yield from relay(iter_fit_plane(plane, s), lambda p, i=i: p.replace(
+            plane=i, n_planes=len(sample)))
     plist = [priors[i] for i in sample]
     model, info = _cluster.fit_cluster_model(plist, n_classes=s.n_classes, window=s.window,
                                              seed=s.seed)
@@ -115,14 +118,15 @@ def iter_learn(source, stack, settings: Settings, n_sample: int = SAMPLE_PLANES)
     return out, priors
 
 
-def segment_plane(raw: np.ndarray, model: StackModel,
-                  prior: Optional[np.ndarray] = None) -> tuple[np.ndarray, int]:
-    """The second pass for one ``(C, Y, X)`` plane as read: ``(labels (Y, X), count)``
-    (count: objects with ``instances``, else foreground pixels or class-1 pixels)."""
+def iter_segment_plane(raw: np.ndarray, model: StackModel,
+                       prior: Optional[np.ndarray] = None):
+    """The second pass for one ``(C, Y, X)`` plane as read: yields the fit's progress
+    (nothing when ``prior`` is given), returns ``(labels (Y, X), count)`` (count:
+    objects with ``instances``, else foreground pixels or class-1 pixels)."""
     s = model.settings
     normed = _image.stretch(raw, model.lo, model.hi)
     if prior is None:
-        prior = fit_plane(normed, s)
+        prior = yield from iter_fit_plane(normed, s)
     labels = model.cluster.apply(prior)
     if s.n_classes != 2:
         return labels, int((labels == 1).sum())
@@ -142,3 +146,11 @@ def segment_plane(raw: np.ndarray, model: StackModel,
         ids = _post.instances(fg, min_size=min_size)
         return ids.astype(np.uint32), int(ids.max())
     return fg.astype(np.uint8), int(fg.sum())
+
+
+def segment_plane(raw: np.ndarray, model: StackModel,
+                  prior: Optional[np.ndarray] = None) -> tuple[np.ndarray, int]:
+    """:func:`iter_segment_plane` run to its end (a plane as a task on a worker)."""
+    from .progress import drain
+
+    return drain(iter_segment_plane(raw, model, prior))

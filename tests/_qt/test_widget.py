@@ -690,3 +690,29 @@ def test_a_field_of_noise_gives_empty_labels_and_one_notification(viewer, qtbot,
     assert "nothing stands out from the noise" in widget.status
     decision = labels.metadata["napari_dsp"]["clustering"]["decision"]
     assert decision["result"] == "empty"
+
+
+@pytest.mark.parametrize("path", ["image", "stack", "lazy stack"])
+def test_closing_napari_right_after_a_cancel_lets_the_process_exit(path):
+    """Cancel, close the viewer at once, exit: on every path the process ends (a lazy
+    stack's fit once kept it waiting for its stopped threads for ever)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if path == "lazy stack":
+        pytest.importorskip("dask.array")
+        pytest.importorskip("zarr")
+    root = Path(__file__).resolve().parents[2]
+    script = Path(__file__).with_name("exit_after_cancel.py")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(root), os.environ.get("PYTHONPATH", "")]))
+    try:
+        done = subprocess.run([sys.executable, str(script), path], env=env, cwd=root,
+                              capture_output=True, text=True, timeout=240)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"the process did not exit within 240 s after the cancel and the "
+                    f"close ({path}): {exc.stdout!r} {exc.stderr!r}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "closed" in done.stdout

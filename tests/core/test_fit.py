@@ -110,3 +110,18 @@ def test_median_and_spread():
     np.testing.assert_allclose(spread, np.std([0.0, 1.0, 0.2, 0.4]), rtol=1e-6)
     assert _fit.split([1, 2, 3, 4, 5], 2) == [[1, 2, 3], [4, 5]]
     assert [list(b) for b in _fit.member_batches(5, 2)] == [[0, 1], [2, 3], [4]]
+
+
+def test_threads_stopped_from_outside_wake_their_consumer():
+    """The interpreter's exit handler stops every fitting thread; the consumer, which
+    waits for their members, must learn that they will never come (it once waited for
+    ever, and the process never exited)."""
+    kw = dict(make_net=make_2d, n_iter=100_000, learning_rate=0.01,
+              device=torch.device("cpu"), channels_last=False)
+    gen = _fit.iter_members_threaded(IMAGE, CROP, threads=2, seeds=[1, 2, 3], **kw)
+    next(gen)  # running
+    _fit._stop_all_at_exit()  # what atexit does
+    with pytest.raises(_fit.FitStopped, match="stopped before it finished"):
+        for _ in gen:  # the reports already sent, then the stop
+            pass
+    assert not [t for t in threading.enumerate() if t.name.startswith("napari-dsp-fit-")]

@@ -9,6 +9,7 @@ worker thread when cancelled, so the fit's own threads are never joined on the G
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import threading
@@ -55,6 +56,30 @@ def _drive(gen, stop: threading.Event):
         gen.close()
 
 
+#: Runners whose worker thread is running now (see :func:`_stop_all_at_exit`).
+_ACTIVE: set = set()
+
+#: How long the interpreter's exit waits for stopped fits (each stops within an
+#: iteration; a GPU iteration on a huge image can take a few seconds).
+EXIT_WAIT_MS = 60_000
+
+
+@atexit.register
+def _stop_all_at_exit() -> None:
+    """At interpreter exit (napari closed while a fit runs, or just cancelled), stop
+    every running fit and wait for its worker thread to end. Python then tears down the
+    worker's Qt signal objects; a worker still running would emit on deleted objects,
+    and Qt aborts the process. (Registered after Qt's own exit handlers, so it runs
+    before them.)"""
+    if not _ACTIVE:
+        return
+    for runner in list(_ACTIVE):
+        runner.stop_quietly()
+    from qtpy.QtCore import QThreadPool
+
+    QThreadPool.globalInstance().waitForDone(EXIT_WAIT_MS)
+
+
 class Runner:
     """One fit at a time: the worker, its progress bar, and what its signals do.
 
@@ -86,6 +111,7 @@ class Runner:
                 "yielded": self._on_yielded, "returned": self._on_returned,
                 "errored": self._on_errored, "aborted": self._on_aborted,
                 "finished": self._on_finished})
+        _ACTIVE.add(self)
         self.worker.start()
         return self.worker
 
@@ -201,6 +227,7 @@ class Runner:
             self.report("cancelled")
 
     def _on_finished(self) -> None:
+        _ACTIVE.discard(self)
         if self.progress is not None:
             self.progress.close()
         self.worker, self._gen = None, None

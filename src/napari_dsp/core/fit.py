@@ -33,6 +33,12 @@ OUT_OF_MEMORY = (getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMem
 NetFactory = Callable[[int, Sequence[int]], torch.nn.Module]
 
 
+class FitStopped(RuntimeError):
+    """A threaded fit was stopped from outside before it finished (the interpreter is
+    exiting: :func:`_stop_all_at_exit`); raised to its consumer, which would otherwise
+    wait for members that will never come."""
+
+
 def release_device_memory(device: torch.device) -> None:
     """Hand cached blocks back to the driver after an out-of-memory error."""
     if device.type == "cuda":
@@ -251,6 +257,9 @@ def iter_members_threaded(target: np.ndarray, crop: tuple, *, threads: int,
             k, kind, value = inbox.get()
             if kind == "error":
                 raise value
+            if kind == "done" and value is None:  # stopped from outside (exit)
+                raise FitStopped("the fit was stopped before it finished (the program "
+                                 "is exiting)")
             if kind == "done":
                 results[k] = value
                 if reports[k] is not None:  # others' steps may be complete now
