@@ -231,3 +231,39 @@ def test_without_distributed_the_message_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "distributed", None)
     with pytest.raises(dist.SchedulerError, match=r'pip install "napari-dsp\[distributed\]"'):
         dist.connect("local:1")
+
+
+SHADOW = '''\
+import importlib.machinery, importlib.util, os, sys
+_here = os.path.dirname(os.path.abspath(__file__))
+open(os.path.join(_here, "ran-%s-%d" % (__name__, os.getpid())), "w").close()
+_path = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
+_spec = importlib.machinery.PathFinder.find_spec(__name__, _path)
+_real = importlib.util.module_from_spec(_spec)
+sys.modules[__name__] = _real  # hand over to the real module, as a real attack would
+_spec.loader.exec_module(_real)
+'''
+
+
+def test_a_local_cluster_never_runs_code_from_the_current_folder(tmp_path):
+    """Files named like standard-library modules in the folder the command runs from
+    are never imported by any process it starts (dask's workers and resource tracker
+    once imported them: every worker ran them)."""
+    import shutil
+    from pathlib import Path
+
+    script = shutil.which("napari-dsp") or str(Path(sys.executable).with_name("napari-dsp"))
+    if not os.path.exists(script):
+        pytest.skip("the napari-dsp command is not installed (pip install -e .)")
+    here = tmp_path / "work"
+    here.mkdir()
+    for name in ("pickle", "multiprocessing", "runpy", "signal", "tempfile"):
+        (here / f"{name}.py").write_text(SHADOW)
+    paths = write_inputs(tmp_path / "in", 2)
+    proc = subprocess.run([script, "segment", *map(str, paths), "-o", str(tmp_path / "out"),
+                           *TINY_FLAGS, "--scheduler", "local:2", "--quiet"],
+                          cwd=here, capture_output=True, text=True, timeout=300)
+    ran = sorted(p.name for p in here.glob("ran-*"))
+    assert ran == [], f"processes imported files from the current folder: {ran}"
+    assert proc.returncode == 0, proc.stderr
+    assert all((tmp_path / "out" / f"{p.stem}_labels.tif").exists() for p in paths)

@@ -21,8 +21,10 @@ importing this module does not import it, torch or napari.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -69,6 +71,30 @@ def parse_scheduler(text: str) -> tuple[str, Any]:
     return "address", text
 
 
+@contextlib.contextmanager
+def safe_import_path():
+    """Start processes that never import from the current folder. dask starts its
+    worker and resource-tracker processes with ``python -c ...``, whose first import
+    path is the working folder: a file there named like a module (``pickle.py``,
+    ``multiprocessing.py``) would be run in every worker. Python's safe-path mode
+    (``PYTHONSAFEPATH``, 3.11+) leaves that folder out; it stays set for this process's
+    later children (a worker restarted by its nanny). Before 3.11, the processes are
+    started from an empty private folder instead."""
+    os.environ["PYTHONSAFEPATH"] = "1"
+    if sys.version_info >= (3, 11):
+        yield
+        return
+    import tempfile
+
+    here = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="napari-dsp-start-") as empty:
+        os.chdir(empty)
+        try:
+            yield
+        finally:
+            os.chdir(here)
+
+
 def connect(scheduler: str, *, timeout: Optional[float] = None):
     """A ``distributed.Client`` for ``scheduler`` (see :func:`parse_scheduler`).
 
@@ -92,9 +118,10 @@ def connect(scheduler: str, *, timeout: Optional[float] = None):
         import logging
 
         try:
-            cluster = distributed.LocalCluster(
-                n_workers=value, threads_per_worker=1, processes=True,
-                dashboard_address=":0", silence_logs=logging.CRITICAL)
+            with safe_import_path():
+                cluster = distributed.LocalCluster(
+                    n_workers=value, threads_per_worker=1, processes=True,
+                    dashboard_address=":0", silence_logs=logging.CRITICAL)
         except Exception as exc:  # ports, memory, a broken environment
             raise SchedulerError(f"could not start {value} local dask workers ({exc}); "
                                  f"try fewer (local:1) or leave out --scheduler") from exc
