@@ -495,3 +495,40 @@ def test_animated_png_says_which_frame_is_used(tmp_path):
     frames[0].save(tmp_path / "anim.png", save_all=True, append_images=frames[1:])
     info = io.read_info(tmp_path / "anim.png")
     assert info.notes == ("the file has 3 frames; the first is used",)
+
+
+def test_a_set_left_by_a_run_killed_while_placing_its_outputs_is_redone(tmp_path, capsys):
+    """The labels are placed last; a run killed before them leaves napari-dsp's own
+    prior and sidecar for that input. The next run redoes that input instead of taking
+    it as done for ever; an earlier complete run, or anyone else's file, is left alone."""
+    tifffile.imwrite(tmp_path / "a.tif", disc(seed=1)[0])
+    tifffile.imwrite(tmp_path / "b.tif", disc(seed=2)[0])
+    out = tmp_path / "o"
+    args = ["segment", str(tmp_path / "a.tif"), str(tmp_path / "b.tif"), "-o", str(out),
+            "--prior", *FAST]
+    assert main(args) == 0
+    reference = tifffile.imread(out / "a_labels.tif")
+    (out / "a_labels.tif").unlink()  # killed after the prior and the sidecar: a's set
+    (out / "b_labels.tif").unlink()
+    (out / "b_labels.json").unlink()  # killed after the prior only: b's set
+    capsys.readouterr()
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "2 done, 0 skipped" in err, err
+    assert "was stopped before its labels were written" in err
+    np.testing.assert_array_equal(tifffile.imread(out / "a_labels.tif"), reference)
+    assert json.loads((out / "b_labels.json").read_text())["input_file"].endswith("b.tif")
+    # a complete set: skipped, even when this run would also write a prior
+    (out / "a_prior.tif").unlink()
+    stamp = (out / "a_labels.tif").stat().st_mtime_ns
+    assert main(args) == 0
+    assert "0 done, 2 skipped" in capsys.readouterr().err
+    assert (out / "a_labels.tif").stat().st_mtime_ns == stamp
+    assert not (out / "a_prior.tif").exists()
+    # a prior of another input's (a renamed copy), without labels: not this run's own
+    (out / "b_labels.tif").unlink()
+    (out / "b_labels.json").unlink()
+    tifffile.imwrite(out / "b_prior.tif", np.zeros((8, 8), np.float32))  # not ours
+    assert main(args) == 0
+    assert "2 skipped" in capsys.readouterr().err
+    assert not (out / "b_labels.tif").exists()

@@ -218,6 +218,35 @@ def plan_batch(inputs: Sequence, output, *, prior: bool = False, texture: bool =
     return jobs, notes
 
 
+def interrupted(job: Job, present: Sequence[Path]) -> bool:
+    """Whether the outputs ``present`` are what a run of ``job`` stopped between moving
+    its outputs into place left: the labels, always placed last (see :func:`run_job`),
+    are missing, and every file there is napari-dsp's own for this input (a sidecar
+    naming it, a TIFF written by napari-dsp from it). Such a set is redone; a set with
+    the labels, or with a file of anyone else's, is left alone."""
+    if job.labels in present:
+        return False
+    return all(_written_for(Path(p), job.source) for p in present)
+
+
+def _written_for(path: Path, source: Path) -> bool:
+    import json
+
+    try:
+        if path.suffix.lower() == ".json":
+            meta = json.loads(path.read_text(encoding="utf-8"))
+            return Path(str(meta.get("input_file", ""))).name == source.name
+        if not _io.read_info(path).written_by_us:
+            return False
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            stamp = (tif.imagej_metadata or {}).get("Info")
+        return stamp is None or json.loads(stamp).get("source") == source.name
+    except (OSError, ValueError, TypeError, AttributeError, _io.ImageFileError):
+        return False
+
+
 def check_header(info: _io.ImageInfo, arrangement: _io.Arrangement, *,
                  max_pixels: float, available: Optional[float]) -> None:
     """Refuse, from the header alone, a plane above ``max_pixels`` or a file whose
@@ -253,8 +282,10 @@ def run_job(job: Job, *, settings, channel_axis: Optional[int] = None,
             notify: Callable[[str], None] = lambda text: None) -> Outcome:
     """Segment one file and write its outputs together.
 
-    Without ``overwrite`` a job with any existing output is skipped (nothing is
-    replaced). The header is checked (:func:`check_header`) before any pixel is decoded.
+    Without ``overwrite`` a job with existing outputs is skipped (nothing is replaced),
+    unless they are what an interrupted run of this job left (:func:`interrupted`):
+    then it is run again and they are replaced. The header is checked
+    (:func:`check_header`) before any pixel is decoded.
     ``guard`` is entered around the moment the outputs are moved into place (the command
     line holds signals back there, so a run stopped then leaves all or none of them).
     ``notify`` receives notes (assumed axes, a voxel size taken from the file) as soon
@@ -267,7 +298,12 @@ def run_job(job: Job, *, settings, channel_axis: Optional[int] = None,
     """
     present = tuple(_io.existing(job.outputs))
     if present and not overwrite:
-        return Outcome("skipped", present)
+        if not interrupted(job, present):
+            return Outcome("skipped", present)
+        notify(f"an earlier run of {job.source.name} was stopped before its labels were "
+               f"written; it is run again, replacing its "
+               f"{', '.join(p.name for p in present)}")
+        overwrite = True
     from .core.memory import available_memory
 
     volumetric = settings.volumetric
@@ -345,6 +381,8 @@ def run_job(job: Job, *, settings, channel_axis: Optional[int] = None,
                           "unit": unit,
                           "notes": list(arr.notes)})
         out.json(job.sidecar, meta)
+        # the labels last: a run stopped while the files are moved into place leaves a
+        # set without them, which the next run recognises and redoes (interrupted())
         out.labels(job.labels, labels, axes=axes, pixel_size=sizes, unit=unit, info=stamp)
         with guard():
             out.commit()
