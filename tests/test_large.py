@@ -54,12 +54,33 @@ def test_tiff_read_lazily_and_time_by_z(tmp_path):
     np.testing.assert_array_equal(z[:], segment_stack(stack, **TINY))
 
 
-def test_instances_are_numbered_per_plane(tmp_path):
-    stack = planes(3)
-    z = read(segment_stack_to_zarr(stack, tmp_path / "i.zarr", instances=True, **TINY))
-    counts = z.attrs["napari_dsp"]["clustering"]["counts_per_plane"]
-    assert z.dtype == np.uint32
-    assert [int(z[i].max()) for i in range(3)] == counts and min(counts) >= 1
+@pytest.mark.parametrize("instances", [False, True])
+def test_one_stack_through_every_path_gives_the_same_labels_ids_and_dtype(tmp_path,
+                                                                          instances):
+    """In memory, to zarr from an array, to zarr from a dask array read lazily: one
+    pipeline, so identical labels, ids (unique over the stack, numbered plane by plane)
+    and dtype (the one rule: uint32 ids, uint8 classes)."""
+    dask_array = pytest.importorskip("dask.array")
+    stack = planes(4)
+    kw = dict(TINY, instances=instances)
+    memory = segment_stack(stack, **kw)
+    on_disk = read(segment_stack_to_zarr(stack, tmp_path / "a.zarr", **kw))
+    lazy = read(segment_stack_to_zarr(dask_array.from_array(stack, chunks=(1, 64, 64)),
+                                      tmp_path / "b.zarr", **kw))
+    assert memory.dtype == on_disk.dtype == lazy.dtype == \
+        (np.uint32 if instances else np.uint8)
+    np.testing.assert_array_equal(on_disk[:], memory)
+    np.testing.assert_array_equal(lazy[:], memory)
+    if instances:
+        counts = on_disk.attrs["napari_dsp"]["clustering"]["counts_per_plane"]
+        assert min(counts) >= 1 and int(memory.max()) == sum(counts)
+        ids = [set(np.unique(plane)) - {0} for plane in memory]
+        first = 1
+        for plane_ids, n in zip(ids, counts):  # plane k holds the next n ids
+            assert plane_ids == set(range(first, first + n))
+            first += n
+    else:
+        assert set(np.unique(memory)) == {0, 1}
 
 
 def test_noise_only_stack_is_empty_with_a_warning(tmp_path):

@@ -207,7 +207,7 @@ def _segment(inp: Optional[_Input], prior: Optional[PriorResult], settings: Sett
     fit = prior.metadata.get("fit") if prior is not None else None
     meta = inp.metadata(settings, _plan.describe_device(device), fit=fit,
                         kanezaki=dict(info, scribbles=scribbles is not None))
-    dtype = np.uint8 if labels.max() < 256 else np.uint16
+    dtype = _post.label_dtype(instances=False, n_classes=s.n_features)
     return SegmentResult(labels.astype(dtype), prior, meta)
 
 

@@ -11,8 +11,8 @@ Memory holds one plane's fit at a time, plus the sample's priors during the firs
 The output is written to a temporary folder beside it and moved into place when every
 plane is done; a stopped run leaves no partial output under the final name.
 
-With ``instances=True`` the ids are per plane (1..n in each plane; the counts per plane
-are in the metadata), where the in-memory path makes them unique over the stack.
+With ``instances=True`` the ids are unique over the stack, numbered plane by plane, as in
+memory (the counts per plane are in the metadata).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import numpy as np
 from . import io as _io
 from .batch import overlaps
 from .core import image as _image
+from .core.postprocess import label_dtype, offset_ids
 from .progress import FitProgress, ProgressCallback, check_callback, drain, relay
 from .settings import Settings, make_settings
 from .stackmodel import (
@@ -117,9 +118,9 @@ def segment_stack_to_zarr(image, output, *, channel_axis: Optional[int] = None,
         ``(..., Y, X)`` with at most two leading axes (T, Z), plus ``channel_axis``.
         Planes are read one at a time.
     output : path ending in ``.zarr``
-        Created with one chunk per plane (labels ``uint8``; ``uint32`` with
-        ``instances``). Its attributes hold the metadata (settings, the shared model's
-        numbers, counts per plane, axes).
+        Created with one chunk per plane (labels ``uint8``; ``uint32`` ids unique over
+        the stack with ``instances``). Its attributes hold the metadata (settings, the
+        shared model's numbers, counts per plane, axes).
     settings, overrides : as for :func:`napari_dsp.segment_stack` (``method='kmeans'``;
         ``volumetric`` needs the stack in memory and is refused).
     client : distributed.Client, optional
@@ -280,7 +281,7 @@ def _to_zarr(source_ref, source, output: Path, s: Settings, channel_axis, client
         return overall(p.plane, position[sample[p.plane]])(p)
 
     model, priors = yield from relay(iter_learn(source, stack, s, n_sample), sample_report)
-    dtype = np.uint32 if s.instances else np.uint8
+    dtype = label_dtype(instances=s.instances, n_classes=s.n_classes)
     plane_shape = stack.plane_shape
     shape = stack.lead + tuple(plane_shape)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -303,6 +304,9 @@ def _to_zarr(source_ref, source, output: Path, s: Settings, channel_axis, client
         else:
             counts = yield from _run_planes(client, source_ref, source, stack, model,
                                             priors, str(tmp), overall)
+        if s.instances:  # numbered over the stack, plane by plane, as in memory
+            _number_over_the_stack(zarr.open_array(str(tmp), mode="r+"), stack.planes,
+                                   counts)
         axes = _axes(stack)
         meta = make_metadata(s, device=str(device), image_shape=stack.shape,
                              image_dtype=np.dtype(source.dtype), channel_axis=channel_axis,
@@ -314,7 +318,7 @@ def _to_zarr(source_ref, source, output: Path, s: Settings, channel_axis, client
         if s.instances:
             meta["clustering"]["counts_per_plane"] = per_plane
             meta["clustering"]["count"] = int(sum(per_plane))
-            meta["clustering"]["ids"] = "per plane (1..n in each plane)"
+            meta["clustering"]["ids"] = "unique over the stack, numbered plane by plane"
         arr = zarr.open_array(str(tmp), mode="r+")
         arr.attrs.update({"napari_dsp": _io.jsonable(meta),
                           "axes": axes})
@@ -324,6 +328,17 @@ def _to_zarr(source_ref, source, output: Path, s: Settings, channel_axis, client
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return output, meta
+
+
+def _number_over_the_stack(out, planes: list, counts: dict) -> None:
+    """Plane by plane (bounded memory), the ids ``1..n`` each plane was written with
+    become ids unique over the stack: the rule of
+    :func:`napari_dsp.core.postprocess.label_objects`, which the in-memory path uses."""
+    offset = 0
+    for index in planes:
+        if offset and counts[index]:
+            out[index] = offset_ids(np.asarray(out[index]), offset)
+        offset += counts[index]
 
 
 def _run_planes(client, source_ref, source, stack, model, priors, store, overall):

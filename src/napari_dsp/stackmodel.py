@@ -142,10 +142,10 @@ def iter_segment_plane(raw: np.ndarray, model: StackModel,
         if model.refine_models is not None:
             fg = _post.log_odds_of(normed, model.refine_models) > 0
         fg = _post.clean_up(fg, fill=s.fill_holes, min_size=s.min_size, invert=s.invert)
-    if s.instances:
+    if s.instances:  # 1..n in this plane: the caller numbers them over the stack
         ids = _post.instances(fg, min_size=min_size)
-        return ids.astype(np.uint32), int(ids.max())
-    return fg.astype(np.uint8), int(fg.sum())
+        return ids.astype(_post.label_dtype(instances=True)), int(ids.max())
+    return fg.astype(_post.label_dtype(instances=False)), int(fg.sum())
 
 
 def segment_plane(raw: np.ndarray, model: StackModel,

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from sklearn.cluster import KMeans
 
+from .postprocess import label_dtype
+
 #: Dimensions kept from the window features (measured: ARI >= 0.999 against K-means on
 #: the full 147-dimensional features of a 7x7 RGB window, at a tenth of the time).
 N_COMPONENTS = 8
@@ -172,8 +174,7 @@ class ClusterModel:
         classes, else 1..K."""
         ordered = self.rank[assign(project(prior, self.axes, self.mean),
                                    self.centers)].reshape(prior.shape[1:])
-        n_classes = len(self.centers)
-        dtype = np.uint8 if n_classes < 256 else np.uint16
+        dtype = label_dtype(instances=False, n_classes=len(self.centers))
         if self.foreground is None:
             return ordered.astype(dtype)
         return (ordered == self.foreground).astype(dtype)

@@ -160,24 +160,43 @@ def post_process(labels: list, images: list, *, refine: bool, fill: bool, min_si
     return [f.astype(lab.dtype) for f, lab in zip(fgs, labels)], info
 
 
+def label_dtype(*, instances: bool, n_classes: int = 2) -> np.dtype:
+    """The one rule for the dtype of every label array napari-dsp returns, known before
+    any plane is segmented (so the out-of-core path can create its output first):
+    object ids (``instances``) are ``uint32``; classes are ``uint8`` up to 255 classes
+    (``n_classes``: K-means' classes or, for the self-training, the most it can find),
+    else ``uint16``. Files are written in the smallest type that holds their ids
+    (:func:`napari_dsp.io.write_labels`: what ImageJ reads)."""
+    if instances:
+        return np.dtype(np.uint32)
+    return np.dtype(np.uint8 if n_classes <= 255 else np.uint16)
+
+
+def offset_ids(ids: np.ndarray, offset: int) -> np.ndarray:
+    """Object ids ``1..n`` of one plane moved to ``offset + 1..offset + n`` (0 stays 0),
+    as :func:`label_objects` numbers a stack: plane by plane, unique over the stack."""
+    dtype = label_dtype(instances=True)
+    return np.where(ids > 0, ids.astype(dtype) + dtype.type(offset), 0).astype(dtype)
+
+
 def label_objects(labels: list, min_size: int, spacing: Optional[tuple] = None
                   ) -> tuple[list, list]:
-    """One id per object of 0/1 maps: per plane (ids unique over the stack, offset plane
-    by plane), or in 3-D over the planes with voxel ``spacing`` when it is given.
-    Returns (labels per plane, counts)."""
+    """One id per object of 0/1 maps: per plane, numbered plane by plane so ids are
+    unique over the stack (the first plane's objects 1..n1, the next n1+1..), or in 3-D
+    over the planes with voxel ``spacing`` when it is given. Returns (labels per plane,
+    :func:`label_dtype` ``uint32``; counts per plane, or one count in 3-D)."""
+    dtype = label_dtype(instances=True)
     if spacing is not None:
         vol = instances(np.stack(labels) == 1, min_size=min_size, sampling=spacing)
-        dtype = np.uint16 if vol.max() < 2**16 else np.int32
         return list(vol.astype(dtype)), [int(vol.max())]
     out, counts, offset = [], [], 0
     for lab in labels:
         ids = instances(lab == 1, min_size=min_size)
         n = int(ids.max())
-        out.append(np.where(ids > 0, ids + offset, 0))
+        out.append(offset_ids(ids, offset))
         counts.append(n)
         offset += n
-    dtype = np.uint16 if offset < 2**16 else np.int32
-    return [o.astype(dtype) for o in out], counts
+    return out, counts
 
 
 def instances(foreground: np.ndarray, *, min_size: int = 16, split: bool = True,
