@@ -33,7 +33,7 @@ from typing import BinaryIO, Optional
 import numpy as np
 
 from napari_dsp.core.fit import split
-from napari_dsp.progress import FitProgress
+from napari_dsp.core.progress import FitProgress
 
 _HEADER = struct.Struct("<Q")
 #: Images smaller than this (pixels) are fitted in-process: a worker's start (importing

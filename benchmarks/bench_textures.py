@@ -19,7 +19,8 @@ Methods, all in the same run on the same images:
   classic filter-bank baseline, K given); ``gabor-2scales``: the same on the energies the
   texture channels are made of (each at both of ``core.texture.SCALES``);
   ``texture-channels``: the image and its texture channels, unfitted, handed to
-  ``napari_dsp.cluster`` in place of their prior (the same window features, K-means and,
+  ``napari_dsp.segment(image, prior=...)`` in place of their prior (the same window
+  features, K-means and,
   for two classes, the same noise test and clean-up as ``dsp-texture``): what the fit
   itself adds;
 - ``felzenszwalb``: scikit-image's graph segmentation (scale 400, sigma 1, min size
@@ -231,8 +232,8 @@ def run(method: str, image: np.ndarray, k: int, seed: int) -> np.ndarray:
         data = normalize(image[None])  # as fit_prior normalises it
         unfitted = PriorResult(data[0], np.zeros(image.shape, np.float32),
                                texture=texture_channels(data))
-        return napari_dsp.cluster(unfitted, image=image, n_classes=k, texture=True,
-                                  seed=seed).labels
+        return napari_dsp.segment(image, prior=unfitted, full_output=True, n_classes=k,
+                                  texture=True, seed=seed).labels
     if method == "felzenszwalb":
         from skimage.segmentation import felzenszwalb
 

@@ -4,7 +4,7 @@ Each variant runs in its own fresh Python process, one after another (interleave
 repeats), on the same random image, fitting the same members (seed 0, 11 runs x 50
 iterations, groups of 2 members, 2-way split) to the prior alone (no clustering):
 
-- ``threads``: ``napari_dsp.iter_fit_prior`` with ``n_workers=2``: two Python threads in
+- ``threads``: ``napari_dsp.generators.fit_prior`` with ``n_workers=2``: two Python threads in
   this process, torch single-threaded in each, glibc's allocator tuned as the command
   line tunes it.
 - ``processes``: the old path (``_legacy_processes.py``): two ``python -c`` worker
@@ -36,10 +36,10 @@ N_RUNS, N_ITER, WORKERS, BATCH = 11, 50, 2, 2
 def child(variant: str, size: int, channels: int, precision: str) -> None:
     import numpy as np
 
-    from napari_dsp import iter_fit_prior
     from napari_dsp.core import fit as _fit
     from napari_dsp.core import image as _image
     from napari_dsp.core.prior import member_seeds
+    from napari_dsp.generators import fit_prior as iter_fit_prior
 
     sys.path.insert(0, str(Path(__file__).parent))
     from _legacy_processes import iter_members_parallel

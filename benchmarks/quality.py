@@ -40,7 +40,7 @@ import numpy as np
 from skimage.filters import threshold_li, threshold_otsu
 from sklearn.cluster import KMeans
 
-from napari_dsp import cluster, fit_prior
+from napari_dsp import fit_prior, segment
 from napari_dsp._synthetic import STRESS_CASES
 from napari_dsp.core.cluster import choose_foreground
 from napari_dsp.core.image import normalize, to_channels_first
@@ -154,14 +154,14 @@ def bar(rows: list, kinds=("shared", "evalset")) -> list:
 def measure(kind: str, name: str, image: np.ndarray, mask: np.ndarray, seed: int) -> dict:
     t0 = time.perf_counter()
     prior = fit_prior(image, seed=seed)
-    dsp = cluster(prior, image=image).labels == 1
+    dsp = segment(image, prior=prior, full_output=True).labels == 1
     seconds = time.perf_counter() - t0
     preds = {
         "otsu": threshold_foreground(image, threshold_otsu),
         "li": threshold_foreground(image, threshold_li),
         "kmeans_px": kmeans_pixels(image, seed),
         "research": research_pipeline(prior.prior, seed),
-        "dsp_prior": cluster(prior, refine=False).labels == 1,
+        "dsp_prior": segment(prior=prior, refine=False, full_output=True).labels == 1,
         "dsp": dsp,
     }
     row = {"set": kind, "case": name, "seed": seed, "shape": list(image.shape),

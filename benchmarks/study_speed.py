@@ -17,7 +17,7 @@ setting is the median of its members at its iteration. Variants:
   step per parameter scales with the learning rate); fitted for 36 iterations.
 
 Every prior then goes through napari-dsp's default clustering and refinement
-(``napari_dsp.cluster`` with the image), and is scored by foreground IoU against the
+(``napari_dsp.segment`` with the image and the prior), and is scored by foreground IoU against the
 11 x 50 float32 labels of the same seed and against the reference mask. The median's
 change per iteration (mean absolute change of the prior, in units of the normalised
 image, over the last two iterations) is recorded for the early stop.
@@ -158,7 +158,7 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 def _eval_one(job) -> list:
     import warnings
 
-    from napari_dsp import cluster
+    from napari_dsp import segment
 
     work, name, kind, image, mask, seed, variants = job
     ref_path = work / f"{name}_s{seed}_fp32.npz"
@@ -172,7 +172,9 @@ def _eval_one(job) -> list:
     def labels(prior: np.ndarray) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return cluster(prior.astype(np.float32), image=image, seed=seed).labels > 0
+            result = segment(image, prior=prior.astype(np.float32), seed=seed,
+                             full_output=True)
+            return result.labels > 0
 
     ref = labels(np.load(ref_path)[f"p_{N_MAX}_{I_MAX}"])
     rows = []

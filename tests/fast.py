@@ -8,5 +8,15 @@ command-line and viewer tests all start from these)."""
 TINY = dict(n_iter=4, n_runs=3, n_workers=1, seed=0, device="cpu")
 
 #: The same as command-line flags.
-TINY_FLAGS = ["--iterations", "4", "--runs", "3", "--workers", "1", "--seed", "0",
-              "--device", "cpu"]
+TINY_FLAGS = [
+    "--iterations",
+    "4",
+    "--runs",
+    "3",
+    "--workers",
+    "1",
+    "--seed",
+    "0",
+    "--device",
+    "cpu",
+]

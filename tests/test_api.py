@@ -8,13 +8,12 @@ from napari_dsp import (
     FitProgress,
     PriorResult,
     Settings,
-    cluster,
     fit_prior,
-    iter_fit_prior,
     segment,
     segment_stack,
 )
 from napari_dsp._synthetic import dark_on_bright
+from napari_dsp.generators import fit_prior as iter_fit_prior
 from tests.fast import TINY
 
 
@@ -22,17 +21,20 @@ def iou(a, b):
     return np.logical_and(a, b).sum() / np.logical_or(a, b).sum()
 
 
-@pytest.mark.parametrize("image, axis, prior_shape", [
-    (np.random.default_rng(0).random((24, 40)), None, (24, 40)),
-    (np.random.default_rng(0).integers(0, 255, (24, 40), dtype=np.uint8), None, (24, 40)),
-    (np.random.default_rng(0).integers(0, 65535, (24, 40), dtype=np.uint16), None, (24, 40)),
-    (np.random.default_rng(0).integers(-5, 5, (24, 40)).astype(np.int32), None, (24, 40)),
-    (np.random.default_rng(0).random((24, 40)) > 0.5, None, (24, 40)),
-    (np.random.default_rng(0).random((24, 40)).astype(np.float64) * 1e4, None, (24, 40)),
-    (np.random.default_rng(0).integers(0, 255, (24, 40, 3), dtype=np.uint8), None, (24, 40, 3)),
-    (np.random.default_rng(0).integers(0, 255, (24, 40, 4), dtype=np.uint8), None, (24, 40, 3)),
-    (np.random.default_rng(0).random((2, 24, 40)).astype(np.float32), 0, (2, 24, 40)),
-])
+@pytest.mark.parametrize(
+    "image, axis, prior_shape",
+    [
+        (np.random.default_rng(0).random((24, 40)), None, (24, 40)),
+        (np.random.default_rng(0).integers(0, 255, (24, 40), dtype=np.uint8), None, (24, 40)),
+        (np.random.default_rng(0).integers(0, 65535, (24, 40), dtype=np.uint16), None, (24, 40)),
+        (np.random.default_rng(0).integers(-5, 5, (24, 40)).astype(np.int32), None, (24, 40)),
+        (np.random.default_rng(0).random((24, 40)) > 0.5, None, (24, 40)),
+        (np.random.default_rng(0).random((24, 40)).astype(np.float64) * 1e4, None, (24, 40)),
+        (np.random.default_rng(0).integers(0, 255, (24, 40, 3), dtype=np.uint8), None, (24, 40, 3)),
+        (np.random.default_rng(0).integers(0, 255, (24, 40, 4), dtype=np.uint8), None, (24, 40, 3)),
+        (np.random.default_rng(0).random((2, 24, 40)).astype(np.float32), 0, (2, 24, 40)),
+    ],
+)
 def test_shapes_and_dtypes_for_every_input_kind(image, axis, prior_shape):
     result = fit_prior(image, channel_axis=axis, **TINY)
     assert isinstance(result, PriorResult)
@@ -128,8 +130,10 @@ def test_progress_reports_every_iteration_and_previews_in_image_layout():
 
 
 def test_generator_can_be_stopped_early():
-    gen = iter_fit_prior(np.random.default_rng(0).random((32, 32)),
-                         Settings(n_iter=40, n_runs=2, n_workers=1, seed=0))
+    gen = iter_fit_prior(
+        np.random.default_rng(0).random((32, 32)),
+        Settings(n_iter=40, n_runs=2, n_workers=1, seed=0),
+    )
     first = next(gen)
     assert first.step == 1 and first.total == 40
     gen.close()  # what a GUI's cancel does
@@ -158,8 +162,10 @@ def test_first_report_comes_at_once():
     iteration (the 512x512 figure is measured by benchmarks/bench_threads.py)."""
     import time
 
-    gen = iter_fit_prior(np.random.default_rng(0).random((128, 128)),
-                         Settings(n_iter=50, n_runs=4, n_workers=2, seed=0))
+    gen = iter_fit_prior(
+        np.random.default_rng(0).random((128, 128)),
+        Settings(n_iter=50, n_runs=4, n_workers=2, seed=0),
+    )
     t0 = time.perf_counter()
     first = next(gen)
     gen.close()
@@ -174,25 +180,31 @@ def test_numpy_in_the_working_folder_is_never_imported(tmp_path):
     work, scripts = tmp_path / "work", tmp_path / "scripts"
     work.mkdir()
     scripts.mkdir()
-    (work / "numpy.py").write_text("raise SystemExit('the numpy.py of the working "
-                                   "folder was imported')\n")
+    (work / "numpy.py").write_text(
+        "raise SystemExit('the numpy.py of the working folder was imported')\n"
+    )
     (scripts / "run.py").write_text(
         "import numpy as np, napari_dsp\n"
         "napari_dsp.segment(np.random.default_rng(0).random((128, 128)), n_iter=2, "
-        "n_runs=2, n_workers=2, seed=0)\nprint('ok')\n")
-    out = subprocess.run([sys.executable, str(scripts / "run.py")], capture_output=True,
-                         text=True, cwd=work)
+        "n_runs=2, n_workers=2, seed=0)\nprint('ok')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, str(scripts / "run.py")], capture_output=True, text=True, cwd=work
+    )
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stdout + out.stderr
 
 
-@pytest.mark.parametrize("kwargs, error, match", [
-    (dict(n_iter=0), ValueError, "n_iter must be at least 1"),
-    (dict(learning_rate=float("nan")), ValueError, "learning_rate must be a finite number"),
-    (dict(device="cuda"), ValueError, "CUDA is not available here"),
-    (dict(device="cuda:0"), ValueError, "CUDA is not available here"),
-    (dict(progress=5), TypeError, "progress must be a callable"),
-    (dict(settings="fast"), TypeError, "settings must be a napari_dsp.Settings"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(n_iter=0), ValueError, "n_iter must be at least 1"),
+        (dict(learning_rate=float("nan")), ValueError, "learning_rate must be a finite number"),
+        (dict(device="cuda"), ValueError, "CUDA is not available here"),
+        (dict(device="cuda:0"), ValueError, "CUDA is not available here"),
+        (dict(progress=5), TypeError, "progress must be a callable"),
+        (dict(settings="fast"), TypeError, "settings must be a napari_dsp.Settings"),
+    ],
+)
 def test_bad_arguments(kwargs, error, match, monkeypatch):
     import torch
 
@@ -203,7 +215,8 @@ def test_bad_arguments(kwargs, error, match, monkeypatch):
 
 def test_generators_validate_at_the_call():
     """iter_* raise before any iteration (a GUI reports bad input before a thread)."""
-    from napari_dsp import iter_segment, iter_segment_stack
+    from napari_dsp.generators import segment as iter_segment
+    from napari_dsp.generators import segment_stack as iter_segment_stack
 
     bad = np.full((32, 32), np.nan)
     with pytest.raises(ValueError, match="NaN"):
@@ -223,12 +236,14 @@ def test_generators_validate_at_the_call():
 
 
 def test_api_does_not_import_napari_or_qt_and_import_is_cheap():
-    code = ("import sys, napari_dsp; assert 'torch' not in sys.modules, 'torch at import'; "
-            "import numpy as np; "
-            "napari_dsp.segment(np.random.default_rng(0).random((32, 32)), n_iter=2, "
-            "n_runs=2, n_workers=1, seed=0); "
-            "bad = [m for m in ('napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6', "
-            "'magicgui') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, napari_dsp; assert 'torch' not in sys.modules, 'torch at import'; "
+        "import numpy as np; "
+        "napari_dsp.segment(np.random.default_rng(0).random((32, 32)), n_iter=2, "
+        "n_runs=2, n_workers=1, seed=0); "
+        "bad = [m for m in ('napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6', "
+        "'magicgui') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
 
@@ -253,7 +268,7 @@ def test_texture_features_separate_what_brightness_cannot():
     decision = tex.metadata["clustering"]["decision"]
     assert decision["result"] == "prior" and decision["texture_separation"] >= 4
     assert "texture" in decision["note"]
-    again = cluster(tex.prior, image=image)
+    again = segment(image, prior=tex.prior, full_output=True)
     np.testing.assert_array_equal(again.labels, tex.labels)
     assert again.metadata["settings"]["texture"] is True
     with pytest.raises(ValueError, match="prior fitted with texture=True"):
@@ -268,8 +283,17 @@ def test_self_training_takes_the_texture_prior_as_its_guide():
     from tests.core.test_texture import two_textures
 
     image, truth = two_textures((64, 64))
-    r = segment(image, method="kanezaki", texture=True, seed=0, n_iter=20, n_runs=2,
-                max_iter=200, min_labels=2, full_output=True)
+    r = segment(
+        image,
+        method="kanezaki",
+        texture=True,
+        seed=0,
+        n_iter=20,
+        n_runs=2,
+        max_iter=200,
+        min_labels=2,
+        full_output=True,
+    )
     assert r.prior.texture.shape == (6, 64, 64)
     assert len(np.unique(r.labels)) == 2
     assert adjusted_rand_score(truth.ravel(), r.labels.ravel()) > 0.8
@@ -285,14 +309,20 @@ def test_texture_keeps_brightness_order_previews_layout_and_says_what_it_skipped
     image = np.zeros((60, 60), np.float32)
     image[:20], image[20:40], image[40:] = 0.35, 0.5, 0.65
     image[:20] += 0.1 * (stripes((20, 60), 6, 0.0) - 0.5).astype(np.float32)
-    r = segment(image, n_classes=3, texture=True, seed=0, n_iter=20, n_runs=2,
-                full_output=True)
-    assert [np.bincount(r.labels[a:a + 20].ravel()).argmax() for a in (0, 20, 40)] == \
-        [1, 2, 3]
+    r = segment(image, n_classes=3, texture=True, seed=0, n_iter=20, n_runs=2, full_output=True)
+    assert [np.bincount(r.labels[a : a + 20].ravel()).argmax() for a in (0, 20, 40)] == [1, 2, 3]
     seen = []
     rgb = np.repeat(image[..., None], 3, -1)
-    two = segment(rgb, texture=True, seed=0, n_iter=4, n_runs=2, preview_every=2,
-                  progress=seen.append, full_output=True)
+    two = segment(
+        rgb,
+        texture=True,
+        seed=0,
+        n_iter=4,
+        n_runs=2,
+        preview_every=2,
+        progress=seen.append,
+        full_output=True,
+    )
     shapes = {p.preview.shape for p in seen if p.preview is not None}
     assert shapes == {(60, 60, 3)}
     assert two.metadata["settings"]["refine"] is False
@@ -300,8 +330,7 @@ def test_texture_keeps_brightness_order_previews_layout_and_says_what_it_skipped
     with pytest.raises(ValueError, match="use_prior=False"):
         segment(image, method="kanezaki", use_prior=False, texture=True)
     with pytest.raises(ValueError, match="single 2-D images"):
-        segment_stack_to_zarr(np.stack([image, image]), "/nonexistent/x.zarr",
-                              texture=True)
+        segment_stack_to_zarr(np.stack([image, image]), "/nonexistent/x.zarr", texture=True)
 
 
 def test_texture_separation_runs_on_the_device_asked_for(monkeypatch):
@@ -310,19 +339,19 @@ def test_texture_separation_runs_on_the_device_asked_for(monkeypatch):
     the settings ask for when an existing prior is re-clustered."""
     import torch
 
-    from napari_dsp import cluster
     from napari_dsp.core import texture
     from tests.core.test_texture import two_textures
 
     image, _ = two_textures((48, 48))
     prior = fit_prior(image, texture=True, seed=0, n_iter=4, n_runs=2, device="cpu")
     seen = []
-    monkeypatch.setattr(texture, "separation",
-                        lambda chw, labels, device="cpu": seen.append(device) or 10.0)
+    monkeypatch.setattr(
+        texture, "separation", lambda chw, labels, device="cpu": seen.append(device) or 10.0
+    )
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     segment(image, prior=prior, texture=True, device="cuda")
-    cluster(prior, image=image, texture=True)  # device 'auto'
-    cluster(prior, image=image, texture=True, device="cpu")
+    segment(image, prior=prior, texture=True)  # device 'auto'
+    segment(image, prior=prior, texture=True, device="cpu")
     assert seen == [torch.device("cuda"), torch.device("cuda"), torch.device("cpu")]
 
 

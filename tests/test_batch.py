@@ -24,17 +24,22 @@ FAST = [*TINY_FLAGS, "--quiet"]
 
 #: Peak memory of a fresh process: VmHWM (getrusage's ru_maxrss would carry over the
 #: peak of the forking pytest process through exec).
-PEAK = ("def peak():\n    for line in open('/proc/self/status'):\n"
-        "        if line.startswith('VmHWM:'):\n"
-        "            return int(line.split()[1]) * 1024\n")
+PEAK = (
+    "def peak():\n    for line in open('/proc/self/status'):\n"
+    "        if line.startswith('VmHWM:'):\n"
+    "            return int(line.split()[1]) * 1024\n"
+)
 
 
 def cli(*args, umask=None, timeout=300):
     """Run ``napari-dsp`` in a fresh process, as a user does."""
-    return subprocess.run([sys.executable, "-m", "napari_dsp.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout,
-                          preexec_fn=(lambda: os.umask(umask)) if umask is not None
-                          else None)
+    return subprocess.run(
+        [sys.executable, "-m", "napari_dsp.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=(lambda: os.umask(umask)) if umask is not None else None,
+    )
 
 
 def disc(shape=(32, 40), seed=0):
@@ -57,9 +62,13 @@ def test_ome_zcyx_is_a_stack_of_two_channel_planes(tmp_path):
     planes, masks = zip(*(disc(seed=z) for z in range(4)))
     data = np.stack([np.stack([p, p // 2]) for p in planes])  # (Z, C, Y, X)
     path = tmp_path / "cells.ome.tif"
-    tifffile.imwrite(path, data, ome=True, photometric="minisblack",
-                     metadata={"axes": "ZCYX", "PhysicalSizeX": 0.2, "PhysicalSizeY": 0.2,
-                               "PhysicalSizeZ": 1.0})
+    tifffile.imwrite(
+        path,
+        data,
+        ome=True,
+        photometric="minisblack",
+        metadata={"axes": "ZCYX", "PhysicalSizeX": 0.2, "PhysicalSizeY": 0.2, "PhysicalSizeZ": 1.0},
+    )
     out = tmp_path / "out"
     proc = cli("segment", path, "-o", out, *FAST)
     assert proc.returncode == 0, proc.stderr
@@ -78,8 +87,13 @@ def test_ome_zcyx_is_a_stack_of_two_channel_planes(tmp_path):
 def test_imagej_hyperstack_volumetric_takes_the_voxel_size_from_the_file(tmp_path):
     volume = np.stack([disc((32, 32), seed=z)[0] for z in range(4)])
     path = tmp_path / "vol.tif"
-    tifffile.imwrite(path, volume, imagej=True, resolution=(2.0, 2.0),
-                     metadata={"axes": "ZYX", "spacing": 1.5, "unit": "micron"})
+    tifffile.imwrite(
+        path,
+        volume,
+        imagej=True,
+        resolution=(2.0, 2.0),
+        metadata={"axes": "ZYX", "spacing": 1.5, "unit": "micron"},
+    )
     out = tmp_path / "o"
     proc = cli("segment", path, "-o", out, "--volumetric", *FAST)
     assert proc.returncode == 0, proc.stderr
@@ -100,8 +114,7 @@ def test_lzw_and_rgb_png_with_alpha_read_and_a_prior_written_with_channels(tmp_p
 
     Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
     out = tmp_path / "o"
-    proc = cli("segment", tmp_path / "lzw.tif", tmp_path / "rgba.png", "-o", out, "--prior",
-               *FAST)
+    proc = cli("segment", tmp_path / "lzw.tif", tmp_path / "rgba.png", "-o", out, "--prior", *FAST)
     assert proc.returncode == 0, proc.stderr
     assert "2 done, 0 skipped (outputs exist), 0 failed" in proc.stderr
     assert iou(tifffile.imread(out / "lzw_labels.tif") == 1, mask) > 0.7
@@ -127,8 +140,9 @@ def test_texture_prior_names_never_meet_another_inputs_outputs(tmp_path):
 
     for name in ("a.tif", "a_texture.tif"):
         tifffile.imwrite(tmp_path / name, disc()[0])
-    jobs, _ = plan_batch([tmp_path / "a.tif", tmp_path / "a_texture.tif"], tmp_path / "o",
-                         prior=True, texture=True)
+    jobs, _ = plan_batch(
+        [tmp_path / "a.tif", tmp_path / "a_texture.tif"], tmp_path / "o", prior=True, texture=True
+    )
     names = [p.name for job in jobs for p in job.outputs]
     assert len(names) == len(set(names)) == 8
     assert "a_prior_texture.tif" in names and "a_texture_prior.tif" in names
@@ -146,12 +160,22 @@ def test_same_stem_inputs_are_refused_before_computing(tmp_path):
             tifffile.imwrite(path, disc()[0])
     out = tmp_path / "out"
     for extra in ([], ["--overwrite"]):
-        proc = cli("segment", tmp_path / "wellA" / "img.png", tmp_path / "wellB" / "img.tif",
-                   "-o", out, *extra, *FAST)
+        proc = cli(
+            "segment",
+            tmp_path / "wellA" / "img.png",
+            tmp_path / "wellB" / "img.tif",
+            "-o",
+            out,
+            *extra,
+            *FAST,
+        )
         assert proc.returncode == 2
         assert "nothing was computed" in proc.stderr
-        assert "wellA/img.png and " in proc.stderr and "wellB/img.tif would all write" \
-            in proc.stderr and "img_labels.tif" in proc.stderr
+        assert (
+            "wellA/img.png and " in proc.stderr
+            and "wellB/img.tif would all write" in proc.stderr
+            and "img_labels.tif" in proc.stderr
+        )
         no_traceback(proc)
         assert not out.exists()
 
@@ -167,8 +191,7 @@ def test_an_output_that_would_replace_an_input_is_refused(tmp_path):
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     proc = cli("segment", folder / "cell.tif", truth, "-o", folder, "--overwrite", *FAST)
     assert proc.returncode == 2
-    assert f"{truth} (an output of {folder / 'cell.tif'}) would replace the input" \
-        in proc.stderr
+    assert f"{truth} (an output of {folder / 'cell.tif'}) would replace the input" in proc.stderr
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
@@ -205,8 +228,7 @@ def test_long_names_are_checked_up_front(tmp_path):
     tifffile.imwrite(long, disc()[0])
     t0 = time.perf_counter()
     proc = cli("segment", long, "-o", tmp_path / "o2", *FAST)
-    assert proc.returncode == 2 and "is 257 bytes long; the file system allows 255" \
-        in proc.stderr
+    assert proc.returncode == 2 and "is 257 bytes long; the file system allows 255" in proc.stderr
     assert "nothing was computed" in proc.stderr and time.perf_counter() - t0 < 20
 
 
@@ -217,8 +239,7 @@ def test_outputs_follow_the_umask(tmp_path, umask):
     proc = cli("segment", tmp_path / "a.tif", "-o", out, "--prior", *FAST, umask=umask)
     assert proc.returncode == 0, proc.stderr
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
-    assert modes == dict.fromkeys(["a_labels.tif", "a_prior.tif", "a_labels.json"],
-                                  0o666 & ~umask)
+    assert modes == dict.fromkeys(["a_labels.tif", "a_prior.tif", "a_labels.json"], 0o666 & ~umask)
 
 
 def test_header_only_refusal_of_a_huge_file(tmp_path):
@@ -227,20 +248,32 @@ def test_header_only_refusal_of_a_huge_file(tmp_path):
     path = tmp_path / "huge.tif"
     n = -(-30000 // 1024)
     tile = np.zeros((1024, 1024), np.uint8)
-    tifffile.imwrite(path, (tile for _ in range(n * n)), shape=(30000, 30000),
-                     dtype=np.uint8, tile=(1024, 1024), compression="zlib")
-    code = (PEAK + "import sys\nfrom napari_dsp.cli import main\n"
-            "rc = main(sys.argv[1:])\n"
-            "print('PEAK', peak(), "
-            "'TORCH', 'torch' in sys.modules)\nsys.exit(rc)")
+    tifffile.imwrite(
+        path,
+        (tile for _ in range(n * n)),
+        shape=(30000, 30000),
+        dtype=np.uint8,
+        tile=(1024, 1024),
+        compression="zlib",
+    )
+    code = (
+        PEAK + "import sys\nfrom napari_dsp.cli import main\n"
+        "rc = main(sys.argv[1:])\n"
+        "print('PEAK', peak(), "
+        "'TORCH', 'torch' in sys.modules)\nsys.exit(rc)"
+    )
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", code, "segment", str(path), "-o",
-                           str(tmp_path / "o"), "--quiet"], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "segment", str(path), "-o", str(tmp_path / "o"), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     took = time.perf_counter() - t0
     assert proc.returncode == 1
-    assert "30000x30000 = 900,000,000 pixels per plane is above --max-pixels 67,200,000" \
-        in proc.stderr
+    assert (
+        "30000x30000 = 900,000,000 pixels per plane is above --max-pixels 67,200,000" in proc.stderr
+    )
     peak = int(proc.stdout.split()[1])
     assert peak < 300e6, f"peak {peak / 1e6:.0f} MB"
     assert "TORCH False" in proc.stdout and took < 30
@@ -260,16 +293,32 @@ def test_sigterm_and_sighup_stop_a_real_batch_like_ctrl_c(tmp_path, sig):
     for i in range(3):
         tifffile.imwrite(tmp_path / f"s{i}.tif", disc((64, 64), seed=i)[0])
     out = tmp_path / "o"
-    args = ["segment", *(str(tmp_path / f"s{i}.tif") for i in range(3)), "-o", str(out),
-            "--runs", "2", "--iterations", "400", "--workers", "1", "--seed", "0", "--prior"]
+    args = [
+        "segment",
+        *(str(tmp_path / f"s{i}.tif") for i in range(3)),
+        "-o",
+        str(out),
+        "--runs",
+        "2",
+        "--iterations",
+        "400",
+        "--workers",
+        "1",
+        "--seed",
+        "0",
+        "--prior",
+    ]
     # The command line leaves a signal alone where it was ignored when it started (as
     # under nohup, which ignores SIGHUP, and so would this child of a suite run under
     # it): the child restores the default first, as a plain shell would have it.
-    start = (f"import runpy, signal, sys; signal.signal({int(sig)}, signal.SIG_DFL); "
-             f"sys.argv = ['napari-dsp'] + {args!r}; "
-             f"runpy.run_module('napari_dsp.cli', run_name='__main__')")
-    proc = subprocess.Popen([sys.executable, "-c", start],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    start = (
+        f"import runpy, signal, sys; signal.signal({int(sig)}, signal.SIG_DFL); "
+        f"sys.argv = ['napari-dsp'] + {args!r}; "
+        f"runpy.run_module('napari_dsp.cli', run_name='__main__')"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", start], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.monotonic() + 240
         while not (out / "s0_labels.tif").exists():  # the first file is finished
@@ -304,13 +353,17 @@ def test_a_killed_runs_temp_file_is_removed_by_the_next_run(tmp_path):
     assert not stale.exists()
 
 
-def test_any_failure_of_one_file_is_one_line_and_the_batch_goes_on(tmp_path, monkeypatch,
-                                                                    capsys):
+def test_any_failure_of_one_file_is_one_line_and_the_batch_goes_on(tmp_path, monkeypatch, capsys):
     from napari_dsp import api
 
     real = api.segment
-    failures = iter([ZeroDivisionError("division by zero"), MemoryError(),
-                     RuntimeError("CUDA error: device-side assert\nmore")])
+    failures = iter(
+        [
+            ZeroDivisionError("division by zero"),
+            MemoryError(),
+            RuntimeError("CUDA error: device-side assert\nmore"),
+        ]
+    )
 
     def flaky(image, **kwargs):
         if image.shape[1] == 33:
@@ -333,8 +386,10 @@ def test_any_failure_of_one_file_is_one_line_and_the_batch_goes_on(tmp_path, mon
     assert (tmp_path / "o" / "good_labels.tif").exists()
 
 
-@pytest.mark.parametrize("flag", [["--max-pixels", "nan"], ["--spacing", "nan", "1", "1"],
-                                  ["--continuity-weight", "inf"]])
+@pytest.mark.parametrize(
+    "flag",
+    [["--max-pixels", "nan"], ["--spacing", "nan", "1", "1"], ["--continuity-weight", "inf"]],
+)
 def test_non_finite_numbers_are_refused_by_the_command_line(tmp_path, flag, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["segment", str(tmp_path / "a.tif"), "-o", str(tmp_path), *flag])
@@ -345,13 +400,23 @@ def test_non_finite_numbers_are_refused_by_the_command_line(tmp_path, flag, caps
 def test_output_names_that_cannot_be_a_label_file_are_refused(tmp_path, capsys):
     tifffile.imwrite(tmp_path / "a.tif", disc()[0])
     for name in ("result.png", "result.npy", "result.json"):
-        assert main(["segment", str(tmp_path / "a.tif"), "-o", str(tmp_path / name),
-                     *FAST]) == 2
+        assert main(["segment", str(tmp_path / "a.tif"), "-o", str(tmp_path / name), *FAST]) == 2
         assert "label images are written as TIFF" in capsys.readouterr().err
         assert not (tmp_path / name).exists()
     tifffile.imwrite(tmp_path / "b.tif", disc()[0])
-    assert main(["segment", str(tmp_path / "a.tif"), str(tmp_path / "b.tif"), "-o",
-                 str(tmp_path / "both.tif"), *FAST]) == 2
+    assert (
+        main(
+            [
+                "segment",
+                str(tmp_path / "a.tif"),
+                str(tmp_path / "b.tif"),
+                "-o",
+                str(tmp_path / "both.tif"),
+                *FAST,
+            ]
+        )
+        == 2
+    )
     assert "names one file, but 2 inputs were given" in capsys.readouterr().err
 
 
@@ -382,8 +447,16 @@ def test_inputs_that_look_like_earlier_outputs_get_a_hint(tmp_path, capsys):
     tifffile.imwrite(tmp_path / "a.tif", disc()[0])
     assert main(["segment", str(tmp_path / "a.tif"), "-o", str(tmp_path), *FAST]) == 0
     # `napari-dsp segment data/*.tif -o data/` again: the glob now holds a_labels.tif
-    code = main(["segment", str(tmp_path / "a.tif"), str(tmp_path / "a_labels.tif"), "-o",
-                 str(tmp_path), *FAST])
+    code = main(
+        [
+            "segment",
+            str(tmp_path / "a.tif"),
+            str(tmp_path / "a_labels.tif"),
+            "-o",
+            str(tmp_path),
+            *FAST,
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "look like an earlier run's outputs" in err
 
@@ -392,13 +465,18 @@ def test_volumetric_refuses_time_series_and_single_planes(tmp_path):
     movie = np.stack([disc(seed=t)[0] for t in range(3)])
     tifffile.imwrite(tmp_path / "movie.tif", movie, imagej=True, metadata={"axes": "TYX"})
     tifffile.imwrite(tmp_path / "plane.tif", movie[0], imagej=True)
-    proc = cli("segment", tmp_path / "movie.tif", tmp_path / "plane.tif", "-o",
-               tmp_path / "o", "--volumetric", *FAST)
+    proc = cli(
+        "segment",
+        tmp_path / "movie.tif",
+        tmp_path / "plane.tif",
+        "-o",
+        tmp_path / "o",
+        "--volumetric",
+        *FAST,
+    )
     assert proc.returncode == 1
-    assert "movie.tif: is a time series (axes TYX); --volumetric fits one Z stack" \
-        in proc.stderr
-    assert "plane.tif: is a single plane (axes YX); --volumetric needs a Z stack" \
-        in proc.stderr
+    assert "movie.tif: is a time series (axes TYX); --volumetric fits one Z stack" in proc.stderr
+    assert "plane.tif: is a single plane (axes YX); --volumetric needs a Z stack" in proc.stderr
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
 
 
@@ -410,9 +488,23 @@ def test_prior_flag_without_a_prior_writes_and_names_none(tmp_path, capsys):
     out = tmp_path / "o"
     out.mkdir()
     (out / "img_prior.tif").write_text("an older run's prior")
-    code = main(["segment", str(tmp_path / "img.npy"), "-o", str(out), "--method",
-                 "kanezaki", "--no-prior", "--max-iter", "20", "--quiet", "--prior",
-                 "--seed", "0"])
+    code = main(
+        [
+            "segment",
+            str(tmp_path / "img.npy"),
+            "-o",
+            str(out),
+            "--method",
+            "kanezaki",
+            "--no-prior",
+            "--max-iter",
+            "20",
+            "--quiet",
+            "--prior",
+            "--seed",
+            "0",
+        ]
+    )
     assert code == 0
     assert "--prior: this run computes no prior (--no-prior)" in capsys.readouterr().err
     meta = json.loads((out / "img_labels.json").read_text())
@@ -425,11 +517,27 @@ def test_nohup_keeps_a_run_alive_after_sighup(tmp_path):
     middle of a fit does not stop it; SIGTERM still does."""
     tifffile.imwrite(tmp_path / "a.tif", disc((64, 64))[0])
     proc = subprocess.Popen(
-        [sys.executable, "-m", "napari_dsp.cli", "segment", str(tmp_path / "a.tif"), "-o",
-         str(tmp_path / "o"), "--runs", "2", "--iterations", "5000", "--workers", "1",
-         "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+        [
+            sys.executable,
+            "-m",
+            "napari_dsp.cli",
+            "segment",
+            str(tmp_path / "a.tif"),
+            "-o",
+            str(tmp_path / "o"),
+            "--runs",
+            "2",
+            "--iterations",
+            "5000",
+            "--workers",
+            "1",
+            "--quiet",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),
+    )
     try:
         time.sleep(4)  # started, fitting
         proc.send_signal(signal.SIGHUP)
@@ -448,8 +556,12 @@ def test_outputs_keep_the_files_calibration_and_axis_order(tmp_path):
     described in the sidecar) in ImageJ's order TZYX."""
     data = np.stack([np.stack([disc(seed=z + t)[0] for t in range(2)]) for z in range(3)])
     path = tmp_path / "ztyx.ome.tif"
-    tifffile.imwrite(path, data, ome=True, metadata={
-        "axes": "ZTYX", "PhysicalSizeX": 0.3, "PhysicalSizeY": 0.3, "PhysicalSizeZ": 2.0})
+    tifffile.imwrite(
+        path,
+        data,
+        ome=True,
+        metadata={"axes": "ZTYX", "PhysicalSizeX": 0.3, "PhysicalSizeY": 0.3, "PhysicalSizeZ": 2.0},
+    )
     proc = cli("segment", path, "-o", tmp_path / "o", "--spacing", "5", "1", "1", *FAST)
     assert proc.returncode == 0, proc.stderr
     info = io.read_info(tmp_path / "o" / "ztyx_labels.tif")
@@ -461,8 +573,9 @@ def test_outputs_keep_the_files_calibration_and_axis_order(tmp_path):
 
 def test_an_ome_tif_output_name_gets_an_ome_tiff(tmp_path):
     tifffile.imwrite(tmp_path / "a.tif", disc()[0])
-    assert main(["segment", str(tmp_path / "a.tif"), "-o", str(tmp_path / "res.ome.tif"),
-                 *FAST]) == 0
+    assert (
+        main(["segment", str(tmp_path / "a.tif"), "-o", str(tmp_path / "res.ome.tif"), *FAST]) == 0
+    )
     assert io.read_info(tmp_path / "res.ome.tif").format == "ome-tiff"
     assert (tmp_path / "res.json").exists()
 
@@ -470,21 +583,35 @@ def test_an_ome_tif_output_name_gets_an_ome_tiff(tmp_path):
 def test_a_folder_in_the_place_of_an_output_is_found_before_computing(tmp_path, capsys):
     tifffile.imwrite(tmp_path / "a.tif", disc()[0])
     (tmp_path / "o" / "a_labels.tif").mkdir(parents=True)
-    code = main(["segment", str(tmp_path / "a.tif"), "-o", str(tmp_path / "o"),
-                 "--overwrite", *FAST])
+    code = main(
+        ["segment", str(tmp_path / "a.tif"), "-o", str(tmp_path / "o"), "--overwrite", *FAST]
+    )
     assert code == 2 and "a_labels.tif is a folder" in capsys.readouterr().err
 
 
 def test_flag_combinations_refused_up_front(tmp_path, capsys):
     tifffile.imwrite(tmp_path / "a.tif", disc()[0])
     tifffile.imwrite(tmp_path / "s.tif", np.ones((32, 40), np.uint8))
-    assert main(["segment", str(tmp_path / "a.tif"), "-o", str(tmp_path / "o"),
-                 "--scribbles", str(tmp_path / "s.tif"), *FAST]) == 2
+    assert (
+        main(
+            [
+                "segment",
+                str(tmp_path / "a.tif"),
+                "-o",
+                str(tmp_path / "o"),
+                "--scribbles",
+                str(tmp_path / "s.tif"),
+                *FAST,
+            ]
+        )
+        == 2
+    )
     assert "--scribbles guides --method kanezaki" in capsys.readouterr().err
     for bad in ("0", "-1"):
         with pytest.raises(SystemExit):
-            main(["segment", str(tmp_path / "a.tif"), "-o", str(tmp_path / "o"),
-                  "--max-pixels", bad])
+            main(
+                ["segment", str(tmp_path / "a.tif"), "-o", str(tmp_path / "o"), "--max-pixels", bad]
+            )
         assert "is not a positive number" in capsys.readouterr().err
 
 
@@ -504,8 +631,15 @@ def test_a_set_left_by_a_run_killed_while_placing_its_outputs_is_redone(tmp_path
     tifffile.imwrite(tmp_path / "a.tif", disc(seed=1)[0])
     tifffile.imwrite(tmp_path / "b.tif", disc(seed=2)[0])
     out = tmp_path / "o"
-    args = ["segment", str(tmp_path / "a.tif"), str(tmp_path / "b.tif"), "-o", str(out),
-            "--prior", *FAST]
+    args = [
+        "segment",
+        str(tmp_path / "a.tif"),
+        str(tmp_path / "b.tif"),
+        "-o",
+        str(out),
+        "--prior",
+        *FAST,
+    ]
     assert main(args) == 0
     reference = tifffile.imread(out / "a_labels.tif")
     (out / "a_labels.tif").unlink()  # killed after the prior and the sidecar: a's set

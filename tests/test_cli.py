@@ -47,8 +47,13 @@ def test_texture_prior_is_written_with_the_prior(images, tmp_path):
 
     image, _ = two_textures((48, 64))
     src = tmp_path / "tex.tif"
-    tifffile.imwrite(src, (image * 255).astype(np.uint8), imagej=True,
-                     resolution=(1 / 0.5, 1 / 0.5), metadata={"unit": "um"})
+    tifffile.imwrite(
+        src,
+        (image * 255).astype(np.uint8),
+        imagej=True,
+        resolution=(1 / 0.5, 1 / 0.5),
+        metadata={"unit": "um"},
+    )
     out = tmp_path / "o"
     args = ["segment", str(src), "-o", str(out), "--prior", "--texture", *FAST]
     assert main(args) == 0
@@ -72,8 +77,20 @@ def test_batch_with_a_corrupt_file_goes_on_and_fails(images, tmp_path, capsys):
     bad = tmp_path / "broken.tif"
     bad.write_bytes(b"II*\x00this is not a tiff")
     out = tmp_path / "out"
-    code = main(["segment", str(images["a"]), str(bad), str(images["b"]), str(images["c"]),
-                 "-o", str(out), "--classes", "3", *FAST])
+    code = main(
+        [
+            "segment",
+            str(images["a"]),
+            str(bad),
+            str(images["b"]),
+            str(images["c"]),
+            "-o",
+            str(out),
+            "--classes",
+            "3",
+            *FAST,
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1
     assert "broken.tif: cannot be read as an image" in err
@@ -102,8 +119,17 @@ def test_bad_input_files_give_one_line(tmp_path, capsys):
     txt.write_text("hello")
     const = tmp_path / "flat.npy"
     np.save(const, np.zeros((32, 32)))
-    code = main(["segment", str(txt), str(const), str(tmp_path / "missing.tif"), "-o",
-                 str(tmp_path / "o"), *FAST])
+    code = main(
+        [
+            "segment",
+            str(txt),
+            str(const),
+            str(tmp_path / "missing.tif"),
+            "-o",
+            str(tmp_path / "o"),
+            *FAST,
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1
     assert "unsupported file type '.txt'" in err
@@ -113,18 +139,36 @@ def test_bad_input_files_give_one_line(tmp_path, capsys):
 
 
 def test_bad_setting_is_one_line(images, tmp_path, capsys):
-    code = main(["segment", str(images["a"]), "-o", str(tmp_path / "x.tif"), "--window",
-                 "4", "--quiet"])
+    code = main(
+        ["segment", str(images["a"]), "-o", str(tmp_path / "x.tif"), "--window", "4", "--quiet"]
+    )
     assert code == 2
     assert "window must be odd" in capsys.readouterr().err
 
 
 def test_subprocess_console_script(images, tmp_path):
     out = tmp_path / "sub"
-    proc = subprocess.run([sys.executable, "-m", "napari_dsp.cli", "segment",
-                           str(images["a"]), str(images["b"]), "-o", str(out),
-                           "--iterations", "4", "--runs", "2", "--workers", "1"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "napari_dsp.cli",
+            "segment",
+            str(images["a"]),
+            str(images["b"]),
+            "-o",
+            str(out),
+            "--iterations",
+            "4",
+            "--runs",
+            "2",
+            "--workers",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "2/2" in proc.stderr  # the progress bar
     assert tifffile.imread(out / "a_labels.tif").shape == (40, 48)
@@ -132,8 +176,23 @@ def test_subprocess_console_script(images, tmp_path):
 
 
 def test_demo_runs_on_builtin_data(tmp_path, capsys):
-    assert main(["demo", "--iterations", "3", "--runs", "2", "--workers", "1", "--quiet",
-                 "-o", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "--iterations",
+                "3",
+                "--runs",
+                "2",
+                "--workers",
+                "1",
+                "--quiet",
+                "-o",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "foreground:" in out and "connected objects" in out
     labels = tifffile.imread(tmp_path / "coins_labels.tif")
@@ -147,10 +206,30 @@ def test_kanezaki_with_scribbles_from_a_file(tmp_path):
     np.save(tmp_path / "img.npy", image)
     tifffile.imwrite(tmp_path / "strokes.tif", scribbles_for(truth, 1).astype(np.uint8))
     out = tmp_path / "k.tif"
-    code = main(["segment", str(tmp_path / "img.npy"), "-o", str(out), "--method",
-                 "kanezaki", "--scribbles", str(tmp_path / "strokes.tif"), "--min-labels",
-                 "3", "--runs", "3", "--iterations", "20", "--workers", "1", "--seed", "0",
-                 "--quiet", "--prior"])
+    code = main(
+        [
+            "segment",
+            str(tmp_path / "img.npy"),
+            "-o",
+            str(out),
+            "--method",
+            "kanezaki",
+            "--scribbles",
+            str(tmp_path / "strokes.tif"),
+            "--min-labels",
+            "3",
+            "--runs",
+            "3",
+            "--iterations",
+            "20",
+            "--workers",
+            "1",
+            "--seed",
+            "0",
+            "--quiet",
+            "--prior",
+        ]
+    )
     assert code == 0
     labels = tifffile.imread(out)
     assert set(np.unique(labels)) == {1, 2, 3}
@@ -164,9 +243,23 @@ def test_no_prior_flag(tmp_path):
 
     image, _ = textured_regions(3, size=48, seed=0)
     np.save(tmp_path / "img.npy", image)
-    code = main(["segment", str(tmp_path / "img.npy"), "-o", str(tmp_path / "o.tif"),
-                 "--method", "kanezaki", "--no-prior", "--max-iter", "30", "--quiet",
-                 "--prior", "--seed", "0"])
+    code = main(
+        [
+            "segment",
+            str(tmp_path / "img.npy"),
+            "-o",
+            str(tmp_path / "o.tif"),
+            "--method",
+            "kanezaki",
+            "--no-prior",
+            "--max-iter",
+            "30",
+            "--quiet",
+            "--prior",
+            "--seed",
+            "0",
+        ]
+    )
     assert code == 0
     meta = json.loads((tmp_path / "o.json").read_text())
     assert meta["settings"]["use_prior"] is False
@@ -174,11 +267,11 @@ def test_no_prior_flag(tmp_path):
 
 
 def test_max_pixels_guard_and_unwritable_output(images, tmp_path, capsys):
-    code = main(["segment", str(images["a"]), "-o", str(tmp_path / "x.tif"),
-                 "--max-pixels", "1000", *FAST])
+    code = main(
+        ["segment", str(images["a"]), "-o", str(tmp_path / "x.tif"), "--max-pixels", "1000", *FAST]
+    )
     assert code == 1
-    assert "40x48 = 1,920 pixels per plane is above --max-pixels 1,000" in \
-        capsys.readouterr().err
+    assert "40x48 = 1,920 pixels per plane is above --max-pixels 1,000" in capsys.readouterr().err
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o500)
@@ -210,8 +303,7 @@ def test_output_equal_to_input_is_refused(tmp_path, capsys):
     assert path.read_bytes() == before
 
 
-def test_ctrl_c_leaves_complete_outputs_and_a_rerun_resumes(images, tmp_path, monkeypatch,
-                                                           capsys):
+def test_ctrl_c_leaves_complete_outputs_and_a_rerun_resumes(images, tmp_path, monkeypatch, capsys):
     from napari_dsp import api as seg_module
 
     real = seg_module.segment
@@ -225,8 +317,7 @@ def test_ctrl_c_leaves_complete_outputs_and_a_rerun_resumes(images, tmp_path, mo
 
     monkeypatch.setattr(seg_module, "segment", interrupted)
     out = tmp_path / "batch"
-    argv = ["segment", str(images["a"]), str(images["b"]), str(images["c"]), "-o", str(out),
-            *FAST]
+    argv = ["segment", str(images["a"]), str(images["b"]), str(images["c"]), "-o", str(out), *FAST]
     assert main(argv) == 130
     assert "stopped by SIGINT" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["a_labels.json", "a_labels.tif"]
@@ -241,10 +332,13 @@ def test_ctrl_c_leaves_complete_outputs_and_a_rerun_resumes(images, tmp_path, mo
 
 def test_stack_flag(tmp_path):
     a, _ = dark_on_bright((32, 32), seed=1)
-    tifffile.imwrite(tmp_path / "z.tif", (np.stack([a, a, a]) * 1000).astype(np.uint16),
-                     photometric="minisblack")
-    assert main(["segment", str(tmp_path / "z.tif"), "-o", str(tmp_path / "zl.tif"),
-                 "--stack", *FAST]) == 0
+    tifffile.imwrite(
+        tmp_path / "z.tif", (np.stack([a, a, a]) * 1000).astype(np.uint16), photometric="minisblack"
+    )
+    assert (
+        main(["segment", str(tmp_path / "z.tif"), "-o", str(tmp_path / "zl.tif"), "--stack", *FAST])
+        == 0
+    )
     assert tifffile.imread(tmp_path / "zl.tif").shape == (3, 32, 32)
     # without --stack a (3, Y, X) file is refused with the way out in the message
     code = main(["segment", str(tmp_path / "z.tif"), "-o", str(tmp_path / "no.tif"), *FAST])
@@ -263,13 +357,16 @@ def test_truncated_tiff_in_a_batch(images, tmp_path, capsys):
     assert (out / "b_labels.tif").exists() and not (out / "cut_labels.tif").exists()
 
 
-@pytest.mark.parametrize("shape, axis, stack, expected", [
-    ((40, 50), None, False, (40, 50)),
-    ((40, 50, 3), None, False, (40, 50)),
-    ((3, 40, 50), 0, False, (40, 50)),
-    ((7, 40, 50), None, True, (40, 50)),
-    ((7, 2, 40, 50), 1, True, (40, 50)),
-])
+@pytest.mark.parametrize(
+    "shape, axis, stack, expected",
+    [
+        ((40, 50), None, False, (40, 50)),
+        ((40, 50, 3), None, False, (40, 50)),
+        ((3, 40, 50), 0, False, (40, 50)),
+        ((7, 40, 50), None, True, (40, 50)),
+        ((7, 2, 40, 50), 1, True, (40, 50)),
+    ],
+)
 def test_max_pixels_counts_the_spatial_plane(shape, axis, stack, expected, tmp_path):
     """The plane --max-pixels is checked against, from the header (io.arrange)."""
     from napari_dsp import io
@@ -281,14 +378,15 @@ def test_max_pixels_counts_the_spatial_plane(shape, axis, stack, expected, tmp_p
 @pytest.mark.parametrize("command", [[], ["segment"], ["demo"]])
 def test_help_of_every_command_works_without_torch(command):
     """`--help` answers at once: it never imports torch (nor napari)."""
-    code = ("import sys, time; t = time.perf_counter()\n"
-            "from napari_dsp.cli import main\n"
-            "try:\n    main(sys.argv[1:] + ['--help'])\nexcept SystemExit as e:\n"
-            "    assert e.code == 0, e.code\n"
-            "heavy = [m for m in ('torch', 'napari', 'sklearn') if m in sys.modules]\n"
-            "print('HEAVY', heavy, time.perf_counter() - t)")
-    out = subprocess.run([sys.executable, "-c", code, *command], capture_output=True,
-                         text=True)
+    code = (
+        "import sys, time; t = time.perf_counter()\n"
+        "from napari_dsp.cli import main\n"
+        "try:\n    main(sys.argv[1:] + ['--help'])\nexcept SystemExit as e:\n"
+        "    assert e.code == 0, e.code\n"
+        "heavy = [m for m in ('torch', 'napari', 'sklearn') if m in sys.modules]\n"
+        "print('HEAVY', heavy, time.perf_counter() - t)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, *command], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "usage: napari-dsp" in out.stdout
     last = out.stdout.strip().splitlines()[-1]
@@ -303,16 +401,27 @@ def test_texture_flag_on_a_file_and_its_refusal_on_a_stack(tmp_path, capsys):
     image, truth = two_textures((64, 64))
     tifffile.imwrite(tmp_path / "t.tif", (image * 1000).astype(np.uint16))
     out = tmp_path / "t_labels.tif"
-    assert main(["segment", str(tmp_path / "t.tif"), "-o", str(out), "--texture",
-                 *FAST]) == 0
+    assert main(["segment", str(tmp_path / "t.tif"), "-o", str(out), "--texture", *FAST]) == 0
     assert tifffile.imread(out).shape == (64, 64)
     meta = json.loads((tmp_path / "t_labels.json").read_text())
     assert meta["settings"]["texture"] is True and meta["fit"]["texture"]["channels"] == 6
-    tifffile.imwrite(tmp_path / "z.tif", (np.stack([image, image]) * 1000).astype(
-        np.uint16), photometric="minisblack")
+    tifffile.imwrite(
+        tmp_path / "z.tif",
+        (np.stack([image, image]) * 1000).astype(np.uint16),
+        photometric="minisblack",
+    )
     capsys.readouterr()
-    code = main(["segment", str(tmp_path / "z.tif"), "-o", str(tmp_path / "z_l.tif"),
-                 "--stack", "--texture", *FAST])
+    code = main(
+        [
+            "segment",
+            str(tmp_path / "z.tif"),
+            "-o",
+            str(tmp_path / "z_l.tif"),
+            "--stack",
+            "--texture",
+            *FAST,
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1 and "single 2-D images" in err and "Traceback" not in err
     assert not (tmp_path / "z_l.tif").exists()

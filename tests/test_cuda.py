@@ -40,8 +40,9 @@ def test_texture_channels_on_the_gpu_match_the_cpu():
 
 def test_self_training_runs_on_the_gpu():
     image, truth = textured_regions(3, size=64, seed=1)
-    r = segment(image, method="kanezaki", seed=0, n_iter=20, n_runs=2, max_iter=100,
-                full_output=True)
+    r = segment(
+        image, method="kanezaki", seed=0, n_iter=20, n_runs=2, max_iter=100, full_output=True
+    )
     assert r.metadata["device"].startswith("cuda")
     assert r.labels.shape == truth.shape
     assert 1 <= r.labels.max() <= 100
@@ -53,8 +54,7 @@ def test_same_seed_on_the_gpu():
     its labels agree on all but a few pixels (measured on an H100: 30 of 65,536)."""
     image, _ = textured_regions(3, size=96, seed=2)
     prior = fit_prior(image, seed=0, n_iter=30)
-    a, b = (segment(image, prior=prior, method="kanezaki", seed=3, max_iter=200)
-            for _ in range(2))
+    a, b = (segment(image, prior=prior, method="kanezaki", seed=3, max_iter=200) for _ in range(2))
     np.testing.assert_array_equal(a, b)
     cells, _ = nuclei((256, 256), seed=0)
     one, two = (segment(cells, seed=0) for _ in range(2))

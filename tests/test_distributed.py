@@ -26,9 +26,13 @@ SLOWER = dict(TINY, n_iter=30, n_runs=4)
 
 
 def cli(*args, timeout=300, env=None):
-    return subprocess.run([sys.executable, "-m", "napari_dsp.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout,
-                          env=None if env is None else {**os.environ, **env})
+    return subprocess.run(
+        [sys.executable, "-m", "napari_dsp.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=None if env is None else {**os.environ, **env},
+    )
 
 
 def write_inputs(folder, n, size=64):
@@ -48,16 +52,28 @@ def read_labels(path):
 
 @pytest.fixture(scope="module")
 def client():
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=":0") as cluster, \
-            distributed.Client(cluster) as c:
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster) as c,
+    ):
         yield c
 
 
 def sequential(paths, out, settings):
     """The reference: the plain command line, one file after another."""
-    flags = ["--iterations", settings["n_iter"], "--runs", settings["n_runs"],
-             "--workers", "1", "--seed", settings["seed"], "--quiet"]
+    flags = [
+        "--iterations",
+        settings["n_iter"],
+        "--runs",
+        settings["n_runs"],
+        "--workers",
+        "1",
+        "--seed",
+        settings["seed"],
+        "--quiet",
+    ]
     proc = cli("segment", *paths, "-o", out, *flags)
     assert proc.returncode == 0, proc.stderr
     return {p.name: read_labels(out / f"{p.stem}_labels.tif") for p in paths}
@@ -67,9 +83,15 @@ def test_cluster_batch_gives_the_sequential_labels(tmp_path, client):
     paths = write_inputs(tmp_path / "in", 4)
     reference = sequential(paths, tmp_path / "seq", TINY)
     seen = []
-    results = dist.segment_files(paths, tmp_path / "out", client, settings=None,
-                                 prior=True, on_result=lambda r, n, t: seen.append((n, t)),
-                                 **TINY)
+    results = dist.segment_files(
+        paths,
+        tmp_path / "out",
+        client,
+        settings=None,
+        prior=True,
+        on_result=lambda r, n, t: seen.append((n, t)),
+        **TINY,
+    )
     assert [r.status for r in results] == ["done"] * 4
     assert sorted(seen) == [(n, 4) for n in range(1, 5)]
     workers = {r.worker for r in results}
@@ -100,8 +122,7 @@ def test_a_failed_file_is_one_result_and_the_rest_go_on(tmp_path, client):
     paths = write_inputs(tmp_path / "in", 2)
     bad = tmp_path / "in" / "broken.tif"
     bad.write_bytes(b"not a tiff at all")
-    results = dist.segment_files([paths[0], bad, paths[1]], tmp_path / "out", client,
-                                 **TINY)
+    results = dist.segment_files([paths[0], bad, paths[1]], tmp_path / "out", client, **TINY)
     assert [r.status for r in results] == ["done", "failed", "done"]
     assert str(bad) in results[1].message and "\n" not in results[1].message
     assert not (tmp_path / "out" / "broken_labels.tif").exists()
@@ -117,9 +138,12 @@ def test_a_worker_killed_mid_run_and_the_batch_still_completes(tmp_path):
     paths = write_inputs(tmp_path / "in", 4, size=80)
     reference = sequential(paths, tmp_path / "seq", SLOWER)
     killed = []
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=":0") as cluster, \
-            distributed.Client(cluster) as client:
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
         pids = _worker_pids(client)
 
         def kill_a_busy_worker():
@@ -156,23 +180,19 @@ def test_a_partial_set_from_a_killed_attempt_is_completed(tmp_path):
     absent = tuple(job.outputs)
     job.labels.parent.mkdir()
     job.sidecar.write_text("{}")  # as if the worker died after moving the sidecar
-    result = dist.run_file(job, make_settings(**TINY), absent,
-                           overwrite=False)
+    result = dist.run_file(job, make_settings(**TINY), absent, overwrite=False)
     assert result.status == "done"
     assert read_labels(job.labels).max() == 1 and job.sidecar.read_text() != "{}"
     # an output that existed before the batch is never replaced
     job.sidecar.write_text("{}")
     job.labels.unlink()
-    result = dist.run_file(job, make_settings(**TINY), (job.labels,),
-                           overwrite=False)
+    result = dist.run_file(job, make_settings(**TINY), (job.labels,), overwrite=False)
     assert result.status == "skipped" and job.sidecar.read_text() == "{}"
     # an attempt that moved everything into place before its worker died: done
     job.sidecar.unlink()
-    assert dist.run_file(job, make_settings(**TINY), absent, overwrite=False).status \
-        == "done"
+    assert dist.run_file(job, make_settings(**TINY), absent, overwrite=False).status == "done"
     stamps = [p.stat().st_mtime_ns for p in job.outputs]
-    assert dist.run_file(job, make_settings(**TINY), absent, overwrite=False).status \
-        == "done"
+    assert dist.run_file(job, make_settings(**TINY), absent, overwrite=False).status == "done"
     assert [p.stat().st_mtime_ns for p in job.outputs] == stamps  # not redone
 
 
@@ -187,30 +207,40 @@ def test_arrays_on_the_cluster(client):
 
 def test_command_line_with_a_local_cluster(tmp_path):
     paths = write_inputs(tmp_path / "in", 3)
-    proc = cli("segment", *paths, "-o", tmp_path / "out", *TINY_FLAGS,
-               "--scheduler", "local:2")
+    proc = cli("segment", *paths, "-o", tmp_path / "out", *TINY_FLAGS, "--scheduler", "local:2")
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr and "ERROR" not in proc.stderr, proc.stderr
     assert "3 file(s) on 2 dask worker(s)" in proc.stderr
     assert proc.stderr.count(" done in ") == 3
     assert "3 done, 0 skipped (outputs exist), 0 failed" in proc.stderr
     assert all((tmp_path / "out" / f"{p.stem}_labels.tif").exists() for p in paths)
-    again = cli("segment", *paths, "-o", tmp_path / "out", *TINY_FLAGS,
-                "--scheduler", "local:2", "--quiet")
+    again = cli(
+        "segment", *paths, "-o", tmp_path / "out", *TINY_FLAGS, "--scheduler", "local:2", "--quiet"
+    )
     assert again.returncode == 0 and "0 done, 3 skipped" in again.stderr, again.stderr
 
 
 def test_unreachable_scheduler_is_one_message_and_nothing_is_written(tmp_path):
     [path] = write_inputs(tmp_path / "in", 1)
-    proc = cli("segment", path, "-o", tmp_path / "out", *TINY_FLAGS,
-               "--scheduler", "tcp://127.0.0.1:9",
-               env={"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"})
+    proc = cli(
+        "segment",
+        path,
+        "-o",
+        tmp_path / "out",
+        *TINY_FLAGS,
+        "--scheduler",
+        "tcp://127.0.0.1:9",
+        env={"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"},
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "cannot reach the dask scheduler at tcp://127.0.0.1:9" \
-        in lines[0] and "within 2 s" in lines[0] and "nothing was written" in lines[0], \
-        proc.stderr
+    assert (
+        len(lines) == 1
+        and "cannot reach the dask scheduler at tcp://127.0.0.1:9" in lines[0]
+        and "within 2 s" in lines[0]
+        and "nothing was written" in lines[0]
+    ), proc.stderr
     assert not (tmp_path / "out").exists()
 
 
@@ -233,7 +263,7 @@ def test_without_distributed_the_message_says_what_to_install(monkeypatch):
         dist.connect("local:1")
 
 
-SHADOW = '''\
+SHADOW = """\
 import importlib.machinery, importlib.util, os, sys
 _here = os.path.dirname(os.path.abspath(__file__))
 open(os.path.join(_here, "ran-%s-%d" % (__name__, os.getpid())), "w").close()
@@ -242,7 +272,7 @@ _spec = importlib.machinery.PathFinder.find_spec(__name__, _path)
 _real = importlib.util.module_from_spec(_spec)
 sys.modules[__name__] = _real  # hand over to the real module, as a real attack would
 _spec.loader.exec_module(_real)
-'''
+"""
 
 
 def test_a_local_cluster_never_runs_code_from_the_current_folder(tmp_path):
@@ -260,9 +290,23 @@ def test_a_local_cluster_never_runs_code_from_the_current_folder(tmp_path):
     for name in ("pickle", "multiprocessing", "runpy", "signal", "tempfile"):
         (here / f"{name}.py").write_text(SHADOW)
     paths = write_inputs(tmp_path / "in", 2)
-    proc = subprocess.run([script, "segment", *map(str, paths), "-o", str(tmp_path / "out"),
-                           *TINY_FLAGS, "--scheduler", "local:2", "--quiet"],
-                          cwd=here, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            script,
+            "segment",
+            *map(str, paths),
+            "-o",
+            str(tmp_path / "out"),
+            *TINY_FLAGS,
+            "--scheduler",
+            "local:2",
+            "--quiet",
+        ],
+        cwd=here,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     ran = sorted(p.name for p in here.glob("ran-*"))
     assert ran == [], f"processes imported files from the current folder: {ran}"
     assert proc.returncode == 0, proc.stderr

@@ -41,8 +41,7 @@ def test_camera_noise_alone_gives_empty_labels_and_a_warning(seed):
 
 @pytest.mark.parametrize("background", ["zeros", "poisson"])
 def test_one_bright_pixel_on_a_dark_field_is_that_pixel(background):
-    image = np.zeros((96, 96), np.uint16) if background == "zeros" else \
-        poisson_field(5, lam=5)
+    image = np.zeros((96, 96), np.uint16) if background == "zeros" else poisson_field(5, lam=5)
     image[40, 50] = 1000
     with pytest.warns(NothingToSegmentWarning, match="1 pixel"):
         result = segment(image, seed=0, full_output=True, instances=True, **FIT)
@@ -70,8 +69,21 @@ def test_a_noise_stack_is_empty_in_every_plane():
 
 def test_the_command_line_says_it_in_one_line(tmp_path, capsys):
     tifffile.imwrite(tmp_path / "noise.tif", poisson_field(7))
-    code = main(["segment", str(tmp_path / "noise.tif"), "-o", str(tmp_path / "o"),
-                 "--runs", "5", "--workers", "1", "--seed", "0", "--quiet"])
+    code = main(
+        [
+            "segment",
+            str(tmp_path / "noise.tif"),
+            "-o",
+            str(tmp_path / "o"),
+            "--runs",
+            "5",
+            "--workers",
+            "1",
+            "--seed",
+            "0",
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 0
     assert err.count("napari-dsp: note:") == 1 and "stands out from its noise" in err

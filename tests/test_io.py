@@ -16,24 +16,34 @@ from napari_dsp import io
 
 #: Peak memory of a fresh process: VmHWM (getrusage's ru_maxrss would carry over the
 #: peak of the forking pytest process through exec).
-PEAK = ("def peak():\n    for line in open('/proc/self/status'):\n"
-        "        if line.startswith('VmHWM:'):\n"
-        "            return int(line.split()[1]) * 1024\n")
+PEAK = (
+    "def peak():\n    for line in open('/proc/self/status'):\n"
+    "        if line.startswith('VmHWM:'):\n"
+    "            return int(line.split()[1]) * 1024\n"
+)
 
 
 def _blobs(shape=(32, 40)):
     yy, xx = np.mgrid[: shape[0], : shape[1]]
-    return ((np.hypot(yy - shape[0] / 2, xx - shape[1] / 2) < 8) * 1000 + 100).astype(
-        np.uint16)
+    return ((np.hypot(yy - shape[0] / 2, xx - shape[1] / 2) < 8) * 1000 + 100).astype(np.uint16)
 
 
 # ------------------------------------------------------------------------- reading
 def test_ome_tiff_axes_and_pixel_size(tmp_path):
     path = tmp_path / "cells.ome.tif"
     data = np.zeros((4, 2, 32, 40), np.uint16)
-    tifffile.imwrite(path, data, ome=True, photometric="minisblack",
-                     metadata={"axes": "ZCYX", "PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25,
-                               "PhysicalSizeZ": 1.5})
+    tifffile.imwrite(
+        path,
+        data,
+        ome=True,
+        photometric="minisblack",
+        metadata={
+            "axes": "ZCYX",
+            "PhysicalSizeX": 0.25,
+            "PhysicalSizeY": 0.25,
+            "PhysicalSizeZ": 1.5,
+        },
+    )
     info = io.read_info(path)
     assert (info.format, info.axes, info.shape) == ("ome-tiff", "ZCYX", (4, 2, 32, 40))
     assert info.pixel_size == {"X": 0.25, "Y": 0.25, "Z": 1.5} and info.unit == "µm"
@@ -46,18 +56,31 @@ def test_ome_tiff_axes_and_pixel_size(tmp_path):
 
 def test_ome_units_other_than_micrometres(tmp_path):
     path = tmp_path / "nm.ome.tif"
-    tifffile.imwrite(path, np.zeros((32, 40), np.uint8), ome=True,
-                     metadata={"axes": "YX", "PhysicalSizeX": 65.0, "PhysicalSizeXUnit": "nm",
-                               "PhysicalSizeY": 65.0, "PhysicalSizeYUnit": "nm"})
+    tifffile.imwrite(
+        path,
+        np.zeros((32, 40), np.uint8),
+        ome=True,
+        metadata={
+            "axes": "YX",
+            "PhysicalSizeX": 65.0,
+            "PhysicalSizeXUnit": "nm",
+            "PhysicalSizeY": 65.0,
+            "PhysicalSizeYUnit": "nm",
+        },
+    )
     info = io.read_info(path)
     assert info.pixel_size == {"X": 65.0, "Y": 65.0} and info.unit == "nm"
 
 
 def test_imagej_hyperstack(tmp_path):
     path = tmp_path / "ij.tif"
-    tifffile.imwrite(path, np.zeros((3, 5, 2, 32, 40), np.uint16), imagej=True,
-                     resolution=(1 / 0.5, 1 / 0.5),
-                     metadata={"axes": "TZCYX", "spacing": 2.0, "unit": "micron"})
+    tifffile.imwrite(
+        path,
+        np.zeros((3, 5, 2, 32, 40), np.uint16),
+        imagej=True,
+        resolution=(1 / 0.5, 1 / 0.5),
+        metadata={"axes": "TZCYX", "spacing": 2.0, "unit": "micron"},
+    )
     info = io.read_info(path)
     assert (info.format, info.axes) == ("imagej-tiff", "TZCYX")
     assert info.pixel_size == pytest.approx({"X": 0.5, "Y": 0.5, "Z": 2.0})
@@ -69,15 +92,15 @@ def test_imagej_hyperstack(tmp_path):
 
 def test_singleton_axes_are_dropped_and_alpha_ignored(tmp_path):
     path = tmp_path / "one.ome.tif"
-    tifffile.imwrite(path, np.ones((1, 1, 32, 40), np.uint8), ome=True,
-                     metadata={"axes": "TCYX"})
+    tifffile.imwrite(path, np.ones((1, 1, 32, 40), np.uint8), ome=True, metadata={"axes": "TCYX"})
     info = io.read_info(path)
     arr = io.arrange(info)
     assert (arr.axes, arr.stack, arr.channel_axis) == ("YX", False, None)
     assert io.read_pixels(info, arr).shape == (32, 40)
     rgba = tmp_path / "rgba.tif"
-    tifffile.imwrite(rgba, np.zeros((32, 40, 4), np.uint8), photometric="rgb",
-                     extrasamples=["unassalpha"])
+    tifffile.imwrite(
+        rgba, np.zeros((32, 40, 4), np.uint8), photometric="rgb", extrasamples=["unassalpha"]
+    )
     info = io.read_info(rgba)
     arr = io.arrange(info)
     assert arr.axes == "YXC" and io.read_pixels(info, arr).shape == (32, 40, 3)
@@ -101,14 +124,12 @@ def test_files_without_axes_keep_the_api_rules_and_say_what_was_assumed(tmp_path
 
 def test_channel_axis_overrides_or_contradicts_metadata(tmp_path):
     path = tmp_path / "slices.tif"  # 3 channels saved by mistake as Z slices
-    tifffile.imwrite(path, np.zeros((3, 32, 40), np.uint8), imagej=True,
-                     metadata={"axes": "ZYX"})
+    tifffile.imwrite(path, np.zeros((3, 32, 40), np.uint8), imagej=True, metadata={"axes": "ZYX"})
     arr = io.arrange(io.read_info(path), channel_axis=0)
     assert (arr.axes, arr.stack, arr.channel_axis) == ("CYX", False, 0)
     assert "its Z axis is taken as channels" in arr.notes[0]
     ome = tmp_path / "zc.ome.tif"
-    tifffile.imwrite(ome, np.zeros((4, 2, 32, 40), np.uint8), ome=True,
-                     metadata={"axes": "ZCYX"})
+    tifffile.imwrite(ome, np.zeros((4, 2, 32, 40), np.uint8), ome=True, metadata={"axes": "ZCYX"})
     with pytest.raises(io.ImageFileError, match="names another axis"):
         io.arrange(io.read_info(ome), channel_axis=0)
 
@@ -130,29 +151,48 @@ def test_header_is_read_without_decoding(tmp_path):
     path = tmp_path / "huge.tif"
     tile = np.zeros((1024, 1024), np.uint8)
     n = -(-30000 // 1024)
-    tifffile.imwrite(path, (tile for _ in range(n * n)), shape=(30000, 30000),
-                     dtype=np.uint8, tile=(1024, 1024), compression="zlib")
+    tifffile.imwrite(
+        path,
+        (tile for _ in range(n * n)),
+        shape=(30000, 30000),
+        dtype=np.uint8,
+        tile=(1024, 1024),
+        compression="zlib",
+    )
     assert path.stat().st_size < 2e6
-    code = (PEAK + "import sys\nfrom napari_dsp import io\n"
-            "info = io.read_info(sys.argv[1])\n"
-            "print(info.shape, info.nbytes, "
-            "peak())")
-    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
-                         text=True, check=True).stdout.split()
+    code = (
+        PEAK + "import sys\nfrom napari_dsp import io\n"
+        "info = io.read_info(sys.argv[1])\n"
+        "print(info.shape, info.nbytes, "
+        "peak())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert out[:2] == ["(30000,", "30000)"] and int(out[2]) == 900_000_000
     assert int(out[3]) < 300e6
 
 
-@pytest.mark.parametrize("mode, shape, dtype", [
-    ("L", (20, 30), np.uint8), ("I;16", (20, 30), np.uint16), ("RGB", (20, 30, 3), np.uint8),
-    ("RGBA", (20, 30, 3), np.uint8), ("LA", (20, 30), np.uint8), ("P", (20, 30, 3), np.uint8),
-])
+@pytest.mark.parametrize(
+    "mode, shape, dtype",
+    [
+        ("L", (20, 30), np.uint8),
+        ("I;16", (20, 30), np.uint16),
+        ("RGB", (20, 30, 3), np.uint8),
+        ("RGBA", (20, 30, 3), np.uint8),
+        ("LA", (20, 30), np.uint8),
+        ("P", (20, 30, 3), np.uint8),
+    ],
+)
 def test_png_modes(tmp_path, mode, shape, dtype):
     from PIL import Image
 
     base = Image.fromarray((np.arange(600).reshape(20, 30) % 251).astype(np.uint8))
-    im = base.convert(mode) if mode != "I;16" else Image.fromarray(
-        (np.arange(600).reshape(20, 30) * 50).astype(np.uint16))
+    im = (
+        base.convert(mode)
+        if mode != "I;16"
+        else Image.fromarray((np.arange(600).reshape(20, 30) * 50).astype(np.uint16))
+    )
     path = tmp_path / "x.png"
     im.save(path)
     info = io.read_info(path)
@@ -163,18 +203,30 @@ def test_png_modes(tmp_path, mode, shape, dtype):
         np.testing.assert_array_equal(data[..., 0], np.asarray(base.convert("RGB"))[..., 0])
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda p: np.savez(p.with_suffix(""), a=np.zeros(3)) or
-     os.replace(str(p.with_suffix("")) + ".npz", p), "is a zip archive"),
-    (lambda p: np.save(p, np.array([{}, 1], dtype=object), allow_pickle=True),
-     "holds Python objects"),
-    (lambda p: os.mkfifo(p), "is not a regular file"),
-    (lambda p: (os.symlink(p.with_name("b.npy"), p),
-                os.symlink(p, p.with_name("b.npy"))), "cannot be opened"),
-    (lambda p: os.symlink(p.with_name("gone.npy"), p), "broken symbolic link"),
-    (lambda p: np.save(p, np.zeros((0, 5))), "no pixel data"),
-    (lambda p: np.save(p, np.zeros((8, 8), np.complex64)), "integer or real"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (
+            lambda p: (
+                np.savez(p.with_suffix(""), a=np.zeros(3))
+                or os.replace(str(p.with_suffix("")) + ".npz", p)
+            ),
+            "is a zip archive",
+        ),
+        (
+            lambda p: np.save(p, np.array([{}, 1], dtype=object), allow_pickle=True),
+            "holds Python objects",
+        ),
+        (lambda p: os.mkfifo(p), "is not a regular file"),
+        (
+            lambda p: (os.symlink(p.with_name("b.npy"), p), os.symlink(p, p.with_name("b.npy"))),
+            "cannot be opened",
+        ),
+        (lambda p: os.symlink(p.with_name("gone.npy"), p), "broken symbolic link"),
+        (lambda p: np.save(p, np.zeros((0, 5))), "no pixel data"),
+        (lambda p: np.save(p, np.zeros((8, 8), np.complex64)), "integer or real"),
+    ],
+)
 def test_bad_files_give_one_line(tmp_path, make, message):
     path = tmp_path / "a.npy"
     make(path)
@@ -187,12 +239,19 @@ def test_bad_files_give_one_line(tmp_path, make, message):
 def test_label_stack_is_written_as_single_channel_pages_with_metadata(tmp_path):
     labels = np.zeros((3, 32, 40), np.int64)
     labels[:, 5:15, 5:20] = 2
-    path = io.write_labels(tmp_path / "s_labels.tif", labels, axes="ZYX",
-                           pixel_size={"Z": 2.0, "Y": 0.5, "X": 0.5}, unit="µm")
+    path = io.write_labels(
+        tmp_path / "s_labels.tif",
+        labels,
+        axes="ZYX",
+        pixel_size={"Z": 2.0, "Y": 0.5, "X": 0.5},
+        unit="µm",
+    )
     with tifffile.TiffFile(path) as tif:
         assert tif.is_imagej and tif.series[0].axes == "ZYX"
-        assert all(p.photometric == tifffile.PHOTOMETRIC.MINISBLACK and
-                   p.samplesperpixel == 1 for p in tif.pages)
+        assert all(
+            p.photometric == tifffile.PHOTOMETRIC.MINISBLACK and p.samplesperpixel == 1
+            for p in tif.pages
+        )
         assert len(tif.pages) == 3 and tif.series[0].dtype == np.uint8
         assert tif.imagej_metadata["spacing"] == 2.0
         assert tif.imagej_metadata["unit"] == "micron"
@@ -202,15 +261,21 @@ def test_label_stack_is_written_as_single_channel_pages_with_metadata(tmp_path):
     np.testing.assert_array_equal(io.read_pixels(info), labels)
 
 
-@pytest.mark.parametrize("top, dtype, fmt", [(255, np.uint8, "imagej-tiff"),
-                                             (256, np.uint16, "imagej-tiff"),
-                                             (65535, np.uint16, "imagej-tiff"),
-                                             (70000, np.uint32, "ome-tiff")])
+@pytest.mark.parametrize(
+    "top, dtype, fmt",
+    [
+        (255, np.uint8, "imagej-tiff"),
+        (256, np.uint16, "imagej-tiff"),
+        (65535, np.uint16, "imagej-tiff"),
+        (70000, np.uint32, "ome-tiff"),
+    ],
+)
 def test_smallest_dtype_that_holds_the_ids(tmp_path, top, dtype, fmt):
     labels = np.zeros((2, 32, 40), np.int64)
     labels[1, 3, 4] = top
-    path = io.write_labels(tmp_path / "x_labels.tif", labels, axes="TYX",
-                           pixel_size={"X": 0.3, "Y": 0.3}, unit="µm")
+    path = io.write_labels(
+        tmp_path / "x_labels.tif", labels, axes="TYX", pixel_size={"X": 0.3, "Y": 0.3}, unit="µm"
+    )
     info = io.read_info(path)
     assert info.dtype == dtype and info.format == fmt and info.axes == "TYX"
     assert info.pixel_size == pytest.approx({"X": 0.3, "Y": 0.3})
@@ -222,8 +287,7 @@ def test_prior_with_channels_is_written_in_imagej_order(tmp_path):
     path = io.write_image(tmp_path / "p_prior.tif", prior, axes="ZYXC")
     with tifffile.TiffFile(path) as tif:
         assert tif.series[0].axes == "ZCYX" and tif.series[0].dtype == np.float32
-        np.testing.assert_array_equal(tif.series[0].asarray(),
-                                      np.moveaxis(prior, -1, 1))
+        np.testing.assert_array_equal(tif.series[0].asarray(), np.moveaxis(prior, -1, 1))
 
 
 def test_bad_label_arguments():
@@ -263,25 +327,37 @@ def test_outputs_get_the_mode_the_umask_gives(tmp_path, umask):
     path = tmp_path / "m_labels.tif"
     path.write_bytes(b"old")
     path.chmod(0o600)  # --overwrite does not keep the old file's mode either
-    code = ("import os, sys, numpy as np\nfrom napari_dsp import io\n"
-            f"os.umask({umask})\n"
-            "io.write_labels(sys.argv[1], np.zeros((20, 20), np.uint8), overwrite=True)\n"
-            "io.write_json(sys.argv[1] + '.json', {'a': 1})")
+    code = (
+        "import os, sys, numpy as np\nfrom napari_dsp import io\n"
+        f"os.umask({umask})\n"
+        "io.write_labels(sys.argv[1], np.zeros((20, 20), np.uint8), overwrite=True)\n"
+        "io.write_json(sys.argv[1] + '.json', {'a': 1})"
+    )
     subprocess.run([sys.executable, "-c", code, str(path)], check=True)
     for p in (path, tmp_path / "m_labels.tif.json"):
         assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~umask
 
 
 def test_sidecar_json_is_strict():
-    text = json.dumps(io.jsonable({"a": float("nan"), "b": [np.float32("inf"), 1],
-                                   "c": np.int64(3), "d": (1, 2), "e": np.bool_(True)}),
-                      allow_nan=False)
+    text = json.dumps(
+        io.jsonable(
+            {
+                "a": float("nan"),
+                "b": [np.float32("inf"), 1],
+                "c": np.int64(3),
+                "d": (1, 2),
+                "e": np.bool_(True),
+            }
+        ),
+        allow_nan=False,
+    )
     assert json.loads(text) == {"a": None, "b": [None, 1], "c": 3, "d": [1, 2], "e": True}
 
 
 def test_stale_temp_files_are_removed_and_live_ones_kept(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     host = io.host_tag()
     stale = tmp_path / f".napari-dsp-{host}-{dead}-abcdef.part"
     live = tmp_path / f".napari-dsp-{host}-{os.getpid()}-abcdef.part"
@@ -302,11 +378,19 @@ def test_stale_temp_files_are_removed_and_live_ones_kept(tmp_path):
     held.write_bytes(b"x")
     fd = os.open(held, os.O_RDONLY)
     assert io.try_lock(fd)
-    locker = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time\n"
-                               "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
-                               "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('locked', flush=True)\n"
-                               "time.sleep(60)", str(held)], stdout=subprocess.PIPE,
-                              text=True)
+    locker = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time\n"
+            "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('locked', flush=True)\n"
+            "time.sleep(60)",
+            str(held),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     os.close(fd)  # let the other process take it
     try:
         assert locker.stdout.readline().strip() == "locked"
@@ -331,8 +415,7 @@ def test_png_16_bit_colour_keeps_its_depth(tmp_path):
 
 def test_channel_axis_naming_rows_or_columns_is_refused(tmp_path):
     path = tmp_path / "z.tif"
-    tifffile.imwrite(path, np.zeros((3, 32, 40), np.uint8), imagej=True,
-                     metadata={"axes": "ZYX"})
+    tifffile.imwrite(path, np.zeros((3, 32, 40), np.uint8), imagej=True, metadata={"axes": "ZYX"})
     with pytest.raises(io.ImageFileError, match="--channel-axis 1 is its Y axis"):
         io.arrange(io.read_info(path), channel_axis=1)
 
@@ -340,8 +423,9 @@ def test_channel_axis_naming_rows_or_columns_is_refused(tmp_path):
 def test_multipage_rgb_without_axes_keeps_its_samples_as_channels(tmp_path):
     path = tmp_path / "rgbpages.tif"
     for _ in range(3):
-        tifffile.imwrite(path, np.zeros((32, 40, 3), np.uint8), photometric="rgb",
-                         append=True, metadata=None)
+        tifffile.imwrite(
+            path, np.zeros((32, 40, 3), np.uint8), photometric="rgb", append=True, metadata=None
+        )
     info = io.read_info(path)
     assert info.axes[-1] == "S" and not info.axes_known
     arr = io.arrange(info, stack=True)
@@ -358,8 +442,7 @@ def test_plain_layouts_are_recorded_as_such(tmp_path):
 def test_output_that_is_a_folder_is_not_replaced(tmp_path):
     (tmp_path / "x_labels.tif").mkdir()
     with pytest.raises(IsADirectoryError):
-        io.write_labels(tmp_path / "x_labels.tif", np.zeros((20, 20), np.uint8),
-                        overwrite=True)
+        io.write_labels(tmp_path / "x_labels.tif", np.zeros((20, 20), np.uint8), overwrite=True)
     assert (tmp_path / "x_labels.tif").is_dir()
 
 

@@ -15,8 +15,7 @@ from napari_dsp.large import segment_stack_to_zarr  # noqa: E402
 
 
 def planes(n, size=64, seed=0):
-    return np.stack([nuclei((size, size), n=5, radius=(5, 9), seed=seed + i)[0]
-                     for i in range(n)])
+    return np.stack([nuclei((size, size), n=5, radius=(5, 9), seed=seed + i)[0] for i in range(n)])
 
 
 def read(path):
@@ -55,8 +54,7 @@ def test_tiff_read_lazily_and_time_by_z(tmp_path):
 
 
 @pytest.mark.parametrize("instances", [False, True])
-def test_one_stack_through_every_path_gives_the_same_labels_ids_and_dtype(tmp_path,
-                                                                          instances):
+def test_one_stack_through_every_path_gives_the_same_labels_ids_and_dtype(tmp_path, instances):
     """In memory, to zarr from an array, to zarr from a dask array read lazily: one
     pipeline, so identical labels, ids (unique over the stack, numbered plane by plane)
     and dtype (the one rule: uint32 ids, uint8 classes)."""
@@ -65,10 +63,12 @@ def test_one_stack_through_every_path_gives_the_same_labels_ids_and_dtype(tmp_pa
     kw = dict(TINY, instances=instances)
     memory = segment_stack(stack, **kw)
     on_disk = read(segment_stack_to_zarr(stack, tmp_path / "a.zarr", **kw))
-    lazy = read(segment_stack_to_zarr(dask_array.from_array(stack, chunks=(1, 64, 64)),
-                                      tmp_path / "b.zarr", **kw))
-    assert memory.dtype == on_disk.dtype == lazy.dtype == \
-        (np.uint32 if instances else np.uint8)
+    lazy = read(
+        segment_stack_to_zarr(
+            dask_array.from_array(stack, chunks=(1, 64, 64)), tmp_path / "b.zarr", **kw
+        )
+    )
+    assert memory.dtype == on_disk.dtype == lazy.dtype == (np.uint32 if instances else np.uint8)
     np.testing.assert_array_equal(on_disk[:], memory)
     np.testing.assert_array_equal(lazy[:], memory)
     if instances:
@@ -128,13 +128,21 @@ def test_planes_as_tasks_on_a_local_cluster(tmp_path):
     tifffile.imwrite(path, stack)
     here = read(segment_stack_to_zarr(stack, tmp_path / "here.zarr", **TINY))[:]
     seen = []
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1,
-                                  dashboard_address=":0") as cluster, \
-            distributed.Client(cluster) as client:
-        a = segment_stack_to_zarr(path, tmp_path / "a.zarr", client=client,
-                                  progress=seen.append, **TINY)
-        b = segment_stack_to_zarr(dask_array.from_array(stack, chunks=(1, 64, 64)),
-                                  tmp_path / "b.zarr", client=client, **TINY)
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        a = segment_stack_to_zarr(
+            path, tmp_path / "a.zarr", client=client, progress=seen.append, **TINY
+        )
+        b = segment_stack_to_zarr(
+            dask_array.from_array(stack, chunks=(1, 64, 64)),
+            tmp_path / "b.zarr",
+            client=client,
+            **TINY,
+        )
     np.testing.assert_array_equal(read(a)[:], here)
     np.testing.assert_array_equal(read(b)[:], here)
     # every plane reported once written, and the last report is the whole run
@@ -183,25 +191,35 @@ def test_memory_does_not_grow_with_the_number_of_planes(tmp_path):
         data = np.concatenate([planes(16, size, seed=0)] * (n // 16))
         tifffile.imwrite(tmp_path / f"stack{n}.tif", data)
     quick = dict(TINY, n_iter=2, n_runs=1)  # what is held matters here, not the labels
-    here = {n: _traced_peak(lambda n=n: segment_stack_to_zarr(
-        tmp_path / f"stack{n}.tif", tmp_path / f"here{n}.zarr", **quick))
-        for n in (few, many)}
+    here = {
+        n: _traced_peak(
+            lambda n=n: segment_stack_to_zarr(
+                tmp_path / f"stack{n}.tif", tmp_path / f"here{n}.zarr", **quick
+            )
+        )
+        for n in (few, many)
+    }
     workers = {}
     import dask.config
 
     # dask's statistical profiler keeps a history that grows with the run's wall time
     # (slower on a busy machine): not ours to measure
-    with dask.config.set({"distributed.worker.profile.enabled": False}), \
-            distributed.LocalCluster(n_workers=2, threads_per_worker=1,
-                                     dashboard_address=":0") as cluster, \
-            distributed.Client(cluster) as client:
+    with (
+        dask.config.set({"distributed.worker.profile.enabled": False}),
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
         # imports and first allocations on the workers, before measuring
-        segment_stack_to_zarr(tmp_path / f"stack{few}.tif", tmp_path / "warm.zarr",
-                              client=client, **quick)
+        segment_stack_to_zarr(
+            tmp_path / f"stack{few}.tif", tmp_path / "warm.zarr", client=client, **quick
+        )
         for n in (few, many):
             client.run(_start_tracing)
-            segment_stack_to_zarr(tmp_path / f"stack{n}.tif", tmp_path / f"c{n}.zarr",
-                                  client=client, **quick)
+            segment_stack_to_zarr(
+                tmp_path / f"stack{n}.tif", tmp_path / f"c{n}.zarr", client=client, **quick
+            )
             workers[n] = max(client.run(_traced).values())
     extra = (many - few) * size * size * 2  # the extra planes as stored (uint16)
     assert here[many] - here[few] < extra / 2, (here, extra)
@@ -220,11 +238,18 @@ def test_closing_the_generator_stops_within_an_iteration(tmp_path, phase):
 
     from napari_dsp.large import iter_segment_stack_to_zarr
 
-    gen = iter_segment_stack_to_zarr(planes(4, size=48), tmp_path / "s.zarr", n_sample=2,
-                                     **dict(TINY, n_iter=5000, n_workers=2, settle=0.0)
-                                     ) if phase == "sample" else \
-        iter_segment_stack_to_zarr(planes(4, size=48), tmp_path / "s.zarr", n_sample=1,
-                                   **dict(TINY, n_workers=2))
+    gen = (
+        iter_segment_stack_to_zarr(
+            planes(4, size=48),
+            tmp_path / "s.zarr",
+            n_sample=2,
+            **dict(TINY, n_iter=5000, n_workers=2, settle=0.0),
+        )
+        if phase == "sample"
+        else iter_segment_stack_to_zarr(
+            planes(4, size=48), tmp_path / "s.zarr", n_sample=1, **dict(TINY, n_workers=2)
+        )
+    )
     seen = [next(gen), next(gen)]
     if phase == "planes":  # past the sample: a plane of the second pass, mid-fit
         while not (seen[-1].plane > 0 and seen[-1].iteration >= 2):
@@ -240,8 +265,7 @@ def test_an_output_that_is_contains_or_lies_inside_the_input_is_refused(tmp_path
     whether given as a path, a zarr array or a dask array read from it."""
     dask_array = pytest.importorskip("dask.array")
     src = tmp_path / "s.zarr"
-    z = zarr.open_array(str(src), mode="w", shape=(3, 48, 48), chunks=(1, 48, 48),
-                        dtype="uint8")
+    z = zarr.open_array(str(src), mode="w", shape=(3, 48, 48), chunks=(1, 48, 48), dtype="uint8")
     z[:] = planes(3, size=48)
     before = z[:]
     nested = tmp_path / "outer.zarr" / "inner.zarr"

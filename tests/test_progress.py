@@ -1,11 +1,10 @@
 """Progress reports in the user's units."""
 
-from napari_dsp.progress import FitProgress, format_seconds
+from napari_dsp.core.progress import FitProgress, format_seconds
 
 
 def test_describe_in_the_users_units():
-    p = FitProgress(18, 40, iteration=18, n_iter=20, members_done=0, n_members=3,
-                    elapsed=9.0)
+    p = FitProgress(18, 40, iteration=18, n_iter=20, members_done=0, n_members=3, elapsed=9.0)
     assert p.describe() == "members 0/3 done · iteration 18/20 · about 11 s left"
     assert abs(p.fraction - 0.45) < 1e-9
     stack = p.replace(plane=1, n_planes=5, tile=2, n_tiles=4)

@@ -9,14 +9,16 @@ from napari_dsp.core.cluster import choose_foreground
 from napari_dsp.core.image import normalize, pad_to_multiple, to_channels_first
 
 FAST = dict(n_iter=2, n_runs=2, n_workers=1, device="cpu")  # bitwise repeats
-slow_ok = settings(max_examples=12, deadline=None,
-                   suppress_health_check=[HealthCheck.too_slow])
+slow_ok = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def images(min_side=16, max_side=28):
     shapes = st.tuples(st.integers(min_side, max_side), st.integers(min_side, max_side))
-    return shapes.flatmap(lambda s: st.sampled_from(["uint8", "uint16", "float32", "int16"])
-                          .map(lambda dt: _make(s, dt)))
+    return shapes.flatmap(
+        lambda s: st.sampled_from(["uint8", "uint16", "float32", "int16"]).map(
+            lambda dt: _make(s, dt)
+        )
+    )
 
 
 def _make(shape, dtype):

@@ -37,17 +37,21 @@ def threshold(image, method):
 @pytest.fixture(scope="module")
 def shared_scores():
     if not all((CASES / f"{c}.npz").exists() for c in SHARED):
-        pytest.skip(f"shared reference cases not found at {CASES} (the ../shared folder "
-                    f"beside the repository is absent)")
+        pytest.skip(
+            f"shared reference cases not found at {CASES} (the ../shared folder "
+            f"beside the repository is absent)"
+        )
     scores = {}
     for case in SHARED:
         data = np.load(CASES / f"{case}.npz")
         image, mask = data["image"], data["mask"]
         labels = segment(image, seed=0)
         assert labels.shape == mask.shape
-        scores[case] = {"dsp": iou(labels == 1, mask),
-                        "otsu": iou(threshold(image, threshold_otsu), mask),
-                        "li": iou(threshold(image, threshold_li), mask)}
+        scores[case] = {
+            "dsp": iou(labels == 1, mask),
+            "otsu": iou(threshold(image, threshold_otsu), mask),
+            "li": iou(threshold(image, threshold_li), mask),
+        }
     return scores
 
 
@@ -71,8 +75,9 @@ def test_textured_stress_images_where_thresholds_fail(case):
     image, mask = STRESS_CASES[case](seed=0)
     result = segment(image, seed=0, full_output=True)
     dsp = iou(result.labels == 1, mask)
-    best = max(iou(threshold(image, threshold_otsu), mask),
-               iou(threshold(image, threshold_li), mask))
+    best = max(
+        iou(threshold(image, threshold_otsu), mask), iou(threshold(image, threshold_li), mask)
+    )
     assert dsp >= best + 0.15, f"{case}: dsp {dsp:.3f}, better threshold {best:.3f}"
     # the pixels do not separate the classes here, so the prior's outlines are kept
     assert result.metadata["clustering"]["refined"] is False

@@ -2,7 +2,8 @@ import dataclasses
 
 import pytest
 
-from napari_dsp import FIELDS, Settings
+from napari_dsp import Settings
+from napari_dsp.settings import FIELDS
 
 
 def test_defaults_are_the_research_defaults_but_the_documented_departures():
@@ -20,29 +21,35 @@ def test_every_setting_is_described():
     assert set(FIELDS) == {f.name for f in dataclasses.fields(Settings)}
 
 
-@pytest.mark.parametrize("change, match", [
-    (dict(n_iter=0), "n_iter must be at least 1"),
-    (dict(n_runs=1000), "n_runs must be at most 64"),
-    (dict(window=4), "window must be odd"),
-    (dict(n_classes=1), "n_classes must be at least 2"),
-    (dict(device="gpu"), r"device must be 'auto', 'cpu', 'cuda', 'cuda:N'"),
-    (dict(device="cuda:x"), r"device must be 'auto', 'cpu', 'cuda', 'cuda:N'"),
-    (dict(learning_rate=float("nan")), "learning_rate must be a finite number"),
-    (dict(compactness=float("inf")), "compactness must be a finite number"),
-    (dict(precision="fp8"), "precision must be one of"),
-    (dict(invert=True, n_classes=3), "invert only applies"),
-    (dict(seed=-1), "seed must be at least 0"),
-])
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (dict(n_iter=0), "n_iter must be at least 1"),
+        (dict(n_runs=1000), "n_runs must be at most 64"),
+        (dict(window=4), "window must be odd"),
+        (dict(n_classes=1), "n_classes must be at least 2"),
+        (dict(device="gpu"), r"device must be 'auto', 'cpu', 'cuda', 'cuda:N'"),
+        (dict(device="cuda:x"), r"device must be 'auto', 'cpu', 'cuda', 'cuda:N'"),
+        (dict(learning_rate=float("nan")), "learning_rate must be a finite number"),
+        (dict(compactness=float("inf")), "compactness must be a finite number"),
+        (dict(precision="fp8"), "precision must be one of"),
+        (dict(invert=True, n_classes=3), "invert only applies"),
+        (dict(seed=-1), "seed must be at least 0"),
+    ],
+)
 def test_bad_values_raise_value_error(change, match):
     with pytest.raises(ValueError, match=match):
         Settings(**change)
 
 
-@pytest.mark.parametrize("change, match", [
-    (dict(n_iter=2.5), "n_iter must be an integer"),
-    (dict(invert="yes"), "invert must be True or False"),
-    (dict(learning_rate="fast"), "learning_rate must be a number"),
-])
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (dict(n_iter=2.5), "n_iter must be an integer"),
+        (dict(invert="yes"), "invert must be True or False"),
+        (dict(learning_rate="fast"), "learning_rate must be a number"),
+    ],
+)
 def test_bad_types_raise_type_error(change, match):
     with pytest.raises(TypeError, match=match):
         Settings(**change)

@@ -10,11 +10,11 @@ FAST = dict(n_iter=25, n_runs=2, n_workers=1, seed=0, device="cpu")  # bitwise r
 
 
 def moving_discs(n_t=3, shape=(48, 48)):
-    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
     frames, masks = [], []
     rng = np.random.default_rng(0)
     for t in range(n_t):
-        mask = (yy - 24) ** 2 + (xx - 14 - 8 * t) ** 2 <= 8 ** 2
+        mask = (yy - 24) ** 2 + (xx - 14 - 8 * t) ** 2 <= 8**2
         frames.append(np.where(mask, 0.8, 0.2) + rng.normal(0, 0.05, shape))
         masks.append(mask)
     return np.stack(frames).astype(np.float32), np.stack(masks)
@@ -57,11 +57,14 @@ def test_txzyx_and_channels_and_full_output():
     assert res.labels.shape == (2, 32, 32) and res.prior.prior.shape == (2, 2, 32, 32)
 
 
-@pytest.mark.parametrize("shape, kwargs, match", [
-    ((2, 2, 2, 32, 32), {}, "5 dimensions"),
-    ((2, 32, 32), {"channel_axis": 5}, "out of range"),
-    ((2, 32, 32), {"method": "kanezaki"}, "method='kmeans' only"),
-])
+@pytest.mark.parametrize(
+    "shape, kwargs, match",
+    [
+        ((2, 2, 2, 32, 32), {}, "5 dimensions"),
+        ((2, 32, 32), {"channel_axis": 5}, "out of range"),
+        ((2, 32, 32), {"method": "kanezaki"}, "method='kmeans' only"),
+    ],
+)
 def test_stack_errors(shape, kwargs, match):
     with pytest.raises(ValueError, match=match):
         segment_stack(np.random.default_rng(0).random(shape), **dict(FAST, **kwargs))
@@ -113,16 +116,17 @@ def test_dask_stack_with_channels_keeps_the_channel_axis():
 
 def ellipsoid_stack(shape=(12, 48, 48), z_step=3.0, seed=0):
     rng = np.random.default_rng(seed)
-    zz, yy, xx = np.mgrid[0:shape[0], 0:shape[1], 0:shape[2]]
-    mask = ((zz - shape[0] / 2) * z_step) ** 2 + (yy - 24) ** 2 + (xx - 20) ** 2 <= 13 ** 2
+    zz, yy, xx = np.mgrid[0 : shape[0], 0 : shape[1], 0 : shape[2]]
+    mask = ((zz - shape[0] / 2) * z_step) ** 2 + (yy - 24) ** 2 + (xx - 20) ** 2 <= 13**2
     image = np.where(mask, 0.7, 0.3) + rng.normal(0, 0.1, shape)
     return image.astype(np.float32), mask
 
 
 def test_volumetric_prior_segments_a_z_stack_in_3d():
     image, mask = ellipsoid_stack()
-    result = segment_stack(image, volumetric=True, spacing=(3.0, 1.0, 1.0),
-                           full_output=True, **FAST)
+    result = segment_stack(
+        image, volumetric=True, spacing=(3.0, 1.0, 1.0), full_output=True, **FAST
+    )
     assert result.labels.shape == image.shape
     assert np.asarray(result.prior).shape == image.shape
     assert iou(result.labels == 1, mask) > 0.9

@@ -5,10 +5,13 @@ The public API works on numpy arrays and imports neither napari nor Qt::
     from napari_dsp import fit_prior, segment
     prior = fit_prior(image)              # PriorResult; np.asarray(prior) is the prior
     labels = segment(image)               # 0 = background, 1 = foreground
-    labels = segment(prior=prior, n_classes=4)   # re-cluster, no refit
+    labels = segment(image, prior=prior, n_classes=4)   # re-cluster, no refit
+    labels = segment_stack(stack)         # planes with shared classes
+    segment_stack(big, out="labels.zarr")  # larger than memory: plane by plane to zarr
 
 Files (axes and pixel size from OME/ImageJ metadata, labels other tools read):
-:mod:`napari_dsp.io`.
+:mod:`napari_dsp.io`. The generator forms (progress every iteration, cancel by closing):
+:mod:`napari_dsp.generators`.
 
 Importing the package is cheap: torch is imported when a function that needs it is
 first used (PEP 562 module ``__getattr__``), so ``napari-dsp --help`` and napari's plugin
@@ -24,25 +27,34 @@ __version__ = "0.1.0"
 
 #: public name -> the module that defines it
 _EXPORTS = {
-    "fit_prior": "api", "iter_fit_prior": "api", "segment": "api", "iter_segment": "api",
-    "cluster": "api",
-    "segment_stack": "stack", "iter_segment_stack": "stack",
-    "PriorResult": "results", "SegmentResult": "results",
+    "fit_prior": "api",
+    "segment": "api",
+    "segment_stack": "stack",
+    "Settings": "settings",
+    "PriorResult": "results",
+    "SegmentResult": "results",
     "NothingToSegmentWarning": "results",
-    "FitProgress": "progress",
-    "Settings": "settings", "FIELDS": "settings",
+    "FitProgress": "core.progress",
 }
 
+#: the whole public surface: eight names and two modules (``io``: files;
+#: ``generators``: the generator forms the napari widget runs)
 __all__ = [
-    "FIELDS", "FitProgress", "NothingToSegmentWarning", "PriorResult", "SegmentResult",
-    "Settings", "__version__",
-    "cluster", "fit_prior", "iter_fit_prior", "iter_segment", "iter_segment_stack",
-    "io", "segment", "segment_stack",
+    "FitProgress",
+    "NothingToSegmentWarning",
+    "PriorResult",
+    "SegmentResult",
+    "Settings",
+    "fit_prior",
+    "generators",
+    "io",
+    "segment",
+    "segment_stack",
 ]
 
 
 #: submodules reachable as attributes (``napari_dsp.io.read_info``)
-_SUBMODULES = ("io",)
+_SUBMODULES = ("io", "generators")
 
 
 def __getattr__(name: str):
@@ -61,8 +73,9 @@ def __dir__():
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .api import cluster, fit_prior, iter_fit_prior, iter_segment, segment
-    from .progress import FitProgress
+    from . import generators, io
+    from .api import fit_prior, segment
+    from .core.progress import FitProgress
     from .results import NothingToSegmentWarning, PriorResult, SegmentResult
-    from .settings import FIELDS, Settings
-    from .stack import iter_segment_stack, segment_stack
+    from .settings import Settings
+    from .stack import segment_stack

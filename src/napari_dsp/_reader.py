@@ -37,20 +37,28 @@ def _layer(path: Path) -> tuple:
     data = _io.read_pixels(info)
     axes = info.axes if info.axes and len(info.axes) == data.ndim else None
     is_labels = data.dtype.kind in "biu" and not (
-        axes and any(a in "CS" and n > 1 for a, n in zip(axes, data.shape)))
-    kwargs: dict = {"name": path.stem,
-                    "metadata": {"source_file": str(path), "format": info.format,
-                                 "axes": info.axes, "pixel_size": info.pixel_size,
-                                 "unit": info.unit,
-                                 "written_by_napari_dsp": info.written_by_us}}
+        axes and any(a in "CS" and n > 1 for a, n in zip(axes, data.shape))
+    )
+    kwargs: dict = {
+        "name": path.stem,
+        "metadata": {
+            "source_file": str(path),
+            "format": info.format,
+            "axes": info.axes,
+            "pixel_size": info.pixel_size,
+            "unit": info.unit,
+            "written_by_napari_dsp": info.written_by_us,
+        },
+    }
     if axes:
         kwargs["scale"] = tuple(float(info.pixel_size.get(a, 1.0)) for a in axes)
         accepted = _layer_parameters()
         if "axis_labels" in accepted:
             kwargs["axis_labels"] = tuple(a.lower() for a in axes)
         if "units" in accepted and info.unit and info.pixel_size:
-            kwargs["units"] = tuple(_pint_unit(info.unit) if a in info.pixel_size else
-                                    "pixel" for a in axes)
+            kwargs["units"] = tuple(
+                _pint_unit(info.unit) if a in info.pixel_size else "pixel" for a in axes
+            )
     return data, kwargs, "labels" if is_labels else "image"
 
 
@@ -66,5 +74,4 @@ def _layer_parameters() -> set:
 
 
 def _pint_unit(unit: str) -> str:
-    return {"µm": "micrometer", "nm": "nanometer", "mm": "millimeter",
-            "m": "meter"}.get(unit, unit)
+    return {"µm": "micrometer", "nm": "nanometer", "mm": "millimeter", "m": "meter"}.get(unit, unit)

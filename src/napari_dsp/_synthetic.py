@@ -6,8 +6,9 @@ import numpy as np
 from scipy import ndimage as ndi
 
 
-def nuclei(shape: tuple[int, int] = (256, 256), n: int = 30, radius: tuple = (6, 12),
-           seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def nuclei(
+    shape: tuple[int, int] = (256, 256), n: int = 30, radius: tuple = (6, 12), seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """A fluorescence-like image of nuclei and its foreground mask.
 
     Bright, slightly textured ellipses on a dim uneven background with shot-like noise,
@@ -46,8 +47,9 @@ def nuclei(shape: tuple[int, int] = (256, 256), n: int = 30, radius: tuple = (6,
     return np.clip(image, 0, 65535).astype(np.uint16), mask
 
 
-def dark_on_bright(shape: tuple[int, int] = (64, 64), seed: int = 0, noise: float = 0.08
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def dark_on_bright(
+    shape: tuple[int, int] = (64, 64), seed: int = 0, noise: float = 0.08
+) -> tuple[np.ndarray, np.ndarray]:
     """A dark disc on a bright background with noise; returns ``(float32 image, mask)``."""
     rng = np.random.default_rng(seed)
     h, w = shape
@@ -86,13 +88,14 @@ def scribbles_for(truth: np.ndarray, seed: int = 0, radius: int = 2) -> np.ndarr
         i = rng.integers(len(ys))
         y, x = ys[i], xs[i]
         line = np.zeros(truth.shape, bool)
-        line[max(0, y - radius):y + radius + 1, max(0, x - 6):x + 7] = True
+        line[max(0, y - radius) : y + radius + 1, max(0, x - 6) : x + 7] = True
         strokes[line & (truth == k)] = k + 1
     return strokes
 
 
-def touching_discs(shape: tuple[int, int] = (128, 128), radius: float = 7.0, seed: int = 0
-                   ) -> tuple[np.ndarray, int]:
+def touching_discs(
+    shape: tuple[int, int] = (128, 128), radius: float = 7.0, seed: int = 0
+) -> tuple[np.ndarray, int]:
     """Discs on a grid where every second disc touches (overlaps by ~2 px) a partner.
 
     Returns ``(mask bool, number of discs)``.
@@ -106,9 +109,9 @@ def touching_discs(shape: tuple[int, int] = (128, 128), radius: float = 7.0, see
     for cy in range(step // 2, h - step // 2 + 1, step):
         for cx in range(int(radius) + 4, w - 3 * int(radius) - 4, step):
             r1, r2 = radius * rng.uniform(0.9, 1.1), radius * rng.uniform(0.9, 1.1)
-            mask |= (yy - cy) ** 2 + (xx - cx) ** 2 <= r1 ** 2
+            mask |= (yy - cy) ** 2 + (xx - cx) ** 2 <= r1**2
             cx2 = cx + r1 + r2 - 2  # overlaps by about 2 pixels: touching
-            mask |= (yy - cy) ** 2 + (xx - cx2) ** 2 <= r2 ** 2
+            mask |= (yy - cy) ** 2 + (xx - cx2) ** 2 <= r2**2
             count += 2
     return mask, count
 
@@ -117,8 +120,10 @@ def touching_discs(shape: tuple[int, int] = (128, 128), radius: float = 7.0, see
 # Stress images for the quality benchmark: each returns ``(float32 image, bool mask)``,
 # foreground = True. Small (160 x 160) so a default fit takes seconds.
 
-def _blobs(shape: tuple[int, int], n: int, radius: tuple, rng: np.random.Generator,
-           gap: int = 3) -> list:
+
+def _blobs(
+    shape: tuple[int, int], n: int, radius: tuple, rng: np.random.Generator, gap: int = 3
+) -> list:
     """Up to ``n`` non-touching random ellipses (boolean masks)."""
     h, w = shape
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -142,8 +147,9 @@ def _blobs(shape: tuple[int, int], n: int, radius: tuple, rng: np.random.Generat
     return blobs
 
 
-def _blob_mask(shape: tuple[int, int], n: int, radius: tuple, rng: np.random.Generator
-               ) -> np.ndarray:
+def _blob_mask(
+    shape: tuple[int, int], n: int, radius: tuple, rng: np.random.Generator
+) -> np.ndarray:
     """The union of :func:`_blobs` as one boolean mask."""
     mask = np.zeros(shape, bool)
     for blob in _blobs(shape, n, radius, rng):
@@ -157,8 +163,9 @@ def _texture(shape: tuple[int, int], rng: np.random.Generator, scale: float) -> 
     return ((t - t.mean()) / (t.std() + 1e-9)).astype(np.float32)
 
 
-def stress_textured(shape: tuple[int, int] = (160, 160), seed: int = 0
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def stress_textured(
+    shape: tuple[int, int] = (160, 160), seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Objects 0.15 brighter than the background, both covered by a fine random texture
     whose spread is as large as that difference: a pixel's value says little, a region's
     average says it all."""
@@ -169,8 +176,9 @@ def stress_textured(shape: tuple[int, int] = (160, 160), seed: int = 0
     return image.astype(np.float32), mask
 
 
-def stress_textured_stripes(shape: tuple[int, int] = (160, 160), seed: int = 0
-                            ) -> tuple[np.ndarray, np.ndarray]:
+def stress_textured_stripes(
+    shape: tuple[int, int] = (160, 160), seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Striped objects on a dotted background: strong periodic textures of different
     orientation and grain whose ranges overlap; the objects are 0.12 brighter on average."""
     rng = np.random.default_rng(seed)
@@ -183,8 +191,9 @@ def stress_textured_stripes(shape: tuple[int, int] = (160, 160), seed: int = 0
     return image.astype(np.float32), mask
 
 
-def stress_uneven(shape: tuple[int, int] = (160, 160), seed: int = 0
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def stress_uneven(
+    shape: tuple[int, int] = (160, 160), seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Bright objects under illumination that falls from 1 to 0.35 across the field, so
     objects on the dark side are dimmer than the background on the bright side."""
     rng = np.random.default_rng(seed)
@@ -197,8 +206,9 @@ def stress_uneven(shape: tuple[int, int] = (160, 160), seed: int = 0
     return image.astype(np.float32), mask
 
 
-def stress_low_contrast(shape: tuple[int, int] = (160, 160), seed: int = 0
-                        ) -> tuple[np.ndarray, np.ndarray]:
+def stress_low_contrast(
+    shape: tuple[int, int] = (160, 160), seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Objects only 0.1 above the background under pixel noise of 0.1 (SNR 1)."""
     rng = np.random.default_rng(seed)
     mask = _blob_mask(shape, 10, (9, 18), rng)
@@ -207,8 +217,9 @@ def stress_low_contrast(shape: tuple[int, int] = (160, 160), seed: int = 0
     return image.astype(np.float32), mask
 
 
-def stress_dim_small(shape: tuple[int, int] = (160, 160), seed: int = 0
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def stress_dim_small(
+    shape: tuple[int, int] = (160, 160), seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """A few large bright objects and many small dim ones (a fifth as bright), as in a
     fluorescence field with cells of very different expression."""
     rng = np.random.default_rng(seed)

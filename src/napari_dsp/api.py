@@ -1,5 +1,7 @@
-"""The public functions on 2-D images: :func:`fit_prior`, :func:`segment`,
-:func:`cluster` and their generator forms :func:`iter_fit_prior`, :func:`iter_segment`.
+"""The public functions on 2-D images: :func:`fit_prior` and :func:`segment` (which also
+re-clusters a prior: ``segment(image, prior=prior, n_classes=3)``), and their generator
+forms :func:`iter_fit_prior`, :func:`iter_segment` (public as
+:mod:`napari_dsp.generators`).
 
 Every function validates its arguments eagerly (a bad image or setting raises at the
 call, before any fit starts) and then hands back a generator or drains one. The image
@@ -22,8 +24,15 @@ from .core import image as _image
 from .core import plan as _plan
 from .core import postprocess as _post
 from .core.prior import iter_planned_prior
+from .core.progress import (
+    Clock,
+    FitProgress,
+    ProgressCallback,
+    check_callback,
+    drain,
+    relay,
+)
 from .foreground import foreground_or_nothing, object_min_size, warn_if_nothing
-from .progress import FitProgress, ProgressCallback, check_callback, drain, relay
 from .results import (
     PriorResult,
     SegmentResult,
@@ -31,12 +40,22 @@ from .results import (
     prior_seed,
     resolve_seed,
 )
-from .settings import Settings, make_settings
+from .settings import Settings, make_settings, without_unwatched_previews
 
 PriorLike = Union[PriorResult, np.ndarray]
 #: The settings that made a prior (kept from the prior's metadata when it is re-clustered).
-FIT_SETTINGS = ("n_iter", "n_runs", "settle", "learning_rate", "working_size", "precision",
-                "device", "n_workers", "preview_every", "texture")
+FIT_SETTINGS = (
+    "n_iter",
+    "n_runs",
+    "settle",
+    "learning_rate",
+    "working_size",
+    "precision",
+    "device",
+    "n_workers",
+    "preview_every",
+    "texture",
+)
 
 
 class _Input:
@@ -52,13 +71,24 @@ class _Input:
         self.data = _image.normalize(chw)  # (C, Y, X) float32 in [0, 1]
 
     def metadata(self, settings: Settings, device: str, **parts) -> dict:
-        return make_metadata(settings, device=device, image_shape=self.shape,
-                             image_dtype=self.dtype, channel_axis=self.channel_axis, **parts)
+        return make_metadata(
+            settings,
+            device=device,
+            image_shape=self.shape,
+            image_dtype=self.dtype,
+            channel_axis=self.channel_axis,
+            **parts,
+        )
 
 
-def iter_fit_prior(image, settings: Optional[Settings] = None, *,
-                   channel_axis: Optional[int] = None, batch_size: Optional[int] = None,
-                   **overrides: Any) -> Generator[FitProgress, None, PriorResult]:
+def iter_fit_prior(
+    image,
+    settings: Optional[Settings] = None,
+    *,
+    channel_axis: Optional[int] = None,
+    batch_size: Optional[int] = None,
+    **overrides: Any,
+) -> Generator[FitProgress, None, PriorResult]:
     """Fit the prior step by step: yields :class:`FitProgress`, returns a
     :class:`PriorResult` (``StopIteration.value``; ``yield from`` hands it over).
 
@@ -74,41 +104,44 @@ def iter_fit_prior(image, settings: Optional[Settings] = None, *,
 
 
 def _fit(inp: _Input, settings: Settings, device, batch_size=None, start=None):
-    clock = _Clock(start)
+    clock = Clock(start)
     c = inp.data.shape[0]
     data = inp.data
     if settings.texture:  # the texture channels are fitted with the image, after it
         from .core import texture as _texture
 
         data = np.concatenate([data, _texture.texture_channels(data, device=device)], 0)
-    fit = iter_planned_prior(data, device=device, batch_size=batch_size,
-                             **settings.fit_values())
-    median, spread, fit_info = yield from relay(fit, lambda p: clock.stamp(p.replace(
-        preview=None if p.preview is None else inp.layout.to_user(p.preview[:c]))))
+    fit = iter_planned_prior(data, device=device, batch_size=batch_size, **settings.fit_values())
+    median, spread, fit_info = yield from relay(
+        fit,
+        lambda p: clock.stamp(
+            p.replace(preview=None if p.preview is None else inp.layout.to_user(p.preview[:c]))
+        ),
+    )
     if settings.texture:
-        fit_info["texture"] = {"channels": int(len(median) - c), "frequencies": list(
-            _texture.FREQUENCIES), "orientations": _texture.ORIENTATIONS}
+        fit_info["texture"] = {
+            "channels": int(len(median) - c),
+            "frequencies": list(_texture.FREQUENCIES),
+            "orientations": _texture.ORIENTATIONS,
+        }
     meta = inp.metadata(settings, fit_info["device"], fit=fit_info)
-    return PriorResult(inp.layout.to_user(median[:c]), spread, meta, inp.layout.out_axis,
-                       texture=median[c:] if settings.texture else None)
+    return PriorResult(
+        inp.layout.to_user(median[:c]),
+        spread,
+        meta,
+        inp.layout.out_axis,
+        texture=median[c:] if settings.texture else None,
+    )
 
 
-class _Clock:
-    """Stamps reports with the seconds since the run started."""
-
-    def __init__(self, start: Optional[float] = None):
-        import time
-
-        self._now = time.perf_counter
-        self.start = self._now() if start is None else start
-
-    def stamp(self, p: FitProgress) -> FitProgress:
-        return p.replace(elapsed=self._now() - self.start)
-
-
-def fit_prior(image, *, channel_axis: Optional[int] = None,
-              settings: Optional[Settings] = None,
-              progress: Optional[ProgressCallback] = None, **overrides: Any) -> PriorResult:
+def fit_prior(
+    image,
+    *,
+    channel_axis: Optional[int] = None,
+    settings: Optional[Settings] = None,
+    progress: Optional[ProgressCallback] = None,
+    **overrides: Any,
+) -> PriorResult:
     """Fit the Deep Segmentation Prior of one 2-D image.
 
     An ensemble of ``n_runs`` small generators is fitted to the image for ``n_iter``
@@ -141,19 +174,19 @@ def fit_prior(image, *, channel_axis: Optional[int] = None,
         settings; the message says what to change.
     """
     check_callback(progress)
-    settings = _quiet(make_settings(settings, **overrides), progress)
+    settings = without_unwatched_previews(make_settings(settings, **overrides), progress)
     return drain(iter_fit_prior(image, settings, channel_axis=channel_axis), progress)
 
 
-def _quiet(settings: Settings, progress) -> Settings:
-    """No previews are computed when nobody looks at them."""
-    return settings if progress is not None else settings.replace(preview_every=0)
-
-
-def iter_segment(image=None, *, prior: Optional[PriorLike] = None,
-                 channel_axis: Optional[int] = None, settings: Optional[Settings] = None,
-                 scribbles=None, **overrides: Any
-                 ) -> Generator[FitProgress, None, SegmentResult]:
+def iter_segment(
+    image=None,
+    *,
+    prior: Optional[PriorLike] = None,
+    channel_axis: Optional[int] = None,
+    settings: Optional[Settings] = None,
+    scribbles=None,
+    **overrides: Any,
+) -> Generator[FitProgress, None, SegmentResult]:
     """Generator form of :func:`segment`: yields progress, returns a
     :class:`SegmentResult`. Arguments are checked at the call. With ``prior`` given
     there is no fit; K-means then yields nothing, ``method='kanezaki'`` yields its
@@ -163,15 +196,21 @@ def iter_segment(image=None, *, prior: Optional[PriorLike] = None,
     settings = make_settings(settings, **overrides)
     kanezaki = settings.method == "kanezaki"
     if scribbles is not None and not kanezaki:
-        raise ValueError("scribbles are used by method='kanezaki' only; pass "
-                         "method='kanezaki' (or drop the scribbles)")
+        raise ValueError(
+            "scribbles are used by method='kanezaki' only; pass "
+            "method='kanezaki' (or drop the scribbles)"
+        )
     if kanezaki and settings.texture and not settings.use_prior:
-        raise ValueError("texture=True works through the prior (its texture channels "
-                         "guide the superpixels); with use_prior=False there is none: "
-                         "leave texture out, or use the prior")
+        raise ValueError(
+            "texture=True works through the prior (its texture channels "
+            "guide the superpixels); with use_prior=False there is none: "
+            "leave texture out, or use the prior"
+        )
     if kanezaki and image is None:
-        raise ValueError("method='kanezaki' trains on the image itself: pass the image "
-                         "(and, to skip the fit, its prior)")
+        raise ValueError(
+            "method='kanezaki' trains on the image itself: pass the image "
+            "(and, to skip the fit, its prior)"
+        )
     if image is None and prior is None:
         raise ValueError("segment needs an image, a prior, or both")
     inp = _Input(image, channel_axis) if image is not None else None
@@ -184,10 +223,11 @@ def iter_segment(image=None, *, prior: Optional[PriorLike] = None,
     return _segment(inp, prior, settings, device, scribbles)
 
 
-def _segment(inp: Optional[_Input], prior: Optional[PriorResult], settings: Settings,
-             device, scribbles):
+def _segment(
+    inp: Optional[_Input], prior: Optional[PriorResult], settings: Settings, device, scribbles
+):
     kanezaki = settings.method == "kanezaki"
-    clock = _Clock()
+    clock = Clock()
     if prior is None and (not kanezaki or settings.use_prior):
         prior = yield from _fit(inp, settings, device, start=clock.start)
     if not kanezaki:
@@ -196,17 +236,35 @@ def _segment(inp: Optional[_Input], prior: Optional[PriorResult], settings: Sett
 
     guide = prior.features() if (prior is not None and settings.use_prior) else None
     s = settings
-    labels, info = yield from relay(iter_kanezaki(
-        inp.data, guide, seed=s.seed, device=device, n_features=s.n_features,
-        n_conv=s.n_conv, learning_rate=s.kanezaki_lr, min_labels=s.min_labels,
-        max_iter=s.max_iter, stabilize_iter=s.stabilize_iter,
-        n_superpixels=s.n_superpixels, compactness=s.compactness,
-        continuity_weight=s.continuity_weight, similarity_weight=s.similarity_weight,
-        scribbles=scribbles, scribble_weight=s.scribble_weight,
-        preview_every=s.preview_every), clock.stamp)
+    labels, info = yield from relay(
+        iter_kanezaki(
+            inp.data,
+            guide,
+            seed=s.seed,
+            device=device,
+            n_features=s.n_features,
+            n_conv=s.n_conv,
+            learning_rate=s.kanezaki_lr,
+            min_labels=s.min_labels,
+            max_iter=s.max_iter,
+            stabilize_iter=s.stabilize_iter,
+            n_superpixels=s.n_superpixels,
+            compactness=s.compactness,
+            continuity_weight=s.continuity_weight,
+            similarity_weight=s.similarity_weight,
+            scribbles=scribbles,
+            scribble_weight=s.scribble_weight,
+            preview_every=s.preview_every,
+        ),
+        clock.stamp,
+    )
     fit = prior.metadata.get("fit") if prior is not None else None
-    meta = inp.metadata(settings, _plan.describe_device(device), fit=fit,
-                        kanezaki=dict(info, scribbles=scribbles is not None))
+    meta = inp.metadata(
+        settings,
+        _plan.describe_device(device),
+        fit=fit,
+        kanezaki=dict(info, scribbles=scribbles is not None),
+    )
     dtype = _post.label_dtype(instances=False, n_classes=s.n_features)
     return SegmentResult(labels.astype(dtype), prior, meta)
 
@@ -216,23 +274,36 @@ def _check_scribbles(scribbles, spatial: tuple, n_features: int) -> Optional[np.
         return None
     arr = np.asarray(scribbles)
     if arr.dtype.kind not in "iub":
-        raise TypeError(f"scribbles must be an integer label image (0 = unlabelled), got "
-                        f"dtype {arr.dtype}")
+        raise TypeError(
+            f"scribbles must be an integer label image (0 = unlabelled), got dtype {arr.dtype}"
+        )
     if arr.shape != tuple(spatial):
-        raise ValueError(f"scribbles have shape {arr.shape} but the image is "
-                         f"{spatial[0]}x{spatial[1]}; paint them on a Labels layer of the "
-                         f"image's size")
+        raise ValueError(
+            f"scribbles have shape {arr.shape} but the image is "
+            f"{spatial[0]}x{spatial[1]}; paint them on a Labels layer of the "
+            f"image's size"
+        )
     arr = arr.astype(np.int64)
     if arr.min() < 0 or arr.max() >= n_features:
-        raise ValueError(f"scribble ids must lie in 1..{n_features - 1} (0 = unlabelled); "
-                         f"got {arr.min()}..{arr.max()}")
+        raise ValueError(
+            f"scribble ids must lie in 1..{n_features - 1} (0 = unlabelled); "
+            f"got {arr.min()}..{arr.max()}"
+        )
     return arr if arr.any() else None
 
 
-def segment(image=None, *, n_classes: Optional[int] = None,
-            prior: Optional[PriorLike] = None, channel_axis: Optional[int] = None,
-            settings: Optional[Settings] = None, progress: Optional[ProgressCallback] = None,
-            full_output: bool = False, scribbles=None, **overrides: Any):
+def segment(
+    image=None,
+    *,
+    n_classes: Optional[int] = None,
+    prior: Optional[PriorLike] = None,
+    channel_axis: Optional[int] = None,
+    settings: Optional[Settings] = None,
+    progress: Optional[ProgressCallback] = None,
+    full_output: bool = False,
+    scribbles=None,
+    **overrides: Any,
+):
     """Segment a 2-D image with the Deep Segmentation Prior.
 
     The prior (see :func:`fit_prior`) is clustered by K-means over each pixel's
@@ -284,102 +355,114 @@ def segment(image=None, *, n_classes: Optional[int] = None,
     if n_classes is not None:
         overrides["n_classes"] = n_classes
     check_callback(progress)
-    settings = _quiet(make_settings(settings, **overrides), progress)
-    result = drain(iter_segment(image, prior=prior, channel_axis=channel_axis,
-                                settings=settings, scribbles=scribbles), progress)
+    settings = without_unwatched_previews(make_settings(settings, **overrides), progress)
+    result = drain(
+        iter_segment(
+            image, prior=prior, channel_axis=channel_axis, settings=settings, scribbles=scribbles
+        ),
+        progress,
+    )
     warn_if_nothing(result)
     return result if full_output else result.labels
-
-
-def cluster(prior: PriorLike, settings: Optional[Settings] = None, *, image=None,
-            channel_axis: Optional[int] = None, **overrides: Any) -> SegmentResult:
-    """Cluster an existing prior (no fit): K-means on window features, see :func:`segment`.
-
-    Pass the ``image`` the prior was fitted to (and its ``channel_axis``) to let
-    ``refine`` re-draw the outlines from its pixels; without it the prior's own
-    outlines are kept.
-    """
-    settings = make_settings(settings, **overrides)
-    inp = _Input(image, channel_axis) if image is not None else None
-    result = _check_texture(_as_prior_result(prior, inp, channel_axis), settings)
-    settings = settings.replace(seed=resolve_seed(settings.seed, prior_seed(result)))
-    return warn_if_nothing(_cluster_prior(result, inp, settings, None))
 
 
 def _check_texture(prior: PriorResult, settings: Settings) -> PriorResult:
     """A prior is clustered with the texture channels it was fitted with; asking for
     texture features from a prior without them is an error, not a silent fallback."""
     if settings.texture and prior.texture is None:
-        raise ValueError("texture=True needs a prior fitted with texture=True (its "
-                         "texture channels); refit with fit_prior(image, texture=True), "
-                         "or leave the prior out")
+        raise ValueError(
+            "texture=True needs a prior fitted with texture=True (its "
+            "texture channels); refit with fit_prior(image, texture=True), "
+            "or leave the prior out"
+        )
     return prior
 
 
-def _cluster_prior(prior: PriorResult, inp: Optional[_Input], settings: Settings,
-                   device) -> SegmentResult:
+def _cluster_prior(
+    prior: PriorResult, inp: Optional[_Input], settings: Settings, device
+) -> SegmentResult:
     """K-means on the prior (and its texture channels), then (2 classes) the clean-up
     and the instance ids."""
     texture = prior.texture is not None
     if texture:  # the pixels' two-Gaussian rule sees intensities only
         settings = settings.replace(refine=False)
-    labels, info = _cluster.cluster_prior(prior.features(),
-                                          n_classes=settings.n_classes,
-                                          window=settings.window, seed=settings.seed,
-                                          brightness=prior.channels_first().shape[0])
+    labels, info = _cluster.cluster_prior(
+        prior.features(),
+        n_classes=settings.n_classes,
+        window=settings.window,
+        seed=settings.seed,
+        brightness=prior.channels_first().shape[0],
+    )
     if settings.n_classes == 2:
         separated = None
         if texture and inp is not None:
             from .core.texture import separation
 
             # on the fit's device; re-clustering: on the one the settings ask for
-            separated = separation(inp.data, labels,
-                                   device or _plan.resolve_device(settings.device))
+            separated = separation(
+                inp.data, labels, device or _plan.resolve_device(settings.device)
+            )
         [labels], more = foreground_or_nothing(
-            [labels], [inp.raw] if inp is not None else None,
-            [inp.data if inp is not None else None], settings, texture=separated)
+            [labels],
+            [inp.raw] if inp is not None else None,
+            [inp.data if inp is not None else None],
+            settings,
+            texture=separated,
+        )
         info.update(more)
         if texture:
             info.update(refined=False, refine_skipped="texture features")
     if settings.instances:
-        [labels], [info["count"]] = _post.label_objects([labels], object_min_size(
-            info, settings))
+        [labels], [info["count"]] = _post.label_objects([labels], object_min_size(info, settings))
     pm = prior.metadata
     inp_meta = pm.get("input", {})
     # the fit's settings are the prior's (this call may say other n_iter, n_runs, ...)
     fitted = pm.get("settings")
     if fitted:
-        settings = Settings(**{**settings.to_dict(), "settle": 0.0, **{
-            k: v for k, v in fitted.items() if k in FIT_SETTINGS}})  # older: no stop
-    meta = make_metadata(settings, device=pm.get("device", "cpu"),
-                         image_shape=inp.shape if inp else inp_meta.get("shape", labels.shape),
-                         image_dtype=inp.dtype if inp else inp_meta.get("dtype", "float32"),
-                         channel_axis=inp.channel_axis if inp else
-                         inp_meta.get("channel_axis"),
-                         fit=pm.get("fit"), clustering=info)
+        settings = Settings(
+            **{
+                **settings.to_dict(),
+                "settle": 0.0,
+                **{k: v for k, v in fitted.items() if k in FIT_SETTINGS},
+            }
+        )  # older: no stop
+    meta = make_metadata(
+        settings,
+        device=pm.get("device", "cpu"),
+        image_shape=inp.shape if inp else inp_meta.get("shape", labels.shape),
+        image_dtype=inp.dtype if inp else inp_meta.get("dtype", "float32"),
+        channel_axis=inp.channel_axis if inp else inp_meta.get("channel_axis"),
+        fit=pm.get("fit"),
+        clustering=info,
+    )
     return SegmentResult(labels, prior, meta)
 
 
-def _as_prior_result(prior: PriorLike, inp: Optional[_Input], channel_axis
-                     ) -> PriorResult:
+def _as_prior_result(prior: PriorLike, inp: Optional[_Input], channel_axis) -> PriorResult:
     if isinstance(prior, PriorResult):
         result = prior
     else:
         arr = np.asarray(prior)
         if arr.dtype.kind not in "fiub":
-            raise TypeError(f"prior must be a PriorResult or a real array, got dtype "
-                            f"{arr.dtype}")
+            raise TypeError(f"prior must be a PriorResult or a real array, got dtype {arr.dtype}")
         chw = _image.to_channels_first(arr, channel_axis)
         if not np.all(np.isfinite(chw)):
-            raise ValueError("prior contains NaN or infinite values; pass the prior "
-                             "returned by fit_prior")
+            raise ValueError(
+                "prior contains NaN or infinite values; pass the prior returned by fit_prior"
+            )
         layout = _image.Layout(arr.ndim, channel_axis)
-        result = PriorResult(arr.astype(np.float32, copy=False),
-                             np.zeros(chw.shape[1:], np.float32), {}, layout.out_axis)
+        result = PriorResult(
+            arr.astype(np.float32, copy=False),
+            np.zeros(chw.shape[1:], np.float32),
+            {},
+            layout.out_axis,
+        )
     if inp is not None:
         spatial = inp.data.shape[1:]
         if result.spread.shape != spatial:
-            raise ValueError(f"prior covers {result.spread.shape[0]}x{result.spread.shape[1]}"
-                             f" pixels but the image is {spatial[0]}x{spatial[1]}; pass the "
-                             f"prior fitted to this image")
+            raise ValueError(
+                f"prior covers {result.spread.shape[0]}x{result.spread.shape[1]}"
+                f" pixels but the image is {spatial[0]}x{spatial[1]}; pass the "
+                f"prior fitted to this image"
+            )
     return result

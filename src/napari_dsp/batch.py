@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import unicodedata
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -26,6 +25,7 @@ from typing import Optional
 import numpy as np
 
 from . import io as _io
+from .io.places import overlaps, path_key
 
 #: Suffixes that make ``-o`` one output file (with a single input).
 FILE_SUFFIXES = (".tif", ".tiff")
@@ -51,8 +51,9 @@ class Job:
 
     @property
     def outputs(self) -> tuple:
-        return tuple(p for p in (self.labels, self.prior, self.texture_prior, self.sidecar)
-                     if p is not None)
+        return tuple(
+            p for p in (self.labels, self.prior, self.texture_prior, self.sidecar) if p is not None
+        )
 
 
 def job_for(source: Path, labels: Path, prior: bool, texture: bool = False) -> Job:
@@ -61,24 +62,13 @@ def job_for(source: Path, labels: Path, prior: bool, texture: bool = False) -> J
     ``texture``: a name no input's ``_prior.tif`` can take)."""
     stem = _io.stem(labels)
     base = stem[: -len("_labels")] if stem.endswith("_labels") else stem
-    return Job(source, labels, labels.with_name(stem + ".json"),
-               labels.with_name(base + "_prior.tif") if prior else None,
-               labels.with_name(base + "_prior_texture.tif") if prior and texture else None)
-
-
-def _key(path: Path, fold: bool = False) -> str:
-    """One spelling of a path: the real folder (symbolic links resolved) and the name;
-    with ``fold``, as a case-insensitive file system compares names (NFC, case-folded)."""
-    real = os.path.normcase(os.path.realpath(path))
-    return unicodedata.normalize("NFC", real).casefold() if fold else real
-
-
-def _inode(path: Path) -> Optional[tuple]:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
+    return Job(
+        source,
+        labels,
+        labels.with_name(stem + ".json"),
+        labels.with_name(base + "_prior.tif") if prior else None,
+        labels.with_name(base + "_prior_texture.tif") if prior and texture else None,
+    )
 
 
 def probe_folder(folder: Path) -> tuple[Optional[str], bool]:
@@ -104,36 +94,19 @@ def probe_folder(folder: Path) -> tuple[Optional[str], bool]:
             os.unlink(tmp)
 
 
-def overlaps(outputs: Sequence, inputs: Sequence) -> list[tuple[Path, Path, str]]:
-    """The one rule every entry point that writes applies before it computes anything:
-    no output is an input (the same path, however spelt, or a hard link to it),
-    contains one (replacing a folder such as a zarr store would remove it), or lies
-    inside one (it would be written into the input). Returns ``(output, input, what
-    would happen)`` for each such pair."""
-    keys = [(Path(src), _key(src), _inode(src)) for src in inputs]
-    found = []
-    for out in (Path(p) for p in outputs):
-        key, inode = _key(out), _inode(out)
-        for src, src_key, src_inode in keys:
-            if key == src_key or (inode is not None and inode == src_inode):
-                found.append((out, src, f"would replace the input {src}"))
-            elif src_key.startswith(key.rstrip(os.sep) + os.sep):
-                found.append((out, src, f"contains the input {src}, which replacing it "
-                                        f"would remove"))
-            elif key.startswith(src_key.rstrip(os.sep) + os.sep):
-                found.append((out, src, f"lies inside the input {src}, which writing it "
-                                        f"would change"))
-    return found
-
-
 #: Names of files napari-dsp writes: an input with such a name is probably an earlier
 #: run's output picked up by a wildcard.
-_OUTPUT_NAME = ("_labels.tif", "_labels.tiff", "_prior.tif", "_prior_texture.tif",
-                "_labels.json")
+_OUTPUT_NAME = ("_labels.tif", "_labels.tiff", "_prior.tif", "_prior_texture.tif", "_labels.json")
 
 
-def plan_batch(inputs: Sequence, output, *, prior: bool = False, texture: bool = False,
-               protected: Sequence = ()) -> tuple[list[Job], list[str]]:
+def plan_batch(
+    inputs: Sequence,
+    output,
+    *,
+    prior: bool = False,
+    texture: bool = False,
+    protected: Sequence = (),
+) -> tuple[list[Job], list[str]]:
     """The jobs of a batch, with every output path, checked before anything runs.
 
     ``output`` is a folder (one ``<stem>_labels.tif`` per input), or a ``.tif`` file name
@@ -152,27 +125,35 @@ def plan_batch(inputs: Sequence, output, *, prior: bool = False, texture: bool =
     unique: list[Path] = []
     seen: dict[str, Path] = {}
     for p in (Path(p) for p in inputs):
-        key = _key(p)
+        key = path_key(p)
         if key in seen:
-            same = "is given more than once" if str(seen[key]) == str(p) else \
-                f"is the same file as {seen[key]}"
+            same = (
+                "is given more than once"
+                if str(seen[key]) == str(p)
+                else f"is the same file as {seen[key]}"
+            )
             notes.append(f"{p} {same}; it is segmented once")
             continue
         seen[key] = p
         unique.append(p)
     names_a_file = output.suffix.lower() in FILE_SUFFIXES and not output.is_dir()
-    if output.suffix.lower() in _io.READABLE + (".json",) and not names_a_file and \
-            not output.is_dir():
-        raise BatchError(f"-o {output}: label images are written as TIFF; pass a .tif "
-                         f"file name or a folder")
+    if (
+        output.suffix.lower() in _io.READABLE + (".json",)
+        and not names_a_file
+        and not output.is_dir()
+    ):
+        raise BatchError(
+            f"-o {output}: label images are written as TIFF; pass a .tif file name or a folder"
+        )
     if names_a_file and len(unique) > 1:
-        raise BatchError(f"-o {output} names one file, but {len(unique)} inputs were "
-                         f"given; pass a folder for -o")
+        raise BatchError(
+            f"-o {output} names one file, but {len(unique)} inputs were given; pass a folder for -o"
+        )
     if not names_a_file and output.exists() and not output.is_dir():
-        raise BatchError(f"-o {output} is a file; pass a folder (or a .tif name for a "
-                         f"single input)")
-    labels = [output] if names_a_file else \
-        [output / f"{_io.stem(p)}_labels.tif" for p in unique]
+        raise BatchError(
+            f"-o {output} is a file; pass a folder (or a .tif name for a single input)"
+        )
+    labels = [output] if names_a_file else [output / f"{_io.stem(p)}_labels.tif" for p in unique]
     jobs = [job_for(src, dst, prior, texture) for src, dst in zip(unique, labels)]
     problems = []
     folders = {job.labels.parent for job in jobs}
@@ -184,12 +165,11 @@ def plan_batch(inputs: Sequence, output, *, prior: bool = False, texture: bool =
     writers: dict[str, list[Job]] = defaultdict(list)
     for job in jobs:
         for path in job.outputs:
-            writers[_key(path, fold[path.parent])].append(job)
+            writers[path_key(path, fold[path.parent])].append(job)
     for key, who in writers.items():
         if len(who) > 1:
-            path = next(p for p in who[0].outputs if _key(p, fold[p.parent]) == key)
-            problems.append(f"{' and '.join(str(j.source) for j in who)} would all write "
-                            f"{path}")
+            path = next(p for p in who[0].outputs if path_key(p, fold[p.parent]) == key)
+            problems.append(f"{' and '.join(str(j.source) for j in who)} would all write {path}")
     readers = unique + [Path(p) for p in protected]
     earlier_outputs = False
     for job in jobs:
@@ -197,24 +177,33 @@ def plan_batch(inputs: Sequence, output, *, prior: bool = False, texture: bool =
             problems.append(f"{path} (an output of {job.source}) {problem}")
             earlier_outputs |= str(src).lower().endswith(_OUTPUT_NAME)
     for job in jobs:
-        problems.extend(f"{path} is a folder; an output file cannot replace it"
-                        for path in job.outputs if path.is_dir())
+        problems.extend(
+            f"{path} is a folder; an output file cannot replace it"
+            for path in job.outputs
+            if path.is_dir()
+        )
     limit = {folder: _io.name_max(folder) for folder in folders}
     for job in jobs:
         for path in job.outputs:
             size = len(os.fsencode(path.name))
             if size > limit[path.parent]:
-                problems.append(f"{path.name} is {size} bytes long; the file system "
-                                f"allows {limit[path.parent]}: rename {job.source.name} "
-                                f"or pass a shorter -o file name")
+                problems.append(
+                    f"{path.name} is {size} bytes long; the file system "
+                    f"allows {limit[path.parent]}: rename {job.source.name} "
+                    f"or pass a shorter -o file name"
+                )
     if earlier_outputs:
-        problems.append("(inputs named *_labels.tif or *_prior.tif look like an earlier "
-                        "run's outputs caught by a wildcard: write outputs to a folder "
-                        "apart from the inputs)")
+        problems.append(
+            "(inputs named *_labels.tif or *_prior.tif look like an earlier "
+            "run's outputs caught by a wildcard: write outputs to a folder "
+            "apart from the inputs)"
+        )
     if problems:
-        raise BatchError("the batch was refused, nothing was computed:\n  " +
-                         "\n  ".join(dict.fromkeys(problems)) +
-                         "\nrename the inputs, or write to another folder (-o)")
+        raise BatchError(
+            "the batch was refused, nothing was computed:\n  "
+            + "\n  ".join(dict.fromkeys(problems))
+            + "\nrename the inputs, or write to another folder (-o)"
+        )
     return jobs, notes
 
 
@@ -247,8 +236,13 @@ def _written_for(path: Path, source: Path) -> bool:
         return False
 
 
-def check_header(info: _io.ImageInfo, arrangement: _io.Arrangement, *,
-                 max_pixels: float, available: Optional[float]) -> None:
+def check_header(
+    info: _io.ImageInfo,
+    arrangement: _io.Arrangement,
+    *,
+    max_pixels: float,
+    available: Optional[float],
+) -> None:
     """Refuse, from the header alone, a plane above ``max_pixels`` or a file whose
     decoding needs more memory than is ``available``."""
     h, w = arrangement.plane
@@ -256,13 +250,15 @@ def check_header(info: _io.ImageInfo, arrangement: _io.Arrangement, *,
     if plane > max_pixels:
         raise _io.ImageFileError(
             f"{info.path}: {h}x{w} = {plane:,} pixels per plane is above --max-pixels "
-            f"{max_pixels:,.0f}; downsample or crop it first, or raise --max-pixels")
+            f"{max_pixels:,.0f}; downsample or crop it first, or raise --max-pixels"
+        )
     values = float(np.prod(info.shape, dtype=np.float64))
     need = info.nbytes + WORK_BYTES_PER_VALUE * values
     if available is not None and need > available:
         raise _io.ImageFileError(
             f"{info.path}: reading it needs about {need / 1e9:.1f} GB and "
-            f"{available / 1e9:.1f} GB is available; crop or downsample it first")
+            f"{available / 1e9:.1f} GB is available; crop or downsample it first"
+        )
 
 
 @dataclass(frozen=True)
@@ -274,12 +270,21 @@ class Outcome:
     existing: tuple = ()
 
 
-def run_job(job: Job, *, settings, channel_axis: Optional[int] = None,
-            stack: bool = False, spacing: Optional[tuple] = None,
-            max_pixels: float = float("inf"), scribbles=None, overwrite: bool = False,
-            progress=None, on_start: Optional[Callable[[], None]] = None,
-            guard: Callable = contextlib.nullcontext,
-            notify: Callable[[str], None] = lambda text: None) -> Outcome:
+def run_job(
+    job: Job,
+    *,
+    settings,
+    channel_axis: Optional[int] = None,
+    stack: bool = False,
+    spacing: Optional[tuple] = None,
+    max_pixels: float = float("inf"),
+    scribbles=None,
+    overwrite: bool = False,
+    progress=None,
+    on_start: Optional[Callable[[], None]] = None,
+    guard: Callable = contextlib.nullcontext,
+    notify: Callable[[str], None] = lambda text: None,
+) -> Outcome:
     """Segment one file and write its outputs together.
 
     Without ``overwrite`` a job with existing outputs is skipped (nothing is replaced),
@@ -300,9 +305,11 @@ def run_job(job: Job, *, settings, channel_axis: Optional[int] = None,
     if present and not overwrite:
         if not interrupted(job, present):
             return Outcome("skipped", present)
-        notify(f"an earlier run of {job.source.name} was stopped before its labels were "
-               f"written; it is run again, replacing its "
-               f"{', '.join(p.name for p in present)}")
+        notify(
+            f"an earlier run of {job.source.name} was stopped before its labels were "
+            f"written; it is run again, replacing its "
+            f"{', '.join(p.name for p in present)}"
+        )
         overwrite = True
     from .core.memory import available_memory
 
@@ -313,18 +320,21 @@ def run_job(job: Job, *, settings, channel_axis: Optional[int] = None,
         notify(note)
     check_header(info, arr, max_pixels=max_pixels, available=available_memory())
     if scribbles is not None and arr.stack:
-        raise _io.ImageFileError(f"{job.source}: is a stack (axes {arr.axes}); "
-                                 f"--scribbles is for single images")
+        raise _io.ImageFileError(
+            f"{job.source}: is a stack (axes {arr.axes}); --scribbles is for single images"
+        )
     if volumetric:
         _check_volumetric(job.source, arr)
     if volumetric and spacing is None:
         spacing = _io.spacing_of(info, arr)
         if spacing is not None:
-            notify(f"voxel size {_fmt(spacing)} {info.unit or ''} (z, y, x) from the "
-                   f"file's metadata")
+            notify(
+                f"voxel size {_fmt(spacing)} {info.unit or ''} (z, y, x) from the file's metadata"
+            )
         else:
-            notify("the file records no voxel size: an isotropic one is assumed (pass "
-                   "--spacing Z Y X)")
+            notify(
+                "the file records no voxel size: an isotropic one is assumed (pass --spacing Z Y X)"
+            )
     pixels = _io.read_pixels(info, arr)
     _check_not_constant(job.source, pixels)
     if on_start is not None:
@@ -334,52 +344,81 @@ def run_job(job: Job, *, settings, channel_axis: Optional[int] = None,
     with warnings.catch_warnings():
         # said once, as a note, from the metadata below
         warnings.simplefilter("ignore", NothingToSegmentWarning)
-        if arr.stack:
+        from .stack import choose_path
+
+        if choose_path(pixels, settings, planes=arr.stack) != "image":
             from .stack import segment_stack
 
-            result = segment_stack(pixels, channel_axis=arr.channel_axis,
-                                   settings=settings, progress=progress,
-                                   full_output=True, spacing=spacing)
+            result = segment_stack(
+                pixels,
+                channel_axis=arr.channel_axis,
+                settings=settings,
+                progress=progress,
+                full_output=True,
+                spacing=spacing,
+            )
         else:
             from .api import segment
 
-            result = segment(pixels, channel_axis=arr.channel_axis, settings=settings,
-                             progress=progress, full_output=True, scribbles=scribbles)
+            result = segment(
+                pixels,
+                channel_axis=arr.channel_axis,
+                settings=settings,
+                progress=progress,
+                full_output=True,
+                scribbles=scribbles,
+            )
     decision = result.metadata.get("clustering", {}).get("decision") or {}
     if decision.get("message"):
         if progress is not None and hasattr(progress, "close"):
             progress.close()
         notify(decision["message"])
     labels = np.asarray(result.labels)
-    axes = arr.labels_axes if len(arr.labels_axes) == labels.ndim and \
-        "?" not in arr.labels_axes else "TZYX"[4 - labels.ndim:]
+    axes = (
+        arr.labels_axes
+        if len(arr.labels_axes) == labels.ndim and "?" not in arr.labels_axes
+        else "TZYX"[4 - labels.ndim :]
+    )
     # the outputs keep the file's own calibration (--spacing steers the fit only)
     sizes = _io.pixel_size_for(axes, info)
     unit = info.unit if sizes else None
-    stamp = {"written_by": "napari-dsp", "source": job.source.name,
-             "sidecar": job.sidecar.name}
+    stamp = {"written_by": "napari-dsp", "source": job.source.name, "sidecar": job.sidecar.name}
     with _io.Staged(overwrite) as out:
         prior_file = None
         if job.prior is not None and result.prior is not None:
             prior = np.asarray(result.prior.prior)
             prior_axes = _with_channels(axes, prior.ndim, result.prior.channel_axis)
-            prior_file = out.image(job.prior, prior, axes=prior_axes, pixel_size=sizes,
-                                   unit=unit, info=stamp)
+            prior_file = out.image(
+                job.prior, prior, axes=prior_axes, pixel_size=sizes, unit=unit, info=stamp
+            )
         texture_file = None
         if job.texture_prior is not None and result.prior.texture is not None:
-            texture_file = out.image(job.texture_prior, result.prior.texture,
-                                     axes="C" + axes, pixel_size=sizes, unit=unit,
-                                     info=stamp)  # (6, Y, X) principal components
-        meta = dict(result.metadata, input_file=str(job.source),
-                    labels_file=str(job.labels),
-                    prior_file=str(prior_file) if prior_file is not None else None,
-                    texture_prior_file=str(texture_file) if texture_file else None,
-                    file={"format": info.format, "shape": list(info.shape),
-                          "axes": info.axes, "axes_used": arr.axes,
-                          "axes_from": arr.source,
-                          "labels_axes": _io.written_axes(axes), "pixel_size": sizes,
-                          "unit": unit,
-                          "notes": list(arr.notes)})
+            texture_file = out.image(
+                job.texture_prior,
+                result.prior.texture,
+                axes="C" + axes,
+                pixel_size=sizes,
+                unit=unit,
+                info=stamp,
+            )  # (6, Y, X) principal components
+        meta = dict(
+            result.metadata,
+            input_file=str(job.source),
+            labels_file=str(job.labels),
+            prior_file=str(prior_file) if prior_file is not None else None,
+            texture_prior_file=str(texture_file) if texture_file else None,
+            file={
+                "format": info.format,
+                "shape": list(info.shape),
+                "axes": info.axes,
+                "axes_used": arr.axes,
+                "axes_from": arr.source,
+                "labels_axes": _io.written_axes(axes),
+                "pixel_size": sizes,
+                "unit": unit,
+                "notes": list(arr.notes),
+            },
+        )
         out.json(job.sidecar, meta)
         # the labels last: a run stopped while the files are moved into place leaves a
         # set without them, which the next run recognises and redoes (interrupted())
@@ -396,15 +435,21 @@ def _check_volumetric(path: Path, arr: _io.Arrangement) -> None:
     if planes == "Z" or (not arr.from_metadata and len(planes) == 1):
         return
     if not planes:
-        raise _io.ImageFileError(f"{path}: is a single plane (axes {arr.axes}); "
-                                 f"--volumetric needs a Z stack: leave it out")
+        raise _io.ImageFileError(
+            f"{path}: is a single plane (axes {arr.axes}); "
+            f"--volumetric needs a Z stack: leave it out"
+        )
     if "T" in planes and arr.from_metadata:
         what = "a time series" if planes == "T" else "a time series of Z stacks"
-        raise _io.ImageFileError(f"{path}: is {what} (axes {arr.axes}); --volumetric "
-                                 f"fits one Z stack, not time: leave it out, or save one "
-                                 f"time point per file")
-    raise _io.ImageFileError(f"{path}: has {len(planes)} plane axes (axes {arr.axes}); "
-                             f"--volumetric fits one Z stack: save one stack per file")
+        raise _io.ImageFileError(
+            f"{path}: is {what} (axes {arr.axes}); --volumetric "
+            f"fits one Z stack, not time: leave it out, or save one "
+            f"time point per file"
+        )
+    raise _io.ImageFileError(
+        f"{path}: has {len(planes)} plane axes (axes {arr.axes}); "
+        f"--volumetric fits one Z stack: save one stack per file"
+    )
 
 
 def _check_not_constant(path: Path, pixels: np.ndarray) -> None:
@@ -414,8 +459,9 @@ def _check_not_constant(path: Path, pixels: np.ndarray) -> None:
         return  # the API says how many NaN or infinite values there are
     low, high = pixels.min(), pixels.max()
     if low == high:
-        raise _io.ImageFileError(f"{path}: is constant (every pixel is {low:g}); there "
-                                 f"is nothing to segment")
+        raise _io.ImageFileError(
+            f"{path}: is constant (every pixel is {low:g}); there is nothing to segment"
+        )
 
 
 def _with_channels(axes: str, ndim: int, channel_axis: Optional[int]) -> str:
@@ -435,18 +481,24 @@ def describe_failure(src: Path, exc: BaseException) -> str:
     if isinstance(exc, (_io.ImageFileError, TypeError, ValueError)):
         return text if text.startswith(str(src)) else f"{src}: {text}"
     if isinstance(exc, _io.OutputExistsError):
-        return (f"{src}: {exc.filename} appeared while it was computed (another run?); "
-                f"nothing of this file was written")
+        return (
+            f"{src}: {exc.filename} appeared while it was computed (another run?); "
+            f"nothing of this file was written"
+        )
     if isinstance(exc, OSError):
         name = getattr(exc, "filename2", None) or getattr(exc, "filename", None)
         where = f" {name}" if name else ""
-        return (f"{src}: cannot write{where} ({exc.strerror or exc}); check the folder's "
-                f"permissions and free space")
+        return (
+            f"{src}: cannot write{where} ({exc.strerror or exc}); check the folder's "
+            f"permissions and free space"
+        )
     if isinstance(exc, MemoryError):
-        return (f"{src}: out of memory; try a --working-size, fewer --runs, or close other "
-                f"programs")
+        return f"{src}: out of memory; try a --working-size, fewer --runs, or close other programs"
     if isinstance(exc, RuntimeError):  # torch failures
-        return (f"{src}: the fit failed ({text}); try fewer --runs, a --working-size, or "
-                f"--device cpu")
-    return (f"{src}: unexpected {type(exc).__name__} ({text}); please report it with the "
-            f"command you ran")
+        return (
+            f"{src}: the fit failed ({text}); try fewer --runs, a --working-size, or --device cpu"
+        )
+    return (
+        f"{src}: unexpected {type(exc).__name__} ({text}); please report it with the "
+        f"command you ran"
+    )

@@ -33,21 +33,13 @@ from typing import Any, Optional
 
 from . import batch as _batch
 from . import io as _io
-
-INSTALL_HINT = 'pip install "napari-dsp[distributed]"'
-
-
-class SchedulerError(RuntimeError):
-    """The cluster could not be reached or started; the message says what to do."""
-
-
-def _distributed():
-    try:
-        import distributed
-    except ImportError:
-        raise SchedulerError(f"running on a dask cluster needs dask.distributed: "
-                             f"{INSTALL_HINT}") from None
-    return distributed
+from .workers import (  # noqa: F401 - SchedulerError, INSTALL_HINT: part of this API
+    INSTALL_HINT,
+    SchedulerError,
+    prepare_worker,
+    require_distributed,
+    worker_threads,
+)
 
 
 def parse_scheduler(text: str) -> tuple[str, Any]:
@@ -61,13 +53,16 @@ def parse_scheduler(text: str) -> tuple[str, Any]:
         count = (local.group(1) or "").strip()
         n = int(count) if count.isdigit() else 0
         if n < 1 or n > 1024:
-            raise ValueError(f"--scheduler {text}: write local:N with N worker processes "
-                             f"(e.g. local:4), or a scheduler's address such as "
-                             f"tcp://host:8786")
+            raise ValueError(
+                f"--scheduler {text}: write local:N with N worker processes "
+                f"(e.g. local:4), or a scheduler's address such as "
+                f"tcp://host:8786"
+            )
         return "local", n
     if not text:
-        raise ValueError("--scheduler needs local:N or a scheduler's address such as "
-                         "tcp://host:8786")
+        raise ValueError(
+            "--scheduler needs local:N or a scheduler's address such as tcp://host:8786"
+        )
     return "address", text
 
 
@@ -113,18 +108,24 @@ def connect(scheduler: str, *, timeout: Optional[float] = None):
         For a malformed ``scheduler``.
     """
     kind, value = parse_scheduler(scheduler)
-    distributed = _distributed()
+    distributed = require_distributed()
     if kind == "local":
         import logging
 
         try:
             with safe_import_path():
                 cluster = distributed.LocalCluster(
-                    n_workers=value, threads_per_worker=1, processes=True,
-                    dashboard_address=":0", silence_logs=logging.CRITICAL)
+                    n_workers=value,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=":0",
+                    silence_logs=logging.CRITICAL,
+                )
         except Exception as exc:  # ports, memory, a broken environment
-            raise SchedulerError(f"could not start {value} local dask workers ({exc}); "
-                                 f"try fewer (local:1) or leave out --scheduler") from exc
+            raise SchedulerError(
+                f"could not start {value} local dask workers ({exc}); "
+                f"try fewer (local:1) or leave out --scheduler"
+            ) from exc
         return distributed.Client(cluster)
     if timeout is None:
         import dask.config
@@ -137,7 +138,8 @@ def connect(scheduler: str, *, timeout: Optional[float] = None):
         raise SchedulerError(
             f"cannot reach the dask scheduler at {value} within {timeout:g} s ({exc}); "
             f"check the address and that the scheduler runs (dask scheduler), or use "
-            f"--scheduler local:N") from None
+            f"--scheduler local:N"
+        ) from None
 
 
 def close(client) -> None:
@@ -162,29 +164,18 @@ class FileResult:
     seconds: float = 0.0
 
 
-def prepare_worker() -> None:
-    """Tune this worker process for fitting, as the command line tunes itself: glibc
-    keeps freed activations in its heap (dask starts workers with
-    ``MALLOC_TRIM_THRESHOLD_=65536``, which made every fit about twice as slow,
-    measured by ``benchmarks/bench_cluster.py``). Idempotent; a worker's job is fitting."""
-    from .core.heap import tune_allocator_for_fitting
-
-    tune_allocator_for_fitting()
-
-
-def _worker_threads() -> int:
-    try:
-        from distributed import get_worker
-
-        return max(1, int(get_worker().state.nthreads))
-    except Exception:  # not on a worker (a direct call, a test)
-        return 1
-
-
-def run_file(job: _batch.Job, settings, planned_absent: tuple, *, overwrite: bool,
-             channel_axis: Optional[int] = None, stack: bool = False,
-             spacing: Optional[tuple] = None, max_pixels: float = float("inf"),
-             scribbles=None) -> FileResult:
+def run_file(
+    job: _batch.Job,
+    settings,
+    planned_absent: tuple,
+    *,
+    overwrite: bool,
+    channel_axis: Optional[int] = None,
+    stack: bool = False,
+    spacing: Optional[tuple] = None,
+    max_pixels: float = float("inf"),
+    scribbles=None,
+) -> FileResult:
     """The task of one file, on a worker: :func:`napari_dsp.batch.run_job` with the
     worker's threads; every failure becomes a ``"failed"`` result with one line.
 
@@ -203,48 +194,99 @@ def run_file(job: _batch.Job, settings, planned_absent: tuple, *, overwrite: boo
     except Exception:
         pass
     if settings.n_workers is None:  # one fitting thread per thread the worker has
-        settings = settings.replace(n_workers=_worker_threads())
+        settings = settings.replace(n_workers=worker_threads())
     prepare_worker()
     present = set(_io.existing(job.outputs))
     own = bool(present) and present <= set(planned_absent)
     if own and len(present) == len(job.outputs):  # an attempt finished before it died
-        return FileResult(job.source, "done", notes=["completed by an earlier attempt"],
-                          worker=worker, seconds=time.perf_counter() - start)
+        return FileResult(
+            job.source,
+            "done",
+            notes=["completed by an earlier attempt"],
+            worker=worker,
+            seconds=time.perf_counter() - start,
+        )
     try:
-        outcome = _batch.run_job(job, settings=settings, channel_axis=channel_axis,
-                                 stack=stack, spacing=spacing, max_pixels=max_pixels,
-                                 scribbles=scribbles, overwrite=overwrite or bool(own),
-                                 notify=notes.append)
+        outcome = _batch.run_job(
+            job,
+            settings=settings,
+            channel_axis=channel_axis,
+            stack=stack,
+            spacing=spacing,
+            max_pixels=max_pixels,
+            scribbles=scribbles,
+            overwrite=overwrite or bool(own),
+            notify=notes.append,
+        )
     except Exception as exc:  # one line per failed file; the batch goes on
-        return FileResult(job.source, "failed", _batch.describe_failure(job.source, exc),
-                          notes=notes, worker=worker,
-                          seconds=time.perf_counter() - start)
-    return FileResult(job.source, outcome.status, existing=outcome.existing, notes=notes,
-                      worker=worker, seconds=time.perf_counter() - start)
+        return FileResult(
+            job.source,
+            "failed",
+            _batch.describe_failure(job.source, exc),
+            notes=notes,
+            worker=worker,
+            seconds=time.perf_counter() - start,
+        )
+    return FileResult(
+        job.source,
+        outcome.status,
+        existing=outcome.existing,
+        notes=notes,
+        worker=worker,
+        seconds=time.perf_counter() - start,
+    )
 
 
-def submit_files(client, jobs: Sequence[_batch.Job], *, settings, overwrite: bool = False,
-                 channel_axis: Optional[int] = None, stack: bool = False,
-                 spacing: Optional[tuple] = None, max_pixels: float = float("inf"),
-                 scribbles=None) -> list:
+def submit_files(
+    client,
+    jobs: Sequence[_batch.Job],
+    *,
+    settings,
+    overwrite: bool = False,
+    channel_axis: Optional[int] = None,
+    stack: bool = False,
+    spacing: Optional[tuple] = None,
+    max_pixels: float = float("inf"),
+    scribbles=None,
+) -> list:
     """One future per job (see :func:`run_file`), in the order of ``jobs``."""
     futures = []
     for job in jobs:
         absent = tuple(p for p in job.outputs if not os.path.lexists(p))
-        futures.append(client.submit(
-            run_file, job, settings, absent, overwrite=overwrite,
-            channel_axis=channel_axis, stack=stack, spacing=spacing,
-            max_pixels=max_pixels, scribbles=scribbles, pure=False,
-            key=f"napari-dsp-{job.source.name}-{os.urandom(4).hex()}"))
+        futures.append(
+            client.submit(
+                run_file,
+                job,
+                settings,
+                absent,
+                overwrite=overwrite,
+                channel_axis=channel_axis,
+                stack=stack,
+                spacing=spacing,
+                max_pixels=max_pixels,
+                scribbles=scribbles,
+                pure=False,
+                key=f"napari-dsp-{job.source.name}-{os.urandom(4).hex()}",
+            )
+        )
     return futures
 
 
-def segment_files(inputs: Sequence, output, client, *, settings=None, prior: bool = False,
-                  overwrite: bool = False, channel_axis: Optional[int] = None,
-                  stack: bool = False, spacing: Optional[tuple] = None,
-                  max_pixels: float = float("inf"),
-                  on_result: Optional[Callable[[FileResult, int, int], None]] = None,
-                  **overrides: Any) -> list[FileResult]:
+def segment_files(
+    inputs: Sequence,
+    output,
+    client,
+    *,
+    settings=None,
+    prior: bool = False,
+    overwrite: bool = False,
+    channel_axis: Optional[int] = None,
+    stack: bool = False,
+    spacing: Optional[tuple] = None,
+    max_pixels: float = float("inf"),
+    on_result: Optional[Callable[[FileResult, int, int], None]] = None,
+    **overrides: Any,
+) -> list[FileResult]:
     """Segment files on a dask cluster; every output is written by the workers.
 
     The batch is planned on this machine first (:func:`napari_dsp.batch.plan_batch`:
@@ -275,22 +317,34 @@ def segment_files(inputs: Sequence, output, client, *, settings=None, prior: boo
 
     settings = make_settings(settings, **overrides)
     makes_prior = settings.method != "kanezaki" or settings.use_prior
-    jobs, _notes = _batch.plan_batch(inputs, output, prior=prior and makes_prior,
-                                     texture=settings.texture)
+    jobs, _notes = _batch.plan_batch(
+        inputs, output, prior=prior and makes_prior, texture=settings.texture
+    )
     folders = list(dict.fromkeys(job.labels.parent for job in jobs))
     for folder in folders:
         _io.remove_stale_temps(folder)
-    futures = submit_files(client, jobs, settings=settings, overwrite=overwrite,
-                           channel_axis=channel_axis, stack=stack, spacing=spacing,
-                           max_pixels=max_pixels)
+    futures = submit_files(
+        client,
+        jobs,
+        settings=settings,
+        overwrite=overwrite,
+        channel_axis=channel_axis,
+        stack=stack,
+        spacing=spacing,
+        max_pixels=max_pixels,
+    )
     return collect(futures, jobs, folders, on_result)
 
 
-def collect(futures: list, jobs: Sequence[_batch.Job], folders: Sequence[Path],
-            on_result: Optional[Callable] = None) -> list[FileResult]:
+def collect(
+    futures: list,
+    jobs: Sequence[_batch.Job],
+    folders: Sequence[Path],
+    on_result: Optional[Callable] = None,
+) -> list[FileResult]:
     """Wait for the futures as they complete; a task lost for good (its workers kept
     dying) is a failed file. Temporary files of killed workers are removed at the end."""
-    distributed = _distributed()
+    distributed = require_distributed()
     index = {f.key: i for i, f in enumerate(futures)}
     results: list = [None] * len(futures)
     try:
@@ -299,10 +353,13 @@ def collect(futures: list, jobs: Sequence[_batch.Job], folders: Sequence[Path],
             try:
                 result = future.result()
             except Exception as exc:  # KilledWorker, a lost scheduler, ...
-                result = FileResult(jobs[i].source, "failed",
-                                    f"{jobs[i].source}: its task was lost "
-                                    f"({type(exc).__name__}: {exc}); run the batch again "
-                                    f"(finished files are skipped)")
+                result = FileResult(
+                    jobs[i].source,
+                    "failed",
+                    f"{jobs[i].source}: its task was lost "
+                    f"({type(exc).__name__}: {exc}); run the batch again "
+                    f"(finished files are skipped)",
+                )
             results[i] = result
             if on_result is not None:
                 on_result(result, n, len(futures))
@@ -321,8 +378,7 @@ def submit_segment(client, images: Sequence, *, settings=None, **kwargs: Any) ->
     array of ``images`` (one task each; the arrays are sent to the workers). ``kwargs``
     are :func:`~napari_dsp.segment`'s (``channel_axis=``, ``n_iter=``...). Call
     ``.result()`` on a future for its :class:`~napari_dsp.SegmentResult`."""
-    return [client.submit(_segment_one, image, settings, kwargs, pure=False)
-            for image in images]
+    return [client.submit(_segment_one, image, settings, kwargs, pure=False) for image in images]
 
 
 def _segment_one(image, settings, kwargs):
@@ -331,6 +387,6 @@ def _segment_one(image, settings, kwargs):
 
     settings = make_settings(settings)
     if settings.n_workers is None and "n_workers" not in kwargs:
-        settings = settings.replace(n_workers=_worker_threads())
+        settings = settings.replace(n_workers=worker_threads())
     prepare_worker()
     return segment(image, settings=settings, full_output=True, **kwargs)

@@ -17,9 +17,14 @@ from .results import NothingToSegmentWarning, SegmentResult
 from .settings import Settings
 
 
-def foreground_or_nothing(labels: list, raws: Optional[list], images: list,
-                          settings: Settings, untested: str = "no image given: not tested",
-                          texture: Optional[float] = None) -> tuple[list, dict]:
+def foreground_or_nothing(
+    labels: list,
+    raws: Optional[list],
+    images: list,
+    settings: Settings,
+    untested: str = "no image given: not tested",
+    texture: Optional[float] = None,
+) -> tuple[list, dict]:
     """The prior's 0/1 maps (one per plane) tested against the image's noise
     (:mod:`napari_dsp.core.decide`; with ``texture``, the classes' texture separation
     of :func:`napari_dsp.core.texture.separation`, believed from its
@@ -34,24 +39,33 @@ def foreground_or_nothing(labels: list, raws: Optional[list], images: list,
     if texture is not None:  # texture features: a texture difference counts as well
         from .core.texture import MIN_SEPARATION
 
-        decision.update(texture_separation=round(texture, 3),
-                        texture_threshold=MIN_SEPARATION)
+        decision.update(texture_separation=round(texture, 3), texture_threshold=MIN_SEPARATION)
         if decision["result"] != "prior" and texture >= MIN_SEPARATION:
             decision.pop("message", None)
             decision.update(result="prior", note="the classes differ in texture")
         elif "message" in decision:
-            decision["message"] += (f" (texture features: in texture the classes differ "
-                                    f"by {texture:.1f} within-class standard deviations, "
-                                    f"{MIN_SEPARATION:g} needed)")
+            decision["message"] += (
+                f" (texture features: in texture the classes differ "
+                f"by {texture:.1f} within-class standard deviations, "
+                f"{MIN_SEPARATION:g} needed)"
+            )
     if decision["result"] == "prior":
-        labels, info = _post.post_process(labels, images, refine=settings.refine,
-                                          fill=settings.fill_holes,
-                                          min_size=settings.min_size, invert=settings.invert)
+        labels, info = _post.post_process(
+            labels,
+            images,
+            refine=settings.refine,
+            fill=settings.fill_holes,
+            min_size=settings.min_size,
+            invert=settings.invert,
+        )
         return labels, dict(info, decision=decision)
     # isolated significant pixels are kept whatever min_size says; invert does not turn
     # "nothing" into "everything"
     return [f.astype(lab.dtype) for f, lab in zip(fgs, labels)], {
-        "decision": decision, "refined": False, "inverted": False}
+        "decision": decision,
+        "refined": False,
+        "inverted": False,
+    }
 
 
 def warn_if_nothing(result: SegmentResult) -> SegmentResult:
@@ -61,8 +75,7 @@ def warn_if_nothing(result: SegmentResult) -> SegmentResult:
     to show, as the napari widget does with a notification."""
     decision = (result.metadata.get("clustering") or {}).get("decision") or {}
     if decision.get("message"):
-        warnings.warn(f"napari-dsp: {decision['message']}", NothingToSegmentWarning,
-                      stacklevel=3)
+        warnings.warn(f"napari-dsp: {decision['message']}", NothingToSegmentWarning, stacklevel=3)
     return result
 
 

@@ -29,10 +29,10 @@ from typing import Any, Optional
 import numpy as np
 
 from . import io as _io
-from .batch import overlaps
 from .core import image as _image
 from .core.postprocess import label_dtype, offset_ids
-from .progress import FitProgress, ProgressCallback, check_callback, drain, relay
+from .core.progress import FitProgress, ProgressCallback, check_callback, drain, relay
+from .io.places import overlaps
 from .settings import Settings, make_settings
 from .stackmodel import (
     SAMPLE_PLANES,
@@ -63,8 +63,10 @@ def open_source(source):
             import zarr
 
             return zarr.open(str(path), mode="r")
-        raise ValueError(f"{path}: pass a TIFF or a zarr store for a stack larger than "
-                         f"memory (or the array itself)")
+        raise ValueError(
+            f"{path}: pass a TIFF or a zarr store for a stack larger than "
+            f"memory (or the array itself)"
+        )
     return source
 
 
@@ -82,17 +84,19 @@ def _open_cached(path: str, mtime_ns: int, size: int):
     return open_source(path)
 
 
-def _plane_task(source_ref, stack, index: tuple, model: StackModel, store: str,
-                prior: Optional[np.ndarray]) -> tuple[tuple, int]:
+def _plane_task(
+    source_ref, stack, index: tuple, model: StackModel, store: str, prior: Optional[np.ndarray]
+) -> tuple[tuple, int]:
     """One plane on a worker: read it, segment it, write its chunk of ``store``."""
     import zarr
 
-    from .distributed import _worker_threads, prepare_worker
+    from .workers import prepare_worker, worker_threads
 
     prepare_worker()
     if model.settings.n_workers is None:  # one fitting thread per worker thread
-        model = dataclasses.replace(model, settings=model.settings.replace(
-            n_workers=_worker_threads()))
+        model = dataclasses.replace(
+            model, settings=model.settings.replace(n_workers=worker_threads())
+        )
     if stack is not None:  # a path: opened once per worker process
         path = Path(source_ref)
         st = path.stat()
@@ -105,11 +109,18 @@ def _plane_task(source_ref, stack, index: tuple, model: StackModel, store: str,
     return index, count
 
 
-def segment_stack_to_zarr(image, output, *, channel_axis: Optional[int] = None,
-                          settings: Optional[Settings] = None, client=None,
-                          n_sample: int = SAMPLE_PLANES, overwrite: bool = False,
-                          progress: Optional[ProgressCallback] = None,
-                          **overrides: Any) -> Path:
+def segment_stack_to_zarr(
+    image,
+    output,
+    *,
+    channel_axis: Optional[int] = None,
+    settings: Optional[Settings] = None,
+    client=None,
+    n_sample: int = SAMPLE_PLANES,
+    overwrite: bool = False,
+    progress: Optional[ProgressCallback] = None,
+    **overrides: Any,
+) -> Path:
     """Segment every plane of a stack with bounded memory into a zarr array at ``output``.
 
     Parameters
@@ -129,7 +140,7 @@ def segment_stack_to_zarr(image, output, *, channel_axis: Optional[int] = None,
     n_sample : planes the shared model is learnt from (:func:`learn`).
     overwrite : replace an existing ``output``.
     progress : callable, optional
-        Called with a :class:`~napari_dsp.progress.FitProgress` after every iteration of
+        Called with a :class:`~napari_dsp.core.progress.FitProgress` after every iteration of
         every plane's fit (``plane``/``n_planes`` say which plane; without a client)
         and as each plane is written.
 
@@ -147,8 +158,9 @@ def segment_stack_to_zarr(image, output, *, channel_axis: Optional[int] = None,
     check_callback(progress)
     s = make_settings(settings, **overrides)
     output = _check_call(s, output, n_sample, overwrite, image)
-    output, meta = drain(_iter_to_zarr(image, output, s, channel_axis, client, n_sample,
-                                       overwrite), progress)
+    output, meta = drain(
+        _iter_to_zarr(image, output, s, channel_axis, client, n_sample, overwrite), progress
+    )
     _warn_if_nothing(meta)
     return output
 
@@ -173,14 +185,15 @@ def stored_at(image) -> list[Path]:
     return found
 
 
-def _check_call(settings: Settings, output, n_sample: int, overwrite: bool,
-                image=None) -> Path:
+def _check_call(settings: Settings, output, n_sample: int, overwrite: bool, image=None) -> Path:
     if settings.method != "kmeans":
         raise ValueError("segment_stack_to_zarr supports method='kmeans' only")
     refuse_texture(settings)
     if settings.volumetric:
-        raise ValueError("volumetric=True fits one 3-D prior to the whole stack, which "
-                         "needs it in memory: use segment_stack, or leave volumetric out")
+        raise ValueError(
+            "volumetric=True fits one 3-D prior to the whole stack, which "
+            "needs it in memory: use segment_stack, or leave volumetric out"
+        )
     if int(n_sample) < 1:
         raise ValueError(f"n_sample must be at least 1, got {n_sample}")
     output = Path(output)
@@ -188,20 +201,29 @@ def _check_call(settings: Settings, output, n_sample: int, overwrite: bool,
         raise ValueError(f"{output}: name the output <name>.zarr")
     problems = overlaps([output], stored_at(image))
     if problems:
-        raise ValueError("; ".join(f"{out} {what}" for out, _src, what in problems) +
-                         ": write the labels to another .zarr, outside the input")
+        raise ValueError(
+            "; ".join(f"{out} {what}" for out, _src, what in problems)
+            + ": write the labels to another .zarr, outside the input"
+        )
     if output.exists() and not overwrite:
-        raise FileExistsError(f"{output} exists; pass overwrite=True to replace it, or "
-                              f"another name")
+        raise FileExistsError(
+            f"{output} exists; pass overwrite=True to replace it, or another name"
+        )
     return output
 
 
-def iter_segment_stack_to_zarr(image, output, *, channel_axis: Optional[int] = None,
-                               settings: Optional[Settings] = None,
-                               n_sample: int = SAMPLE_PLANES, overwrite: bool = False,
-                               **overrides: Any):
+def iter_segment_stack_to_zarr(
+    image,
+    output,
+    *,
+    channel_axis: Optional[int] = None,
+    settings: Optional[Settings] = None,
+    n_sample: int = SAMPLE_PLANES,
+    overwrite: bool = False,
+    **overrides: Any,
+):
     """Generator form of :func:`segment_stack_to_zarr` (the napari widget runs it in a
-    thread): yields a :class:`~napari_dsp.progress.FitProgress` after every iteration of
+    thread): yields a :class:`~napari_dsp.core.progress.FitProgress` after every iteration of
     every plane's fit (``plane``/``n_planes`` set; closing the generator stops the fit
     within an iteration and removes the unfinished output), returns a
     :class:`~napari_dsp.SegmentResult` whose labels are a dask array read from the zarr
@@ -210,15 +232,16 @@ def iter_segment_stack_to_zarr(image, output, *, channel_axis: Optional[int] = N
 
     s = make_settings(settings, **overrides)
     output = _check_call(s, output, n_sample, overwrite, image)
-    from .stack import _Stack
+    from .planes import StackLayout
 
     probe = open_source(image)  # the stack's axes and dtype, checked now
-    _Stack(probe, channel_axis)
+    StackLayout(probe, channel_axis)
     _close_opened(probe, image)
 
     def run():
-        out, meta = yield from _iter_to_zarr(image, output, s, channel_axis, None,
-                                             n_sample, overwrite)
+        out, meta = yield from _iter_to_zarr(
+            image, output, s, channel_axis, None, n_sample, overwrite
+        )
         import dask.array as da
 
         return SegmentResult(da.from_zarr(str(out)), None, meta)
@@ -236,28 +259,40 @@ def _warn_if_nothing(meta: dict) -> None:
         warnings.warn(f"napari-dsp: {message}", NothingToSegmentWarning, stacklevel=3)
 
 
-def _iter_to_zarr(image, output: Path, s: Settings, channel_axis, client,
-                  n_sample: int, overwrite: bool):
-    """Both passes; yields :class:`~napari_dsp.progress.FitProgress`, returns ``(output,
+def _iter_to_zarr(
+    image, output: Path, s: Settings, channel_axis, client, n_sample: int, overwrite: bool
+):
+    """Both passes; yields :class:`~napari_dsp.core.progress.FitProgress`, returns ``(output,
     metadata)``."""
     source_ref = image
     source = open_source(image)
     try:
-        return (yield from _to_zarr(source_ref, source, output, s, channel_axis, client,
-                                    n_sample, overwrite))
+        return (
+            yield from _to_zarr(
+                source_ref, source, output, s, channel_axis, client, n_sample, overwrite
+            )
+        )
     finally:
         _close_opened(source, image)
 
 
-def _to_zarr(source_ref, source, output: Path, s: Settings, channel_axis, client,
-             n_sample: int, overwrite: bool):
+def _to_zarr(
+    source_ref,
+    source,
+    output: Path,
+    s: Settings,
+    channel_axis,
+    client,
+    n_sample: int,
+    overwrite: bool,
+):
     import zarr
 
     from .core.plan import resolve_device
+    from .planes import StackLayout
     from .results import make_metadata, resolve_seed
-    from .stack import _Stack
 
-    stack = _Stack(source, channel_axis)
+    stack = StackLayout(source, channel_axis)
     s = s.replace(seed=resolve_seed(s.seed))
     device = resolve_device(s.device)
     n = len(stack.planes)
@@ -270,10 +305,13 @@ def _to_zarr(source_ref, source, output: Path, s: Settings, channel_axis, client
         the sample's priors are reused in the second pass)."""
 
         def stamp(p: FitProgress) -> FitProgress:
-            return p.replace(step=fits_done * STEPS_PER_FIT + round(p.fraction *
-                                                                     STEPS_PER_FIT),
-                             total=n * STEPS_PER_FIT, plane=plane, n_planes=n,
-                             elapsed=time.monotonic() - start)
+            return p.replace(
+                step=fits_done * STEPS_PER_FIT + round(p.fraction * STEPS_PER_FIT),
+                total=n * STEPS_PER_FIT,
+                plane=plane,
+                n_planes=n,
+                elapsed=time.monotonic() - start,
+            )
 
         return stamp
 
@@ -286,9 +324,14 @@ def _to_zarr(source_ref, source, output: Path, s: Settings, channel_axis, client
     shape = stack.lead + tuple(plane_shape)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.{os.getpid()}.{os.urandom(3).hex()}.part")
-    zarr.open_array(str(tmp), mode="w", shape=shape,
-                    chunks=(1,) * len(stack.lead) + tuple(plane_shape), dtype=dtype,
-                    fill_value=0)
+    zarr.open_array(
+        str(tmp),
+        mode="w",
+        shape=shape,
+        chunks=(1,) * len(stack.lead) + tuple(plane_shape),
+        dtype=dtype,
+        fill_value=0,
+    )
     counts: dict = {}
     try:
         if client is None:
@@ -297,31 +340,40 @@ def _to_zarr(source_ref, source, output: Path, s: Settings, channel_axis, client
             for k, index in enumerate(stack.planes):
                 raw = stack.raw_plane(source, index)
                 labels, counts[index] = yield from relay(
-                    iter_segment_plane(raw, model, priors.get(index)), overall(fitted, k))
+                    iter_segment_plane(raw, model, priors.get(index)), overall(fitted, k)
+                )
                 fitted += index not in priors
                 out[index] = labels
                 yield overall(fitted, k)(FitProgress(0, 1))
         else:
-            counts = yield from _run_planes(client, source_ref, source, stack, model,
-                                            priors, str(tmp), overall)
+            counts = yield from _run_planes(
+                client, source_ref, source, stack, model, priors, str(tmp), overall
+            )
         if s.instances:  # numbered over the stack, plane by plane, as in memory
-            _number_over_the_stack(zarr.open_array(str(tmp), mode="r+"), stack.planes,
-                                   counts)
+            _number_over_the_stack(zarr.open_array(str(tmp), mode="r+"), stack.planes, counts)
         axes = _axes(stack)
-        meta = make_metadata(s, device=str(device), image_shape=stack.shape,
-                             image_dtype=np.dtype(source.dtype), channel_axis=channel_axis,
-                             clustering=dict(model.info, decision=model.decision,
-                                             sample_planes=[list(i) for i in model.sample]),
-                             stack={"n_planes": n, "plane_axes": stack.lead_axes,
-                                    "mode": "plane by plane (bounded memory)"})
+        meta = make_metadata(
+            s,
+            device=str(device),
+            image_shape=stack.shape,
+            image_dtype=np.dtype(source.dtype),
+            channel_axis=channel_axis,
+            clustering=dict(
+                model.info, decision=model.decision, sample_planes=[list(i) for i in model.sample]
+            ),
+            stack={
+                "n_planes": n,
+                "plane_axes": stack.lead_axes,
+                "mode": "plane by plane (bounded memory)",
+            },
+        )
         per_plane = [counts[i] for i in stack.planes]
         if s.instances:
             meta["clustering"]["counts_per_plane"] = per_plane
             meta["clustering"]["count"] = int(sum(per_plane))
             meta["clustering"]["ids"] = "unique over the stack, numbered plane by plane"
         arr = zarr.open_array(str(tmp), mode="r+")
-        arr.attrs.update({"napari_dsp": _io.jsonable(meta),
-                          "axes": axes})
+        arr.attrs.update({"napari_dsp": _io.jsonable(meta), "axes": axes})
         _move_into_place(tmp, output, overwrite)
         meta["labels_file"] = str(output)
     except BaseException:  # an error, Ctrl-C, or the generator closed (cancel)
@@ -344,9 +396,9 @@ def _number_over_the_stack(out, planes: list, counts: dict) -> None:
 def _run_planes(client, source_ref, source, stack, model, priors, store, overall):
     """The planes as tasks; yields a report as each plane is written (``overall(fits
     done, plane)`` makes it a step of the run), returns the counts."""
-    from . import distributed as _dist
+    from .workers import require_distributed
 
-    dist = _dist._distributed()
+    dist = require_distributed()
     by_path = isinstance(source_ref, (str, os.PathLike))
     model_future = client.scatter(model, broadcast=True)
     futures = []
@@ -355,8 +407,11 @@ def _run_planes(client, source_ref, source, stack, model, priors, store, overall
             ref, st = source_ref, stack
         else:  # the plane itself (a lazy slice of dask/zarr data is read on the worker)
             ref, st = _PlaneRef(source, stack.key(index), stack.plane_axis), None
-        futures.append(client.submit(_plane_task, ref, st, index, model_future, store,
-                                     priors.get(index), pure=False))
+        futures.append(
+            client.submit(
+                _plane_task, ref, st, index, model_future, store, priors.get(index), pure=False
+            )
+        )
     counts = {}
     try:
         position = {index: k for k, index in enumerate(stack.planes)}
@@ -377,8 +432,9 @@ class _PlaneRef:
     """One plane of an array, read where the task runs (``np.asarray`` on it)."""
 
     def __init__(self, source, key, plane_axis):
-        self.data = source[key] if not isinstance(source, np.ndarray) else \
-            np.ascontiguousarray(source[key])
+        self.data = (
+            source[key] if not isinstance(source, np.ndarray) else np.ascontiguousarray(source[key])
+        )
         self.plane_axis = plane_axis
 
     def __array__(self, dtype=None, copy=None):
@@ -387,15 +443,16 @@ class _PlaneRef:
 
 
 def _axes(stack) -> str:
-    lead = "TZ"[2 - len(stack.lead):] if stack.lead else ""
+    lead = "TZ"[2 - len(stack.lead) :] if stack.lead else ""
     return lead + "YX"
 
 
 def _move_into_place(tmp: Path, output: Path, overwrite: bool) -> None:
     if output.exists():
         if not overwrite:
-            raise FileExistsError(f"{output} appeared while the stack was segmented; "
-                                  f"the result was not written")
+            raise FileExistsError(
+                f"{output} appeared while the stack was segmented; the result was not written"
+            )
         aside = output.with_name(f".{output.name}.{os.urandom(3).hex()}.old")
         os.rename(output, aside)
         os.rename(tmp, output)

@@ -90,8 +90,13 @@ def versions() -> dict:
 
     from . import __version__
 
-    return {"napari_dsp": __version__, "torch": torch.__version__, "numpy": np.__version__,
-            "scikit-learn": sklearn.__version__, "python": platform.python_version()}
+    return {
+        "napari_dsp": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "scikit-learn": sklearn.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def resolve_seed(*candidates: Optional[int]) -> int:
@@ -103,14 +108,28 @@ def resolve_seed(*candidates: Optional[int]) -> int:
     return int(np.random.SeedSequence().entropy % (2**32))
 
 
-def make_metadata(settings, *, device: str, image_shape: tuple, image_dtype,
-                  channel_axis: Optional[int], **parts: Any) -> dict:
+def make_metadata(
+    settings,
+    *,
+    device: str,
+    image_shape: tuple,
+    image_dtype,
+    channel_axis: Optional[int],
+    **parts: Any,
+) -> dict:
     """The metadata of a run: ``settings`` (a :class:`~napari_dsp.Settings` with the
     seed resolved), the device, versions, the input, and the given ``parts`` (``fit``,
     ``clustering``, ``kanezaki``, ``stack``); parts that are None are left out."""
-    meta = {"settings": settings.to_dict(), "device": device, "versions": versions(),
-            "input": {"shape": [int(v) for v in image_shape], "dtype": str(image_dtype),
-                      "channel_axis": channel_axis}}
+    meta = {
+        "settings": settings.to_dict(),
+        "device": device,
+        "versions": versions(),
+        "input": {
+            "shape": [int(v) for v in image_shape],
+            "dtype": str(image_dtype),
+            "channel_axis": channel_axis,
+        },
+    }
     meta.update({k: v for k, v in parts.items() if v is not None})
     return meta
 

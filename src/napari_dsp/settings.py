@@ -27,8 +27,7 @@ APPLIES: dict[str, Callable[[dict], bool]] = {
     "kmeans": lambda v: v.get("method") == "kmeans",
     "fgbg": lambda v: v.get("method") == "kmeans" and v.get("n_classes") == 2,
     "kanezaki": lambda v: v.get("method") == "kanezaki",
-    "superpixels": lambda v: (v.get("method") == "kanezaki"
-                              and not v.get("continuity_weight")),
+    "superpixels": lambda v: v.get("method") == "kanezaki" and not v.get("continuity_weight"),
     "stack": lambda v: bool(v.get("stack")) and v.get("method") == "kmeans",
 }
 
@@ -62,126 +61,335 @@ class Field:
 FIELDS: dict[str, Field] = {
     f.name: f
     for f in (
-        Field("method", "'kmeans': K-means on the prior with n_classes classes; 'kanezaki': "
-              "self-training on superpixels of the prior that finds the number of classes "
-              "itself (stops at min_labels).", label="method", choices=METHODS,
-              choice_labels=("K-means on the prior", "self-training (finds classes)"),
-              flag="--method"),
-        Field("n_classes", "Number of classes. 2 = foreground/background (0 = background, "
-              "1 = foreground); K > 2 = classes 1..K ordered by mean prior intensity.",
-              label="classes", minimum=2, maximum=32, flag="--classes", applies="kmeans"),
-        Field("texture", "Fit the prior to texture channels as well as the intensities "
-              "(Gabor filter energies at 4 scales x 4 orientations, their first 6 "
-              "principal components) and cluster both: regions of the same brightness "
-              "but different texture (tissue types, textured substrates) become "
-              "different classes. Single 2-D images; the outline refinement (from "
-              "intensities) is skipped, and a split is believed where the classes "
-              "differ in intensity or in texture beyond the image's noise.",
-              label="texture features", flag="--texture"),
-        Field("min_labels", "kanezaki: stop once the number of classes has fallen to this "
-              "(then train stabilize_iter more iterations).", label="min classes",
-              minimum=1, maximum=99, flag="--min-labels", applies="kanezaki"),
-        Field("invert", "Swap foreground and background (2 classes only).",
-              label="invert foreground", flag="--invert", applies="fgbg"),
-        Field("instances", "Foreground/background only: give every object its own id "
-              "(touching round objects split by a distance-transform watershed, holes "
-              "filled, specks removed) and report the count.",
-              label="one id per object (count)", flag="--instances", applies="fgbg"),
-        Field("refine", "Foreground/background only: re-draw the prior's outlines from the "
-              "image's pixels (a two-Gaussian minimum-error rule whose classes come from "
-              "the prior), but only where the pixels separate the two classes (expected "
-              "pixel error below 10 %); on textured or noisy images the prior's result is "
-              "kept.", label="sharpen outlines from the pixels", flag="--no-refine",
-              applies="fgbg"),
-        Field("volumetric", "Z-stacks: fit ONE 3-D prior to the whole stack (3-D "
-              "convolutions, anisotropy from the voxel spacing) instead of one 2-D prior "
-              "per plane.", label="one 3-D prior (volume)", flag="--volumetric",
-              applies="stack"),
-        Field("n_iter", "Iterations of each generator fit. Few (tens) is the point: the "
-              "prior is the early, de-textured fit.", label="iterations", minimum=1,
-              maximum=5000, flag="--iterations"),
-        Field("n_runs", "Independent fits in the ensemble; the prior is their per-pixel "
-              "median.", label="runs", minimum=1, maximum=64, flag="--runs"),
-        Field("settle", "Stop the fits early once the prior has settled: when the "
-              "median's mean change per iteration (a fraction of the intensity range) "
-              "falls below this, from iteration 10 on; n_iter is then the most. 0 = "
-              "always n_iter iterations (the research procedure).", label="settled below",
-              minimum=0.0, maximum=1.0, flag="--settle", advanced=True, step=0.0005),
-        Field("window", "Side of the square window (pixels, odd) whose prior values form "
-              "each pixel's feature for K-means.", label="window", minimum=1, maximum=31,
-              flag="--window", applies="kmeans", step=2),
-        Field("seed", "Random seed. None draws one; the seed used is reported with the "
-              "result so any run can be repeated.", label="seed", minimum=0,
-              maximum=2**32 - 1, flag="--seed", none_text="random"),
-        Field("device", "Where to fit: 'auto' (CUDA, then Apple MPS, then CPU), 'cpu', "
-              "'cuda', 'cuda:N' (the N-th GPU) or 'mps'.", label="device", flag="--device"),
-        Field("min_size", "Foreground/background: pieces of foreground smaller than "
-              "this many pixels are removed (specks; with instances, objects); 0 keeps "
-              "everything.", label="smallest object (px)", minimum=0, maximum=10**9,
-              flag="--min-size", advanced=True, applies="fgbg"),
-        Field("fill_holes", "Foreground/background only: background pockets enclosed by "
-              "foreground become foreground.", label="fill holes", flag="--no-fill-holes",
-              advanced=True, applies="fgbg"),
-        Field("working_size", "Fit the prior on a plane scaled down to at most "
-              "working_size x working_size pixels (aspect ratio kept) and scale it back "
-              "up; clustering and outlines stay at full resolution. None = automatic: "
-              "planes up to one tile (512 px on a CPU, 2048 on CUDA) at full resolution; "
-              "larger ones scaled down as far as their objects allow (radius kept >= 3 "
-              "px), never below one tile. 0 = full resolution. Planes larger than a tile "
-              "are fitted in overlapping tiles, blended.", label="working size",
-              minimum=0, maximum=65536, flag="--working-size", advanced=True,
-              none_text="automatic"),
-        Field("precision", "Arithmetic of the fit. 'auto': bfloat16 where the processor "
-              "computes it natively (CUDA GPUs with bfloat16, CPUs with AVX512-BF16 or "
-              "AMX), float32 elsewhere; 'bfloat16' elsewhere is emulated and slower.",
-              label="precision",
-              choices=PRECISIONS, flag="--precision", advanced=True),
-        Field("n_workers", "CPU threads sharing the ensemble, each running torch "
-              "single-threaded. None = one per core for planes from 96x96 up, else one; "
-              "0 = one fit on torch's own thread pool (slow when other programs are busy).",
-              label="CPU threads", minimum=0, maximum=64,
-              flag="--workers", advanced=True, none_text="automatic"),
-        Field("learning_rate", "Adam learning rate of the generator fits.",
-              label="learning rate", minimum=1e-5, maximum=1.0, flag="--learning-rate",
-              advanced=True, step=0.001),
-        Field("preview_every", "Hand out the running prior every this many iterations "
-              "(for live display); 0 = never.", label="preview every", minimum=0,
-              maximum=5000, flag="--preview-every", advanced=True),
-        Field("max_iter", "kanezaki: most self-training iterations.", label="most iterations",
-              minimum=1, maximum=100000, flag="--max-iter", advanced=True,
-              applies="kanezaki"),
-        Field("use_prior", "kanezaki: superpixels on the prior (True) or on the raw image "
-              "(False, no prior fit: to see what the prior brings).",
-              label="superpixels on the prior", flag="--no-prior", advanced=True,
-              applies="kanezaki"),
-        Field("continuity_weight", "kanezaki: >0 selects the TIP 2020 variant: a spatial "
-              "continuity loss of this weight instead of superpixels.",
-              label="continuity weight", minimum=0.0, maximum=1000.0,
-              flag="--continuity-weight", advanced=True, applies="kanezaki", step=0.1),
-        Field("stabilize_iter", "kanezaki: iterations after min_labels is reached.",
-              label="stabilise iterations", minimum=0, maximum=10000,
-              flag="--stabilize-iter", advanced=True, applies="kanezaki"),
-        Field("n_superpixels", "kanezaki: SLIC superpixels on the prior.",
-              label="superpixels", minimum=2, maximum=10**6, flag="--superpixels",
-              advanced=True, applies="superpixels"),
-        Field("compactness", "kanezaki: SLIC compactness.", label="compactness",
-              minimum=0.001, maximum=10000.0, flag="--compactness", advanced=True,
-              applies="superpixels", step=1.0),
-        Field("similarity_weight", "kanezaki: weight of the feature-similarity loss.",
-              label="similarity weight", minimum=0.0, maximum=1000.0,
-              flag="--similarity-weight", advanced=True, applies="kanezaki", step=0.1),
-        Field("scribble_weight", "kanezaki: weight of the scribble loss.",
-              label="scribble weight", minimum=0.0, maximum=1000.0,
-              flag="--scribble-weight", advanced=True, applies="kanezaki", step=0.1),
-        Field("kanezaki_lr", "kanezaki: SGD learning rate (momentum 0.9).",
-              label="self-training learning rate", minimum=1e-5, maximum=10.0,
-              flag="--kanezaki-lr", advanced=True, applies="kanezaki", step=0.01),
-        Field("n_features", "kanezaki: response channels of the feature network (the most "
-              "classes it can find).", label="feature channels", minimum=2, maximum=1000,
-              flag="--features", advanced=True, applies="kanezaki"),
-        Field("n_conv", "kanezaki: 3x3 convolution layers of the feature network.",
-              label="convolution layers", minimum=1, maximum=10, flag="--n-conv",
-              advanced=True, applies="kanezaki"),
+        Field(
+            "method",
+            "'kmeans': K-means on the prior with n_classes classes; 'kanezaki': "
+            "self-training on superpixels of the prior that finds the number of classes "
+            "itself (stops at min_labels).",
+            label="method",
+            choices=METHODS,
+            choice_labels=("K-means on the prior", "self-training (finds classes)"),
+            flag="--method",
+        ),
+        Field(
+            "n_classes",
+            "Number of classes. 2 = foreground/background (0 = background, "
+            "1 = foreground); K > 2 = classes 1..K ordered by mean prior intensity.",
+            label="classes",
+            minimum=2,
+            maximum=32,
+            flag="--classes",
+            applies="kmeans",
+        ),
+        Field(
+            "texture",
+            "Fit the prior to texture channels as well as the intensities "
+            "(Gabor filter energies at 4 scales x 4 orientations, their first 6 "
+            "principal components) and cluster both: regions of the same brightness "
+            "but different texture (tissue types, textured substrates) become "
+            "different classes. Single 2-D images; the outline refinement (from "
+            "intensities) is skipped, and a split is believed where the classes "
+            "differ in intensity or in texture beyond the image's noise.",
+            label="texture features",
+            flag="--texture",
+        ),
+        Field(
+            "min_labels",
+            "kanezaki: stop once the number of classes has fallen to this "
+            "(then train stabilize_iter more iterations).",
+            label="min classes",
+            minimum=1,
+            maximum=99,
+            flag="--min-labels",
+            applies="kanezaki",
+        ),
+        Field(
+            "invert",
+            "Swap foreground and background (2 classes only).",
+            label="invert foreground",
+            flag="--invert",
+            applies="fgbg",
+        ),
+        Field(
+            "instances",
+            "Foreground/background only: give every object its own id "
+            "(touching round objects split by a distance-transform watershed, holes "
+            "filled, specks removed) and report the count.",
+            label="one id per object (count)",
+            flag="--instances",
+            applies="fgbg",
+        ),
+        Field(
+            "refine",
+            "Foreground/background only: re-draw the prior's outlines from the "
+            "image's pixels (a two-Gaussian minimum-error rule whose classes come from "
+            "the prior), but only where the pixels separate the two classes (expected "
+            "pixel error below 10 %); on textured or noisy images the prior's result is "
+            "kept.",
+            label="sharpen outlines from the pixels",
+            flag="--no-refine",
+            applies="fgbg",
+        ),
+        Field(
+            "volumetric",
+            "Z-stacks: fit ONE 3-D prior to the whole stack (3-D "
+            "convolutions, anisotropy from the voxel spacing) instead of one 2-D prior "
+            "per plane.",
+            label="one 3-D prior (volume)",
+            flag="--volumetric",
+            applies="stack",
+        ),
+        Field(
+            "n_iter",
+            "Iterations of each generator fit. Few (tens) is the point: the "
+            "prior is the early, de-textured fit.",
+            label="iterations",
+            minimum=1,
+            maximum=5000,
+            flag="--iterations",
+        ),
+        Field(
+            "n_runs",
+            "Independent fits in the ensemble; the prior is their per-pixel median.",
+            label="runs",
+            minimum=1,
+            maximum=64,
+            flag="--runs",
+        ),
+        Field(
+            "settle",
+            "Stop the fits early once the prior has settled: when the "
+            "median's mean change per iteration (a fraction of the intensity range) "
+            "falls below this, from iteration 10 on; n_iter is then the most. 0 = "
+            "always n_iter iterations (the research procedure).",
+            label="settled below",
+            minimum=0.0,
+            maximum=1.0,
+            flag="--settle",
+            advanced=True,
+            step=0.0005,
+        ),
+        Field(
+            "window",
+            "Side of the square window (pixels, odd) whose prior values form "
+            "each pixel's feature for K-means.",
+            label="window",
+            minimum=1,
+            maximum=31,
+            flag="--window",
+            applies="kmeans",
+            step=2,
+        ),
+        Field(
+            "seed",
+            "Random seed. None draws one; the seed used is reported with the "
+            "result so any run can be repeated.",
+            label="seed",
+            minimum=0,
+            maximum=2**32 - 1,
+            flag="--seed",
+            none_text="random",
+        ),
+        Field(
+            "device",
+            "Where to fit: 'auto' (CUDA, then Apple MPS, then CPU), 'cpu', "
+            "'cuda', 'cuda:N' (the N-th GPU) or 'mps'.",
+            label="device",
+            flag="--device",
+        ),
+        Field(
+            "min_size",
+            "Foreground/background: pieces of foreground smaller than "
+            "this many pixels are removed (specks; with instances, objects); 0 keeps "
+            "everything.",
+            label="smallest object (px)",
+            minimum=0,
+            maximum=10**9,
+            flag="--min-size",
+            advanced=True,
+            applies="fgbg",
+        ),
+        Field(
+            "fill_holes",
+            "Foreground/background only: background pockets enclosed by "
+            "foreground become foreground.",
+            label="fill holes",
+            flag="--no-fill-holes",
+            advanced=True,
+            applies="fgbg",
+        ),
+        Field(
+            "working_size",
+            "Fit the prior on a plane scaled down to at most "
+            "working_size x working_size pixels (aspect ratio kept) and scale it back "
+            "up; clustering and outlines stay at full resolution. None = automatic: "
+            "planes up to one tile (512 px on a CPU, 2048 on CUDA) at full resolution; "
+            "larger ones scaled down as far as their objects allow (radius kept >= 3 "
+            "px), never below one tile. 0 = full resolution. Planes larger than a tile "
+            "are fitted in overlapping tiles, blended.",
+            label="working size",
+            minimum=0,
+            maximum=65536,
+            flag="--working-size",
+            advanced=True,
+            none_text="automatic",
+        ),
+        Field(
+            "precision",
+            "Arithmetic of the fit. 'auto': bfloat16 where the processor "
+            "computes it natively (CUDA GPUs with bfloat16, CPUs with AVX512-BF16 or "
+            "AMX), float32 elsewhere; 'bfloat16' elsewhere is emulated and slower.",
+            label="precision",
+            choices=PRECISIONS,
+            flag="--precision",
+            advanced=True,
+        ),
+        Field(
+            "n_workers",
+            "CPU threads sharing the ensemble, each running torch "
+            "single-threaded. None = one per core for planes from 96x96 up, else one; "
+            "0 = one fit on torch's own thread pool (slow when other programs are busy).",
+            label="CPU threads",
+            minimum=0,
+            maximum=64,
+            flag="--workers",
+            advanced=True,
+            none_text="automatic",
+        ),
+        Field(
+            "learning_rate",
+            "Adam learning rate of the generator fits.",
+            label="learning rate",
+            minimum=1e-5,
+            maximum=1.0,
+            flag="--learning-rate",
+            advanced=True,
+            step=0.001,
+        ),
+        Field(
+            "preview_every",
+            "Hand out the running prior every this many iterations (for live display); 0 = never.",
+            label="preview every",
+            minimum=0,
+            maximum=5000,
+            flag="--preview-every",
+            advanced=True,
+        ),
+        Field(
+            "max_iter",
+            "kanezaki: most self-training iterations.",
+            label="most iterations",
+            minimum=1,
+            maximum=100000,
+            flag="--max-iter",
+            advanced=True,
+            applies="kanezaki",
+        ),
+        Field(
+            "use_prior",
+            "kanezaki: superpixels on the prior (True) or on the raw image "
+            "(False, no prior fit: to see what the prior brings).",
+            label="superpixels on the prior",
+            flag="--no-prior",
+            advanced=True,
+            applies="kanezaki",
+        ),
+        Field(
+            "continuity_weight",
+            "kanezaki: >0 selects the TIP 2020 variant: a spatial "
+            "continuity loss of this weight instead of superpixels.",
+            label="continuity weight",
+            minimum=0.0,
+            maximum=1000.0,
+            flag="--continuity-weight",
+            advanced=True,
+            applies="kanezaki",
+            step=0.1,
+        ),
+        Field(
+            "stabilize_iter",
+            "kanezaki: iterations after min_labels is reached.",
+            label="stabilise iterations",
+            minimum=0,
+            maximum=10000,
+            flag="--stabilize-iter",
+            advanced=True,
+            applies="kanezaki",
+        ),
+        Field(
+            "n_superpixels",
+            "kanezaki: SLIC superpixels on the prior.",
+            label="superpixels",
+            minimum=2,
+            maximum=10**6,
+            flag="--superpixels",
+            advanced=True,
+            applies="superpixels",
+        ),
+        Field(
+            "compactness",
+            "kanezaki: SLIC compactness.",
+            label="compactness",
+            minimum=0.001,
+            maximum=10000.0,
+            flag="--compactness",
+            advanced=True,
+            applies="superpixels",
+            step=1.0,
+        ),
+        Field(
+            "similarity_weight",
+            "kanezaki: weight of the feature-similarity loss.",
+            label="similarity weight",
+            minimum=0.0,
+            maximum=1000.0,
+            flag="--similarity-weight",
+            advanced=True,
+            applies="kanezaki",
+            step=0.1,
+        ),
+        Field(
+            "scribble_weight",
+            "kanezaki: weight of the scribble loss.",
+            label="scribble weight",
+            minimum=0.0,
+            maximum=1000.0,
+            flag="--scribble-weight",
+            advanced=True,
+            applies="kanezaki",
+            step=0.1,
+        ),
+        Field(
+            "kanezaki_lr",
+            "kanezaki: SGD learning rate (momentum 0.9).",
+            label="self-training learning rate",
+            minimum=1e-5,
+            maximum=10.0,
+            flag="--kanezaki-lr",
+            advanced=True,
+            applies="kanezaki",
+            step=0.01,
+        ),
+        Field(
+            "n_features",
+            "kanezaki: response channels of the feature network (the most classes it can find).",
+            label="feature channels",
+            minimum=2,
+            maximum=1000,
+            flag="--features",
+            advanced=True,
+            applies="kanezaki",
+        ),
+        Field(
+            "n_conv",
+            "kanezaki: 3x3 convolution layers of the feature network.",
+            label="convolution layers",
+            minimum=1,
+            maximum=10,
+            flag="--n-conv",
+            advanced=True,
+            applies="kanezaki",
+        ),
     )
 }
 
@@ -308,17 +516,24 @@ class Settings:
         for f in dataclasses.fields(self):
             _check(f.name, getattr(self, f.name), f.type)
         if self.window % 2 == 0:
-            raise ValueError(f"window must be odd (got {self.window}); use "
-                             f"{self.window - 1} or {self.window + 1}")
+            raise ValueError(
+                f"window must be odd (got {self.window}); use "
+                f"{self.window - 1} or {self.window + 1}"
+            )
         if self.min_labels >= self.n_features:
-            raise ValueError(f"min_labels ({self.min_labels}) must be below n_features "
-                             f"({self.n_features})")
+            raise ValueError(
+                f"min_labels ({self.min_labels}) must be below n_features ({self.n_features})"
+            )
         if self.instances and (self.n_classes != 2 or self.method != "kmeans"):
-            raise ValueError("instances=True needs foreground/background segmentation "
-                             "(n_classes=2, method='kmeans')")
+            raise ValueError(
+                "instances=True needs foreground/background segmentation "
+                "(n_classes=2, method='kmeans')"
+            )
         if self.invert and self.n_classes != 2:
-            raise ValueError("invert only applies to foreground/background "
-                             f"(n_classes=2), got n_classes={self.n_classes}")
+            raise ValueError(
+                "invert only applies to foreground/background "
+                f"(n_classes=2), got n_classes={self.n_classes}"
+            )
 
     @classmethod
     def research(cls, **overrides: Any) -> Settings:
@@ -331,8 +546,10 @@ class Settings:
         """Return a copy with ``changes`` applied (validated); unknown names raise."""
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
-            raise TypeError(f"unknown setting(s) {sorted(unknown)}; valid settings are "
-                            f"{[f.name for f in dataclasses.fields(self)]}")
+            raise TypeError(
+                f"unknown setting(s) {sorted(unknown)}; valid settings are "
+                f"{[f.name for f in dataclasses.fields(self)]}"
+            )
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
@@ -341,9 +558,20 @@ class Settings:
     def fit_values(self) -> dict:
         """The plain values a plane's prior fit takes
         (``napari_dsp.core.prior.iter_planned_prior``)."""
-        return {name: getattr(self, name) for name in (
-            "seed", "n_runs", "n_iter", "learning_rate", "precision", "preview_every",
-            "settle", "working_size", "n_workers")}
+        return {
+            name: getattr(self, name)
+            for name in (
+                "seed",
+                "n_runs",
+                "n_iter",
+                "learning_rate",
+                "precision",
+                "preview_every",
+                "settle",
+                "working_size",
+                "n_workers",
+            )
+        }
 
 
 def _check(name: str, value: Any, annotation: str) -> None:
@@ -373,11 +601,14 @@ def _check(name: str, value: Any, annotation: str) -> None:
         if not isinstance(value, str):
             raise TypeError(f"{name} must be a string, got {value!r}")
         if name == "device" and not DEVICE_PATTERN.fullmatch(value):
-            raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' (N = 0, 1, "
-                             f"...) or 'mps'; got {value!r}")
+            raise ValueError(
+                f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' (N = 0, 1, "
+                f"...) or 'mps'; got {value!r}"
+            )
     if spec.choices is not None and value not in spec.choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, spec.choices))}; "
-                         f"got {value!r}")
+        raise ValueError(
+            f"{name} must be one of {', '.join(map(repr, spec.choices))}; got {value!r}"
+        )
     if spec.minimum is not None and value < spec.minimum:
         raise ValueError(f"{name} must be at least {spec.minimum:g}, got {value!r}")
     if spec.maximum is not None and value > spec.maximum:
@@ -394,3 +625,9 @@ def make_settings(settings: Optional[Settings] = None, **overrides: Any) -> Sett
     if overrides:
         settings = settings.replace(**overrides)
     return settings
+
+
+def without_unwatched_previews(settings: Settings, progress) -> Settings:
+    """``settings`` for a call whose reports nobody watches (no ``progress`` callback):
+    no previews are computed then."""
+    return settings if progress is not None else settings.replace(preview_every=0)

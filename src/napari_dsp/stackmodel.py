@@ -30,8 +30,9 @@ def refuse_texture(settings: Settings) -> None:
     """Stacks, in memory or plane by plane, share one model across planes; texture
     features have none yet (:mod:`napari_dsp.core.texture` is per image)."""
     if settings.texture:
-        raise ValueError("texture=True is for single 2-D images in this version; "
-                         "segment one plane at a time")
+        raise ValueError(
+            "texture=True is for single 2-D images in this version; segment one plane at a time"
+        )
 
 
 @dataclass
@@ -59,53 +60,60 @@ def sample_indices(planes: Sequence[tuple], n: int = SAMPLE_PLANES) -> tuple:
 
 def iter_fit_plane(normed: np.ndarray, settings: Settings):
     """The prior of one normalised ``(C, Y, X)`` plane: yields the fit's
-    :class:`~napari_dsp.progress.FitProgress` every iteration (so a consumer that stops
+    :class:`~napari_dsp.core.progress.FitProgress` every iteration (so a consumer that stops
     stops the fit within one), returns the median ``(C, Y, X)``."""
     from .core import plan as _plan
     from .core.prior import iter_planned_prior
 
     device = _plan.resolve_device(settings.device)
     median, _spread, _info = yield from iter_planned_prior(
-        normed, device=device, **settings.replace(preview_every=0).fit_values())
+        normed, device=device, **settings.replace(preview_every=0).fit_values()
+    )
     return median
 
 
 def iter_learn(source, stack, settings: Settings, n_sample: int = SAMPLE_PLANES):
     """The first pass: the :class:`StackModel` learnt from a sample of planes of
-    ``source`` (read through ``stack``, a ``napari_dsp.stack._Stack``). Yields each
+    ``source`` (read through ``stack``, a ``napari_dsp.planes.StackLayout``). Yields each
     sampled plane's fit progress, with ``plane`` (its position in the sample) and
     ``n_planes`` (the sample's size) set; returns ``(model, priors)``,
     the sample's priors by plane index (the second pass reuses them)."""
     from .core import cluster as _cluster
-    from .progress import relay
+    from .core.progress import relay
 
     s = settings
     sample = sample_indices(stack.planes, n_sample)
     raws = [stack.raw_plane(source, index) for index in sample]
     for raw in raws:
         if raw.dtype.kind == "f" and not np.isfinite(raw).all():
-            raise ValueError("the stack contains NaN or infinite values; replace them "
-                             "first, e.g. np.nan_to_num")
+            raise ValueError(
+                "the stack contains NaN or infinite values; replace them first, e.g. np.nan_to_num"
+            )
     lo, hi = _image.stretch_limits(raws)
     if not hi > lo:
-        raise ValueError(f"the sampled planes are constant (every pixel is {lo:g}); "
-                         f"there is nothing to segment")
+        raise ValueError(
+            f"the sampled planes are constant (every pixel is {lo:g}); there is nothing to segment"
+        )
     normed = [_image.stretch(r, lo, hi) for r in raws]
     priors = {}
     for i, (index, plane) in enumerate(zip(sample, normed)):
-        priors[index] = yield from relay(iter_fit_plane(plane, s), lambda p, i=i: p.replace(
-            plane=i, n_planes=len(sample)))
+        priors[index] = yield from relay(
+            iter_fit_plane(plane, s), lambda p, i=i: p.replace(plane=i, n_planes=len(sample))
+        )
     plist = [priors[i] for i in sample]
-    model, info = _cluster.fit_cluster_model(plist, n_classes=s.n_classes, window=s.window,
-                                             seed=s.seed)
+    model, info = _cluster.fit_cluster_model(
+        plist, n_classes=s.n_classes, window=s.window, seed=s.seed
+    )
     out = StackModel(s, lo, hi, model, info=dict(info), sample=sample)
     if s.n_classes != 2:
         return out, priors
     fgs = [model.apply(p) == 1 for p in plist]
     _, decision = _decide.decide(raws, fgs)
     if decision.get("message"):  # decided on the sample, for the whole stack
-        decision["message"] = (f"judged on {len(sample)} sampled plane(s) of "
-                               f"{len(stack.planes)}: {decision['message']}")
+        decision["message"] = (
+            f"judged on {len(sample)} sampled plane(s) of "
+            f"{len(stack.planes)}: {decision['message']}"
+        )
     out.decision = decision
     n_pixels = len(stack.planes) * int(np.prod(raws[0].shape[1:]))
     if decision["result"] == "outliers":
@@ -118,8 +126,7 @@ def iter_learn(source, stack, settings: Settings, n_sample: int = SAMPLE_PLANES)
     return out, priors
 
 
-def iter_segment_plane(raw: np.ndarray, model: StackModel,
-                       prior: Optional[np.ndarray] = None):
+def iter_segment_plane(raw: np.ndarray, model: StackModel, prior: Optional[np.ndarray] = None):
     """The second pass for one ``(C, Y, X)`` plane as read: yields the fit's progress
     (nothing when ``prior`` is given), returns ``(labels (Y, X), count)`` (count:
     objects with ``instances``, else foreground pixels or class-1 pixels)."""
@@ -148,9 +155,10 @@ def iter_segment_plane(raw: np.ndarray, model: StackModel,
     return fg.astype(_post.label_dtype(instances=False)), int(fg.sum())
 
 
-def segment_plane(raw: np.ndarray, model: StackModel,
-                  prior: Optional[np.ndarray] = None) -> tuple[np.ndarray, int]:
+def segment_plane(
+    raw: np.ndarray, model: StackModel, prior: Optional[np.ndarray] = None
+) -> tuple[np.ndarray, int]:
     """:func:`iter_segment_plane` run to its end (a plane as a task on a worker)."""
-    from .progress import drain
+    from .core.progress import drain
 
     return drain(iter_segment_plane(raw, model, prior))

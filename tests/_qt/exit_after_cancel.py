@@ -19,8 +19,7 @@ def main(path: str) -> None:
     from tests.fast import TINY
 
     viewer = napari.Viewer(show=False)
-    _, widget = viewer.window.add_plugin_dock_widget("napari-dsp",
-                                                      "Deep Segmentation Prior")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-dsp", "Deep Segmentation Prior")
     widget.set_values(**dict(TINY, n_iter=3000, n_runs=2, n_workers=2))
     planes = np.stack([nuclei((48, 48), n=3, radius=(5, 8), seed=i)[0] for i in range(4)])
     if path == "image":

@@ -8,8 +8,7 @@ from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, SpinBox
 from napari_dsp._qt.form import OptionalInt, SettingsForm
 from napari_dsp.settings import FIELDS, Settings
 
-KINDS = {"bool": CheckBox, "int": SpinBox, "float": FloatSpinBox,
-         "Optional[int]": OptionalInt}
+KINDS = {"bool": CheckBox, "int": SpinBox, "float": FloatSpinBox, "Optional[int]": OptionalInt}
 
 
 @pytest.fixture
@@ -51,8 +50,9 @@ def test_every_setting_has_a_control_built_from_its_field(form):
         if isinstance(control, OptionalInt):
             assert control.none_text == field.none_text
     method = form["method"]
-    assert [method.native.itemText(i) for i in range(method.native.count())] == \
-        list(FIELDS["method"].choice_labels)
+    assert [method.native.itemText(i) for i in range(method.native.count())] == list(
+        FIELDS["method"].choice_labels
+    )
     assert method.choices == FIELDS["method"].choices
 
 
@@ -61,8 +61,16 @@ def test_reading_the_untouched_form_gives_the_defaults(form):
 
 
 def test_values_round_trip_and_optional_settings_use_none_not_sentinels(form):
-    form.set_values(n_iter=7, n_runs=3, seed=42, learning_rate=0.005, working_size=256,
-                    precision="bfloat16", method="kanezaki", min_labels=4)
+    form.set_values(
+        n_iter=7,
+        n_runs=3,
+        seed=42,
+        learning_rate=0.005,
+        working_size=256,
+        precision="bfloat16",
+        method="kanezaki",
+        min_labels=4,
+    )
     s = form.settings()
     assert (s.n_iter, s.n_runs, s.seed, s.working_size) == (7, 3, 42, 256)
     assert s.learning_rate == pytest.approx(0.005) and s.precision == "bfloat16"

@@ -19,8 +19,13 @@ def stack_labels(tmp_path):
     labels = np.zeros((3, 32, 40), np.uint16)
     labels[:, 5:15, 5:25] = 1
     labels[1, 20:30, 20:35] = 300
-    path = io.write_labels(tmp_path / "cells_labels.tif", labels, axes="ZYX",
-                           pixel_size={"Z": 2.0, "Y": 0.5, "X": 0.5}, unit="µm")
+    path = io.write_labels(
+        tmp_path / "cells_labels.tif",
+        labels,
+        axes="ZYX",
+        pixel_size={"Z": 2.0, "Y": 0.5, "X": 0.5},
+        unit="µm",
+    )
     return path, labels
 
 
@@ -37,8 +42,7 @@ def test_labels_file_opens_as_labels_with_its_pixel_size(viewer, stack_labels):
     assert layer.metadata["written_by_napari_dsp"] is True
 
 
-def test_the_reader_is_offered_for_labels_files_and_a_saved_choice_is_used(
-        viewer, stack_labels):
+def test_the_reader_is_offered_for_labels_files_and_a_saved_choice_is_used(viewer, stack_labels):
     from napari.errors import MultipleReaderError
     from napari.settings import get_settings
 
@@ -76,10 +80,26 @@ def test_the_cli_output_round_trips_through_napari(viewer, tmp_path):
     from tests.fast import TINY_FLAGS
 
     image, _ = dark_on_bright((40, 48))
-    tifffile.imwrite(tmp_path / "img.tif", (image * 1000).astype(np.uint16), imagej=True,
-                     resolution=(1 / 0.325, 1 / 0.325), metadata={"unit": "micron"})
-    assert main(["segment", str(tmp_path / "img.tif"), "-o", str(tmp_path / "o"),
-                 *TINY_FLAGS, "--quiet"]) == 0
+    tifffile.imwrite(
+        tmp_path / "img.tif",
+        (image * 1000).astype(np.uint16),
+        imagej=True,
+        resolution=(1 / 0.325, 1 / 0.325),
+        metadata={"unit": "micron"},
+    )
+    assert (
+        main(
+            [
+                "segment",
+                str(tmp_path / "img.tif"),
+                "-o",
+                str(tmp_path / "o"),
+                *TINY_FLAGS,
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     layer = viewer.open(tmp_path / "o" / "img_labels.tif", plugin="napari-dsp")[0]
     assert isinstance(layer, Labels) and layer.data.shape == (40, 48)
     np.testing.assert_allclose(layer.scale, [0.325, 0.325])

@@ -127,8 +127,7 @@ def test_dock_title_is_not_clipped_in_a_1400_pixel_window(make_napari_viewer, qt
     viewer = make_napari_viewer(show=True)
     add_disc(viewer)
     viewer.window.resize(1400, 900)
-    dock, widget = viewer.window.add_plugin_dock_widget("napari-dsp",
-                                                        "Deep Segmentation Prior")
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-dsp", "Deep Segmentation Prior")
     widget.form.advanced = True  # the widest form
     qtbot.wait(300)
     title = dock.title.title  # napari's title bar label
@@ -148,8 +147,11 @@ def test_run_adds_labels_on_top_and_a_hidden_prior_in_place_with_metadata(viewer
     assert prior.data.dtype == np.float32 and labels.data.dtype == np.uint8
     # The user's image stays visible under the labels; the prior does not hide it.
     assert layer.visible and labels.visible and not prior.visible
-    assert names(viewer).index("cells labels") > names(viewer).index("cells prior") > \
-        names(viewer).index("cells")
+    assert (
+        names(viewer).index("cells labels")
+        > names(viewer).index("cells prior")
+        > names(viewer).index("cells")
+    )
     for out in (prior, labels):
         np.testing.assert_allclose(out.scale, layer.scale)
         np.testing.assert_allclose(out.translate, layer.translate)
@@ -174,8 +176,7 @@ def test_progress_bar_moves_and_the_status_speaks_in_the_users_units(viewer, qtb
     qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT)
     assert len(values) >= 3 and values == sorted(values) and values[-1] == bar.total
     assert bar.n == bar.total == 12
-    assert any(re.search(r"members \d+/2 done · iteration \d+/12", s) for s in statuses), \
-        statuses
+    assert any(re.search(r"members \d+/2 done · iteration \d+/12", s) for s in statuses), statuses
     assert any("iteration" in d for d in descriptions), descriptions
     assert not any(re.fullmatch(r"\d+ / \d+", s) for s in statuses)
 
@@ -334,8 +335,7 @@ def test_failure_inside_the_worker_becomes_a_notification(viewer, qtbot, notes):
     np.testing.assert_array_equal(layer.data, stack)
 
 
-def test_a_runtime_error_in_the_fit_is_reported_not_lost(viewer, qtbot, notes,
-                                                         monkeypatch):
+def test_a_runtime_error_in_the_fit_is_reported_not_lost(viewer, qtbot, notes, monkeypatch):
     # superqt drops a RuntimeError leaving a worker (no errored, no finished signal);
     # torch reports CUDA out of memory as one. It must still reach the user.
     import napari_dsp.api
@@ -351,13 +351,11 @@ def test_a_runtime_error_in_the_fit_is_reported_not_lost(viewer, qtbot, notes,
     assert names(viewer) == ["cells"] and widget.run_button.text == "Run"
 
 
-def test_cuda_device_can_be_chosen_and_a_failure_on_it_is_reported(fake_gpu, viewer,
-                                                                   qtbot, notes):
+def test_cuda_device_can_be_chosen_and_a_failure_on_it_is_reported(fake_gpu, viewer, qtbot, notes):
     layer, _ = add_disc(viewer)
     widget = open_widget(viewer)
     device = widget.form["device"]
-    assert "CUDA 0: Fake GPU" in [device.native.itemText(i)
-                                  for i in range(device.native.count())]
+    assert "CUDA 0: Fake GPU" in [device.native.itemText(i) for i in range(device.native.count())]
     widget.set_values(device="cuda:0")
     assert widget.settings().device == "cuda:0"
     # torch has no CUDA here, so the fit fails inside the worker: a notification, the
@@ -397,8 +395,7 @@ def test_only_image_layers_are_offered(viewer, notes):
 def test_event_loop_keeps_running_during_a_fit(viewer, qtbot):
     from qtpy.QtCore import QTimer
 
-    viewer.add_image(np.random.default_rng(0).random((96, 96)).astype(np.float32),
-                     name="noise")
+    viewer.add_image(np.random.default_rng(0).random((96, 96)).astype(np.float32), name="noise")
     widget = open_widget(viewer, **dict(ENDLESS, n_runs=3))
     ticks = []
     timer = QTimer()
@@ -426,8 +423,7 @@ def test_closing_the_viewer_during_a_run_stops_the_worker(make_napari_viewer, qt
 
 def test_closing_the_dock_during_a_run_stops_the_worker(viewer, qtbot):
     layer, _ = add_disc(viewer)
-    dock, widget = viewer.window.add_plugin_dock_widget("napari-dsp",
-                                                        "Deep Segmentation Prior")
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-dsp", "Deep Segmentation Prior")
     widget.set_values(**ENDLESS)
     worker = widget.run()
     wait_for_reports(qtbot, widget)
@@ -562,8 +558,14 @@ def test_rgb_stack_all_planes_keeps_the_colour_axis(viewer, qtbot):
 def test_multiscale_layer_segments_the_chosen_level_in_place(viewer, qtbot):
     img, mask = dark_on_bright((96, 128), seed=5)
     small = img.reshape(48, 2, 64, 2).mean((1, 3))
-    layer = viewer.add_image([img, small], multiscale=True, name="pyr", scale=(0.5, 0.5),
-                             translate=(7.0, -3.0), rotate=30)
+    layer = viewer.add_image(
+        [img, small],
+        multiscale=True,
+        name="pyr",
+        scale=(0.5, 0.5),
+        translate=(7.0, -3.0),
+        rotate=30,
+    )
     widget = open_widget(viewer, n_iter=25)
     widget.image_layer = layer
     assert widget.form.shown("level") and widget.form["level"].max == 1
@@ -590,8 +592,9 @@ def test_dask_stack_and_affine_placement_per_plane(viewer, qtbot):
     c, s = np.cos(0.4), np.sin(0.4)
     affine[1:3, 1:3] = [[c, -s], [s, c]]
     affine[1:3, 3] = [4.0, -2.0]
-    layer = viewer.add_image(da.from_array(stack, chunks=(1, 40, 48)), name="lazy",
-                             scale=(2.0, 0.7, 0.7), affine=affine)
+    layer = viewer.add_image(
+        da.from_array(stack, chunks=(1, 40, 48)), name="lazy", scale=(2.0, 0.7, 0.7), affine=affine
+    )
     widget = open_widget(viewer, n_iter=25)
     viewer.dims.set_point(0, 2.0)  # world z = 2 -> plane 1
     widget.planes = "current plane"
@@ -632,12 +635,14 @@ def test_lazy_stack_all_planes_goes_to_disk_with_bounded_memory(viewer, qtbot, t
     where = re.search(r"labels on disk in (\S+\.zarr)", widget.status)
     assert where, widget.status
     assert "lazy stack prior" not in names(viewer)  # no prior is kept for a lazy stack
-    reference = segment_stack_to_zarr(stack, tmp_path / "ref.zarr",
-                                      **{**FAST, **widget_seed(labels)})
+    reference = segment_stack_to_zarr(
+        stack, tmp_path / "ref.zarr", **{**FAST, **widget_seed(labels)}
+    )
     import zarr
 
-    np.testing.assert_array_equal(np.asarray(labels.data), zarr.open_array(
-        str(reference), mode="r")[:])
+    np.testing.assert_array_equal(
+        np.asarray(labels.data), zarr.open_array(str(reference), mode="r")[:]
+    )
     assert np.asarray(labels.data).max() == 1
     assert isinstance(layer.data, da.Array)  # the source layer is untouched
     # a cancelled run leaves neither its output nor its new folder
@@ -660,7 +665,7 @@ def widget_seed(labels) -> dict:
 
 def test_volumetric_setting_fits_one_3d_prior_with_the_layer_spacing(viewer, qtbot):
     zz, yy, xx = np.mgrid[0:8, 0:40, 0:40]
-    mask = ((zz - 4) * 2.0) ** 2 + (yy - 20) ** 2 + (xx - 18) ** 2 <= 10 ** 2
+    mask = ((zz - 4) * 2.0) ** 2 + (yy - 20) ** 2 + (xx - 18) ** 2 <= 10**2
     image = np.where(mask, 0.7, 0.3) + np.random.default_rng(0).normal(0, 0.08, mask.shape)
     layer = viewer.add_image(image.astype(np.float32), name="vol", scale=(2.0, 1.0, 1.0))
     widget = open_widget(viewer, n_iter=25)
@@ -706,13 +711,22 @@ def test_closing_napari_right_after_a_cancel_lets_the_process_exit(path):
         pytest.importorskip("zarr")
     root = Path(__file__).resolve().parents[2]
     script = Path(__file__).with_name("exit_after_cancel.py")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(root), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])
+    )
     try:
-        done = subprocess.run([sys.executable, str(script), path], env=env, cwd=root,
-                              capture_output=True, text=True, timeout=240)
+        done = subprocess.run(
+            [sys.executable, str(script), path],
+            env=env,
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
     except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"the process did not exit within 240 s after the cancel and the "
-                    f"close ({path}): {exc.stdout!r} {exc.stderr!r}")
+        pytest.fail(
+            f"the process did not exit within 240 s after the cancel and the "
+            f"close ({path}): {exc.stdout!r} {exc.stderr!r}"
+        )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "closed" in done.stdout

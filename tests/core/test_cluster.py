@@ -49,7 +49,7 @@ def test_projection_equals_the_explicit_window_features(rng):
     proj = _cluster.project(prior, axes, mean)
     padded = np.pad(prior, ((0, 0), (1, 1), (1, 1)), mode="reflect")
     y, x = 5, 7
-    window = padded[:, y:y + 3, x:x + 3].reshape(-1)
+    window = padded[:, y : y + 3, x : x + 3].reshape(-1)
     expected = axes.reshape(len(axes), -1) @ (window - mean)
     np.testing.assert_allclose(proj[y * 14 + x], expected, rtol=1e-4, atol=1e-5)
 

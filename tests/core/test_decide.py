@@ -38,8 +38,10 @@ def test_a_real_but_faint_disc_is_believed():
 
 
 def test_one_bright_pixel_on_a_dark_field_is_the_foreground():
-    for background in (np.zeros((96, 96), np.uint16),
-                       np.random.default_rng(2).poisson(5, (96, 96)).astype(np.uint16)):
+    for background in (
+        np.zeros((96, 96), np.uint16),
+        np.random.default_rng(2).poisson(5, (96, 96)).astype(np.uint16),
+    ):
         image = background.copy()
         image[40, 50] = 200
         blobs = _blob_split(np.random.default_rng(3).normal(size=(96, 96)))
@@ -51,8 +53,14 @@ def test_one_bright_pixel_on_a_dark_field_is_the_foreground():
 
 @pytest.mark.parametrize("lam", [0.5, 2, 10, 1000])
 def test_poisson_fields_give_no_spots(lam):
-    false = sum(bool(decide.outliers([np.random.default_rng(s).poisson(
-        lam, (96, 96)).astype(np.uint16)[None]])[0].any()) for s in range(40))
+    false = sum(
+        bool(
+            decide.outliers(
+                [np.random.default_rng(s).poisson(lam, (96, 96)).astype(np.uint16)[None]]
+            )[0].any()
+        )
+        for s in range(40)
+    )
     assert false <= 1
 
 

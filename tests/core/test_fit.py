@@ -9,7 +9,7 @@ import torch
 
 from napari_dsp.core import fit as _fit
 from napari_dsp.core.nets import EnsembleGenerator, VolumeGenerator, z_stages
-from napari_dsp.progress import drain
+from napari_dsp.core.progress import drain
 
 IMAGE = np.random.default_rng(0).random((3, 32, 40)).astype(np.float32)
 CROP = (slice(0, 32), slice(0, 40))
@@ -21,8 +21,14 @@ def make_2d(g, seeds):
 
 def test_a_member_of_the_ensemble_equals_a_stand_alone_fit_with_its_seed():
     """In float64 the grouped model trains each member exactly as if it were alone."""
-    kw = dict(make_net=make_2d, n_iter=6, learning_rate=0.01, device=torch.device("cpu"),
-              dtype=torch.float64, channels_last=False)
+    kw = dict(
+        make_net=make_2d,
+        n_iter=6,
+        learning_rate=0.01,
+        device=torch.device("cpu"),
+        dtype=torch.float64,
+        channels_last=False,
+    )
     together = drain(_fit.iter_members(IMAGE, CROP, seeds=[11, 22, 33], **kw))
     alone = drain(_fit.iter_members(IMAGE, CROP, seeds=[22], **kw))
     assert together.shape == (3, 3, 32, 40)
@@ -32,13 +38,21 @@ def test_a_member_of_the_ensemble_equals_a_stand_alone_fit_with_its_seed():
 
 
 def test_threads_fit_the_same_members_in_seed_order():
-    kw = dict(make_net=make_2d, n_iter=5, learning_rate=0.01, device=torch.device("cpu"),
-              dtype=torch.float64, channels_last=False, batch_size=1)
+    kw = dict(
+        make_net=make_2d,
+        n_iter=5,
+        learning_rate=0.01,
+        device=torch.device("cpu"),
+        dtype=torch.float64,
+        channels_last=False,
+        batch_size=1,
+    )
     seeds = [3, 4, 5, 6, 7]
     plain = drain(_fit.iter_members(IMAGE, CROP, seeds=seeds, **kw))
     seen = []
-    threaded = drain(_fit.iter_members_threaded(IMAGE, CROP, threads=2, seeds=seeds, **kw),
-                     seen.append)
+    threaded = drain(
+        _fit.iter_members_threaded(IMAGE, CROP, threads=2, seeds=seeds, **kw), seen.append
+    )
     np.testing.assert_allclose(threaded, plain, rtol=0, atol=1e-6)
     # progress over both threads: every iteration of every member group, in order
     assert [p.step for p in seen] == list(range(1, 5 * 5 + 1))
@@ -60,8 +74,14 @@ def test_threads_restore_torch_settings_and_no_process_is_started():
 
     before = seen_by_a_new_thread()
     kids = psutil.Process().children()
-    kw = dict(threads=2, seeds=[1, 2], make_net=make_2d, n_iter=3, learning_rate=0.01,
-              device=torch.device("cpu"))
+    kw = dict(
+        threads=2,
+        seeds=[1, 2],
+        make_net=make_2d,
+        n_iter=3,
+        learning_rate=0.01,
+        device=torch.device("cpu"),
+    )
     a = _fit.iter_members_threaded(IMAGE, CROP, **kw)
     next(a)
     assert psutil.Process().children() == kids  # threads, not child processes
@@ -74,9 +94,16 @@ def test_threads_restore_torch_settings_and_no_process_is_started():
 
 
 def test_closing_stops_every_thread_within_an_iteration():
-    gen = _fit.iter_members_threaded(IMAGE, CROP, threads=2, seeds=[1, 2], make_net=make_2d,
-                                     n_iter=100000, learning_rate=0.01,
-                                     device=torch.device("cpu"))
+    gen = _fit.iter_members_threaded(
+        IMAGE,
+        CROP,
+        threads=2,
+        seeds=[1, 2],
+        make_net=make_2d,
+        n_iter=100000,
+        learning_rate=0.01,
+        device=torch.device("cpu"),
+    )
     next(gen)
     gen.close()
     assert not [t for t in threading.enumerate() if t.name.startswith("napari-dsp-fit")]
@@ -86,9 +113,16 @@ def test_an_error_in_a_thread_is_raised_to_the_consumer():
     def broken(g, seeds):
         raise MemoryError("simulated: no memory for the network")
 
-    gen = _fit.iter_members_threaded(IMAGE, CROP, threads=2, seeds=[1, 2], make_net=broken,
-                                     n_iter=3, learning_rate=0.01,
-                                     device=torch.device("cpu"))
+    gen = _fit.iter_members_threaded(
+        IMAGE,
+        CROP,
+        threads=2,
+        seeds=[1, 2],
+        make_net=broken,
+        n_iter=3,
+        learning_rate=0.01,
+        device=torch.device("cpu"),
+    )
     with pytest.raises(MemoryError, match="simulated"):
         drain(gen)
 
@@ -96,10 +130,18 @@ def test_an_error_in_a_thread_is_raised_to_the_consumer():
 def test_the_same_loop_fits_volumes():
     stages = z_stages((1, 1, 1), 8)
     vol = np.random.default_rng(0).random((1, 8, 16, 16)).astype(np.float32)
-    out = drain(_fit.iter_members(
-        vol, (slice(0, 8), slice(0, 16), slice(0, 16)),
-        make_net=lambda g, s: VolumeGenerator(g, 1, s, stages), seeds=[1, 2, 3], n_iter=3,
-        learning_rate=0.01, device=torch.device("cpu"), batch_size=2))
+    out = drain(
+        _fit.iter_members(
+            vol,
+            (slice(0, 8), slice(0, 16), slice(0, 16)),
+            make_net=lambda g, s: VolumeGenerator(g, 1, s, stages),
+            seeds=[1, 2, 3],
+            n_iter=3,
+            learning_rate=0.01,
+            device=torch.device("cpu"),
+            batch_size=2,
+        )
+    )
     assert out.shape == (3, 1, 8, 16, 16) and out.dtype == np.float32
 
 
@@ -116,8 +158,13 @@ def test_threads_stopped_from_outside_wake_their_consumer():
     """The interpreter's exit handler stops every fitting thread; the consumer, which
     waits for their members, must learn that they will never come (it once waited for
     ever, and the process never exited)."""
-    kw = dict(make_net=make_2d, n_iter=100_000, learning_rate=0.01,
-              device=torch.device("cpu"), channels_last=False)
+    kw = dict(
+        make_net=make_2d,
+        n_iter=100_000,
+        learning_rate=0.01,
+        device=torch.device("cpu"),
+        channels_last=False,
+    )
     gen = _fit.iter_members_threaded(IMAGE, CROP, threads=2, seeds=[1, 2, 3], **kw)
     next(gen)  # running
     _fit._stop_all_at_exit()  # what atexit does

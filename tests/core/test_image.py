@@ -14,14 +14,17 @@ def test_sixteen_bit_narrow_range_is_stretched_not_flat(rng):
     assert out.std() > 0.2
 
 
-@pytest.mark.parametrize("shape, axis, expected", [
-    ((40, 50), None, (1, 40, 50)),
-    ((40, 50, 3), None, (3, 40, 50)),
-    ((40, 50, 4), None, (3, 40, 50)),  # alpha dropped
-    ((5, 40, 50), 0, (5, 40, 50)),
-    ((40, 5, 50), 1, (5, 40, 50)),
-    ((40, 50, 2), -1, (2, 40, 50)),
-])
+@pytest.mark.parametrize(
+    "shape, axis, expected",
+    [
+        ((40, 50), None, (1, 40, 50)),
+        ((40, 50, 3), None, (3, 40, 50)),
+        ((40, 50, 4), None, (3, 40, 50)),  # alpha dropped
+        ((5, 40, 50), 0, (5, 40, 50)),
+        ((40, 5, 50), 1, (5, 40, 50)),
+        ((40, 50, 2), -1, (2, 40, 50)),
+    ],
+)
 def test_layouts(shape, axis, expected):
     assert to_channels_first(np.zeros(shape), axis).shape == expected
 
@@ -41,20 +44,23 @@ def test_pad_to_multiple_and_crop_back(h, w, rng):
     np.testing.assert_array_equal(padded[:, crop[0], crop[1]], chw)
 
 
-@pytest.mark.parametrize("image, kwargs, error, match", [
-    (np.zeros((0, 10)), {}, ValueError, "empty"),
-    (np.zeros((8, 30)), {}, ValueError, "at least 16x16"),
-    (np.zeros((1, 1)), {}, ValueError, "image is 1x1 pixels; at least 16x16"),
-    (np.zeros((3, 3)), {}, ValueError, "image is 3x3 pixels; at least 16x16"),
-    (np.zeros((2, 2, 2, 2, 32, 32)), {}, ValueError, "6 dimensions"),
-    (np.zeros((4, 4, 4, 4)), {}, ValueError, "4 dimensions"),
-    (np.zeros((40, 40, 7)), {}, ValueError, "channel_axis"),
-    (np.zeros((40, 40), complex), {}, TypeError, "np.abs"),
-    (np.zeros((40, 40, 3)), {"channel_axis": 3}, ValueError, "out of range"),
-    (np.zeros((40, 40)), {"channel_axis": 0}, ValueError, "needs a 3-D image"),
-    (np.zeros((40, 40, 3)), {"channel_axis": 1.0}, TypeError, "integer or None"),
-    ("not an image", {}, TypeError, "dtype|numpy array"),
-])
+@pytest.mark.parametrize(
+    "image, kwargs, error, match",
+    [
+        (np.zeros((0, 10)), {}, ValueError, "empty"),
+        (np.zeros((8, 30)), {}, ValueError, "at least 16x16"),
+        (np.zeros((1, 1)), {}, ValueError, "image is 1x1 pixels; at least 16x16"),
+        (np.zeros((3, 3)), {}, ValueError, "image is 3x3 pixels; at least 16x16"),
+        (np.zeros((2, 2, 2, 2, 32, 32)), {}, ValueError, "6 dimensions"),
+        (np.zeros((4, 4, 4, 4)), {}, ValueError, "4 dimensions"),
+        (np.zeros((40, 40, 7)), {}, ValueError, "channel_axis"),
+        (np.zeros((40, 40), complex), {}, TypeError, "np.abs"),
+        (np.zeros((40, 40, 3)), {"channel_axis": 3}, ValueError, "out of range"),
+        (np.zeros((40, 40)), {"channel_axis": 0}, ValueError, "needs a 3-D image"),
+        (np.zeros((40, 40, 3)), {"channel_axis": 1.0}, TypeError, "integer or None"),
+        ("not an image", {}, TypeError, "dtype|numpy array"),
+    ],
+)
 def test_bad_inputs(image, kwargs, error, match):
     with pytest.raises(error, match=match):
         to_channels_first(image, **kwargs)
@@ -101,7 +107,8 @@ def test_normalize_values_near_the_float64_limit(recwarn):
 def test_the_object_radius_is_found_on_blobs_of_known_size(size, radius):
     from napari_dsp._synthetic import nuclei
 
-    image, _mask = nuclei((size, size), n=int(20 * (size / 256) ** 2 * (8 / radius[1]) ** 2),
-                          radius=radius, seed=0)
+    image, _mask = nuclei(
+        (size, size), n=int(20 * (size / 256) ** 2 * (8 / radius[1]) ** 2), radius=radius, seed=0
+    )
     estimate = _image.object_radius(_image.normalize(_image.to_channels_first(image)))
     assert radius[0] / 1.5 <= estimate <= radius[1] * 1.5

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from napari_dsp import fit_prior, iter_segment, segment
+from napari_dsp import fit_prior, segment
 from napari_dsp._synthetic import scribbles_for, textured_regions
 from napari_dsp.core.kanezaki import (
     compact_ids,
@@ -14,6 +14,7 @@ from napari_dsp.core.kanezaki import (
     separations,
 )
 from napari_dsp.core.nets import FeatureNet
+from napari_dsp.generators import segment as iter_segment
 
 PRIOR = dict(n_runs=5, n_iter=50, n_workers=1, seed=0)
 
@@ -22,8 +23,9 @@ def run(n, size, seed, scribbles=False, **kw):
     image, truth = textured_regions(n, size=size, seed=seed)
     prior = fit_prior(image, **PRIOR)
     strokes = scribbles_for(truth, seed) if scribbles else None
-    result = segment(image, prior=prior, method="kanezaki", seed=0, scribbles=strokes,
-                     full_output=True, **kw)
+    result = segment(
+        image, prior=prior, method="kanezaki", seed=0, scribbles=strokes, full_output=True, **kw
+    )
     return result, truth, strokes
 
 
@@ -58,8 +60,9 @@ def test_scribbles_give_exactly_the_painted_classes_and_keep_their_ids(n):
 def test_without_prior_no_fit_is_made():
     image, truth = textured_regions(3, size=64, seed=1)
     seen = []
-    result = segment(image, method="kanezaki", use_prior=False, seed=0, full_output=True,
-                     progress=seen.append)
+    result = segment(
+        image, method="kanezaki", use_prior=False, seed=0, full_output=True, progress=seen.append
+    )
     assert result.prior is None
     assert {p.stage for p in seen} == {"classes"}
     assert adjusted_rand_score(truth.ravel(), result.labels.ravel()) > 0.5
@@ -67,8 +70,9 @@ def test_without_prior_no_fit_is_made():
 
 def test_progress_stages_and_label_previews_and_stop():
     image, _ = textured_regions(3, size=48, seed=0)
-    gen = iter_segment(image, method="kanezaki", n_runs=2, n_iter=5, n_workers=1, seed=0,
-                       preview_every=2)
+    gen = iter_segment(
+        image, method="kanezaki", n_runs=2, n_iter=5, n_workers=1, seed=0, preview_every=2
+    )
     stages, previews = [], []
     for p in gen:
         stages.append(p.stage)
@@ -91,15 +95,24 @@ def test_same_seed_same_labels():
     np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("kwargs, error, match", [
-    (dict(scribbles=np.zeros((48, 48), int)), ValueError, "method='kanezaki' only"),
-    (dict(method="kanezaki", scribbles=np.zeros((10, 10), int)), ValueError,
-     "scribbles have shape"),
-    (dict(method="kanezaki", scribbles=np.full((48, 48), -1)), ValueError, "scribble ids"),
-    (dict(method="kanezaki", scribbles=np.zeros((48, 48), float)), TypeError,
-     "integer label image"),
-    (dict(method="kanezaki", min_labels=50, n_features=20), ValueError, "below n_features"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(scribbles=np.zeros((48, 48), int)), ValueError, "method='kanezaki' only"),
+        (
+            dict(method="kanezaki", scribbles=np.zeros((10, 10), int)),
+            ValueError,
+            "scribbles have shape",
+        ),
+        (dict(method="kanezaki", scribbles=np.full((48, 48), -1)), ValueError, "scribble ids"),
+        (
+            dict(method="kanezaki", scribbles=np.zeros((48, 48), float)),
+            TypeError,
+            "integer label image",
+        ),
+        (dict(method="kanezaki", min_labels=50, n_features=20), ValueError, "below n_features"),
+    ],
+)
 def test_bad_kanezaki_arguments(kwargs, error, match):
     image, _ = textured_regions(3, size=48, seed=0)
     with pytest.raises(error, match=match):
@@ -112,8 +125,7 @@ def test_helpers():
     expected = (3 * 100 * 9 + 100) + 200 + (100 * 100 * 9 + 100) + 200 + (100 * 100 + 100) + 200
     assert sum(p.numel() for p in net.parameters()) == expected
     sp = np.array([0, 0, 0, 1, 1])
-    np.testing.assert_array_equal(majority(np.array([2, 2, 5, 7, 7]), sp, 2, 10),
-                                  [2, 2, 2, 7, 7])
+    np.testing.assert_array_equal(majority(np.array([2, 2, 5, 7, 7]), sp, 2, 10), [2, 2, 2, 7, 7])
     labels = np.array([[40, 40], [7, 9]])
     image = np.array([[[0.9, 0.9], [0.1, 0.5]]])
     np.testing.assert_array_equal(compact_ids(labels, image), [[3, 3], [1, 2]])
@@ -198,7 +210,8 @@ def test_training_steps_on_cuda_use_deterministic_cudnn_and_restore_the_flags(mo
 
     monkeypatch.setattr(kanezaki, "repeatable", spy)
     image, _ = textured_regions(2, size=32, seed=0)
-    gen = kanezaki.iter_kanezaki(image[None].astype(np.float32), None, seed=0,
-                                 device="cpu", max_iter=7, min_labels=1)
+    gen = kanezaki.iter_kanezaki(
+        image[None].astype(np.float32), None, seed=0, device="cpu", max_iter=7, min_labels=1
+    )
     steps = sum(1 for _ in iter(lambda: next(gen, None), None))
     assert steps == 7 and entered == ["cpu"] * 8  # 7 steps and the final pass

@@ -62,6 +62,7 @@ def test_volume_generator_output_shape():
 def test_feature_net_weights_come_from_its_own_generator():
     """Same generator seed, same weights, whatever the global RNG does in between; the
     global RNG is not consumed (two runs in one process cannot disturb each other)."""
+
     def weights(seed):
         net = FeatureNet(3, 8, 2, generator=torch.Generator().manual_seed(seed))
         return torch.cat([p.detach().reshape(-1) for p in net.parameters()])

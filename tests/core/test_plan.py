@@ -71,8 +71,11 @@ def test_a_fit_that_cannot_fit_in_memory_is_refused_up_front(monkeypatch):
     result = fit_prior(image, n_iter=2, n_runs=2, n_workers=0, seed=0, device="cpu")
     assert result.metadata["fit"]["tiles"] > 1 and result.prior.shape == (256, 256)
     monkeypatch.setattr(_plan, "available_memory", lambda: 2e6)  # not even a 64x64 tile
-    with pytest.raises(ValueError, match=r"needs about .* GB of memory and 0.0 GB is "
-                                         r"available; set a working_size"):
+    with pytest.raises(
+        ValueError,
+        match=r"needs about .* GB of memory and 0.0 GB is "
+        r"available; set a working_size",
+    ):
         fit_prior(image, n_iter=2, n_runs=2, n_workers=0, device="cpu")
 
 
@@ -128,14 +131,16 @@ def test_tiles_cover_the_plane_with_overlap():
     assert _plan.tile_slices((300, 300), 512, 32) == [(slice(0, 300), slice(0, 300))]
 
 
-@pytest.mark.parametrize("caps, expected", [
-    ({"avx512_bf16": True, "avx512_f": True}, "bfloat16"),
-    ({"amx_bf16": True}, "bfloat16"),
-    ({"avx512_bf16": False, "avx512_f": True, "avx2": True}, "float32"),  # emulated: slower
-    ({}, "float32"),
-])
-def test_auto_precision_is_bfloat16_only_where_the_cpu_computes_it(monkeypatch, caps,
-                                                                     expected):
+@pytest.mark.parametrize(
+    "caps, expected",
+    [
+        ({"avx512_bf16": True, "avx512_f": True}, "bfloat16"),
+        ({"amx_bf16": True}, "bfloat16"),
+        ({"avx512_bf16": False, "avx512_f": True, "avx2": True}, "float32"),  # emulated: slower
+        ({}, "float32"),
+    ],
+)
+def test_auto_precision_is_bfloat16_only_where_the_cpu_computes_it(monkeypatch, caps, expected):
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
     cpu = torch.device("cpu")
     assert _plan.resolve_precision("auto", cpu) == expected
@@ -143,8 +148,9 @@ def test_auto_precision_is_bfloat16_only_where_the_cpu_computes_it(monkeypatch, 
     assert _plan.resolve_precision("bfloat16", cpu) == "bfloat16"
 
 
-@pytest.mark.parametrize("capability, expected", [((8, 0), "bfloat16"), ((9, 0), "bfloat16"),
-                                                  ((7, 5), "float32")])  # T4: emulated
+@pytest.mark.parametrize(
+    "capability, expected", [((8, 0), "bfloat16"), ((9, 0), "bfloat16"), ((7, 5), "float32")]
+)  # T4: emulated
 def test_auto_precision_on_cuda_follows_the_gpu(monkeypatch, capability, expected):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: capability)
     assert _plan.resolve_precision("auto", torch.device("cuda")) == expected

@@ -36,8 +36,9 @@ def test_segment_counts_nuclei():
     from scipy import ndimage as ndi
 
     truth = ndi.label(mask)[1]
-    result = segment(image, instances=True, n_iter=30, n_runs=3, n_workers=1, seed=0,
-                     full_output=True)
+    result = segment(
+        image, instances=True, n_iter=30, n_runs=3, n_workers=1, seed=0, full_output=True
+    )
     count = result.metadata["clustering"]["count"]
     assert result.labels.max() == count
     assert abs(count - truth) <= max(1, 0.1 * truth), (count, truth)
@@ -54,8 +55,9 @@ def test_touching_balls_are_split_in_3d_with_anisotropic_spacing():
     # two touching balls, z sampled every 2 pixels: 2 objects, not 1
     zz, yy, xx = np.mgrid[0:12, 0:40, 0:56]
     z = zz * 2.0
-    mask = ((z - 12) ** 2 + (yy - 20) ** 2 + (xx - 16) ** 2 <= 81) | \
-        ((z - 12) ** 2 + (yy - 20) ** 2 + (xx - 33) ** 2 <= 81)
+    mask = ((z - 12) ** 2 + (yy - 20) ** 2 + (xx - 16) ** 2 <= 81) | (
+        (z - 12) ** 2 + (yy - 20) ** 2 + (xx - 33) ** 2 <= 81
+    )
     labels = instances(mask, sampling=(2.0, 1.0, 1.0))
     assert labels.shape == mask.shape and labels.max() == 2
     assert np.array_equal(labels > 0, mask)
@@ -69,8 +71,15 @@ def test_stack_instances_count_per_plane_with_unique_ids():
         disc_mask, count = touching_discs((96, 128), seed=seed)
         rng = np.random.default_rng(seed)
         frames.append(np.where(disc_mask, 0.8, 0.2) + rng.normal(0, 0.05, disc_mask.shape))
-    result = segment_stack(np.stack(frames).astype(np.float32), instances=True, n_iter=30,
-                           n_runs=2, n_workers=1, seed=0, full_output=True)
+    result = segment_stack(
+        np.stack(frames).astype(np.float32),
+        instances=True,
+        n_iter=30,
+        n_runs=2,
+        n_workers=1,
+        seed=0,
+        full_output=True,
+    )
     info = result.metadata["clustering"]
     counts = info["counts_per_plane"]
     assert len(counts) == 2 and info["count"] == sum(counts)

@@ -9,7 +9,7 @@ from napari_dsp.core import fit as _fit
 from napari_dsp.core import image as _image
 from napari_dsp.core import plan as _plan
 from napari_dsp.core.prior import iter_plane_prior
-from napari_dsp.progress import FitProgress, drain
+from napari_dsp.core.progress import FitProgress, drain
 
 
 def plan_for(data, **kw):
@@ -24,9 +24,19 @@ def test_tiled_fit_covers_the_plane_and_reports_tiles(monkeypatch):
     plan = plan_for(data, working_size=0)
     assert len(plan.tiles) == 4
     seen = []
-    median, spread = drain(iter_plane_prior(data, plan, seed=0, n_runs=3, n_iter=3,
-                                            learning_rate=0.01, precision="float32",
-                                            preview_every=0), seen.append)
+    median, spread = drain(
+        iter_plane_prior(
+            data,
+            plan,
+            seed=0,
+            n_runs=3,
+            n_iter=3,
+            learning_rate=0.01,
+            precision="float32",
+            preview_every=0,
+        ),
+        seen.append,
+    )
     assert median.shape == (1, 150, 130) and spread.shape == (150, 130)
     assert np.isfinite(median).all() and median.min() >= 0 and median.max() <= 1
     assert {p.tile for p in seen} == {0, 1, 2, 3} and seen[-1].n_tiles == 4

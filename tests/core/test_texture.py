@@ -16,17 +16,18 @@ from napari_dsp.core.texture import (
 
 
 def stripes(shape, period, theta, phase=0.0):
-    yy, xx = np.mgrid[0:shape[0], 0:shape[1]].astype(float)
-    return 0.5 + 0.2 * np.sin(2 * np.pi * (xx * np.cos(theta) + yy * np.sin(theta)) / period
-                              + phase)
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]].astype(float)
+    return 0.5 + 0.2 * np.sin(
+        2 * np.pi * (xx * np.cos(theta) + yy * np.sin(theta)) / period + phase
+    )
 
 
 def two_textures(shape=(96, 96)):
     """Left half vertical stripes, right half horizontal: the same mean and spread."""
     image = stripes(shape, 8, 0.0)
-    image[:, shape[1] // 2:] = stripes(shape, 8, np.pi / 2)[:, shape[1] // 2:]
+    image[:, shape[1] // 2 :] = stripes(shape, 8, np.pi / 2)[:, shape[1] // 2 :]
     truth = np.zeros(shape, int)
-    truth[:, shape[1] // 2:] = 1
+    truth[:, shape[1] // 2 :] = 1
     return image.astype(np.float32), truth
 
 
@@ -53,8 +54,11 @@ def test_equal_brightness_textures_separate_on_the_channels_not_on_the_pixels():
     assert channels.min() >= 0 and channels.max() <= 1
 
     def agreement(features):
-        km = KMeans(2, n_init=10, random_state=0).fit_predict(
-            features.reshape(len(features), -1).T).reshape(truth.shape)
+        km = (
+            KMeans(2, n_init=10, random_state=0)
+            .fit_predict(features.reshape(len(features), -1).T)
+            .reshape(truth.shape)
+        )
         return max(np.mean(km == truth), np.mean(km != truth))
 
     assert agreement(channels) > 0.95
@@ -66,8 +70,7 @@ def test_local_means_are_the_mean_of_each_side_away_from_a_step():
     image[:, 48:] = 0.7
     m = local_means(image)
     assert m.shape == (2, 64, 96) and m.dtype == np.float32
-    np.testing.assert_allclose(local_means(np.full((40, 50), 0.3, np.float32)), 0.3,
-                               atol=1e-5)
+    np.testing.assert_allclose(local_means(np.full((40, 50), 0.3, np.float32)), 0.3, atol=1e-5)
     # the finer scale (a few pixels) is flat a little away from the step
     np.testing.assert_allclose(m[0][:, :20], 0.2, atol=1e-3)
     np.testing.assert_allclose(m[0][:, -20:], 0.7, atol=1e-3)
@@ -80,8 +83,9 @@ def test_local_means_are_the_mean_of_each_side_away_from_a_step():
 
     for plane, scale in zip(m, MEAN_SCALES):
         sigma = scale * SIGMA_CYCLES / FREQUENCIES[0]
-        np.testing.assert_allclose(plane, ndi.gaussian_filter(image, sigma, mode="mirror"),
-                                   atol=2e-3)
+        np.testing.assert_allclose(
+            plane, ndi.gaussian_filter(image, sigma, mode="mirror"), atol=2e-3
+        )
 
 
 def test_same_image_same_channels_and_rgb_uses_luminance():
@@ -90,15 +94,19 @@ def test_same_image_same_channels_and_rgb_uses_luminance():
     np.testing.assert_array_equal(a, texture_channels(image[None]))
     # RGB: the channels of its luminance (the mean of the channels), not of one channel
     rgb = np.stack([image * 0.5, image * 1.5, np.full_like(image, 0.3)])
-    np.testing.assert_allclose(texture_channels(rgb), texture_channels(rgb.mean(0)[None]),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        texture_channels(rgb), texture_channels(rgb.mean(0)[None]), atol=1e-5
+    )
     assert np.abs(texture_channels(rgb) - texture_channels(rgb[2:])).max() > 0.1
 
 
-@pytest.mark.parametrize("bad, match", [
-    (np.full((1, 32, 32), np.nan, np.float32), "NaN"),
-    (np.zeros((32, 32), np.float32), r"\(C, Y, X\)"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (np.full((1, 32, 32), np.nan, np.float32), "NaN"),
+        (np.zeros((32, 32), np.float32), r"\(C, Y, X\)"),
+    ],
+)
 def test_bad_input_is_refused(bad, match):
     with pytest.raises(ValueError, match=match):
         texture_channels(bad)

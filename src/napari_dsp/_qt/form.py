@@ -41,14 +41,24 @@ class OptionalInt(ValuedContainerWidget):
     says what None means ("automatic", "random"). Checked: the value is None and the
     spin box is disabled."""
 
-    def __init__(self, value: Optional[int] = None, *, none_text: str, min: int = 0,
-                 max: int = 2**31 - 1, **kwargs: Any):
-        self._spin = SpinBox(name="number", value=min, min=min, max=max,
-                             tooltip=kwargs.get("tooltip"))
-        self._none = CheckBox(name="none", text=none_text, value=True,
-                              tooltip=kwargs.get("tooltip"))
-        super().__init__(widgets=[self._spin, self._none], layout="horizontal",
-                         labels=False, **kwargs)
+    def __init__(
+        self,
+        value: Optional[int] = None,
+        *,
+        none_text: str,
+        min: int = 0,
+        max: int = 2**31 - 1,
+        **kwargs: Any,
+    ):
+        self._spin = SpinBox(
+            name="number", value=min, min=min, max=max, tooltip=kwargs.get("tooltip")
+        )
+        self._none = CheckBox(
+            name="none", text=none_text, value=True, tooltip=kwargs.get("tooltip")
+        )
+        super().__init__(
+            widgets=[self._spin, self._none], layout="horizontal", labels=False, **kwargs
+        )
         self.margins = (0, 0, 0, 0)
         self._spin.changed.connect(self._emit)
         self._none.changed.connect(self._emit)
@@ -101,8 +111,7 @@ def _decimals(field: Field) -> int:
 def make_control(field: Field, default: Any, annotation: str):
     """The control of one setting, built from its :class:`~napari_dsp.settings.Field`."""
     common = dict(name=field.name, label=field.label or field.name, tooltip=field.help)
-    bounds = {k: v for k, v in (("min", field.minimum), ("max", field.maximum))
-              if v is not None}
+    bounds = {k: v for k, v in (("min", field.minimum), ("max", field.maximum)) if v is not None}
     if field.name == "device":
         return ComboBox(choices=device_choices(), value=default, **common)
     if field.choices is not None:
@@ -111,16 +120,21 @@ def make_control(field: Field, default: Any, annotation: str):
     if annotation == "bool":
         return CheckBox(value=default, text=common.pop("label"), **common)
     if field.none_text is not None:
-        return OptionalInt(default, none_text=field.none_text,
-                           **{k: int(v) for k, v in bounds.items()}, **common)
+        return OptionalInt(
+            default, none_text=field.none_text, **{k: int(v) for k, v in bounds.items()}, **common
+        )
     if annotation == "float":
         control = FloatSpinBox(value=default, step=field.step or 0.1, **bounds, **common)
         control.native.setDecimals(_decimals(field))
         control.value = default  # again, now that the decimals can show it
         return control
     if annotation == "int":
-        return SpinBox(value=default, step=int(field.step or 1),
-                       **{k: int(v) for k, v in bounds.items()}, **common)
+        return SpinBox(
+            value=default,
+            step=int(field.step or 1),
+            **{k: int(v) for k, v in bounds.items()},
+            **common,
+        )
     raise TypeError(f"no form control for setting {field.name!r} ({annotation})")
 
 
@@ -147,10 +161,16 @@ class SettingsForm(Container):
             control = make_control(field, getattr(self.defaults, name), annotation)
             (advanced if field.advanced else basic).append(control)
         self.extend(basic)
-        self.append(CheckBox(name=ADVANCED, text="advanced settings", value=False,
-                             tooltip="Show the settings most runs leave alone: working "
-                                     "size, precision, threads, learning rates, and the "
-                                     "self-training details."))
+        self.append(
+            CheckBox(
+                name=ADVANCED,
+                text="advanced settings",
+                value=False,
+                tooltip="Show the settings most runs leave alone: working "
+                "size, precision, threads, learning rates, and the "
+                "self-training details.",
+            )
+        )
         self.extend(advanced)
         self.changed.connect(self.refresh)
         self.refresh()
@@ -183,9 +203,10 @@ class SettingsForm(Container):
         """The form as :class:`~napari_dsp.Settings`: settings that do not apply take
         their default. Raises TypeError/ValueError (with the settings' own message)."""
         values = self.values()
-        chosen = {name: (value if self.applies(name, values)
-                         else getattr(self.defaults, name))
-                  for name, value in values.items()}
+        chosen = {
+            name: (value if self.applies(name, values) else getattr(self.defaults, name))
+            for name, value in values.items()
+        }
         return Settings(**chosen)
 
     def set_values(self, **values: Any) -> None:
@@ -193,8 +214,7 @@ class SettingsForm(Container):
         re-evaluated once, at the end."""
         unknown = set(values) - set(FIELDS)
         if unknown:
-            raise TypeError(f"unknown setting(s) {sorted(unknown)}; the form has "
-                            f"{list(FIELDS)}")
+            raise TypeError(f"unknown setting(s) {sorted(unknown)}; the form has {list(FIELDS)}")
         for name, value in values.items():
             self[name].value = value
 
@@ -239,23 +259,46 @@ def add_widget_rows(form: SettingsForm) -> None:
     from magicgui.widgets import create_widget
     from napari.layers import Labels
 
-    image = create_widget(annotation="napari.layers.Image", name="image", label="image",
-                          options={"tooltip": "The Image layer to segment."})
-    level = SpinBox(name="level", value=0, min=0, max=0, label="level",
-                    tooltip="Multiscale layers: the resolution level to segment (0 = "
-                            "finest); the result is placed at that level's pixel size.")
-    planes = ComboBox(name="planes", choices=PLANES, value=PLANES[0], label="planes",
-                      tooltip="Stacks and time-lapses: segment the plane the sliders "
-                              "show, or all planes (classes shared across planes).")
-    scribbles = create_widget(annotation=Optional[Labels], name="scribbles",
-                              label="scribbles", options={
-                                  "tooltip": "Optional Labels layer of strokes (0 = "
-                                             "unlabelled); painted classes keep their "
-                                             "ids."})
-    spread = CheckBox(name="show_spread", value=False,
-                      text="add uncertainty (ensemble spread) layer",
-                      tooltip="Also add the per-pixel standard deviation across the "
-                              "ensemble (high where the fits disagree), hidden.")
+    image = create_widget(
+        annotation="napari.layers.Image",
+        name="image",
+        label="image",
+        options={"tooltip": "The Image layer to segment."},
+    )
+    level = SpinBox(
+        name="level",
+        value=0,
+        min=0,
+        max=0,
+        label="level",
+        tooltip="Multiscale layers: the resolution level to segment (0 = "
+        "finest); the result is placed at that level's pixel size.",
+    )
+    planes = ComboBox(
+        name="planes",
+        choices=PLANES,
+        value=PLANES[0],
+        label="planes",
+        tooltip="Stacks and time-lapses: segment the plane the sliders "
+        "show, or all planes (classes shared across planes).",
+    )
+    scribbles = create_widget(
+        annotation=Optional[Labels],
+        name="scribbles",
+        label="scribbles",
+        options={
+            "tooltip": "Optional Labels layer of strokes (0 = "
+            "unlabelled); painted classes keep their "
+            "ids."
+        },
+    )
+    spread = CheckBox(
+        name="show_spread",
+        value=False,
+        text="add uncertainty (ensemble spread) layer",
+        tooltip="Also add the per-pixel standard deviation across the "
+        "ensemble (high where the fits disagree), hidden.",
+    )
     for i, row in enumerate((image, level, planes)):
         form.insert(i, row)
     form.insert(form.index("min_labels") + 1, scribbles)
@@ -273,8 +316,11 @@ def update_widget_rows(form: SettingsForm, new_layer: bool) -> None:
         spatial = 3 if layer.rgb else 2
         shapes = [tuple(d.shape) for d in layer.data]
         form["level"].max = len(shapes) - 1
-        fits = [i for i, shp in enumerate(shapes)
-                if math.prod(shp[len(shp) - spatial:][:2]) <= 4096 * 4096]
+        fits = [
+            i
+            for i, shp in enumerate(shapes)
+            if math.prod(shp[len(shp) - spatial :][:2]) <= 4096 * 4096
+        ]
         form["level"].value = fits[0] if fits else len(shapes) - 1
     form["level"].visible = multiscale
     stack = layer is not None and layer.ndim > 2

@@ -25,12 +25,11 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ..api import iter_segment
-from ..large import iter_segment_stack_to_zarr
-from ..progress import FitProgress
+from ..core.progress import FitProgress
+from ..generators import segment, segment_stack
 from ..results import PriorResult, SegmentResult
 from ..settings import Settings
-from ..stack import iter_segment_stack
+from ..stack import choose_path
 
 #: Key under which results are stored in an output layer's ``metadata``.
 META_KEY = "napari_dsp"
@@ -54,8 +53,10 @@ def read_layer(layer, point, level: Optional[int], all_planes: bool):
     if getattr(layer, "multiscale", False):
         level = 0 if level is None else int(level)
         if not 0 <= level < len(layer.data):
-            raise ValueError(f"layer '{layer.name}' has {len(layer.data)} levels; choose "
-                             f"a level from 0 to {len(layer.data) - 1}")
+            raise ValueError(
+                f"layer '{layer.name}' has {len(layer.data)} levels; choose "
+                f"a level from 0 to {len(layer.data) - 1}"
+            )
         data = layer.data[level]
     else:
         level = None
@@ -64,16 +65,23 @@ def read_layer(layer, point, level: Optional[int], all_planes: bool):
     spatial = spatial_ndim(layer)
     lead = data.ndim - spatial
     if lead > 2:
-        raise ValueError(f"layer '{layer.name}' has {data.ndim} dimensions; stacks up to "
-                         f"T x Z x Y x X are supported; add a sub-stack as its own layer, "
-                         f"e.g. viewer.add_image(viewer.layers['{layer.name}'].data[0])")
+        raise ValueError(
+            f"layer '{layer.name}' has {data.ndim} dimensions; stacks up to "
+            f"T x Z x Y x X are supported; add a sub-stack as its own layer, "
+            f"e.g. viewer.add_image(viewer.layers['{layer.name}'].data[0])"
+        )
     if lead == 0 or all_planes:
         return data, None
     where = np.asarray(layer.world_to_data(point), float)
-    factors = np.ones(lead) if level is None else \
-        np.asarray(layer.downsample_factors[level], float)[:lead]
-    plane = tuple(int(np.clip(np.floor(where[i] / factors[i] + 0.5), 0, data.shape[i] - 1))
-                  for i in range(lead))
+    factors = (
+        np.ones(lead)
+        if level is None
+        else np.asarray(layer.downsample_factors[level], float)[:lead]
+    )
+    plane = tuple(
+        int(np.clip(np.floor(where[i] / factors[i] + 0.5), 0, data.shape[i] - 1))
+        for i in range(lead)
+    )
     return data, plane
 
 
@@ -82,7 +90,7 @@ def placement(layer, level: Optional[int] = None) -> dict:
     result computed on ``level`` of a multiscale layer, that level's pixel size."""
     scale = np.array(layer.scale, dtype=float)
     if level is not None and getattr(layer, "multiscale", False):
-        scale = scale * np.asarray(layer.downsample_factors[level], float)[:len(scale)]
+        scale = scale * np.asarray(layer.downsample_factors[level], float)[: len(scale)]
     kwargs = dict(_where(layer), scale=scale)
     units = getattr(layer, "units", None)
     if units is not None:
@@ -115,29 +123,32 @@ class Job:
         return None
 
 
-def prepare_run(layer, settings: Settings, point, *, level: int, all_planes: bool,
-                scribbles=None):
-    """Read ``layer`` (see :func:`read_layer`) and start the API's generator on it:
-    :func:`~napari_dsp.iter_segment` for a plane, :func:`~napari_dsp.iter_segment_stack`
-    for a stack segmented whole (``volumetric`` with the layer's voxel size), and
-    :func:`~napari_dsp.large.iter_segment_stack_to_zarr` for a lazy (dask, zarr) stack
-    in all-planes mode (:func:`on_disk`). All validate at the call, so bad input raises
-    TypeError/ValueError here, before any thread starts. Returns the :class:`Job` and the
-    generator."""
+def prepare_run(layer, settings: Settings, point, *, level: int, all_planes: bool, scribbles=None):
+    """Read ``layer`` (see :func:`read_layer`) and start the API's generator on it, on the
+    path :func:`napari_dsp.stack.choose_path` gives (the one the command line takes for
+    the same data): :func:`napari_dsp.generators.segment` for a plane,
+    :func:`napari_dsp.generators.segment_stack` for a stack segmented whole
+    (``volumetric`` with the layer's voxel size), or the same with ``out`` in a new
+    temporary folder for a lazy (dask, zarr) stack in all-planes mode. All validate at
+    the call, so bad input raises TypeError/ValueError here, before any thread starts.
+    Returns the :class:`Job` and the generator."""
     multiscale = getattr(layer, "multiscale", False)
     level = level if multiscale else None
     data, plane = read_layer(layer, point, level, all_planes)
-    lead = tuple(data.shape[:data.ndim - spatial_ndim(layer)])
+    lead = tuple(data.shape[: data.ndim - spatial_ndim(layer)])
     image = None
-    if lead and plane is None and on_disk(data, settings):
+    path = choose_path(data, settings, planes=bool(lead) and plane is None)
+    if path == "out of core":
         out = zarr_output(layer)
-        gen = _removing_empty(out.parent, iter_segment_stack_to_zarr(
-            data, out, settings=settings, channel_axis=-1 if layer.rgb else None))
-    elif lead and plane is None:
-        spacing = tuple(placement(layer, level)["scale"][-3:]) if settings.volumetric \
-            else None
-        gen = iter_segment_stack(data, settings=settings, spacing=spacing,
-                                 channel_axis=-1 if layer.rgb else None)
+        gen = _removing_empty(
+            out.parent,
+            segment_stack(data, out=out, settings=settings, channel_axis=-1 if layer.rgb else None),
+        )
+    elif path == "stack":
+        spacing = tuple(placement(layer, level)["scale"][-3:]) if settings.volumetric else None
+        gen = segment_stack(
+            data, settings=settings, spacing=spacing, channel_axis=-1 if layer.rgb else None
+        )
     else:
         image = np.asarray(data if plane is None else data[plane])
         strokes = None
@@ -145,24 +156,8 @@ def prepare_run(layer, settings: Settings, point, *, level: int, all_planes: boo
             strokes = np.array(scribbles.data)  # a copy: the user may paint meanwhile
             if plane is not None and strokes.ndim == len(lead) + 2:
                 strokes = strokes[plane]
-        gen = iter_segment(image, settings=settings, scribbles=strokes)
+        gen = segment(image, settings=settings, scribbles=strokes)
     return Job(layer, settings, lead, plane, level, image), gen
-
-
-def on_disk(data, settings: Settings) -> bool:
-    """Whether a whole stack is segmented plane by plane into zarr on disk (bounded
-    memory, labels read lazily) rather than in memory: lazy data (dask, zarr), with
-    dask.distributed's extra installed, K-means and not ``volumetric``."""
-    from ..stack import is_lazy
-
-    if not is_lazy(data) or settings.method != "kmeans" or settings.volumetric:
-        return False
-    try:
-        import dask.array  # noqa: F401
-        import zarr  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def _removing_empty(folder: Path, gen):
@@ -200,8 +195,18 @@ class Slot:
     def alive(self, viewer) -> bool:
         return self.layer is not None and self.layer in viewer.layers
 
-    def show(self, viewer, add: Callable, data, name: str, *, running: bool = False,
-             visible: bool = True, where: Optional[dict] = None, **kwargs) -> None:
+    def show(
+        self,
+        viewer,
+        add: Callable,
+        data,
+        name: str,
+        *,
+        running: bool = False,
+        visible: bool = True,
+        where: Optional[dict] = None,
+        **kwargs,
+    ) -> None:
         """Put ``data`` in the layer (made with ``add`` if needed). ``running`` marks a
         preview: the layer is named "... (running)" and the undo state is kept."""
         label = name + " (running)" if running else name
@@ -245,9 +250,13 @@ class Slot:
 
 
 def _where(layer) -> dict:
-    return {"scale": np.array(layer.scale), "translate": np.array(layer.translate),
-            "rotate": np.array(layer.rotate), "shear": np.array(layer.shear),
-            "affine": np.array(layer.affine.affine_matrix)}
+    return {
+        "scale": np.array(layer.scale),
+        "translate": np.array(layer.translate),
+        "rotate": np.array(layer.rotate),
+        "shear": np.array(layer.shear),
+        "affine": np.array(layer.affine.affine_matrix),
+    }
 
 
 def _place(layer, where: dict) -> None:
@@ -274,8 +283,7 @@ class Outputs:
     texture_slot: Slot = field(default_factory=Slot)
 
     def begin(self) -> None:
-        for slot in (self.prior_slot, self.labels_slot, self.spread_slot,
-                     self.texture_slot):
+        for slot in (self.prior_slot, self.labels_slot, self.spread_slot, self.texture_slot):
             slot.commit()
 
     def _full(self, viewer, slot: Slot, part: np.ndarray, index, job: Job, dtype):
@@ -296,14 +304,23 @@ class Outputs:
         index, where = job.index(p), placement(job.layer, job.level)
         if p.stage == "classes":
             self.labels_slot.show(
-                viewer, viewer.add_labels,
+                viewer,
+                viewer.add_labels,
                 self._full(viewer, self.labels_slot, p.preview, index, job, np.int32),
-                f"{job.name} labels", running=True, where=where)
+                f"{job.name} labels",
+                running=True,
+                where=where,
+            )
         else:
             self.prior_slot.show(
-                viewer, viewer.add_image,
+                viewer,
+                viewer.add_image,
                 self._full(viewer, self.prior_slot, p.preview, index, job, np.float32),
-                f"{job.name} prior", running=True, where=where, rgb=job.layer.rgb)
+                f"{job.name} prior",
+                running=True,
+                where=where,
+                rgb=job.layer.rgb,
+            )
 
     def publish(self, viewer, job: Job, result: SegmentResult, spread: bool) -> None:
         """Put a finished run's layers in place: prior and spread hidden, labels shown
@@ -321,40 +338,70 @@ class Outputs:
         where, meta = placement(job.layer, job.level), {META_KEY: result.metadata}
         if result.prior is not None:
             self.prior_slot.show(
-                viewer, viewer.add_image,
-                self._full(viewer, self.prior_slot, result.prior.prior, index, job,
-                           np.float32),
-                f"{job.name} prior", visible=False, where=where, metadata=meta,
-                rgb=job.layer.rgb)
+                viewer,
+                viewer.add_image,
+                self._full(viewer, self.prior_slot, result.prior.prior, index, job, np.float32),
+                f"{job.name} prior",
+                visible=False,
+                where=where,
+                metadata=meta,
+                rgb=job.layer.rgb,
+            )
         if spread and result.prior is not None:
             self.spread_slot.show(
-                viewer, viewer.add_image,
-                self._full(viewer, self.spread_slot, result.prior.spread, index, job,
-                           np.float32),
-                f"{job.name} spread", visible=False, where=where, colormap="magma",
-                metadata={META_KEY: {"what": "per-pixel standard deviation across the "
-                                             "ensemble (mean over channels)"}})
+                viewer,
+                viewer.add_image,
+                self._full(viewer, self.spread_slot, result.prior.spread, index, job, np.float32),
+                f"{job.name} spread",
+                visible=False,
+                where=where,
+                colormap="magma",
+                metadata={
+                    META_KEY: {
+                        "what": "per-pixel standard deviation across the "
+                        "ensemble (mean over channels)"
+                    }
+                },
+            )
         texture = result.prior.texture if result.prior is not None else None
         if texture is None or index is not None:
             self.texture_slot.remove(viewer)  # an earlier run's texture layer: now stale
         if texture is not None and index is None:
             self.texture_slot.show(
-                viewer, viewer.add_image, np.moveaxis(texture[:3], 0, -1),
-                f"{job.name} texture prior", visible=False, where=where, rgb=True,
-                metadata={META_KEY: {"what": "prior of the texture channels, first "
-                                             "three principal components as RGB"}})
+                viewer,
+                viewer.add_image,
+                np.moveaxis(texture[:3], 0, -1),
+                f"{job.name} texture prior",
+                visible=False,
+                where=where,
+                rgb=True,
+                metadata={
+                    META_KEY: {
+                        "what": "prior of the texture channels, first "
+                        "three principal components as RGB"
+                    }
+                },
+            )
         self.labels_slot.show(
-            viewer, viewer.add_labels,
-            self._full(viewer, self.labels_slot, result.labels, index, job,
-                       result.labels.dtype),
-            f"{job.name} labels", where=where, metadata=meta)
+            viewer,
+            viewer.add_labels,
+            self._full(viewer, self.labels_slot, result.labels, index, job, result.labels.dtype),
+            f"{job.name} labels",
+            where=where,
+            metadata=meta,
+        )
         self._labels_on_top(viewer)
 
     def relabel(self, viewer, layer, result: SegmentResult) -> None:
         """Replace the labels after re-clustering the kept prior."""
-        self.labels_slot.show(viewer, viewer.add_labels, result.labels,
-                              f"{layer.name} labels", where=placement(layer, self.level),
-                              metadata={META_KEY: result.metadata})
+        self.labels_slot.show(
+            viewer,
+            viewer.add_labels,
+            result.labels,
+            f"{layer.name} labels",
+            where=placement(layer, self.level),
+            metadata={META_KEY: result.metadata},
+        )
 
     def rollback(self, viewer, name: str) -> None:
         """Undo what a run that did not finish put in the viewer."""
@@ -367,8 +414,11 @@ class Outputs:
         if not self.labels_slot.alive(viewer):
             return
         layers = viewer.layers
-        below = [layers.index(s.layer) for s in (self.prior_slot, self.spread_slot,
-                                                 self.texture_slot) if s.alive(viewer)]
+        below = [
+            layers.index(s.layer)
+            for s in (self.prior_slot, self.spread_slot, self.texture_slot)
+            if s.alive(viewer)
+        ]
         at = layers.index(self.labels_slot.layer)
         if below and at < max(below):
             layers.move(at, max(below) + 1)

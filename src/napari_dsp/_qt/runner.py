@@ -22,7 +22,7 @@ from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_warning
 from superqt.utils import GeneratorWorker
 
-from ..progress import format_seconds
+from ..core.progress import format_seconds
 from .outputs import PREVIEW_INTERVAL, Job, Outputs
 
 logger = logging.getLogger(__name__)
@@ -86,8 +86,13 @@ class Runner:
     ``alive()`` tells whether the widget still exists (Qt may delete it mid-run),
     ``report(text)`` sets the status line, ``ended()`` is called once a run is over."""
 
-    def __init__(self, viewer, alive: Callable[[], bool], report: Callable[[str], None],
-                 ended: Callable[[], None]):
+    def __init__(
+        self,
+        viewer,
+        alive: Callable[[], bool],
+        report: Callable[[str], None],
+        ended: Callable[[], None],
+    ):
         self.viewer, self.alive, self.report, self.ended = viewer, alive, report, ended
         self.worker = None
         self.progress: Optional[napari_progress] = None
@@ -104,13 +109,21 @@ class Runner:
         self._latest, self._busy, self._cancelling = None, False, False
         outputs.begin()
         # The total is corrected by the first report (it depends on tiles and planes).
-        self.progress = napari_progress(total=job.settings.n_iter,
-                                        desc=f"napari-dsp: {job.name}")
+        self.progress = napari_progress(total=job.settings.n_iter, desc=f"napari-dsp: {job.name}")
         self.worker = create_worker(
-            _drive, gen, self._stop, _start_thread=False, _worker_class=GeneratorWorker, _connect={
-                "yielded": self._on_yielded, "returned": self._on_returned,
-                "errored": self._on_errored, "aborted": self._on_aborted,
-                "finished": self._on_finished})
+            _drive,
+            gen,
+            self._stop,
+            _start_thread=False,
+            _worker_class=GeneratorWorker,
+            _connect={
+                "yielded": self._on_yielded,
+                "returned": self._on_returned,
+                "errored": self._on_errored,
+                "aborted": self._on_aborted,
+                "finished": self._on_finished,
+            },
+        )
         _ACTIVE.add(self)
         self.worker.start()
         return self.worker
@@ -158,8 +171,11 @@ class Runner:
     def _show(self, p) -> None:
         self.report(p.describe())
         job, now = self.job, time.monotonic()
-        if p.preview is not None and now - job.last_preview >= PREVIEW_INTERVAL \
-                and job.layer in self.viewer.layers:
+        if (
+            p.preview is not None
+            and now - job.last_preview >= PREVIEW_INTERVAL
+            and job.layer in self.viewer.layers
+        ):
             job.last_preview = now
             self._outputs.preview(self.viewer, job, p)
         self._advance(p)  # last: the bar's redraw may run the end of the run
@@ -184,8 +200,9 @@ class Runner:
             return
         job = self.job
         if job.layer not in self.viewer.layers:
-            show_warning("napari-dsp: the image layer was removed during the fit; the "
-                         "result was discarded")
+            show_warning(
+                "napari-dsp: the image layer was removed during the fit; the result was discarded"
+            )
             self._outputs.rollback(self.viewer, job.name)
             return
         self._outputs.publish(self.viewer, job, result, self._spread)
@@ -193,13 +210,18 @@ class Runner:
         clustering = result.metadata.get("clustering", {})
         count = clustering.get("count")
         decision = clustering.get("decision") or {}
-        empty = {"empty": "; nothing stands out from the noise",
-                 "outliers": "; only isolated pixels stand out"}.get(decision.get("result"), "")
+        empty = {
+            "empty": "; nothing stands out from the noise",
+            "outliers": "; only isolated pixels stand out",
+        }.get(decision.get("result"), "")
         where = result.metadata.get("labels_file")
-        self.report(f"done on {result.metadata['device']} in "
-                    f"{format_seconds(time.monotonic() - self._start)} (seed {seed})"
-                    + ("" if count is None else f"; {count} objects") + empty
-                    + ("" if where is None else f"; labels on disk in {where}"))
+        self.report(
+            f"done on {result.metadata['device']} in "
+            f"{format_seconds(time.monotonic() - self._start)} (seed {seed})"
+            + ("" if count is None else f"; {count} objects")
+            + empty
+            + ("" if where is None else f"; labels on disk in {where}")
+        )
         if decision.get("message"):
             show_warning(f"napari-dsp: {decision['message']}")
 
@@ -215,8 +237,7 @@ class Runner:
             text += " (try fewer runs, a smaller working size or device 'CPU')"
         device = self.job.settings.device
         if device not in ("auto", "cpu"):
-            text += f" (on device {device!r}; 'auto' or 'CPU' in the device list fit " \
-                    f"elsewhere)"
+            text += f" (on device {device!r}; 'auto' or 'CPU' in the device list fit elsewhere)"
         show_error(f"napari-dsp: the fit failed: {text}")
         self.report(f"failed: {text}")
 

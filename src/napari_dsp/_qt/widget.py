@@ -1,5 +1,5 @@
-"""The napari dock widget: a thin driver of :func:`napari_dsp.iter_segment` and
-:func:`napari_dsp.iter_segment_stack`.
+"""The napari dock widget: a thin driver of :func:`napari_dsp.generators.segment` and
+:func:`napari_dsp.generators.segment_stack`.
 
 It does four things: read the form (generated from the settings metadata, see
 :mod:`.form`) into :class:`~napari_dsp.Settings`; copy the chosen layer's data on the main
@@ -19,8 +19,8 @@ from magicgui.widgets import Container, Label, PushButton
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import QSizePolicy
 
-from ..api import cluster
 from ..core.fit import warm_up
+from ..generators import run, segment
 from ..settings import Settings
 from .form import PLANES, SettingsForm, add_widget_rows, update_widget_rows
 from .outputs import META_KEY, Outputs, prepare_run
@@ -32,8 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
 logger = logging.getLogger(__name__)
 
 #: Settings that only change the clustering of a 2-D prior: no refit needed.
-RECLUSTER = ("n_classes", "invert", "window", "instances", "refine", "min_size",
-             "fill_holes")
+RECLUSTER = ("n_classes", "invert", "window", "instances", "refine", "min_size", "fill_holes")
 
 
 def _row(name: str, doc: str) -> property:
@@ -84,8 +83,7 @@ class DSPWidget(Container):
         self.run_button = PushButton(name="run_button", text="Run")
         self._status = Label(name="status_line", value="")
         self._status.native.setWordWrap(True)  # long reports wrap, never widen the dock
-        self._status.native.setSizePolicy(QSizePolicy.Policy.Ignored,
-                                          QSizePolicy.Policy.Minimum)
+        self._status.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Minimum)
         self._runner = Runner(viewer, self._gui_alive, self._report, self._ended)
         self.extend([form, self.run_button, self._status])
 
@@ -157,8 +155,12 @@ class DSPWidget(Container):
         from napari.layers import Image
 
         active = self._viewer.layers.selection.active
-        if self._gui_alive() and isinstance(active, Image) and META_KEY not in active.metadata \
-                and not self.running:
+        if (
+            self._gui_alive()
+            and isinstance(active, Image)
+            and META_KEY not in active.metadata
+            and not self.running
+        ):
             self.image_layer = active
 
     def _layer_rows(self, *_: Any) -> None:
@@ -180,13 +182,20 @@ class DSPWidget(Container):
             return None
         layer = self.image_layer
         if layer is None:
-            show_error("napari-dsp: choose an Image layer to segment (open one, or "
-                       "File > Open Sample > napari-dsp)")
+            show_error(
+                "napari-dsp: choose an Image layer to segment (open one, or "
+                "File > Open Sample > napari-dsp)"
+            )
             return None
         try:
-            job, gen = prepare_run(layer, self.settings(), self._viewer.dims.point,
-                                   level=self.level, all_planes=self.planes == PLANES[1],
-                                   scribbles=self.scribbles_layer)
+            job, gen = prepare_run(
+                layer,
+                self.settings(),
+                self._viewer.dims.point,
+                level=self.level,
+                all_planes=self.planes == PLANES[1],
+                scribbles=self.scribbles_layer,
+            )
         except (TypeError, ValueError) as exc:
             show_error(f"napari-dsp: {exc}")
             self._report(f"not started: {exc}")
@@ -208,25 +217,31 @@ class DSPWidget(Container):
         if self.running or out is None or not out.labels_slot.alive(self._viewer):
             return
         if out.prior is None:
-            self._report("changed settings apply at the next Run (a stack or a plane of "
-                         "one is re-clustered by running it again)")
+            self._report(
+                "changed settings apply at the next Run (a stack or a plane of "
+                "one is re-clustered by running it again)"
+            )
             return
         try:
             form = self.settings()
             if form.method != "kmeans":
                 return
             base = out.settings or form
-            settings = base.replace(method="kmeans",
-                                    **{k: getattr(form, k) for k in RECLUSTER})
-            result = cluster(out.prior, settings, image=out.image)
+            settings = base.replace(method="kmeans", **{k: getattr(form, k) for k in RECLUSTER})
+            result = run(segment(out.image, prior=out.prior, settings=settings))
         except (TypeError, ValueError) as exc:
             show_error(f"napari-dsp: {exc}")
             return
+        message = (result.metadata.get("clustering", {}).get("decision") or {}).get("message")
+        if message:
+            show_warning(f"napari-dsp: {message}")
         out.relabel(self._viewer, layer, result)
         out.settings = settings
         count = result.metadata.get("clustering", {}).get("count")
-        self._report("re-clustered the existing prior (no refit)"
-                     + ("" if count is None else f"; {count} objects"))
+        self._report(
+            "re-clustered the existing prior (no refit)"
+            + ("" if count is None else f"; {count} objects")
+        )
 
     def _on_parent_changed(self, parent) -> None:
         """napari closes a dock by taking the widget out of it: stop the fit then."""

@@ -39,8 +39,9 @@ def _padded(prior: np.ndarray, window: int) -> torch.Tensor:
     return torch.nn.functional.pad(x, (r, r, r, r), mode="reflect") if r else x
 
 
-def principal_axes(priors: list, window: int, rng: np.random.Generator,
-                   n_components: int = N_COMPONENTS) -> tuple[np.ndarray, np.ndarray]:
+def principal_axes(
+    priors: list, window: int, rng: np.random.Generator, n_components: int = N_COMPONENTS
+) -> tuple[np.ndarray, np.ndarray]:
     """Principal axes ``(k, C, window, window)`` and mean of the window features of a
     pixel sample pooled over ``priors`` (each ``(C, Y, X)``).
 
@@ -87,14 +88,19 @@ def kmeans_centers(features: np.ndarray, n_clusters: int, seed: int) -> np.ndarr
     sample of at most :data:`KMEANS_SAMPLE` rows."""
     rng = np.random.default_rng(seed)
     n = features.shape[0]
-    fit_rows = features if n <= KMEANS_SAMPLE else features[
-        np.sort(rng.choice(n, KMEANS_SAMPLE, replace=False))]
+    fit_rows = (
+        features
+        if n <= KMEANS_SAMPLE
+        else features[np.sort(rng.choice(n, KMEANS_SAMPLE, replace=False))]
+    )
     distinct = np.unique(fit_rows[: min(len(fit_rows), 20000)].round(6), axis=0).shape[0]
     if distinct < n_clusters:
         distinct = np.unique(fit_rows.round(6), axis=0).shape[0]
     if distinct < n_clusters:
-        raise ValueError(f"the prior has only {distinct} distinct value(s), fewer than the "
-                         f"{n_clusters} classes asked for; lower n_classes")
+        raise ValueError(
+            f"the prior has only {distinct} distinct value(s), fewer than the "
+            f"{n_clusters} classes asked for; lower n_classes"
+        )
     km = KMeans(n_clusters=n_clusters, n_init=N_INIT, random_state=seed).fit(fit_rows)
     return km.cluster_centers_.astype(np.float32)
 
@@ -139,21 +145,25 @@ def _decide(border_share: float, area_share: float) -> tuple[int, dict]:
     else:
         fg = 1 if area_share < 0.5 else 0
         why = "both classes cover the border equally; the smaller class"
-    info = {"foreground_rule": why,
-            "border_share_foreground": border_share if fg == 1 else 1 - border_share,
-            "area_share_foreground": area_share if fg == 1 else 1 - area_share}
+    info = {
+        "foreground_rule": why,
+        "border_share_foreground": border_share if fg == 1 else 1 - border_share,
+        "area_share_foreground": area_share if fg == 1 else 1 - area_share,
+    }
     return fg, info
 
 
-def cluster_prior(prior: np.ndarray, *, n_classes: int, window: int, seed: int,
-                  brightness: Optional[int] = None) -> tuple[np.ndarray, dict]:
+def cluster_prior(
+    prior: np.ndarray, *, n_classes: int, window: int, seed: int, brightness: Optional[int] = None
+) -> tuple[np.ndarray, dict]:
     """Segment a ``(C, Y, X)`` prior: 0/1 foreground map for 2 classes (the border rule's
     side; ``invert`` is applied by the caller after the clean-up), else 1..K.
 
     Returns ``(labels, info)`` with ``labels`` uint8/uint16 of shape ``(Y, X)``.
     """
-    labels, info = cluster_priors([prior], n_classes=n_classes, window=window, seed=seed,
-                                  brightness=brightness)
+    labels, info = cluster_priors(
+        [prior], n_classes=n_classes, window=window, seed=seed, brightness=brightness
+    )
     return labels[0], info
 
 
@@ -172,16 +182,18 @@ class ClusterModel:
     def apply(self, prior: np.ndarray) -> np.ndarray:
         """Labels ``(Y, X)`` of a ``(C, Y, X)`` prior: 0/1 (foreground) for two
         classes, else 1..K."""
-        ordered = self.rank[assign(project(prior, self.axes, self.mean),
-                                   self.centers)].reshape(prior.shape[1:])
+        ordered = self.rank[assign(project(prior, self.axes, self.mean), self.centers)].reshape(
+            prior.shape[1:]
+        )
         dtype = label_dtype(instances=False, n_classes=len(self.centers))
         if self.foreground is None:
             return ordered.astype(dtype)
         return (ordered == self.foreground).astype(dtype)
 
 
-def fit_cluster_model(priors: list, *, n_classes: int, window: int, seed: int,
-                      brightness: Optional[int] = None) -> tuple[ClusterModel, dict]:
+def fit_cluster_model(
+    priors: list, *, n_classes: int, window: int, seed: int, brightness: Optional[int] = None
+) -> tuple[ClusterModel, dict]:
     """The :class:`ClusterModel` of several ``(C, Y, X)`` priors (the planes of a stack,
     or a sample of them), and the foreground rule's numbers (two classes). Classes are
     ordered by the mean of the first ``brightness`` channels (default: all), so that
@@ -190,15 +202,21 @@ def fit_cluster_model(priors: list, *, n_classes: int, window: int, seed: int,
     axes, mean = principal_axes(priors, window, rng)
     feats = [project(p, axes, mean) for p in priors]
     per_plane = max(1, KMEANS_SAMPLE // len(priors))
-    pooled = np.concatenate([f if len(f) <= per_plane else
-                             f[np.sort(rng.choice(len(f), per_plane, replace=False))]
-                             for f in feats], 0)
+    pooled = np.concatenate(
+        [
+            f if len(f) <= per_plane else f[np.sort(rng.choice(len(f), per_plane, replace=False))]
+            for f in feats
+        ],
+        0,
+    )
     centers = kmeans_centers(pooled, n_classes, seed)
     raw = [assign(f, centers) for f in feats]
     # Class order by mean prior intensity over all planes.
     counts = sum(np.bincount(r, minlength=n_classes) for r in raw)
-    sums = sum(np.bincount(r, weights=p[:brightness].mean(0).reshape(-1),
-                           minlength=n_classes) for r, p in zip(raw, priors))
+    sums = sum(
+        np.bincount(r, weights=p[:brightness].mean(0).reshape(-1), minlength=n_classes)
+        for r, p in zip(raw, priors)
+    )
     means = np.where(counts > 0, sums / np.maximum(counts, 1), np.inf)
     rank = np.empty(n_classes, dtype=np.int32)
     rank[np.argsort(means, kind="stable")] = np.arange(1, n_classes + 1)
@@ -206,28 +224,29 @@ def fit_cluster_model(priors: list, *, n_classes: int, window: int, seed: int,
     foreground = None
     if n_classes == 2:
         # 1 = the brighter class
-        two = [(rank[r].reshape(p.shape[1:]) == 2).astype(np.uint8)
-               for r, p in zip(raw, priors)]
+        two = [(rank[r].reshape(p.shape[1:]) == 2).astype(np.uint8) for r, p in zip(raw, priors)]
         fg, info = choose_foreground_planes(two)
         foreground = 2 if fg == 1 else 1
     return ClusterModel(axes, mean, centers, rank, foreground), info
 
 
-def cluster_priors(priors: list, *, n_classes: int, window: int, seed: int,
-                   brightness: Optional[int] = None) -> tuple[list, dict]:
+def cluster_priors(
+    priors: list, *, n_classes: int, window: int, seed: int, brightness: Optional[int] = None
+) -> tuple[list, dict]:
     """Segment several ``(C, Y, X)`` priors (the planes of a stack) with SHARED K-means
     centres, class order and foreground decision, so an id means the same thing in every
     plane. Returns ``(list of (Y, X) label maps, info)``."""
-    model, info = fit_cluster_model(priors, n_classes=n_classes, window=window, seed=seed,
-                                    brightness=brightness)
+    model, info = fit_cluster_model(
+        priors, n_classes=n_classes, window=window, seed=seed, brightness=brightness
+    )
     return [model.apply(p) for p in priors], info
 
 
 def assign(features: np.ndarray, centers: np.ndarray, chunk: int = 1_000_000) -> np.ndarray:
     """Nearest centre of every row, in chunks (bounded memory)."""
     labels = np.empty(len(features), dtype=np.int32)
-    cc = (centers ** 2).sum(1)
+    cc = (centers**2).sum(1)
     for start in range(0, len(features), chunk):
-        block = features[start:start + chunk]
-        labels[start:start + chunk] = (cc[None, :] - 2.0 * block @ centers.T).argmin(1)
+        block = features[start : start + chunk]
+        labels[start : start + chunk] = (cc[None, :] - 2.0 * block @ centers.T).argmin(1)
     return labels

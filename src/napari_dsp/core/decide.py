@@ -85,8 +85,9 @@ def separation(raws: list, foregrounds: list) -> dict:
     reduction = 1.0 / (2.0 * math.sqrt(math.pi) * SMOOTH)
     for c in range(channels):
         planes = [np.asarray(r[c], np.float64) for r in raws]
-        sigma = max(float(np.median([noise_sigma(p) for p in planes])),
-                    floor_sigma(np.asarray(raws[0][c])))
+        sigma = max(
+            float(np.median([noise_sigma(p) for p in planes])), floor_sigma(np.asarray(raws[0][c]))
+        )
         sigmas.append(sigma)
         if n_fg == 0 or n_fg == n_all:
             stats.append(0.0)
@@ -94,12 +95,16 @@ def separation(raws: list, foregrounds: list) -> dict:
         smooth = [ndi.gaussian_filter(p, SMOOTH, mode="reflect") for p in planes]
         inside = np.concatenate([s[f] for s, f in zip(smooth, foregrounds)])
         outside = np.concatenate([s[~f] for s, f in zip(smooth, foregrounds)])
-        stats.append(abs(float(np.median(inside)) - float(np.median(outside))) /
-                     (sigma * reduction))
+        stats.append(
+            abs(float(np.median(inside)) - float(np.median(outside))) / (sigma * reduction)
+        )
     statistic = max(stats)
-    return {"statistic": round(statistic, 3), "threshold": MIN_SEPARATION,
-            "separated": bool(statistic >= MIN_SEPARATION),
-            "noise_sigma": [float(f"{s:.4g}") for s in sigmas]}
+    return {
+        "statistic": round(statistic, 3),
+        "threshold": MIN_SEPARATION,
+        "separated": bool(statistic >= MIN_SEPARATION),
+        "noise_sigma": [float(f"{s:.4g}") for s in sigmas],
+    }
 
 
 def outliers(raws: list) -> list:
@@ -126,8 +131,9 @@ def outlier_limits(raws: list, n_pixels: Optional[int] = None) -> dict:
     # the larger of the two robust estimates: the values' own spread (right for a field
     # of noise, where this test runs) and the pixel-to-pixel one; never below quantisation
     spread = 1.4826 * float(np.median(np.abs(pooled - centre)))
-    sigma = max(spread, float(np.median([noise_sigma(m) for m in means])),
-                floor_sigma(np.asarray(raws[0])))
+    sigma = max(
+        spread, float(np.median([noise_sigma(m) for m in means])), floor_sigma(np.asarray(raws[0]))
+    )
     limit = z_threshold(pooled.size if n_pixels is None else n_pixels) * sigma
     return {"centre": centre, "limit": limit, "counts": counts}
 
@@ -155,15 +161,25 @@ def decide(raws: list, foregrounds: list) -> tuple[list, dict]:
         return list(foregrounds), dict(decision, result="prior")
     spots = outliers(raws)
     n = sum(int(s.sum()) for s in spots)
-    why = (f"the two classes of the prior differ by {decision['statistic']:.1f} noise "
-           f"units ({MIN_SEPARATION:g} needed)")
+    why = (
+        f"the two classes of the prior differ by {decision['statistic']:.1f} noise "
+        f"units ({MIN_SEPARATION:g} needed)"
+    )
     if n:
-        decision.update(result="outliers", message=(
-            f"nothing but {n} pixel(s) stands out from the image's noise ({why}); those "
-            f"pixels are the foreground"))
+        decision.update(
+            result="outliers",
+            message=(
+                f"nothing but {n} pixel(s) stands out from the image's noise ({why}); those "
+                f"pixels are the foreground"
+            ),
+        )
         return spots, decision
-    decision.update(result="empty", message=(
-        f"nothing in this image stands out from its noise ({why}); the labels are "
-        f"empty. If it has objects, check the image (is it the right channel?), or use "
-        f"more classes (n_classes=3)"))
+    decision.update(
+        result="empty",
+        message=(
+            f"nothing in this image stands out from its noise ({why}); the labels are "
+            f"empty. If it has objects, check the image (is it the right channel?), or use "
+            f"more classes (n_classes=3)"
+        ),
+    )
     return [np.zeros_like(f, dtype=bool) for f in foregrounds], decision

@@ -2,7 +2,7 @@
 progress; CPU ensembles shared out over threads; the median and spread of the members.
 
 :func:`iter_members` fits members in groups (one grouped model per group) in the calling
-thread and yields a :class:`~napari_dsp.progress.FitProgress` after every iteration, so
+thread and yields a :class:`~napari_dsp.core.progress.FitProgress` after every iteration, so
 a consumer can stop within one iteration. :func:`iter_members_threaded` runs shares of
 the ensemble in Python threads of this process, each with a single-threaded torch (torch
 releases the GIL inside its kernels); their previews are every member at one iteration.
@@ -22,9 +22,9 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..progress import FitProgress
 from .heap import trimmed_heap, tune_allocator_for_fitting  # noqa: F401 - re-exported (scripts, benchmarks)
 from .nets import NOISE_CHANNELS, make_noise
+from .progress import FitProgress
 
 #: What a device that runs out of memory raises (CUDA; MPS raises a RuntimeError).
 OUT_OF_MEMORY = (getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError,)
@@ -51,13 +51,22 @@ def member_batches(n_runs: int, batch_size: Optional[int]) -> list[range]:
     return [range(i, min(i + size, n_runs)) for i in range(0, n_runs, size)]
 
 
-def iter_members(target: np.ndarray, crop: tuple, *, make_net: NetFactory,
-                 seeds: Sequence[int], n_iter: int, learning_rate: float,
-                 device: torch.device, precision: str = "float32", preview_every: int = 0,
-                 batch_size: Optional[int] = None, dtype: torch.dtype = torch.float32,
-                 channels_last: Optional[bool] = None,
-                 stop: Optional[threading.Event] = None,
-                 ) -> Generator[FitProgress, None, np.ndarray]:
+def iter_members(
+    target: np.ndarray,
+    crop: tuple,
+    *,
+    make_net: NetFactory,
+    seeds: Sequence[int],
+    n_iter: int,
+    learning_rate: float,
+    device: torch.device,
+    precision: str = "float32",
+    preview_every: int = 0,
+    batch_size: Optional[int] = None,
+    dtype: torch.dtype = torch.float32,
+    channels_last: Optional[bool] = None,
+    stop: Optional[threading.Event] = None,
+) -> Generator[FitProgress, None, np.ndarray]:
     """Fit one generator per seed to ``target``; return every member's final output.
 
     Parameters
@@ -103,15 +112,13 @@ def iter_members(target: np.ndarray, crop: tuple, *, make_net: NetFactory,
     step = 0
 
     def members(out: torch.Tensor, g: int) -> torch.Tensor:
-        return out.detach().float()[0].view(g, c, *spatial)[(slice(None), slice(None),
-                                                             *crop)]
+        return out.detach().float()[0].view(g, c, *spatial)[(slice(None), slice(None), *crop)]
 
     for batch in batches:
         g = len(batch)
         group_seeds = [int(seeds[i]) for i in batch]
         net = make_net(g, group_seeds).to(device=device, dtype=dtype)
-        noise = make_noise(group_seeds, NOISE_CHANNELS, *spatial).to(device=device,
-                                                                      dtype=dtype)
+        noise = make_noise(group_seeds, NOISE_CHANNELS, *spatial).to(device=device, dtype=dtype)
         if channels_last:
             net = net.to(memory_format=torch.channels_last)
             noise = noise.contiguous(memory_format=torch.channels_last)
@@ -123,8 +130,10 @@ def iter_members(target: np.ndarray, crop: tuple, *, make_net: NetFactory,
             if stop is not None and stop.is_set():
                 return None
             last = it == n_iter - 1
-            with torch.set_grad_enabled(not last), torch.autocast(
-                    device.type, dtype=torch.bfloat16, enabled=use_autocast):
+            with (
+                torch.set_grad_enabled(not last),
+                torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast),
+            ):
                 out = net(noise)
             loss_value = None
             if not last:
@@ -138,13 +147,23 @@ def iter_members(target: np.ndarray, crop: tuple, *, make_net: NetFactory,
             preview = None
             if preview_every and (step % preview_every == 0 or last):
                 current = members(out, g)
-                preview = (torch.cat([torch.stack(outputs), current], 0) if outputs
-                           else current).cpu().numpy()
+                preview = (
+                    (torch.cat([torch.stack(outputs), current], 0) if outputs else current)
+                    .cpu()
+                    .numpy()
+                )
                 if not last:
                     loss_value = float(loss.detach()) / g
-            yield FitProgress(step, total, preview, loss_value, iteration=it + 1,
-                              n_iter=n_iter, members_done=len(outputs) + (g if last else 0),
-                              n_members=len(seeds))
+            yield FitProgress(
+                step,
+                total,
+                preview,
+                loss_value,
+                iteration=it + 1,
+                n_iter=n_iter,
+                members_done=len(outputs) + (g if last else 0),
+                n_members=len(seeds),
+            )
         outputs.extend(members(out, g).unbind(0))
         del net, opt, out, noise, goal
     return torch.stack(outputs, 0).cpu().numpy()
@@ -164,14 +183,20 @@ def split(seeds: Sequence[int], n: int) -> list[list[int]]:
     out, start = [], 0
     for i in range(n):
         size = base + (1 if i < extra else 0)
-        out.append(list(seeds[start:start + size]))
+        out.append(list(seeds[start : start + size]))
         start += size
     return [s for s in out if s]
 
 
-def iter_members_threaded(target: np.ndarray, crop: tuple, *, threads: int,
-                          seeds: Sequence[int], preview_every: int = 0, **fit_kwargs
-                          ) -> Generator[FitProgress, None, np.ndarray]:
+def iter_members_threaded(
+    target: np.ndarray,
+    crop: tuple,
+    *,
+    threads: int,
+    seeds: Sequence[int],
+    preview_every: int = 0,
+    **fit_kwargs,
+) -> Generator[FitProgress, None, np.ndarray]:
     """:func:`iter_members` with the ensemble shared out over ``threads`` Python threads
     of this process, each running torch single-threaded (members in seed order, so the
     result does not depend on the number of threads beyond floating-point rounding).
@@ -192,8 +217,9 @@ def iter_members_threaded(target: np.ndarray, crop: tuple, *, threads: int,
     def work(k: int, share: list) -> None:
         try:
             torch.set_num_threads(1)  # this thread's OpenMP/oneDNN pool: one thread
-            fit = iter_members(target, crop, seeds=share, preview_every=preview_every,
-                               stop=stop, **fit_kwargs)
+            fit = iter_members(
+                target, crop, seeds=share, preview_every=preview_every, stop=stop, **fit_kwargs
+            )
             while True:
                 try:
                     p = next(fit)
@@ -204,9 +230,10 @@ def iter_members_threaded(target: np.ndarray, crop: tuple, *, threads: int,
         except BaseException as exc:  # handed to the consumer, raised there
             inbox.put((k, "error", exc))
 
-    workers = [threading.Thread(target=work, args=(k, share), daemon=True,
-                                name=f"napari-dsp-fit-{k}")
-               for k, share in enumerate(shares)]
+    workers = [
+        threading.Thread(target=work, args=(k, share), daemon=True, name=f"napari-dsp-fit-{k}")
+        for k, share in enumerate(shares)
+    ]
     _RUNNING.add(stop)
     try:
         for w in workers:
@@ -225,19 +252,30 @@ def iter_members_threaded(target: np.ndarray, crop: tuple, *, threads: int,
             steps left, once every thread has finished); a finished thread shows its
             members at that step while it has them, its final members after its last."""
             live = [j for j in range(n) if results[j] is None]
-            steps = (set.intersection(*(set(pending[j]) for j in live)) if live
-                     else set().union(*pending))
+            steps = (
+                set.intersection(*(set(pending[j]) for j in live))
+                if live
+                else set().union(*pending)
+            )
             for at in sorted(steps):
-                yield at, np.concatenate([pending[j].pop(at) if at in pending[j]
-                                          else results[j] for j in range(n)], 0)
+                yield (
+                    at,
+                    np.concatenate(
+                        [pending[j].pop(at) if at in pending[j] else results[j] for j in range(n)],
+                        0,
+                    ),
+                )
 
         def report(value: FitProgress, preview=None, at=None) -> FitProgress:
             known = [r for r in reports if r is not None]
             # the iteration of the group furthest behind (threads run side by side; a
             # report per thread would make the count jump back and forth), or the one
             # the preview shows
-            running = [r.iteration for k, r in enumerate(reports)
-                       if r is not None and results[k] is None and r.step < r.total]
+            running = [
+                r.iteration
+                for k, r in enumerate(reports)
+                if r is not None and results[k] is None and r.step < r.total
+            ]
             iteration = min(running) if running else value.iteration
             loss = value.loss
             if at is not None:
@@ -247,19 +285,23 @@ def iter_members_threaded(target: np.ndarray, crop: tuple, *, threads: int,
                 loss=loss,
                 iteration=iteration,
                 step=sum(r.step for r in known),
-                total=sum(r.total for r in known) + sum(
+                total=sum(r.total for r in known)
+                + sum(
                     value.n_iter * -(-len(s) // (fit_kwargs.get("batch_size") or len(s)))
-                    for s, r in zip(shares, reports) if r is None),
-                members_done=sum(r.members_done for r in known), n_members=len(seeds),
-                preview=preview)
+                    for s, r in zip(shares, reports)
+                    if r is None
+                ),
+                members_done=sum(r.members_done for r in known),
+                n_members=len(seeds),
+                preview=preview,
+            )
 
         while any(r is None for r in results):
             k, kind, value = inbox.get()
             if kind == "error":
                 raise value
             if kind == "done" and value is None:  # stopped from outside (exit)
-                raise FitStopped("the fit was stopped before it finished (the program "
-                                 "is exiting)")
+                raise FitStopped("the fit was stopped before it finished (the program is exiting)")
             if kind == "done":
                 results[k] = value
                 if reports[k] is not None:  # others' steps may be complete now
@@ -319,13 +361,13 @@ def _single_threaded_torch(change: int) -> None:
             torch.set_num_threads(_THREADS_BEFORE)
 
 
-def iter_ensemble(target: np.ndarray, crop: tuple, *, threads: int,
-                  device: torch.device, **fit_kwargs):
+def iter_ensemble(
+    target: np.ndarray, crop: tuple, *, threads: int, device: torch.device, **fit_kwargs
+):
     """The ensemble on ``threads`` CPU threads (:func:`iter_members_threaded`), or in the
     calling thread (:func:`iter_members`: a GPU, or ``threads == 0``)."""
     if threads >= 1 and device.type == "cpu":
-        return iter_members_threaded(target, crop, threads=threads, device=device,
-                                     **fit_kwargs)
+        return iter_members_threaded(target, crop, threads=threads, device=device, **fit_kwargs)
     return iter_members(target, crop, device=device, **fit_kwargs)
 
 
@@ -333,9 +375,14 @@ def iter_ensemble(target: np.ndarray, crop: tuple, *, threads: int,
 MIN_SETTLE_ITER = 10
 
 
-def until_settled(fit: Generator, settle: float, *, preview_every: int, info: dict,
-                  min_iter: int = MIN_SETTLE_ITER
-                  ) -> Generator[FitProgress, None, np.ndarray]:
+def until_settled(
+    fit: Generator,
+    settle: float,
+    *,
+    preview_every: int,
+    info: dict,
+    min_iter: int = MIN_SETTLE_ITER,
+) -> Generator[FitProgress, None, np.ndarray]:
     """Relay ``fit``, whose reports carry every member's output at one iteration, every
     iteration, and end it once the prior has settled: when the median's mean absolute
     change since the previous iteration (in units of the normalised image) falls below
@@ -374,8 +421,7 @@ def summarize(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     t = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))
     med = _median(t)
-    spread = t.std(dim=0, unbiased=False).mean(0) if t.shape[0] > 1 else \
-        torch.zeros(t.shape[2:])
+    spread = t.std(dim=0, unbiased=False).mean(0) if t.shape[0] > 1 else torch.zeros(t.shape[2:])
     return med.numpy(), spread.numpy()
 
 

@@ -36,21 +36,25 @@ def to_channels_first(image, channel_axis: Optional[int] = None) -> np.ndarray:
     if hasattr(image, "__array__") and not isinstance(image, np.ndarray):
         image = np.asarray(image)
     if not isinstance(image, np.ndarray):
-        raise TypeError(f"image must be a numpy array (or array-like), got "
-                        f"{type(image).__name__}")
+        raise TypeError(f"image must be a numpy array (or array-like), got {type(image).__name__}")
     if image.dtype.kind not in "biuf":
-        raise TypeError(f"image has dtype {image.dtype}; pass a boolean, integer or real "
-                        f"floating-point image (for complex data, pass np.abs(image))")
+        raise TypeError(
+            f"image has dtype {image.dtype}; pass a boolean, integer or real "
+            f"floating-point image (for complex data, pass np.abs(image))"
+        )
     if image.size == 0:
         raise ValueError(f"image is empty (shape {image.shape}); pass an image with pixels")
     if channel_axis is not None:
         check_axis_type(channel_axis)
         if image.ndim != 3:
-            raise ValueError(f"channel_axis={channel_axis} needs a 3-D image (Y, X and "
-                             f"channels); this image has shape {image.shape}")
+            raise ValueError(
+                f"channel_axis={channel_axis} needs a 3-D image (Y, X and "
+                f"channels); this image has shape {image.shape}"
+            )
         if not -3 <= channel_axis < 3:
-            raise ValueError(f"channel_axis={channel_axis} is out of range for a 3-D image; "
-                             f"use 0, 1, 2 or -1")
+            raise ValueError(
+                f"channel_axis={channel_axis} is out of range for a 3-D image; use 0, 1, 2 or -1"
+            )
         chw = np.moveaxis(image, channel_axis, 0)
     elif image.ndim == 2:
         chw = image[None]
@@ -61,17 +65,21 @@ def to_channels_first(image, channel_axis: Optional[int] = None) -> np.ndarray:
             f"image has shape {image.shape}: a 3-D image needs channel_axis=... (for example "
             f"channel_axis=0 for a (C, Y, X) multichannel image); only a last axis of 3 or 4 "
             f"is taken as RGB(A) by itself. For a z-stack or time-lapse use segment_stack() "
-            f"(command line: --stack)")
+            f"(command line: --stack)"
+        )
     else:
         raise ValueError(
             f"image has {image.ndim} dimensions (shape {image.shape}); pass a 2-D image "
             f"(Y, X), an RGB(A) image (Y, X, 3|4) or a 3-D multichannel image with "
             f"channel_axis=...; for stacks and time-lapses use segment_stack() (command "
-            f"line: --stack) or pass one plane, e.g. image[0]")
+            f"line: --stack) or pass one plane, e.g. image[0]"
+        )
     if min(chw.shape[1:]) < MIN_SIDE:
-        raise ValueError(f"image is {chw.shape[1]}x{chw.shape[2]} pixels; at least "
-                         f"{MIN_SIDE}x{MIN_SIDE} is needed (upsample it or pick a larger "
-                         f"region); if this is a channel axis, pass channel_axis=...")
+        raise ValueError(
+            f"image is {chw.shape[1]}x{chw.shape[2]} pixels; at least "
+            f"{MIN_SIDE}x{MIN_SIDE} is needed (upsample it or pick a larger "
+            f"region); if this is a channel axis, pass channel_axis=..."
+        )
     return chw
 
 
@@ -86,25 +94,26 @@ def normalize(chw: np.ndarray) -> np.ndarray:
     if chw.dtype == bool:
         out = chw.astype(np.float32)
         if out.min() == out.max():
-            raise ValueError("image is constant (all pixels the same); there is nothing "
-                             "to segment")
+            raise ValueError("image is constant (all pixels the same); there is nothing to segment")
         return out
     data = chw.astype(np.float64) if chw.dtype.kind in "iu" else chw
     if chw.dtype.kind == "f" and not np.all(np.isfinite(chw)):
         bad = int(np.size(chw) - np.count_nonzero(np.isfinite(chw)))
-        raise ValueError(f"image contains {bad} NaN or infinite value(s); replace them "
-                         f"first, e.g. np.nan_to_num(image, nan=0.0)")
+        raise ValueError(
+            f"image contains {bad} NaN or infinite value(s); replace them "
+            f"first, e.g. np.nan_to_num(image, nan=0.0)"
+        )
     if data.dtype.kind == "f" and data.dtype.itemsize >= 8:
         peak = max(abs(float(np.min(data))), abs(float(np.max(data))))
         if peak > 1e300:  # differences of values near the float64 limit overflow
             data = data / peak
-    lo, hi = (float(v) for v in np.percentile(_subsample(data), [LOW_PERCENTILE,
-                                                                   HIGH_PERCENTILE]))
+    lo, hi = (float(v) for v in np.percentile(_subsample(data), [LOW_PERCENTILE, HIGH_PERCENTILE]))
     if not hi > lo:
         lo, hi = float(np.min(data)), float(np.max(data))
         if not hi > lo:
-            raise ValueError(f"image is constant (every pixel is {lo:g}); there is nothing "
-                             f"to segment")
+            raise ValueError(
+                f"image is constant (every pixel is {lo:g}); there is nothing to segment"
+            )
     out = (np.asarray(data, dtype=np.float64) - lo) / (hi - lo)
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
@@ -115,10 +124,11 @@ def stretch_limits(planes: list) -> tuple[float, float]:
     data = np.concatenate([np.asarray(p, np.float64).reshape(-1) for p in planes])
     data = data[np.isfinite(data)]
     if data.size == 0:
-        raise ValueError("the planes hold no finite values; replace NaN and infinities "
-                         "first, e.g. np.nan_to_num(image, nan=0.0)")
-    lo, hi = (float(v) for v in np.percentile(_subsample(data), [LOW_PERCENTILE,
-                                                               HIGH_PERCENTILE]))
+        raise ValueError(
+            "the planes hold no finite values; replace NaN and infinities "
+            "first, e.g. np.nan_to_num(image, nan=0.0)"
+        )
+    lo, hi = (float(v) for v in np.percentile(_subsample(data), [LOW_PERCENTILE, HIGH_PERCENTILE]))
     if not hi > lo:
         lo, hi = float(data.min()), float(data.max())
     return lo, hi
@@ -130,8 +140,10 @@ def stretch(chw: np.ndarray, lo: float, hi: float) -> np.ndarray:
     data = np.asarray(chw, np.float64)
     if not np.all(np.isfinite(data)):
         bad = int(data.size - np.count_nonzero(np.isfinite(data)))
-        raise ValueError(f"a plane contains {bad} NaN or infinite value(s); replace them "
-                         f"first, e.g. np.nan_to_num(image, nan=0.0)")
+        raise ValueError(
+            f"a plane contains {bad} NaN or infinite value(s); replace them "
+            f"first, e.g. np.nan_to_num(image, nan=0.0)"
+        )
     if not hi > lo:
         return np.zeros(data.shape, np.float32)
     return np.clip((data - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
@@ -153,8 +165,7 @@ def pad_to_multiple(chw: np.ndarray, multiple: int = MULTIPLE) -> tuple[np.ndarr
     return padded, (slice(top, top + h), slice(left, left + w))
 
 
-def from_channels_first(chw: np.ndarray, like_ndim: int, channel_axis: Optional[int]
-                        ) -> np.ndarray:
+def from_channels_first(chw: np.ndarray, like_ndim: int, channel_axis: Optional[int]) -> np.ndarray:
     """Return ``(C, Y, X)`` results in the caller's layout: ``(Y, X)`` for grayscale,
     channels where the input had them otherwise."""
     if like_ndim == 2:
@@ -188,29 +199,31 @@ def object_radius(chw: np.ndarray, analysis_size: int = 2048) -> float:
         f = 2 ** max(0, int(np.floor(np.log2(s))) - 1)
         f = int(min(f, max(1, min(gray.shape) // 32)))  # keep 32 pixels a side
         if f not in reduced:
-            reduced[f] = resize(gray[None], (max(8, round(gray.shape[0] / f)),
-                                             max(8, round(gray.shape[1] / f))))[0]
+            reduced[f] = resize(
+                gray[None], (max(8, round(gray.shape[0] / f)), max(8, round(gray.shape[1] / f)))
+            )[0]
         t = s / f
-        response.append(np.percentile(np.abs(t * t * ndi.gaussian_laplace(reduced[f], t)),
-                                      99))
+        response.append(np.percentile(np.abs(t * t * ndi.gaussian_laplace(reduced[f], t)), 99))
     return float(sigmas[int(np.argmax(response))] * np.sqrt(2.0) * d)
 
 
-def blend_weights(tile: tuple[slice, slice], shape: tuple[int, int], overlap: int
-                  ) -> np.ndarray:
+def blend_weights(tile: tuple[slice, slice], shape: tuple[int, int], overlap: int) -> np.ndarray:
     """Weights of one tile: 1 inside, rising linearly across ``overlap`` pixels at every
     edge that has a neighbour (not at the plane's border), so tiles blend without seams."""
     out = []
     for sl, n in zip(tile, shape):
         length = sl.stop - sl.start
         ramp = np.ones(length, np.float32)
-        edge = np.linspace(1.0 / (overlap + 1), 1.0, overlap, dtype=np.float32) \
-            if overlap else np.zeros(0, np.float32)
+        edge = (
+            np.linspace(1.0 / (overlap + 1), 1.0, overlap, dtype=np.float32)
+            if overlap
+            else np.zeros(0, np.float32)
+        )
         k = min(overlap, length)
         if sl.start > 0:
             ramp[:k] = np.minimum(ramp[:k], edge[:k])
         if sl.stop < n:
-            ramp[length - k:] = np.minimum(ramp[length - k:], edge[:k][::-1])
+            ramp[length - k :] = np.minimum(ramp[length - k :], edge[:k][::-1])
         out.append(ramp)
     return np.outer(out[0], out[1])
 
@@ -239,8 +252,8 @@ def resize(chw: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         for c in range(chw.shape[0]):
             x = torch.from_numpy(np.ascontiguousarray(chw[c], dtype=np.float32))[None, None]
             out[c] = torch.nn.functional.interpolate(
-                x, size=tuple(shape), mode="bilinear", align_corners=False,
-                antialias=down)[0, 0].numpy()
+                x, size=tuple(shape), mode="bilinear", align_corners=False, antialias=down
+            )[0, 0].numpy()
     return out
 
 

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..progress import FitProgress
 from .nets import FeatureNet
+from .progress import FitProgress
 
 #: Fewest pixels per superpixel on average (caps n_superpixels on small images).
 MIN_SUPERPIXEL_AREA = 25
@@ -73,8 +73,14 @@ def superpixels(guide: np.ndarray, n_segments: int, compactness: float) -> np.nd
     else:
         img = np.moveaxis(guide, 0, -1) * 100.0
         kw = {"channel_axis": -1, "convert2lab": False}
-    sp = slic(img.astype(np.float64), n_segments=n_segments, compactness=compactness,
-              start_label=0, enforce_connectivity=True, **kw)
+    sp = slic(
+        img.astype(np.float64),
+        n_segments=n_segments,
+        compactness=compactness,
+        start_label=0,
+        enforce_connectivity=True,
+        **kw,
+    )
     _, sp = np.unique(sp, return_inverse=True)
     return sp.reshape(guide.shape[1:]).astype(np.int32)
 
@@ -85,8 +91,9 @@ def majority(target: np.ndarray, sp: np.ndarray, n_sp: int, n_features: int) -> 
     return counts.reshape(n_sp, n_features).argmax(1)[sp]
 
 
-def compact_ids(labels: np.ndarray, image: np.ndarray, keep: Optional[np.ndarray] = None
-                ) -> np.ndarray:
+def compact_ids(
+    labels: np.ndarray, image: np.ndarray, keep: Optional[np.ndarray] = None
+) -> np.ndarray:
     """Renumber raw channel labels to 1..K.
 
     Channels listed in ``keep`` (scribble ids) keep their value; the others get the next
@@ -108,8 +115,9 @@ def compact_ids(labels: np.ndarray, image: np.ndarray, keep: Optional[np.ndarray
     return mapping[labels]
 
 
-def merge_unpainted(labels: np.ndarray, response: np.ndarray, painted: np.ndarray,
-                    target: int) -> tuple[np.ndarray, int]:
+def merge_unpainted(
+    labels: np.ndarray, response: np.ndarray, painted: np.ndarray, target: int
+) -> tuple[np.ndarray, int]:
     """With scribbles, when more classes than the stopping point remain at the end
     (``max_iter`` came first, or a class reappeared while stabilising): merge the smallest
     unpainted class into the class whose response is highest on its pixels, until at most
@@ -167,8 +175,9 @@ def separations(labels: np.ndarray, guide: np.ndarray) -> dict:
     return out
 
 
-def merge_indistinct(labels: np.ndarray, guide: np.ndarray, floor: int,
-                     keep: Optional[np.ndarray] = None) -> tuple[np.ndarray, int]:
+def merge_indistinct(
+    labels: np.ndarray, guide: np.ndarray, floor: int, keep: Optional[np.ndarray] = None
+) -> tuple[np.ndarray, int]:
     """Merge touching classes that the guide (the prior) cannot tell apart, closest pair
     first, while more than ``floor`` classes remain: two classes whose mean guide values
     differ by less than :data:`MIN_SEPARATION` pooled within-class standard deviations
@@ -179,28 +188,45 @@ def merge_indistinct(labels: np.ndarray, guide: np.ndarray, floor: int,
     painted = {int(p) for p in (keep if keep is not None else [])}
     merges = 0
     while len(np.unique(labels)) > floor:
-        candidates = [(d, a, b) for (a, b), d in separations(labels, guide).items()
-                      if d < MIN_SEPARATION and not (a in painted and b in painted)]
+        candidates = [
+            (d, a, b)
+            for (a, b), d in separations(labels, guide).items()
+            if d < MIN_SEPARATION and not (a in painted and b in painted)
+        ]
         if not candidates:
             break
         _, a, b = min(candidates)
         sizes = {c: int((labels == c).sum()) for c in (a, b)}
         # the painted class keeps its id; else the larger class does
-        into, gone = (a, b) if a in painted or (b not in painted and sizes[a] >= sizes[b]) \
-            else (b, a)
+        into, gone = (
+            (a, b) if a in painted or (b not in painted and sizes[a] >= sizes[b]) else (b, a)
+        )
         labels[labels == gone] = into
         merges += 1
     return labels, merges
 
 
-def iter_kanezaki(image: np.ndarray, guide: Optional[np.ndarray], *, seed: int,
-                  device: torch.device, n_features: int = 100, n_conv: int = 2,
-                  learning_rate: float = 0.1, momentum: float = 0.9, min_labels: int = 3,
-                  max_iter: int = 1000, stabilize_iter: int = 50, n_superpixels: int = 10000,
-                  compactness: float = 100.0, continuity_weight: float = 0.0,
-                  similarity_weight: float = 1.0, scribbles: Optional[np.ndarray] = None,
-                  scribble_weight: float = 0.5, preview_every: int = 0,
-                  ) -> Generator[FitProgress, None, tuple[np.ndarray, dict]]:
+def iter_kanezaki(
+    image: np.ndarray,
+    guide: Optional[np.ndarray],
+    *,
+    seed: int,
+    device: torch.device,
+    n_features: int = 100,
+    n_conv: int = 2,
+    learning_rate: float = 0.1,
+    momentum: float = 0.9,
+    min_labels: int = 3,
+    max_iter: int = 1000,
+    stabilize_iter: int = 50,
+    n_superpixels: int = 10000,
+    compactness: float = 100.0,
+    continuity_weight: float = 0.0,
+    similarity_weight: float = 1.0,
+    scribbles: Optional[np.ndarray] = None,
+    scribble_weight: float = 0.5,
+    preview_every: int = 0,
+) -> Generator[FitProgress, None, tuple[np.ndarray, dict]]:
     """Run the self-training; yields progress, returns ``(labels 1..K (Y, X), info)``.
 
     Parameters
@@ -223,8 +249,7 @@ def iter_kanezaki(image: np.ndarray, guide: Optional[np.ndarray], *, seed: int,
         # 10,000 superpixels suit the research's ~0.1-megapixel photos; a small image would
         # get superpixels of one pixel, where the majority vote does nothing.
         n_segments = int(min(n_superpixels, max(2, h * w // MIN_SUPERPIXEL_AREA)))
-        sp = superpixels(guide if guide is not None else image, n_segments,
-                         compactness).reshape(-1)
+        sp = superpixels(guide if guide is not None else image, n_segments, compactness).reshape(-1)
         n_sp = int(sp.max()) + 1
     scr = None
     if scribbles is not None:
@@ -255,8 +280,9 @@ def iter_kanezaki(image: np.ndarray, guide: Optional[np.ndarray], *, seed: int,
             if scr is None:
                 loss = similarity_weight * ce(flat, target)
             else:
-                loss = (similarity_weight * ce(flat[free_idx], target[free_idx])
-                        + scribble_weight * ce(flat[scr_idx], scr_target))
+                loss = similarity_weight * ce(
+                    flat[free_idx], target[free_idx]
+                ) + scribble_weight * ce(flat[scr_idx], scr_target)
             if continuity_weight > 0:
                 dy = (out[:, 1:, :] - out[:, :-1, :]).abs().mean()
                 dx = (out[:, :, 1:] - out[:, :, :-1]).abs().mean()
@@ -281,12 +307,16 @@ def iter_kanezaki(image: np.ndarray, guide: Optional[np.ndarray], *, seed: int,
     # Not converged (more classes than the stopping point): classes the guide cannot
     # tell apart are one. This makes the answer independent of where the (chaotic)
     # trajectory happened to be at max_iter on this machine.
-    final, merged = merge_indistinct(final, guide if guide is not None else image,
-                                     min_labels, keep)
+    final, merged = merge_indistinct(final, guide if guide is not None else image, min_labels, keep)
     if keep is not None:
         final, more = merge_unpainted(final, response, keep, min_labels)
         merged += more
     labels = compact_ids(final, image, keep)
-    info = {"iterations": it, "min_labels_reached_at": reached_at, "classes_trained": found,
-            "n_labels": int(len(np.unique(labels))), "merged_classes": merged}
+    info = {
+        "iterations": it,
+        "min_labels_reached_at": reached_at,
+        "classes_trained": found,
+        "n_labels": int(len(np.unique(labels))),
+        "merged_classes": merged,
+    }
     return labels, info

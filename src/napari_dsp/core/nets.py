@@ -65,8 +65,15 @@ class _GroupedConv(_MemberInit, nn.Conv2d):
     """A convolution over G members, reflection padded like the research code."""
 
     def __init__(self, members: int, cin: int, cout: int, kernel: int, stride: int = 1):
-        super().__init__(members * cin, members * cout, kernel, stride=stride, padding=0,
-                         groups=members, bias=True)
+        super().__init__(
+            members * cin,
+            members * cout,
+            kernel,
+            stride=stride,
+            padding=0,
+            groups=members,
+            bias=True,
+        )
         self.pad = (kernel - 1) // 2
         self.members, self.cin, self.cout = members, cin, cout
 
@@ -86,15 +93,28 @@ def _act() -> nn.LeakyReLU:
 
 class _Down(nn.Sequential):
     def __init__(self, g: int, cin: int, cout: int):
-        super().__init__(_GroupedConv(g, cin, cout, 3, stride=2), _bn(g, cout), _act(),
-                         _GroupedConv(g, cout, cout, 3), _bn(g, cout), _act())
+        super().__init__(
+            _GroupedConv(g, cin, cout, 3, stride=2),
+            _bn(g, cout),
+            _act(),
+            _GroupedConv(g, cout, cout, 3),
+            _bn(g, cout),
+            _act(),
+        )
 
 
 class _Up(nn.Sequential):
     def __init__(self, g: int, cin: int, cout: int):
-        super().__init__(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
-                         _bn(g, cin), _GroupedConv(g, cin, cout, 3), _bn(g, cout), _act(),
-                         _GroupedConv(g, cout, cout, 1), _bn(g, cout), _act())
+        super().__init__(
+            nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+            _bn(g, cin),
+            _GroupedConv(g, cin, cout, 3),
+            _bn(g, cout),
+            _act(),
+            _GroupedConv(g, cout, cout, 1),
+            _bn(g, cout),
+            _act(),
+        )
 
 
 class _Generator(nn.Module):
@@ -138,12 +158,17 @@ class EnsembleGenerator(_Generator):
         Channels of the noise input (2).
     """
 
-    def __init__(self, n_members: int, out_channels: int, seeds: Sequence[int],
-                 channels: Sequence[int] = CHANNELS, in_channels: int = NOISE_CHANNELS):
+    def __init__(
+        self,
+        n_members: int,
+        out_channels: int,
+        seeds: Sequence[int],
+        channels: Sequence[int] = CHANNELS,
+        in_channels: int = NOISE_CHANNELS,
+    ):
         super().__init__()
         if len(seeds) != n_members:
-            raise ValueError(f"need one seed per member: {n_members} members, "
-                             f"{len(seeds)} seeds")
+            raise ValueError(f"need one seed per member: {n_members} members, {len(seeds)} seeds")
         g = n_members
         self.n_members, self.out_channels, self.in_channels = g, out_channels, in_channels
         downs, ups = [], []
@@ -168,13 +193,16 @@ def make_noise(seeds: Sequence[int], in_channels: int, *shape: int) -> torch.Ten
     parts = []
     for seed in seeds:
         gen = torch.Generator().manual_seed(int(seed) + 1)
-        parts.append((torch.rand((in_channels, *shape), generator=gen,
-                                 dtype=torch.float64) - 0.5) * NOISE_SCALE)
+        parts.append(
+            (torch.rand((in_channels, *shape), generator=gen, dtype=torch.float64) - 0.5)
+            * NOISE_SCALE
+        )
     return torch.cat(parts, 0)[None].float()
 
 
-def z_stages(spacing: Sequence[float], n_planes: int, n_stages: int = len(CHANNELS)
-         ) -> list[tuple[int, int]]:
+def z_stages(
+    spacing: Sequence[float], n_planes: int, n_stages: int = len(CHANNELS)
+) -> list[tuple[int, int]]:
     """Per stage ``(z kernel, z stride)`` for voxel size ``spacing`` = (z, y, x) and
     ``n_planes`` planes (z is never reduced below 2 planes)."""
     sz, sy, sx = (float(v) for v in spacing)
@@ -207,23 +235,43 @@ class _Conv3d(_MemberInit, nn.Conv3d):
 class VolumeGenerator(_Generator):
     """G independent 3-D generators evaluated as one grouped network."""
 
-    def __init__(self, n_members: int, out_channels: int, seeds: Sequence[int],
-                 stages: list[tuple[int, int]], channels: Sequence[int] = CHANNELS,
-                 in_channels: int = NOISE_CHANNELS):
+    def __init__(
+        self,
+        n_members: int,
+        out_channels: int,
+        seeds: Sequence[int],
+        stages: list[tuple[int, int]],
+        channels: Sequence[int] = CHANNELS,
+        in_channels: int = NOISE_CHANNELS,
+    ):
         super().__init__()
         g = n_members
         downs, ups = [], []
         cin = in_channels
         for i, (c, (kz, sz)) in enumerate(zip(channels, stages)):
-            downs.append(nn.Sequential(
-                _Conv3d(g, cin, c, (kz, 3, 3), (sz, 2, 2)), nn.BatchNorm3d(g * c), _act(),
-                _Conv3d(g, c, c, (kz, 3, 3)), nn.BatchNorm3d(g * c), _act()))
+            downs.append(
+                nn.Sequential(
+                    _Conv3d(g, cin, c, (kz, 3, 3), (sz, 2, 2)),
+                    nn.BatchNorm3d(g * c),
+                    _act(),
+                    _Conv3d(g, c, c, (kz, 3, 3)),
+                    nn.BatchNorm3d(g * c),
+                    _act(),
+                )
+            )
             deeper = channels[i + 1] if i + 1 < len(channels) else c
-            ups.append(nn.Sequential(
-                nn.Upsample(scale_factor=(sz, 2, 2), mode="trilinear", align_corners=False),
-                nn.BatchNorm3d(g * deeper), _Conv3d(g, deeper, c, (kz, 3, 3)),
-                nn.BatchNorm3d(g * c), _act(),
-                _Conv3d(g, c, c, (1, 1, 1)), nn.BatchNorm3d(g * c), _act()))
+            ups.append(
+                nn.Sequential(
+                    nn.Upsample(scale_factor=(sz, 2, 2), mode="trilinear", align_corners=False),
+                    nn.BatchNorm3d(g * deeper),
+                    _Conv3d(g, deeper, c, (kz, 3, 3)),
+                    nn.BatchNorm3d(g * c),
+                    _act(),
+                    _Conv3d(g, c, c, (1, 1, 1)),
+                    nn.BatchNorm3d(g * c),
+                    _act(),
+                )
+            )
             cin = c
         self.down, self.up = nn.ModuleList(downs), nn.ModuleList(ups)
         self.head = _Conv3d(g, channels[0], out_channels, (1, 1, 1))
@@ -254,17 +302,27 @@ class FeatureNet(nn.Module):
     process (two widgets, two threads) cannot disturb each other.
     """
 
-    def __init__(self, in_channels: int, n_features: int = 100, n_conv: int = 2,
-                 generator: Optional[torch.Generator] = None):
+    def __init__(
+        self,
+        in_channels: int,
+        n_features: int = 100,
+        n_conv: int = 2,
+        generator: Optional[torch.Generator] = None,
+    ):
         super().__init__()
         layers: list[nn.Module] = []
         cin = in_channels
         for _ in range(n_conv):
-            layers += [_SeededConv(cin, n_features, 3, padding=1, generator=generator),
-                       nn.ReLU(inplace=True), nn.BatchNorm2d(n_features)]
+            layers += [
+                _SeededConv(cin, n_features, 3, padding=1, generator=generator),
+                nn.ReLU(inplace=True),
+                nn.BatchNorm2d(n_features),
+            ]
             cin = n_features
-        layers += [_SeededConv(n_features, n_features, 1, generator=generator),
-                   nn.BatchNorm2d(n_features)]
+        layers += [
+            _SeededConv(n_features, n_features, 1, generator=generator),
+            nn.BatchNorm2d(n_features),
+        ]
         self.body = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -59,16 +59,27 @@ class FitPlan:
     memory_available: Optional[float]  # bytes, or None where unknown
 
     def describe(self) -> dict:
-        return {"device": describe_device(self.device),
-                "working_shape": [int(v) for v in self.working_shape],
-                "object_radius": self.object_radius, "tiles": len(self.tiles),
-                "threads": self.threads, "members_per_group": self.batch_size,
-                "memory_needed_gb": round(self.memory_needed / 1e9, 2)}
+        return {
+            "device": describe_device(self.device),
+            "working_shape": [int(v) for v in self.working_shape],
+            "object_radius": self.object_radius,
+            "tiles": len(self.tiles),
+            "threads": self.threads,
+            "members_per_group": self.batch_size,
+            "memory_needed_gb": round(self.memory_needed / 1e9, 2),
+        }
 
 
-def plan_fit(data: np.ndarray, *, n_runs: int, device: torch.device,
-             working_size: Optional[int], n_workers: Optional[int],
-             batch_size: Optional[int] = None, together: bool = False) -> FitPlan:
+def plan_fit(
+    data: np.ndarray,
+    *,
+    n_runs: int,
+    device: torch.device,
+    working_size: Optional[int],
+    n_workers: Optional[int],
+    batch_size: Optional[int] = None,
+    together: bool = False,
+) -> FitPlan:
     """Plan the fit of a normalised ``(C, Y, X)`` plane (see ``Settings`` for the
     meaning of ``working_size`` and ``n_workers``); refuses up front, with a
     ``ValueError`` that says what to change, a CPU fit that would not fit in memory.
@@ -92,12 +103,12 @@ def plan_fit(data: np.ndarray, *, n_runs: int, device: torch.device,
         batch_size = default_batch_size(n_runs, n_pixels, c, device)
         if together and device.type == "cpu":
             share = -(-n_runs // max(1, threads))
-            batch_size = int(max(batch_size, min(share, math.floor(
-                GROUP_BYTES / activation_bytes(n_pixels, c)))))
+            batch_size = int(
+                max(batch_size, min(share, math.floor(GROUP_BYTES / activation_bytes(n_pixels, c))))
+            )
     if device.type == "cpu" and n_workers is None:
         # automatic: fewer threads rather than refusing
-        while threads > 1 and not fits(estimate_bytes(n_pixels, c, n_runs, batch_size,
-                                                      threads)):
+        while threads > 1 and not fits(estimate_bytes(n_pixels, c, n_runs, batch_size, threads)):
             threads -= 1
     need = estimate_bytes(n_pixels, c, n_runs, batch_size, threads)
     have = available_memory()
@@ -107,29 +118,36 @@ def plan_fit(data: np.ndarray, *, n_runs: int, device: torch.device,
             f"{need / 1e9:.1f} GB of memory and {have / 1e9:.1f} GB is available; set a "
             f"working_size (e.g. working_size=512, or None for automatic) to fit the "
             f"prior on fewer pixels, crop a region, or use fewer CPU threads "
-            f"(n_workers=1)")
-    return FitPlan(device, shape, work, radius, tile, tiles, threads, int(batch_size),
-                   need, have)
+            f"(n_workers=1)"
+        )
+    return FitPlan(device, shape, work, radius, tile, tiles, threads, int(batch_size), need, have)
 
 
-def plan_volume_threads(shape: tuple, *, n_runs: int, device: torch.device,
-                        n_workers: Optional[int], batch_size: int = 2) -> int:
+def plan_volume_threads(
+    shape: tuple,
+    *,
+    n_runs: int,
+    device: torch.device,
+    n_workers: Optional[int],
+    batch_size: int = 2,
+) -> int:
     """CPU threads for the volumetric fit of a ``(C, Z, Y, X)`` volume: as for a plane
     (:func:`default_threads`, fewer while the memory estimate does not fit), refused up
     front with a ``ValueError`` when even one thread would not fit."""
     if device.type != "cpu":
         return 0
     c, voxels = int(shape[0]), int(np.prod(shape[1:]))
-    threads = default_threads(n_runs, voxels) if n_workers is None else \
-        min(int(n_workers), n_runs)
+    threads = default_threads(n_runs, voxels) if n_workers is None else min(int(n_workers), n_runs)
     while threads > 1 and not fits(estimate_bytes(voxels, c, n_runs, batch_size, threads)):
         threads -= 1
     need, have = estimate_bytes(voxels, c, n_runs, batch_size, threads), available_memory()
     if have is not None and need > MEMORY_SHARE * have:
-        raise ValueError(f"the volumetric fit of this {voxels / 1e6:.1f}-megavoxel stack "
-                         f"needs about {need / 1e9:.1f} GB of memory and {have / 1e9:.1f} "
-                         f"GB is available; fit per plane (volumetric=False), or crop or "
-                         f"downsample the stack")
+        raise ValueError(
+            f"the volumetric fit of this {voxels / 1e6:.1f}-megavoxel stack "
+            f"needs about {need / 1e9:.1f} GB of memory and {have / 1e9:.1f} "
+            f"GB is available; fit per plane (volumetric=False), or crop or "
+            f"downsample the stack"
+        )
     return threads
 
 
@@ -142,8 +160,7 @@ def _padded_pixels(side: tuple) -> int:
 def resolve_device(device) -> torch.device:
     """Map ``'auto' | 'cpu' | 'cuda' | 'cuda:N' | 'mps'`` to an available torch device."""
     if not isinstance(device, (str, torch.device)):
-        raise TypeError(f"device must be a string such as 'auto', 'cpu' or 'cuda', got "
-                        f"{device!r}")
+        raise TypeError(f"device must be a string such as 'auto', 'cpu' or 'cuda', got {device!r}")
     name = str(device)
     if name == "auto":
         if torch.cuda.is_available():
@@ -153,24 +170,29 @@ def resolve_device(device) -> torch.device:
         return torch.device("cpu")
     if name == "cuda" or name.startswith("cuda:"):
         if not torch.cuda.is_available():
-            raise ValueError(f"device={name!r} was asked for but CUDA is not available "
-                             f"here (no NVIDIA GPU or a CPU-only PyTorch); use "
-                             f"device='auto' or 'cpu'")
+            raise ValueError(
+                f"device={name!r} was asked for but CUDA is not available "
+                f"here (no NVIDIA GPU or a CPU-only PyTorch); use "
+                f"device='auto' or 'cpu'"
+            )
         dev = torch.device(name)
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device={name!r}: this machine has "
-                             f"{torch.cuda.device_count()} CUDA device(s), numbered from "
-                             f"0; use one of them or 'cuda'")
+            raise ValueError(
+                f"device={name!r}: this machine has "
+                f"{torch.cuda.device_count()} CUDA device(s), numbered from "
+                f"0; use one of them or 'cuda'"
+            )
         return dev
     if name == "mps":
         if not _mps_available():
-            raise ValueError("device='mps' was asked for but Apple MPS is not available "
-                             "here; use device='auto' or 'cpu'")
+            raise ValueError(
+                "device='mps' was asked for but Apple MPS is not available "
+                "here; use device='auto' or 'cpu'"
+            )
         return torch.device("mps")
     if name == "cpu":
         return torch.device("cpu")
-    raise ValueError(f"unknown device {name!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or "
-                     f"'mps'")
+    raise ValueError(f"unknown device {name!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
 
 
 def _mps_available() -> bool:
@@ -216,8 +238,13 @@ def device_choices() -> list[tuple[str, str]]:
 
 
 # -- sizes -------------------------------------------------------------------------------
-def tile_size(n_channels: int, n_runs: int, n_workers: Optional[int],
-              device: torch.device, plane_pixels: Optional[int] = None) -> int:
+def tile_size(
+    n_channels: int,
+    n_runs: int,
+    n_workers: Optional[int],
+    device: torch.device,
+    plane_pixels: Optional[int] = None,
+) -> int:
     """Side of the largest plane fitted in one piece: 512 on a CPU, 2048 on CUDA, less
     where the CPU memory estimate says a piece would not fit (then more, smaller tiles)."""
     size = TILE_SIZE.get(device.type, 512)
@@ -236,8 +263,9 @@ def tile_size(n_channels: int, n_runs: int, n_workers: Optional[int],
     return size
 
 
-def working_shape(data: np.ndarray, working_size: Optional[int], tile: int
-                  ) -> tuple[tuple[int, int], Optional[float]]:
+def working_shape(
+    data: np.ndarray, working_size: Optional[int], tile: int
+) -> tuple[tuple[int, int], Optional[float]]:
     """The plane shape the prior is fitted at (see ``Settings.working_size``) and the
     estimated object radius behind an automatic choice."""
     shape = tuple(int(v) for v in data.shape[1:])
@@ -253,8 +281,7 @@ def working_shape(data: np.ndarray, working_size: Optional[int], tile: int
     return _image.working_shape(shape, side), round(float(radius), 2)
 
 
-def tile_slices(shape: tuple[int, int], tile: int, overlap: int
-                ) -> list[tuple[slice, slice]]:
+def tile_slices(shape: tuple[int, int], tile: int, overlap: int) -> list[tuple[slice, slice]]:
     """Overlapping tiles covering ``shape``, at most about ``tile`` pixels a side, spread
     evenly; a single tile when the plane has at most ``tile ** 2`` pixels."""
     h, w = int(shape[0]), int(shape[1])
@@ -295,8 +322,7 @@ def default_threads(n_runs: int, n_pixels: int) -> int:
     return n
 
 
-def default_batch_size(n_runs: int, n_pixels: int, n_channels: int,
-                       device: torch.device) -> int:
+def default_batch_size(n_runs: int, n_pixels: int, n_channels: int, device: torch.device) -> int:
     """How many members to train as one grouped model.
 
     On a GPU as many as half the free memory holds (one big step instead of many small
@@ -318,8 +344,9 @@ def activation_bytes(n_pixels: int, n_channels: int) -> float:
     return n_pixels * (1400.0 + 16.0 * n_channels)
 
 
-def estimate_bytes(n_pixels: int, n_channels: int, n_runs: int, batch_size: int,
-                   threads: int) -> float:
+def estimate_bytes(
+    n_pixels: int, n_channels: int, n_runs: int, batch_size: int, threads: int
+) -> float:
     """Memory a fit adds to the process, in bytes: one group of members per thread
     training at once, and every member's output kept for the median."""
     groups_at_once = max(1, threads)

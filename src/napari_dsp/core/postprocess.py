@@ -45,8 +45,7 @@ def _smoothed(image: np.ndarray) -> np.ndarray:
     """``(C, Y, X)`` float32, each channel smoothed by :data:`SMOOTH_SIGMA`."""
     out = np.empty(image.shape, np.float32)
     for c in range(image.shape[0]):
-        ndi.gaussian_filter(image[c].astype(np.float32, copy=False), SMOOTH_SIGMA,
-                            output=out[c])
+        ndi.gaussian_filter(image[c].astype(np.float32, copy=False), SMOOTH_SIGMA, output=out[c])
     return out
 
 
@@ -98,9 +97,9 @@ def class_models(images: list, foregrounds: list) -> list:
             sel = _smoothed(im)[:, f == cls].astype(np.float64)
             count += sel.shape[1]
             total = total + sel.sum(1)
-            squares = squares + (sel ** 2).sum(1)
+            squares = squares + (sel**2).sum(1)
         mean = total / count
-        var = np.maximum(squares / count - mean ** 2, VAR_FLOOR)
+        var = np.maximum(squares / count - mean**2, VAR_FLOOR)
         models.append((mean.astype(np.float32), var.astype(np.float32), count / n_all))
     return models
 
@@ -132,8 +131,7 @@ def remove_specks(foreground: np.ndarray, min_size: int) -> np.ndarray:
     return foreground & ~small[labels]
 
 
-def clean_up(foreground: np.ndarray, *, fill: bool, min_size: int, invert: bool
-             ) -> np.ndarray:
+def clean_up(foreground: np.ndarray, *, fill: bool, min_size: int, invert: bool) -> np.ndarray:
     """Holes filled, specks removed, then ``invert`` (after the clean-up, which is about
     the objects the rule found) of one plane's foreground."""
     if fill:
@@ -143,8 +141,9 @@ def clean_up(foreground: np.ndarray, *, fill: bool, min_size: int, invert: bool
     return ~foreground if invert else foreground
 
 
-def post_process(labels: list, images: list, *, refine: bool, fill: bool, min_size: int,
-                 invert: bool) -> tuple[list, dict]:
+def post_process(
+    labels: list, images: list, *, refine: bool, fill: bool, min_size: int, invert: bool
+) -> tuple[list, dict]:
     """Refinement from the pixels (class models shared over planes), hole filling, speck
     removal and ``invert``, for the 0/1 maps of the foreground rule (one per plane;
     ``images`` the normalised ``(C, Y, X)`` planes, or None where there is none)."""
@@ -153,8 +152,11 @@ def post_process(labels: list, images: list, *, refine: bool, fill: bool, min_si
     if refine and all(im is not None for im in images):
         fgs, info = refine_foreground(images, fgs)
     elif refine:
-        info = {"refined": False, "pixel_error": None,
-                "refine_skipped": "no image given: the prior's outlines are kept"}
+        info = {
+            "refined": False,
+            "pixel_error": None,
+            "refine_skipped": "no image given: the prior's outlines are kept",
+        }
     fgs = [clean_up(f, fill=fill, min_size=min_size, invert=invert) for f in fgs]
     info["inverted"] = invert
     return [f.astype(lab.dtype) for f, lab in zip(fgs, labels)], info
@@ -179,8 +181,9 @@ def offset_ids(ids: np.ndarray, offset: int) -> np.ndarray:
     return np.where(ids > 0, ids.astype(dtype) + dtype.type(offset), 0).astype(dtype)
 
 
-def label_objects(labels: list, min_size: int, spacing: Optional[tuple] = None
-                  ) -> tuple[list, list]:
+def label_objects(
+    labels: list, min_size: int, spacing: Optional[tuple] = None
+) -> tuple[list, list]:
     """One id per object of 0/1 maps: per plane, numbered plane by plane so ids are
     unique over the stack (the first plane's objects 1..n1, the next n1+1..), or in 3-D
     over the planes with voxel ``spacing`` when it is given. Returns (labels per plane,
@@ -199,8 +202,15 @@ def label_objects(labels: list, min_size: int, spacing: Optional[tuple] = None
     return out, counts
 
 
-def instances(foreground: np.ndarray, *, min_size: int = 16, split: bool = True,
-              fill_holes: bool = True, min_distance: int = 3, sampling=None) -> np.ndarray:
+def instances(
+    foreground: np.ndarray,
+    *,
+    min_size: int = 16,
+    split: bool = True,
+    fill_holes: bool = True,
+    min_distance: int = 3,
+    sampling=None,
+) -> np.ndarray:
     """Label the objects of a 2-D or 3-D foreground mask.
 
     Parameters
@@ -229,8 +239,10 @@ def instances(foreground: np.ndarray, *, min_size: int = 16, split: bool = True,
     """
     fg = np.asarray(foreground)
     if fg.ndim not in (2, 3):
-        raise ValueError(f"instances() takes a 2-D or 3-D mask, got shape {fg.shape}; "
-                         f"call it per plane or per volume")
+        raise ValueError(
+            f"instances() takes a 2-D or 3-D mask, got shape {fg.shape}; "
+            f"call it per plane or per volume"
+        )
     if min_size < 0 or min_distance < 1:
         raise ValueError("min_size must be >= 0 and min_distance >= 1")
     fg = fg > 0
@@ -244,11 +256,15 @@ def instances(foreground: np.ndarray, *, min_size: int = 16, split: bool = True,
         if sampling is not None:  # back to units of the finest axis
             dist = dist / float(min(sampling))
         # Smooth a little so ragged outlines do not make several peaks per object.
-        sigma = 1.0 if sampling is None else \
-            tuple(min(sampling) / float(v) for v in sampling)
+        sigma = 1.0 if sampling is None else tuple(min(sampling) / float(v) for v in sampling)
         smooth = ndi.gaussian_filter(dist, sigma)
-        peaks = peak_local_max(smooth, min_distance=min_distance, threshold_abs=2.0,
-                               labels=ndi.label(fg)[0], exclude_border=False)
+        peaks = peak_local_max(
+            smooth,
+            min_distance=min_distance,
+            threshold_abs=2.0,
+            labels=ndi.label(fg)[0],
+            exclude_border=False,
+        )
         markers = np.zeros(fg.shape, np.int32)
         markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
         labels = watershed(-smooth, markers, mask=fg)

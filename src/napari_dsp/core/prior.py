@@ -18,12 +18,12 @@ from typing import Optional
 
 import numpy as np
 
-from ..progress import FitProgress, relay
 from . import fit as _fit
 from . import image as _image
 from . import nets
 from .heap import trimmed_heap
 from .plan import TILE_OVERLAP, FitPlan, plan_fit, resolve_precision
+from .progress import FitProgress, relay
 
 
 def member_seeds(seed: int, n_runs: int) -> list[int]:
@@ -31,32 +31,72 @@ def member_seeds(seed: int, n_runs: int) -> list[int]:
     return [int(s) for s in np.random.SeedSequence(seed).generate_state(n_runs)]
 
 
-def iter_planned_prior(data: np.ndarray, *, device, seed: int, n_runs: int, n_iter: int,
-                       learning_rate: float, precision: str, preview_every: int,
-                       settle: float, working_size: Optional[int],
-                       n_workers: Optional[int], batch_size: Optional[int] = None):
+def iter_planned_prior(
+    data: np.ndarray,
+    *,
+    device,
+    seed: int,
+    n_runs: int,
+    n_iter: int,
+    learning_rate: float,
+    precision: str,
+    preview_every: int,
+    settle: float,
+    working_size: Optional[int],
+    n_workers: Optional[int],
+    batch_size: Optional[int] = None,
+):
     """Plan (:func:`napari_dsp.core.plan.plan_fit`) and fit the prior of a normalised
     ``(C, Y, X)`` plane: yields progress, returns ``(median, spread, fit_info)``, the
     plan's description with the iterations fitted."""
-    plan = plan_fit(data, n_runs=n_runs, device=device, working_size=working_size,
-                    n_workers=n_workers, batch_size=batch_size, together=settle > 0)
+    plan = plan_fit(
+        data,
+        n_runs=n_runs,
+        device=device,
+        working_size=working_size,
+        n_workers=n_workers,
+        batch_size=batch_size,
+        together=settle > 0,
+    )
     precision = resolve_precision(precision, plan.device)
     info: dict = {}
     median, spread = yield from iter_plane_prior(
-        data, plan, seed=seed, n_runs=n_runs, n_iter=n_iter, learning_rate=learning_rate,
-        precision=precision, preview_every=preview_every, settle=settle, info=info)
+        data,
+        plan,
+        seed=seed,
+        n_runs=n_runs,
+        n_iter=n_iter,
+        learning_rate=learning_rate,
+        precision=precision,
+        preview_every=preview_every,
+        settle=settle,
+        info=info,
+    )
     fit_info = plan.describe()
     its = info["iterations"]
-    fit_info.update(precision=precision, n_iter=n_iter, settle=info["settle"],
-                    iterations=its[0] if len(its) == 1 else its,
-                    settled=all(info["settled"]) if info["settled"] else False)
+    fit_info.update(
+        precision=precision,
+        n_iter=n_iter,
+        settle=info["settle"],
+        iterations=its[0] if len(its) == 1 else its,
+        settled=all(info["settled"]) if info["settled"] else False,
+    )
     return median, spread, fit_info
 
 
-def iter_plane_prior(data: np.ndarray, plan: FitPlan, *, seed: int, n_runs: int,
-                     n_iter: int, learning_rate: float, precision: str,
-                     preview_every: int, settle: float = 0.0,
-                     info: Optional[dict] = None):
+def iter_plane_prior(
+    data: np.ndarray,
+    plan: FitPlan,
+    *,
+    seed: int,
+    n_runs: int,
+    n_iter: int,
+    learning_rate: float,
+    precision: str,
+    preview_every: int,
+    settle: float = 0.0,
+    info: Optional[dict] = None,
+):
     """Fit the prior of a normalised ``(C, Y, X)`` plane as ``plan`` says; yields
     progress (previews as ``(C, Y, X)`` medians at the plane's size), returns
     ``(median (C, Y, X), spread (Y, X))``.
@@ -69,18 +109,24 @@ def iter_plane_prior(data: np.ndarray, plan: FitPlan, *, seed: int, n_runs: int,
     work = tuple(plan.working_shape)
     if work != shape:
         data = _image.resize(data, work)
-    fit_kwargs = dict(seeds=member_seeds(seed, n_runs), n_iter=n_iter,
-                      learning_rate=learning_rate, precision=precision)
+    fit_kwargs = dict(
+        seeds=member_seeds(seed, n_runs),
+        n_iter=n_iter,
+        learning_rate=learning_rate,
+        precision=precision,
+    )
     settle = settle if settle_applies(plan, n_runs) else 0.0
     info.update(settle=settle, iterations=[], settled=[])
     if len(plan.tiles) == 1:
+
         def full_size(p: FitProgress) -> FitProgress:
             if p.preview is None or work == shape:
                 return p
             return p.replace(preview=_image.resize(p.preview, shape))
 
         median, spread = yield from relay(
-            _iter_ensemble(data, plan, preview_every, fit_kwargs, settle, info), full_size)
+            _iter_ensemble(data, plan, preview_every, fit_kwargs, settle, info), full_size
+        )
     else:
         median, spread = yield from _iter_tiles(data, plan, fit_kwargs, settle, info)
     if work != shape:
@@ -95,8 +141,7 @@ def settle_applies(plan: FitPlan, n_runs: int) -> bool:
     return plan.batch_size >= -(-n_runs // max(1, plan.threads))
 
 
-def _iter_tiles(data: np.ndarray, plan: FitPlan, fit_kwargs: dict, settle: float,
-                info: dict):
+def _iter_tiles(data: np.ndarray, plan: FitPlan, fit_kwargs: dict, settle: float, info: dict):
     """Fit the plan's overlapping tiles one after another (memory bounded by one tile)
     and blend them with linear ramps across the overlaps. Every tile uses the same
     member seeds; no previews."""
@@ -106,10 +151,15 @@ def _iter_tiles(data: np.ndarray, plan: FitPlan, fit_kwargs: dict, settle: float
     weight = np.zeros((h, w), np.float32)
     n = len(plan.tiles)
     for k, (ys, xs) in enumerate(plan.tiles):
-        fit = _iter_ensemble(np.ascontiguousarray(data[:, ys, xs]), plan, 0, fit_kwargs,
-                             settle, info)
-        median, spread = yield from relay(fit, lambda p, k=k: p.replace(
-            step=k * p.total + p.step, total=n * p.total, tile=k, n_tiles=n))
+        fit = _iter_ensemble(
+            np.ascontiguousarray(data[:, ys, xs]), plan, 0, fit_kwargs, settle, info
+        )
+        median, spread = yield from relay(
+            fit,
+            lambda p, k=k: p.replace(
+                step=k * p.total + p.step, total=n * p.total, tile=k, n_tiles=n
+            ),
+        )
         ramp = _image.blend_weights((ys, xs), (h, w), TILE_OVERLAP)
         acc[:, ys, xs] += median * ramp
         acc_spread[ys, xs] += spread * ramp
@@ -117,8 +167,9 @@ def _iter_tiles(data: np.ndarray, plan: FitPlan, fit_kwargs: dict, settle: float
     return acc / weight, acc_spread / weight
 
 
-def _iter_ensemble(data: np.ndarray, plan: FitPlan, preview_every: int, fit_kwargs: dict,
-                   settle: float, info: dict):
+def _iter_ensemble(
+    data: np.ndarray, plan: FitPlan, preview_every: int, fit_kwargs: dict, settle: float, info: dict
+):
     """One ensemble fit of a normalised ``(C, H, W)`` piece: yields progress (previews as
     ``(C, H, W)`` medians), returns (median, spread); appends the iterations fitted and
     whether the prior settled to ``info``."""
@@ -134,10 +185,16 @@ def _iter_ensemble(data: np.ndarray, plan: FitPlan, preview_every: int, fit_kwar
     done = {"iterations": n_iter, "settled": False, "watched": False}
 
     def start(batch: int):
-        fit = _fit.iter_ensemble(padded, crop, threads=plan.threads, device=device,
-                                 make_net=make_net, batch_size=batch,
-                                 preview_every=1 if watch else preview_every,
-                                 **fit_kwargs)
+        fit = _fit.iter_ensemble(
+            padded,
+            crop,
+            threads=plan.threads,
+            device=device,
+            make_net=make_net,
+            batch_size=batch,
+            preview_every=1 if watch else preview_every,
+            **fit_kwargs,
+        )
         if not watch or batch < plan.batch_size:  # smaller groups: no early stop
             done.update(iterations=n_iter, settled=False, watched=False)
             return relay(fit, _preview_median)
@@ -170,14 +227,25 @@ def _retry_smaller_groups(start, batch_size: int, device):
             if batch_size <= 1:
                 raise ValueError(
                     f"out of memory on {device} even with one ensemble member at a time "
-                    f"({exc}); use device='cpu', or set a smaller working_size") from None
+                    f"({exc}); use device='cpu', or set a smaller working_size"
+                ) from None
             batch_size = max(1, batch_size // 2)
             _fit.release_device_memory(device)
 
 
-def iter_volume_prior(volume: np.ndarray, spacing: Sequence[float], *, seed: int,
-                      n_runs: int, n_iter: int, learning_rate: float, precision: str,
-                      device, threads: int, batch_size: Optional[int] = 2):
+def iter_volume_prior(
+    volume: np.ndarray,
+    spacing: Sequence[float],
+    *,
+    seed: int,
+    n_runs: int,
+    n_iter: int,
+    learning_rate: float,
+    precision: str,
+    device,
+    threads: int,
+    batch_size: Optional[int] = 2,
+):
     """The volumetric prior of a normalised ``(C, Z, Y, X)`` volume with voxel size
     ``spacing`` (z, y, x): yields progress, returns ``(median (C, Z, Y, X), spread
     (Z, Y, X), z stages)``."""
@@ -191,10 +259,18 @@ def iter_volume_prior(volume: np.ndarray, spacing: Sequence[float], *, seed: int
     target = np.ascontiguousarray(padded, np.float32)
 
     def start(batch: int):
-        return _fit.iter_ensemble(target, crop, threads=threads, device=device,
-                                  make_net=make_net, seeds=member_seeds(seed, n_runs),
-                                  n_iter=n_iter, learning_rate=learning_rate,
-                                  precision=precision, batch_size=batch)
+        return _fit.iter_ensemble(
+            target,
+            crop,
+            threads=threads,
+            device=device,
+            make_net=make_net,
+            seeds=member_seeds(seed, n_runs),
+            n_iter=n_iter,
+            learning_rate=learning_rate,
+            precision=precision,
+            batch_size=batch,
+        )
 
     with trimmed_heap(device):
         members = yield from _retry_smaller_groups(start, batch_size or n_runs, device)

@@ -75,7 +75,7 @@ def _freq_grid(h: int, w: int, device) -> tuple[torch.Tensor, torch.Tensor]:
 def _gaussian(f2: torch.Tensor, sigma: float) -> torch.Tensor:
     """The Fourier transform of a unit-sum Gaussian of ``sigma`` pixels, on the squared
     frequencies ``f2`` of :func:`_freq_grid`."""
-    return torch.exp(-2 * math.pi ** 2 * sigma ** 2 * f2)
+    return torch.exp(-2 * math.pi**2 * sigma**2 * f2)
 
 
 def _reflected(gray: np.ndarray, pad: int, device) -> torch.Tensor:
@@ -101,7 +101,7 @@ def gabor_energies(gray: np.ndarray, device="cpu", smooth=SMOOTH) -> np.ndarray:
     ph, pw = x.shape
     spectrum = torch.fft.fft2(x)
     fy, fx = _freq_grid(ph, pw, device)
-    f2 = fy ** 2 + fx ** 2
+    f2 = fy**2 + fx**2
     bands = len(FREQUENCIES) * ORIENTATIONS
     e = torch.empty((len(smooths) * bands, h, w), dtype=torch.float32, device=device)
     b = 0
@@ -112,12 +112,12 @@ def gabor_energies(gray: np.ndarray, device="cpu", smooth=SMOOTH) -> np.ndarray:
         for k in range(ORIENTATIONS):
             theta = k * math.pi / ORIENTATIONS
             cy, cx = f * math.sin(theta), f * math.cos(theta)
-            band = torch.exp(-((fy - cy) ** 2 + (fx - cx) ** 2) / (2 * sf ** 2))
+            band = torch.exp(-((fy - cy) ** 2 + (fx - cx) ** 2) / (2 * sf**2))
             energy = torch.fft.ifft2(spectrum * band).abs()  # one-sided: |analytic response|
             energy = torch.fft.fft2(energy)
             for i, window in enumerate(windows):  # scale by scale
                 smoothed = torch.fft.ifft2(energy * window).real.clamp_min_(0)
-                e[i * bands + b] = smoothed[pad:pad + h, pad:pad + w]
+                e[i * bands + b] = smoothed[pad : pad + h, pad : pad + w]
             b += 1
     e.div_(e.mean(dim=(1, 2), keepdim=True).clamp_min(1e-12)).log1p_()
     return e.float().cpu().numpy()
@@ -133,14 +133,17 @@ def local_means(gray: np.ndarray, device="cpu") -> np.ndarray:
     x = _reflected(gray, pad, device)
     spectrum = torch.fft.fft2(x)
     fy, fx = _freq_grid(*x.shape, device)
-    f2 = fy ** 2 + fx ** 2
-    out = torch.stack([torch.fft.ifft2(spectrum * _gaussian(f2, s * sigma)).real[
-        pad:pad + h, pad:pad + w] for s in MEAN_SCALES])
+    f2 = fy**2 + fx**2
+    out = torch.stack(
+        [
+            torch.fft.ifft2(spectrum * _gaussian(f2, s * sigma)).real[pad : pad + h, pad : pad + w]
+            for s in MEAN_SCALES
+        ]
+    )
     return out.float().cpu().numpy()
 
 
-def texture_channels(chw: np.ndarray, n_components: int = COMPONENTS,
-                     device="cpu") -> np.ndarray:
+def texture_channels(chw: np.ndarray, n_components: int = COMPONENTS, device="cpu") -> np.ndarray:
     """Texture channels of a normalised ``(C, Y, X)`` image in [0, 1]:
     ``(n_components, Y, X)`` float32 in [0, 1], the first principal components of the
     standardised Gabor energies of its luminance (mean over channels) and of its local
@@ -155,13 +158,18 @@ def texture_channels(chw: np.ndarray, n_components: int = COMPONENTS,
     gray = chw.mean(0)
     # Two blocks of features, energies and local means, kept apart (no copy of the
     # energies, the largest array here).
-    blocks = [b.reshape(len(b), -1) for b in (gabor_energies(gray, device, SCALES),
-                                               local_means(gray, device))]
+    blocks = [
+        b.reshape(len(b), -1)
+        for b in (gabor_energies(gray, device, SCALES), local_means(gray, device))
+    ]
     n = gray.size
     # Standardisation and principal axes from a fixed sample of pixels (all of them up
     # to PCA_SAMPLE): memory stays at the energies' own size.
-    pick = np.sort(np.random.default_rng(0).choice(n, PCA_SAMPLE, replace=False)) \
-        if n > PCA_SAMPLE else slice(None)
+    pick = (
+        np.sort(np.random.default_rng(0).choice(n, PCA_SAMPLE, replace=False))
+        if n > PCA_SAMPLE
+        else slice(None)
+    )
     sample = np.concatenate([b[:, pick] for b in blocks]).astype(np.float64)
     mean = sample.mean(1, keepdims=True)
     std = sample.std(1, keepdims=True)
@@ -169,7 +177,7 @@ def texture_channels(chw: np.ndarray, n_components: int = COMPONENTS,
     # own: a brightness step between regions weighs what it is against the image's
     # contrast, and the flat remainder of equal-brightness textures stays small instead
     # of being blown up to the weight of a real difference.
-    std[len(blocks[0]):] = gray.std(dtype=np.float64)
+    std[len(blocks[0]) :] = gray.std(dtype=np.float64)
     std = np.where(std > 1e-12, std, 1.0)
     z = (sample - mean) / std
     values, vectors = np.linalg.eigh(z @ z.T / z.shape[1])
@@ -182,8 +190,9 @@ def texture_channels(chw: np.ndarray, n_components: int = COMPONENTS,
     comps = np.empty((len(weights), n), np.float64)
     for start in range(0, n, PCA_SAMPLE):  # in float64, a block of pixels at a time
         part = slice(start, start + PCA_SAMPLE)
-        comps[:, part] = sum(w @ b[:, part].astype(np.float64)
-                             for w, b in zip(split, blocks)) - offset
+        comps[:, part] = (
+            sum(w @ b[:, part].astype(np.float64) for w, b in zip(split, blocks)) - offset
+        )
     comps = comps.reshape(-1, *chw.shape[1:])
     lo, hi = np.percentile(comps, [0.5, 99.5], axis=(1, 2), keepdims=True)
     span = np.where(hi - lo > 1e-12, hi - lo, 1.0)

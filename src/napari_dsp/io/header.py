@@ -29,7 +29,6 @@ class ImageFileError(ValueError):
     """A file that cannot be used; the message is one line that starts with the path."""
 
 
-
 @dataclass(frozen=True)
 class ImageInfo:
     """What a file's header says, before any pixel is decoded.
@@ -97,8 +96,9 @@ def read_info(path) -> ImageInfo:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in READABLE:
-        raise ImageFileError(f"{path}: unsupported file type '{suffix}' (use "
-                             f"{', '.join(READABLE)})")
+        raise ImageFileError(
+            f"{path}: unsupported file type '{suffix}' (use {', '.join(READABLE)})"
+        )
     try:
         _check_regular_file(path)
         if suffix in (".tif", ".tiff"):
@@ -111,16 +111,20 @@ def read_info(path) -> ImageInfo:
         raise
     except (OSError, RuntimeError) as exc:
         # a symlink loop, a permission, a device error: the file's problem, one line
-        raise ImageFileError(f"{path}: cannot be opened ({_first_line(exc)})") from None
+        raise ImageFileError(f"{path}: cannot be opened ({first_line(exc)})") from None
     except Exception as exc:  # any reader failure is the file's problem, said in one line
-        raise ImageFileError(f"{path}: cannot be read as an image ({type(exc).__name__}: "
-                             f"{_first_line(exc) or 'corrupt file'})") from None
+        raise ImageFileError(
+            f"{path}: cannot be read as an image ({type(exc).__name__}: "
+            f"{first_line(exc) or 'corrupt file'})"
+        ) from None
     if 0 in info.shape or not info.shape:
-        raise ImageFileError(f"{path}: cannot be read as an image (no pixel data: corrupt "
-                             f"or truncated file?)")
+        raise ImageFileError(
+            f"{path}: cannot be read as an image (no pixel data: corrupt or truncated file?)"
+        )
     if np.dtype(info.dtype).kind not in "biuf":
-        raise ImageFileError(f"{path}: has pixels of type {info.dtype}; save it with "
-                             f"integer or real (float) pixels")
+        raise ImageFileError(
+            f"{path}: has pixels of type {info.dtype}; save it with integer or real (float) pixels"
+        )
     return info
 
 
@@ -133,11 +137,12 @@ def _check_regular_file(path: Path) -> None:
     if stat.S_ISDIR(mode):
         raise ImageFileError(f"{path}: is a folder, not a file")
     if not stat.S_ISREG(mode):  # a pipe or a device would block or never end
-        raise ImageFileError(f"{path}: is not a regular file (a pipe or a device?); save "
-                             f"the image to a file")
+        raise ImageFileError(
+            f"{path}: is not a regular file (a pipe or a device?); save the image to a file"
+        )
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = getattr(exc, "strerror", None) or str(exc)
     return text.splitlines()[0] if text else type(exc).__name__
 
@@ -147,14 +152,15 @@ def _tiff_info(path: Path) -> ImageInfo:
 
     with tifffile.TiffFile(path) as tif:
         if not tif.series:
-            raise ImageFileError(f"{path}: cannot be read as an image (no image in the "
-                                 f"TIFF file)")
+            raise ImageFileError(f"{path}: cannot be read as an image (no image in the TIFF file)")
         series = tif.series[0]
         page = series.keyframe if hasattr(series, "keyframe") else tif.pages[0]
         notes = []
         if len(tif.series) > 1:
-            notes.append(f"the file holds {len(tif.series)} images; the first, of shape "
-                         f"{tuple(series.shape)}, is used")
+            notes.append(
+                f"the file holds {len(tif.series)} images; the first, of shape "
+                f"{tuple(series.shape)}, is used"
+            )
         axes = series.axes
         pixel_size: dict = {}
         unit = None
@@ -178,28 +184,46 @@ def _tiff_info(path: Path) -> ImageInfo:
                 raise ImageFileError(
                     f"{path}: its compression ({getattr(compression, 'name', compression)}) "
                     f"cannot be decoded here; install imagecodecs (pip install imagecodecs) "
-                    f"or save it uncompressed or with LZW/deflate")
+                    f"or save it uncompressed or with LZW/deflate"
+                )
         except (ImportError, AttributeError, TypeError):  # pragma: no cover - old tifffile
             pass
-        return ImageInfo(path, fmt, tuple(int(n) for n in series.shape),
-                         np.dtype(series.dtype), axes.upper(), pixel_size, unit, alpha,
-                         software, tuple(notes))
+        return ImageInfo(
+            path,
+            fmt,
+            tuple(int(n) for n in series.shape),
+            np.dtype(series.dtype),
+            axes.upper(),
+            pixel_size,
+            unit,
+            alpha,
+            software,
+            tuple(notes),
+        )
 
 
-def _unit(text) -> Optional[str]:
+def unit_name(text) -> Optional[str]:
     """A length unit as written by ImageJ or OME, in one spelling (µm for micrometres)."""
     if text is None:
         return None
     text = str(text).strip()
-    if text.lower() in ("micron", "microns", "um", "µm", "μm", "\\u00b5m", "micrometer",
-                        "micrometre"):
+    if text.lower() in (
+        "micron",
+        "microns",
+        "um",
+        "µm",
+        "μm",
+        "\\u00b5m",
+        "micrometer",
+        "micrometre",
+    ):
         return "µm"
     if text.lower() in ("", "pixel", "pixels", "none"):
         return None
     return text
 
 
-def _positive(value) -> Optional[float]:
+def positive_or_none(value) -> Optional[float]:
     try:
         value = float(value)
     except (TypeError, ValueError):
@@ -216,21 +240,24 @@ def _ome_pixel_size(xml: Optional[str]) -> tuple[dict, Optional[str]]:
         root = ET.fromstring(xml)
     except ET.ParseError:
         return {}, None
-    pixels = next((el for el in root.iter() if el.tag.endswith("}Pixels") or
-                   el.tag == "Pixels"), None)
+    pixels = next(
+        (el for el in root.iter() if el.tag.endswith("}Pixels") or el.tag == "Pixels"), None
+    )
     if pixels is None:
         return {}, None
     sizes, units = {}, set()
     for axis in "XYZ":
-        value = _positive(pixels.get(f"PhysicalSize{axis}"))
+        value = positive_or_none(pixels.get(f"PhysicalSize{axis}"))
         if value is not None:
             sizes[axis] = value
-            units.add(_unit(pixels.get(f"PhysicalSize{axis}Unit", "µm")))
+            units.add(unit_name(pixels.get(f"PhysicalSize{axis}Unit", "µm")))
     if len(units) > 1:  # mixed units: convert what we know to µm
         scale = {"µm": 1.0, "nm": 1e-3, "mm": 1e3, "m": 1e6}
         if all(u in scale for u in units):
-            sizes = {a: v * scale[_unit(pixels.get(f"PhysicalSize{a}Unit", "µm"))]
-                     for a, v in sizes.items()}
+            sizes = {
+                a: v * scale[unit_name(pixels.get(f"PhysicalSize{a}Unit", "µm"))]
+                for a, v in sizes.items()
+            }
             return sizes, "µm"
         return {}, None
     return sizes, (units.pop() if units else None)
@@ -241,15 +268,15 @@ def _imagej_pixel_size(meta: dict, page) -> tuple[dict, Optional[str]]:
     for axis, tag in (("X", "XResolution"), ("Y", "YResolution")):
         try:
             num, den = page.tags[tag].value
-            value = _positive(den / num) if num else None
+            value = positive_or_none(den / num) if num else None
         except (KeyError, TypeError, ValueError, ZeroDivisionError):
             value = None
         if value is not None:
             sizes[axis] = value
-    z = _positive(meta.get("spacing"))
+    z = positive_or_none(meta.get("spacing"))
     if z is not None:
         sizes["Z"] = z
-    unit = _unit(meta.get("unit"))
+    unit = unit_name(meta.get("unit"))
     if unit is None:  # ImageJ's "pixel": sizes without a unit say nothing
         return {}, None
     return sizes, unit
@@ -264,7 +291,7 @@ def _tiff_resolution(page) -> tuple[dict, Optional[str]]:
         sizes = {}
         for axis, tag in (("X", "XResolution"), ("Y", "YResolution")):
             num, den = page.tags[tag].value
-            value = _positive(1e4 * den / num) if num else None
+            value = positive_or_none(1e4 * den / num) if num else None
             if value is not None:
                 sizes[axis] = value
         return sizes, "µm" if sizes else None
@@ -276,8 +303,10 @@ def _npy_info(path: Path) -> ImageInfo:
     with open(path, "rb") as fh:
         head = fh.read(8)
         if head.startswith(b"PK\x03\x04"):
-            raise ImageFileError(f"{path}: is a zip archive (an .npz file named .npy?), "
-                                 f"not one array; save one array with numpy.save")
+            raise ImageFileError(
+                f"{path}: is a zip archive (an .npz file named .npy?), "
+                f"not one array; save one array with numpy.save"
+            )
         fh.seek(0)
         version = np.lib.format.read_magic(fh)
         if version == (1, 0):
@@ -287,22 +316,32 @@ def _npy_info(path: Path) -> ImageInfo:
         else:
             shape, _, dtype = np.lib.format._read_array_header(fh, version)
     if dtype.hasobject:
-        raise ImageFileError(f"{path}: holds Python objects, not pixels; save a numeric "
-                             f"array")
+        raise ImageFileError(f"{path}: holds Python objects, not pixels; save a numeric array")
     return ImageInfo(path, "npy", tuple(int(n) for n in shape), np.dtype(dtype))
 
 
 #: PIL modes -> (dtype, samples per pixel, last sample is alpha).
-_PIL_MODES = {"1": (np.bool_, 1, False), "L": (np.uint8, 1, False),
-              "LA": (np.uint8, 2, True), "La": (np.uint8, 2, True),
-              "P": (np.uint8, 3, False), "PA": (np.uint8, 4, True),
-              "RGB": (np.uint8, 3, False), "RGBA": (np.uint8, 4, True),
-              "RGBa": (np.uint8, 4, True), "RGBX": (np.uint8, 3, False),
-              "CMYK": (np.uint8, 3, False), "YCbCr": (np.uint8, 3, False),
-              "LAB": (np.uint8, 3, False), "HSV": (np.uint8, 3, False),
-              "I": (np.int32, 1, False), "I;16": (np.uint16, 1, False),
-              "I;16B": (np.uint16, 1, False), "I;16L": (np.uint16, 1, False),
-              "F": (np.float32, 1, False)}
+_PIL_MODES = {
+    "1": (np.bool_, 1, False),
+    "L": (np.uint8, 1, False),
+    "LA": (np.uint8, 2, True),
+    "La": (np.uint8, 2, True),
+    "P": (np.uint8, 3, False),
+    "PA": (np.uint8, 4, True),
+    "RGB": (np.uint8, 3, False),
+    "RGBA": (np.uint8, 4, True),
+    "RGBa": (np.uint8, 4, True),
+    "RGBX": (np.uint8, 3, False),
+    "CMYK": (np.uint8, 3, False),
+    "YCbCr": (np.uint8, 3, False),
+    "LAB": (np.uint8, 3, False),
+    "HSV": (np.uint8, 3, False),
+    "I": (np.int32, 1, False),
+    "I;16": (np.uint16, 1, False),
+    "I;16B": (np.uint16, 1, False),
+    "I;16L": (np.uint16, 1, False),
+    "F": (np.float32, 1, False),
+}
 
 
 #: PNG colour types -> (samples per pixel, last sample is alpha).
@@ -325,8 +364,15 @@ def _png_info(path: Path) -> Optional[ImageInfo]:
     shape = (height, width) if samples == 1 else (height, width, samples)
     frames = _apng_frames(path)
     notes = (f"the file has {frames} frames; the first is used",) if frames > 1 else ()
-    return ImageInfo(path, "png", shape, np.dtype(dtype), "YX" if samples == 1 else "YXS",
-                     alpha=alpha, notes=notes)
+    return ImageInfo(
+        path,
+        "png",
+        shape,
+        np.dtype(dtype),
+        "YX" if samples == 1 else "YXS",
+        alpha=alpha,
+        notes=notes,
+    )
 
 
 def _apng_frames(path: Path) -> int:
@@ -358,15 +404,24 @@ def _pil_info(path: Path) -> ImageInfo:
                 frames = int(getattr(im, "n_frames", 1) or 1)
                 fmt = (im.format or path.suffix[1:]).lower()
         except Image.DecompressionBombError:
-            raise ImageFileError(f"{path}: is an image of more pixels than Pillow opens "
-                                 f"(a decompression-bomb guard); downsample or crop it, or "
-                                 f"save it as TIFF") from None
+            raise ImageFileError(
+                f"{path}: is an image of more pixels than Pillow opens "
+                f"(a decompression-bomb guard); downsample or crop it, or "
+                f"save it as TIFF"
+            ) from None
     if mode not in _PIL_MODES:
-        raise ImageFileError(f"{path}: pixel mode {mode!r} is not supported; save it as "
-                             f"grayscale or RGB")
+        raise ImageFileError(
+            f"{path}: pixel mode {mode!r} is not supported; save it as grayscale or RGB"
+        )
     dtype, samples, alpha = _PIL_MODES[mode]
     notes = (f"the file has {frames} frames; the first is used",) if frames > 1 else ()
     shape = (height, width) if samples == 1 else (height, width, samples)
-    return ImageInfo(path, "jpeg" if fmt in ("jpeg", "mpo") else fmt, shape, np.dtype(dtype),
-                     "YX" if samples == 1 else "YXS", alpha=alpha, notes=notes)
-
+    return ImageInfo(
+        path,
+        "jpeg" if fmt in ("jpeg", "mpo") else fmt,
+        shape,
+        np.dtype(dtype),
+        "YX" if samples == 1 else "YXS",
+        alpha=alpha,
+        notes=notes,
+    )

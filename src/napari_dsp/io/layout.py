@@ -16,7 +16,7 @@ from typing import Optional
 import numpy as np
 
 from ..core.image import check_axis_type
-from .header import ImageFileError, ImageInfo, _first_line
+from .header import ImageFileError, ImageInfo, first_line
 
 
 @dataclass(frozen=True)
@@ -66,8 +66,9 @@ class Arrangement:
         return "".join(a for a in self.axes if a in "TZ")
 
 
-def arrange(info: ImageInfo, channel_axis: Optional[int] = None,
-            stack: bool = False) -> Arrangement:
+def arrange(
+    info: ImageInfo, channel_axis: Optional[int] = None, stack: bool = False
+) -> Arrangement:
     """Decide the planes, channels, Y and X of a file from its header.
 
     With axes named by the file's metadata: T and Z are planes (so the file is a stack
@@ -86,32 +87,38 @@ def arrange(info: ImageInfo, channel_axis: Optional[int] = None,
     if channel_axis is not None:
         check_axis_type(channel_axis)
         if not -ndim <= channel_axis < ndim:
-            raise ImageFileError(f"{info.path}: has shape {info.shape}: --channel-axis "
-                                 f"{channel_axis} is out of range for {ndim} dimensions")
+            raise ImageFileError(
+                f"{info.path}: has shape {info.shape}: --channel-axis "
+                f"{channel_axis} is out of range for {ndim} dimensions"
+            )
         channel_axis = int(channel_axis) % ndim
     if info.axes_known:
         return _arrange_known(info, channel_axis, stack)
     return _arrange_assumed(info, channel_axis, stack)
 
 
-def _arrange_known(info: ImageInfo, channel_axis: Optional[int], stack: bool
-                   ) -> Arrangement:
+def _arrange_known(info: ImageInfo, channel_axis: Optional[int], stack: bool) -> Arrangement:
     path, shape = info.path, info.shape
     letters = list(info.axes)
     notes = list(info.notes)
     if channel_axis is not None and letters[channel_axis] in "YX":
-        raise ImageFileError(f"{path}: --channel-axis {channel_axis} is its "
-                             f"{letters[channel_axis]} axis (axes {info.axes}); leave "
-                             f"--channel-axis out, the file's metadata names its axes")
+        raise ImageFileError(
+            f"{path}: --channel-axis {channel_axis} is its "
+            f"{letters[channel_axis]} axis (axes {info.axes}); leave "
+            f"--channel-axis out, the file's metadata names its axes"
+        )
     if channel_axis is not None and letters[channel_axis] not in "CS":
         named = [i for i, a in enumerate(letters) if a in "CS" and shape[i] > 1]
         if named:
             raise ImageFileError(
                 f"{path}: its metadata gives the axes {info.axes} (channels: axis "
                 f"{named[0]}); --channel-axis {channel_axis} names another axis; leave "
-                f"--channel-axis out or correct the file's metadata")
-        notes.append(f"--channel-axis {channel_axis} overrides the file's axes "
-                     f"{info.axes}: its {letters[channel_axis]} axis is taken as channels")
+                f"--channel-axis out or correct the file's metadata"
+            )
+        notes.append(
+            f"--channel-axis {channel_axis} overrides the file's axes "
+            f"{info.axes}: its {letters[channel_axis]} axis is taken as channels"
+        )
         letters[channel_axis] = "C"
     drop_alpha = info.alpha and "S" in letters and shape[letters.index("S")] > 1
     sizes = [n - 1 if (a == "S" and drop_alpha) else n for a, n in zip(letters, shape)]
@@ -119,33 +126,50 @@ def _arrange_known(info: ImageInfo, channel_axis: Optional[int], stack: bool
     squeeze = tuple(i for i in range(len(shape)) if i not in keep)
     kept = ["C" if letters[i] == "S" else letters[i] for i in keep]
     if kept.count("C") > 1:
-        raise ImageFileError(f"{path}: has both channels and samples per pixel (axes "
-                             f"{info.axes}, shape {shape}); split the channels first")
+        raise ImageFileError(
+            f"{path}: has both channels and samples per pixel (axes "
+            f"{info.axes}, shape {shape}); split the channels first"
+        )
     if len(set(kept)) != len(kept):
-        raise ImageFileError(f"{path}: its metadata repeats an axis ({info.axes}); save it "
-                             f"with one T, Z, C, Y and X axis each")
+        raise ImageFileError(
+            f"{path}: its metadata repeats an axis ({info.axes}); save it "
+            f"with one T, Z, C, Y and X axis each"
+        )
     axes = "".join(kept)
     plane = (sizes[letters.index("Y")], sizes[letters.index("X")])
     if axes.replace("C", "")[-2:] != "YX":
-        raise ImageFileError(f"{path}: its axes {info.axes} do not end with Y and X; save "
-                             f"it with rows and columns last")
+        raise ImageFileError(
+            f"{path}: its axes {info.axes} do not end with Y and X; save "
+            f"it with rows and columns last"
+        )
     is_stack = stack or any(a in "TZ" for a in axes)
-    described = info.format in ("ome-tiff", "imagej-tiff") or \
-        bool(set(info.axes) - set("YXS"))
-    return Arrangement(axes, True, axes.index("C") if "C" in axes else None, is_stack,
-                       plane, squeeze, drop_alpha, tuple(notes),
-                       "metadata" if described else "file layout")
+    described = info.format in ("ome-tiff", "imagej-tiff") or bool(set(info.axes) - set("YXS"))
+    return Arrangement(
+        axes,
+        True,
+        axes.index("C") if "C" in axes else None,
+        is_stack,
+        plane,
+        squeeze,
+        drop_alpha,
+        tuple(notes),
+        "metadata" if described else "file layout",
+    )
 
 
-def _arrange_assumed(info: ImageInfo, channel_axis: Optional[int], stack: bool
-                     ) -> Arrangement:
+def _arrange_assumed(info: ImageInfo, channel_axis: Optional[int], stack: bool) -> Arrangement:
     shape = info.shape
     ndim = len(shape)
     notes = list(info.notes)
     letters = ["?"] * ndim
     drop_alpha = False
-    if channel_axis is None and info.axes and len(info.axes) == ndim and \
-            info.axes[-1] == "S" and shape[-1] > 1:
+    if (
+        channel_axis is None
+        and info.axes
+        and len(info.axes) == ndim
+        and info.axes[-1] == "S"
+        and shape[-1] > 1
+    ):
         # the file knows its samples (a multi-page RGB TIFF): channels, whatever else
         channel_axis = ndim - 1
         drop_alpha = info.alpha
@@ -158,18 +182,17 @@ def _arrange_assumed(info: ImageInfo, channel_axis: Optional[int], stack: bool
         letters[i] = a
     lead = rest[:-2]
     if stack and 0 < len(lead) <= 2:
-        for i, a in zip(lead, "TZ"[2 - len(lead):]):
+        for i, a in zip(lead, "TZ"[2 - len(lead) :]):
             letters[i] = a
-        why = "a .npy file has no axes" if info.format == "npy" else \
-            "the file has no axes metadata"
+        why = "a .npy file has no axes" if info.format == "npy" else "the file has no axes metadata"
         taken = " x ".join(letters[i] for i in lead)
         which = "its leading axis was" if len(lead) == 1 else "its leading axes were"
         notes.append(f"{why}: {which} taken as {taken} planes")
-    plane = tuple(shape[i] for i in rest[-2:]) if len(rest) >= 2 else \
-        (1, int(np.prod(shape)))
+    plane = tuple(shape[i] for i in rest[-2:]) if len(rest) >= 2 else (1, int(np.prod(shape)))
     # channel_axis stays the caller's: an RGB(A) last axis is the API's rule (alpha dropped)
-    return Arrangement("".join(letters), False, channel_axis, stack, plane, (), drop_alpha,
-                       tuple(notes))
+    return Arrangement(
+        "".join(letters), False, channel_axis, stack, plane, (), drop_alpha, tuple(notes)
+    )
 
 
 def spacing_of(info: ImageInfo, arrangement: Arrangement) -> Optional[tuple]:
@@ -210,22 +233,26 @@ def read_pixels(info: ImageInfo, arrangement: Optional[Arrangement] = None) -> n
     except MemoryError:
         raise
     except Exception as exc:
-        raise ImageFileError(f"{path}: cannot be read as an image ({type(exc).__name__}: "
-                             f"{_first_line(exc) or 'corrupt file'})") from None
+        raise ImageFileError(
+            f"{path}: cannot be read as an image ({type(exc).__name__}: "
+            f"{first_line(exc) or 'corrupt file'})"
+        ) from None
     if not isinstance(data, np.ndarray) or data.size == 0:
-        raise ImageFileError(f"{path}: cannot be read as an image (no pixel data: corrupt "
-                             f"or truncated file?)")
+        raise ImageFileError(
+            f"{path}: cannot be read as an image (no pixel data: corrupt or truncated file?)"
+        )
     if tuple(data.shape) != tuple(info.shape):
-        raise ImageFileError(f"{path}: its pixels ({data.shape}) do not match its header "
-                             f"({info.shape}); the file is damaged")
+        raise ImageFileError(
+            f"{path}: its pixels ({data.shape}) do not match its header "
+            f"({info.shape}); the file is damaged"
+        )
     if arrangement is None:
         return data
     if arrangement.drop_alpha:
         s = info.axes.index("S")
         data = np.take(data, range(info.shape[s] - 1), axis=s)
     if arrangement.from_metadata and arrangement.squeeze:
-        data = data.reshape([n for i, n in enumerate(data.shape)
-                             if i not in arrangement.squeeze])
+        data = data.reshape([n for i, n in enumerate(data.shape) if i not in arrangement.squeeze])
     return data
 
 
@@ -260,9 +287,6 @@ def _pil_pixels(path: Path) -> np.ndarray:
             return np.array(im)
 
 
-
-
 def pixel_size_for(axes: str, info: ImageInfo) -> dict:
     """The file's pixel sizes for the axes of an output (Y, X and Z where recorded)."""
     return {a: v for a, v in info.pixel_size.items() if a in axes}
-

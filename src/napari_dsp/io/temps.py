@@ -21,7 +21,6 @@ class OutputExistsError(FileExistsError):
     """An output exists and ``overwrite`` was not given."""
 
 
-
 #: Temporary files: ``.napari-dsp-<host>-<pid>-<random>.part``, short whatever the output
 #: name (a legal output name never becomes too long), and named after the process that
 #: writes them, so a later run can tell a dead run's leftovers from a live run's file.
@@ -105,8 +104,9 @@ def remove_stale_temps(folder) -> list[Path]:
             continue
         m = _TEMP_RE.match(name)
         if m:
-            stale = (not _pid_alive(int(m.group(2))) if m.group(1) == host
-                     else age > FOREIGN_TEMP_AGE)
+            stale = (
+                not _pid_alive(int(m.group(2))) if m.group(1) == host else age > FOREIGN_TEMP_AGE
+            )
         else:
             stale = bool(_LEGACY_TEMP_RE.match(name)) and age > LEGACY_TEMP_AGE
         if stale and _remove_unlocked(entry.path):
@@ -147,16 +147,20 @@ def commit_file(tmp: Path, path: Path, overwrite: bool) -> None:
     """Move a complete temporary file to ``path``; without ``overwrite`` never replace a
     file, even one created meanwhile by another process."""
     if not os.path.exists(tmp):
-        raise OSError(errno.ENOENT, "its temporary file was removed by another process; "
-                      "run it again", str(path))
+        raise OSError(
+            errno.ENOENT,
+            "its temporary file was removed by another process; run it again",
+            str(path),
+        )
     if overwrite:
         os.replace(tmp, path)
         return
     try:
         os.link(tmp, path)  # fails if path exists, atomically
     except FileExistsError:
-        raise OutputExistsError(errno.EEXIST, "exists (use overwrite to replace it)",
-                                str(path)) from None
+        raise OutputExistsError(
+            errno.EEXIST, "exists (use overwrite to replace it)", str(path)
+        ) from None
     except OSError as exc:
         if exc.errno not in _NO_LINKS:
             raise
@@ -165,15 +169,17 @@ def commit_file(tmp: Path, path: Path, overwrite: bool) -> None:
         try:
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         except FileExistsError:
-            raise OutputExistsError(errno.EEXIST, "exists (use overwrite to replace it)",
-                                    str(path)) from None
+            raise OutputExistsError(
+                errno.EEXIST, "exists (use overwrite to replace it)", str(path)
+            ) from None
         os.replace(tmp, path)
         return
     os.unlink(tmp)
 
 
 #: What os.link raises where a file system has no hard links.
-_NO_LINKS = {getattr(errno, name) for name in ("EPERM", "ENOTSUP", "EOPNOTSUPP", "EXDEV",
-                                               "EMLINK", "ENOSYS", "EACCES")
-             if hasattr(errno, name)}
-
+_NO_LINKS = {
+    getattr(errno, name)
+    for name in ("EPERM", "ENOTSUP", "EOPNOTSUPP", "EXDEV", "EMLINK", "ENOSYS", "EACCES")
+    if hasattr(errno, name)
+}

@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .header import SOFTWARE, _positive, _unit
+from .header import SOFTWARE, positive_or_none, unit_name
 from .temps import OutputExistsError, commit_file, new_temp
 
 #: Largest id the ImageJ format holds (it has no 32-bit integers).
@@ -58,11 +58,11 @@ class Staged:
     def _stage(self, path, write: Callable[[Path], None]) -> Path:
         path = Path(path)
         if not self.overwrite and os.path.lexists(path):
-            raise OutputExistsError(errno.EEXIST, "exists (use overwrite to replace it)",
-                                    str(path))
+            raise OutputExistsError(errno.EEXIST, "exists (use overwrite to replace it)", str(path))
         if os.path.isdir(path):
-            raise IsADirectoryError(errno.EISDIR, "is a folder; an output file cannot "
-                                    "replace it", str(path))
+            raise IsADirectoryError(
+                errno.EISDIR, "is a folder; an output file cannot replace it", str(path)
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp, fd = new_temp(path.parent)
         self._fds.append(fd)
@@ -70,21 +70,40 @@ class Staged:
         write(tmp)
         return path
 
-    def labels(self, path, labels, *, axes: str, pixel_size: Optional[dict] = None,
-               unit: Optional[str] = None, info: Optional[dict] = None) -> Path:
+    def labels(
+        self,
+        path,
+        labels,
+        *,
+        axes: str,
+        pixel_size: Optional[dict] = None,
+        unit: Optional[str] = None,
+        info: Optional[dict] = None,
+    ) -> Path:
         """Stage a label image (see :func:`write_labels`)."""
         data, kind = _label_array(labels, axes)
         ome = kind == "ome" or is_ome_name(path)
-        return self._stage(path, lambda tmp: _write_tiff(tmp, data, axes, pixel_size,
-                                                         unit, info, ome=ome))
+        return self._stage(
+            path, lambda tmp: _write_tiff(tmp, data, axes, pixel_size, unit, info, ome=ome)
+        )
 
-    def image(self, path, image, *, axes: str, pixel_size: Optional[dict] = None,
-              unit: Optional[str] = None, info: Optional[dict] = None) -> Path:
+    def image(
+        self,
+        path,
+        image,
+        *,
+        axes: str,
+        pixel_size: Optional[dict] = None,
+        unit: Optional[str] = None,
+        info: Optional[dict] = None,
+    ) -> Path:
         """Stage a float32 image (see :func:`write_image`)."""
         data = np.asarray(image, dtype=np.float32)
         _check_axes(data, axes)
-        return self._stage(path, lambda tmp: _write_tiff(tmp, data, axes, pixel_size,
-                                                         unit, info, ome=is_ome_name(path)))
+        return self._stage(
+            path,
+            lambda tmp: _write_tiff(tmp, data, axes, pixel_size, unit, info, ome=is_ome_name(path)),
+        )
 
     def json(self, path, data: dict) -> Path:
         """Stage a strict JSON file (NaN and infinities written as null)."""
@@ -154,11 +173,17 @@ def stem(path) -> str:
 
 
 def _check_axes(data: np.ndarray, axes: str) -> None:
-    if not isinstance(axes, str) or len(axes) != data.ndim or \
-            any(a not in "TZCYX" for a in axes) or len(set(axes)) != len(axes) or \
-            axes.replace("C", "")[-2:] != "YX":
-        raise ValueError(f"axes must name each of the {data.ndim} axes of the data once "
-                         f"with T, Z, C, Y, X, ending with Y and X (plus C), got {axes!r}")
+    if (
+        not isinstance(axes, str)
+        or len(axes) != data.ndim
+        or any(a not in "TZCYX" for a in axes)
+        or len(set(axes)) != len(axes)
+        or axes.replace("C", "")[-2:] != "YX"
+    ):
+        raise ValueError(
+            f"axes must name each of the {data.ndim} axes of the data once "
+            f"with T, Z, C, Y, X, ending with Y and X (plus C), got {axes!r}"
+        )
 
 
 def _label_array(labels, axes: str) -> tuple[np.ndarray, str]:
@@ -192,8 +217,15 @@ def _imagej_order(data: np.ndarray, axes: str) -> tuple[np.ndarray, str]:
 IMAGEJ_MAX_BYTES = 2**32 - 2**26
 
 
-def _write_tiff(path: Path, data: np.ndarray, axes: str, pixel_size: Optional[dict],
-                unit: Optional[str], info: Optional[dict], ome: bool = False) -> None:
+def _write_tiff(
+    path: Path,
+    data: np.ndarray,
+    axes: str,
+    pixel_size: Optional[dict],
+    unit: Optional[str],
+    info: Optional[dict],
+    ome: bool = False,
+) -> None:
     import tifffile
 
     from .. import __version__
@@ -201,8 +233,8 @@ def _write_tiff(path: Path, data: np.ndarray, axes: str, pixel_size: Optional[di
     big = data.nbytes > IMAGEJ_MAX_BYTES
     ome = ome or big
     data, axes = _imagej_order(data, axes)
-    sizes = {a: v for a, v in (pixel_size or {}).items() if _positive(v) is not None}
-    unit = _unit(unit) if sizes else None
+    sizes = {a: v for a, v in (pixel_size or {}).items() if positive_or_none(v) is not None}
+    unit = unit_name(unit) if sizes else None
     software = f"{SOFTWARE} {__version__}"
     if ome:
         meta: dict[str, Any] = {"axes": axes}
@@ -211,8 +243,16 @@ def _write_tiff(path: Path, data: np.ndarray, axes: str, pixel_size: Optional[di
                 meta[f"PhysicalSize{a}"] = float(sizes[a])
                 if unit:
                     meta[f"PhysicalSize{a}Unit"] = unit
-        tifffile.imwrite(path, data, ome=True, bigtiff=big, photometric="minisblack",
-                         compression="zlib", metadata=meta, software=software)
+        tifffile.imwrite(
+            path,
+            data,
+            ome=True,
+            bigtiff=big,
+            photometric="minisblack",
+            compression="zlib",
+            metadata=meta,
+            software=software,
+        )
         return
     meta = {"axes": axes}
     if unit:
@@ -224,14 +264,28 @@ def _write_tiff(path: Path, data: np.ndarray, axes: str, pixel_size: Optional[di
     resolution = None
     if "X" in sizes and "Y" in sizes and all(1e-9 < float(sizes[a]) < 1e9 for a in "XY"):
         resolution = (1.0 / float(sizes["X"]), 1.0 / float(sizes["Y"]))
-    tifffile.imwrite(path, data, imagej=True, photometric="minisblack",
-                     compression="zlib", resolution=resolution, metadata=meta,
-                     software=software)
+    tifffile.imwrite(
+        path,
+        data,
+        imagej=True,
+        photometric="minisblack",
+        compression="zlib",
+        resolution=resolution,
+        metadata=meta,
+        software=software,
+    )
 
 
-def write_labels(path, labels, *, axes: Optional[str] = None,
-                 pixel_size: Optional[dict] = None, unit: Optional[str] = None,
-                 overwrite: bool = False, info: Optional[dict] = None) -> Path:
+def write_labels(
+    path,
+    labels,
+    *,
+    axes: Optional[str] = None,
+    pixel_size: Optional[dict] = None,
+    unit: Optional[str] = None,
+    overwrite: bool = False,
+    info: Optional[dict] = None,
+) -> Path:
     """Write a label image that napari, Fiji and QuPath open as one channel of integer ids.
 
     Single-channel pages, the smallest unsigned dtype that holds the ids (uint8 to 255,
@@ -257,9 +311,16 @@ def write_labels(path, labels, *, axes: Optional[str] = None,
         return out.commit()[0]
 
 
-def write_image(path, image, *, axes: Optional[str] = None,
-                pixel_size: Optional[dict] = None, unit: Optional[str] = None,
-                overwrite: bool = False, info: Optional[dict] = None) -> Path:
+def write_image(
+    path,
+    image,
+    *,
+    axes: Optional[str] = None,
+    pixel_size: Optional[dict] = None,
+    unit: Optional[str] = None,
+    overwrite: bool = False,
+    info: Optional[dict] = None,
+) -> Path:
     """Write a float32 image (the prior) with ImageJ metadata; as :func:`write_labels`,
     and ``axes`` may contain C (channels)."""
     image = np.asarray(image)
@@ -279,7 +340,7 @@ def write_json(path, data: dict, *, overwrite: bool = False) -> Path:
 def _default_axes(ndim: int) -> str:
     if not 2 <= ndim <= 4:
         raise ValueError(f"pass axes=... for data with {ndim} dimensions")
-    return "TZYX"[4 - ndim:]
+    return "TZYX"[4 - ndim :]
 
 
 def jsonable(obj):
@@ -304,8 +365,5 @@ def jsonable(obj):
     return str(obj)
 
 
-
-
 def existing(paths: Iterable[Path]) -> list[Path]:
     return [p for p in paths if os.path.lexists(p)]
-

@@ -123,5 +123,17 @@ def drain(gen: Generator, callback: Optional[ProgressCallback] = None):
 
 def check_callback(progress) -> None:
     if progress is not None and not callable(progress):
-        raise TypeError(f"progress must be a callable taking a FitProgress, got "
-                        f"{progress!r}")
+        raise TypeError(f"progress must be a callable taking a FitProgress, got {progress!r}")
+
+
+class Clock:
+    """Stamps reports with the seconds since the run started."""
+
+    def __init__(self, start: Optional[float] = None):
+        import time
+
+        self._now = time.perf_counter
+        self.start = self._now() if start is None else start
+
+    def stamp(self, p: FitProgress) -> FitProgress:
+        return p.replace(elapsed=self._now() - self.start)

@@ -1,0 +1,51 @@
+"""Where outputs go, against what is read: one spelling of a path (links resolved, and
+as a case-insensitive file system compares names), and :func:`overlaps`, the one rule
+every entry point that writes applies before it computes anything (the command line's
+batches, the dask batches and the out-of-core path alike)."""
+
+from __future__ import annotations
+
+import os
+import unicodedata
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Optional
+
+
+def path_key(path: Path, fold: bool = False) -> str:
+    """One spelling of a path: the real folder (symbolic links resolved) and the name;
+    with ``fold``, as a case-insensitive file system compares names (NFC, case-folded)."""
+    real = os.path.normcase(os.path.realpath(path))
+    return unicodedata.normalize("NFC", real).casefold() if fold else real
+
+
+def inode_of(path: Path) -> Optional[tuple]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def overlaps(outputs: Sequence, inputs: Sequence) -> list[tuple[Path, Path, str]]:
+    """The one rule every entry point that writes applies before it computes anything:
+    no output is an input (the same path, however spelt, or a hard link to it),
+    contains one (replacing a folder such as a zarr store would remove it), or lies
+    inside one (it would be written into the input). Returns ``(output, input, what
+    would happen)`` for each such pair."""
+    keys = [(Path(src), path_key(src), inode_of(src)) for src in inputs]
+    found = []
+    for out in (Path(p) for p in outputs):
+        key, inode = path_key(out), inode_of(out)
+        for src, src_key, src_inode in keys:
+            if key == src_key or (inode is not None and inode == src_inode):
+                found.append((out, src, f"would replace the input {src}"))
+            elif src_key.startswith(key.rstrip(os.sep) + os.sep):
+                found.append(
+                    (out, src, f"contains the input {src}, which replacing it would remove")
+                )
+            elif key.startswith(src_key.rstrip(os.sep) + os.sep):
+                found.append(
+                    (out, src, f"lies inside the input {src}, which writing it would change")
+                )
+    return found

@@ -1,0 +1,42 @@
+"""What a process needs to run fits as a dask worker: dask.distributed itself (an
+optional dependency, with the message that says how to install it), the worker's
+allocator tuning and its thread count. Used by the batches of files
+(:mod:`napari_dsp.distributed`) and the planes of a stack as tasks
+(:mod:`napari_dsp.large`); importing it imports neither dask nor torch."""
+
+from __future__ import annotations
+
+INSTALL_HINT = 'pip install "napari-dsp[distributed]"'
+
+
+class SchedulerError(RuntimeError):
+    """The cluster could not be reached or started; the message says what to do."""
+
+
+def require_distributed():
+    try:
+        import distributed
+    except ImportError:
+        raise SchedulerError(
+            f"running on a dask cluster needs dask.distributed: {INSTALL_HINT}"
+        ) from None
+    return distributed
+
+
+def prepare_worker() -> None:
+    """Tune this worker process for fitting, as the command line tunes itself: glibc
+    keeps freed activations in its heap (dask starts workers with
+    ``MALLOC_TRIM_THRESHOLD_=65536``, which made every fit about twice as slow,
+    measured by ``benchmarks/bench_cluster.py``). Idempotent; a worker's job is fitting."""
+    from .core.heap import tune_allocator_for_fitting
+
+    tune_allocator_for_fitting()
+
+
+def worker_threads() -> int:
+    try:
+        from distributed import get_worker
+
+        return max(1, int(get_worker().state.nthreads))
+    except Exception:  # not on a worker (a direct call, a test)
+        return 1
