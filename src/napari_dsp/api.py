@@ -19,7 +19,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from .core import cluster as _cluster
+from . import pipeline as _pipeline
 from .core import image as _image
 from .core import plan as _plan
 from .core import postprocess as _post
@@ -32,7 +32,6 @@ from .core.progress import (
     drain,
     relay,
 )
-from .foreground import foreground_or_nothing, object_min_size, warn_if_nothing
 from .results import (
     PriorResult,
     SegmentResult,
@@ -362,7 +361,7 @@ def segment(
         ),
         progress,
     )
-    warn_if_nothing(result)
+    _pipeline.warn_if_nothing(result.metadata)
     return result if full_output else result.labels
 
 
@@ -386,34 +385,29 @@ def _cluster_prior(
     texture = prior.texture is not None
     if texture:  # the pixels' two-Gaussian rule sees intensities only
         settings = settings.replace(refine=False)
-    labels, info = _cluster.cluster_prior(
-        prior.features(),
-        n_classes=settings.n_classes,
-        window=settings.window,
-        seed=settings.seed,
-        brightness=prior.channels_first().shape[0],
-    )
-    if settings.n_classes == 2:
-        separated = None
-        if texture and inp is not None:
-            from .core.texture import separation
+    features = prior.features()
+    separation = None
+    if texture and inp is not None:
+        from .core.texture import separation as texture_separation
 
-            # on the fit's device; re-clustering: on the one the settings ask for
-            separated = separation(
-                inp.data, labels, device or _plan.resolve_device(settings.device)
-            )
-        [labels], more = foreground_or_nothing(
-            [labels],
-            [inp.raw] if inp is not None else None,
-            [inp.data if inp is not None else None],
-            settings,
-            texture=separated,
-        )
-        info.update(more)
-        if texture:
-            info.update(refined=False, refine_skipped="texture features")
+        # on the fit's device; re-clustering: on the one the settings ask for
+        on = device or _plan.resolve_device(settings.device)
+        separation = lambda two: texture_separation(inp.data, two, on)
+    raw, data = (inp.raw, inp.data) if inp is not None else (None, None)
+    model, [two] = _pipeline.learn(
+        [features],
+        None if inp is None else [raw],
+        [data],
+        settings,
+        brightness=prior.channels_first().shape[0],
+        texture=separation,
+    )
+    labels = _pipeline.apply(model, features, raw, data, labels=two)
+    info = model.metadata()
+    if texture and settings.n_classes == 2:
+        info.update(refined=False, refine_skipped="texture features")
     if settings.instances:
-        [labels], [info["count"]] = _post.label_objects([labels], object_min_size(info, settings))
+        [labels], [info["count"]] = _pipeline.number_objects([labels], model)
     pm = prior.metadata
     inp_meta = pm.get("input", {})
     # the fit's settings are the prior's (this call may say other n_iter, n_runs, ...)

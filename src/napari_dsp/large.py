@@ -3,7 +3,7 @@ array on disk, written as planes finish, in this process or as tasks on a dask c
 
 Owns :func:`segment_stack_to_zarr` and :func:`iter_segment_stack_to_zarr`, the sources
 they read (:func:`open_source`), the zarr output and the planes as cluster tasks. The two
-passes are :mod:`napari_dsp.stackmodel`: a :class:`~napari_dsp.stackmodel.StackModel` is
+passes are :mod:`napari_dsp.pipeline`'s: a :class:`~napari_dsp.pipeline.StackModel` is
 learnt from a sample of planes, then every plane is segmented under it alone, one after
 another here, or as tasks on workers that write their own chunk (one chunk per plane).
 
@@ -33,8 +33,7 @@ from .core import image as _image
 from .core.postprocess import label_dtype, offset_ids
 from .core.progress import FitProgress, ProgressCallback, check_callback, drain, relay
 from .io.places import overlaps
-from .settings import Settings, make_settings
-from .stackmodel import (
+from .pipeline import (
     SAMPLE_PLANES,
     StackModel,
     iter_learn,
@@ -42,7 +41,9 @@ from .stackmodel import (
     refuse_texture,
     sample_indices,
     segment_plane,
+    warn_if_nothing,
 )
+from .settings import Settings, make_settings
 
 #: Progress steps per plane fit in a whole run's report (a fit's own steps depend on its
 #: tiles and early stop; each plane counts the same).
@@ -161,7 +162,7 @@ def segment_stack_to_zarr(
     output, meta = drain(
         _iter_to_zarr(image, output, s, channel_axis, client, n_sample, overwrite), progress
     )
-    _warn_if_nothing(meta)
+    warn_if_nothing(meta)
     return output
 
 
@@ -247,16 +248,6 @@ def iter_segment_stack_to_zarr(
         return SegmentResult(da.from_zarr(str(out)), None, meta)
 
     return run()
-
-
-def _warn_if_nothing(meta: dict) -> None:
-    message = (meta.get("clustering") or {}).get("decision", {}).get("message")
-    if message:
-        import warnings
-
-        from .results import NothingToSegmentWarning
-
-        warnings.warn(f"napari-dsp: {message}", NothingToSegmentWarning, stacklevel=3)
 
 
 def _iter_to_zarr(
@@ -358,9 +349,7 @@ def _to_zarr(
             image_shape=stack.shape,
             image_dtype=np.dtype(source.dtype),
             channel_axis=channel_axis,
-            clustering=dict(
-                model.info, decision=model.decision, sample_planes=[list(i) for i in model.sample]
-            ),
+            clustering=dict(model.metadata(), sample_planes=[list(i) for i in model.sample]),
             stack={
                 "n_planes": n,
                 "plane_axes": stack.lead_axes,

@@ -14,9 +14,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .core import cluster as _cluster
+from . import pipeline as _pipeline
 from .core import plan as _plan
-from .core import postprocess as _post
 from .core.prior import iter_planned_prior, iter_volume_prior
 from .core.progress import (
     Clock,
@@ -26,11 +25,9 @@ from .core.progress import (
     drain,
     relay,
 )
-from .foreground import foreground_or_nothing, object_min_size, warn_if_nothing
 from .planes import StackLayout, is_lazy
 from .results import PriorResult, SegmentResult, make_metadata, resolve_seed
 from .settings import Settings, make_settings, without_unwatched_previews
-from .stackmodel import refuse_texture
 
 
 def iter_segment_stack(
@@ -53,7 +50,7 @@ def iter_segment_stack(
         return iter_segment_stack_to_zarr(
             image, out, channel_axis=channel_axis, settings=settings, overwrite=overwrite
         )
-    refuse_texture(settings)
+    _pipeline.refuse_texture(settings)
     if settings.method != "kmeans":
         raise ValueError(
             "segment_stack supports method='kmeans' only in this version; "
@@ -125,16 +122,11 @@ def _segment_stack(image, stack: StackLayout, settings: Settings, device, spacin
             iterations.append(plane_info["iterations"])
             settled.append(plane_info["settled"])
             fit_info = {**plane_info, "iterations": iterations, "settled": all(settled)}
-    labels, info = _cluster.cluster_priors(
-        priors, n_classes=s.n_classes, window=s.window, seed=s.seed
-    )
-    if s.n_classes == 2:
-        labels, more = foreground_or_nothing(labels, raw, normed if s.refine else [None] * n, s)
-        info.update(more)
+    model, clustered = _pipeline.learn(priors, raw, normed, s)
+    labels = [_pipeline.apply(model, *plane) for plane in zip(priors, raw, normed, clustered)]
+    info = model.metadata()
     if s.instances:
-        labels, counts = _post.label_objects(
-            labels, object_min_size(info, s), spacing if s.volumetric else None
-        )
+        labels, counts = _pipeline.number_objects(labels, model, spacing if s.volumetric else None)
         info["count"] = int(sum(counts))
         if not s.volumetric:
             info["counts_per_plane"] = counts
@@ -268,5 +260,5 @@ def segment_stack(
         ),
         progress,
     )
-    warn_if_nothing(result)
+    _pipeline.warn_if_nothing(result.metadata)
     return result if full_output else result.labels
