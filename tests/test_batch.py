@@ -31,6 +31,38 @@ PEAK = (
 )
 
 
+class StreamReader:
+    """A child's output read in a thread as it comes, so a test can wait for a line (a
+    condition with a deadline, never a sleep)."""
+
+    def __init__(self, stream):
+        import threading
+
+        self._parts: list = []
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream) -> None:
+        while chunk := stream.read(1):
+            with self._cond:
+                self._parts.append(chunk)
+                self._cond.notify_all()
+
+    def text(self) -> str:
+        self._thread.join(timeout=60)
+        with self._cond:
+            return "".join(self._parts)
+
+    def wait_for(self, condition, proc, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not condition("".join(self._parts)):
+                left = deadline - time.monotonic()
+                assert proc.poll() is None and left > 0, "".join(self._parts)
+                self._cond.wait(min(left, 1.0))
+
+
 def cli(*args, umask=None, timeout=300):
     """Run ``napari-dsp`` in a fresh process, as a user does."""
     return subprocess.run(
@@ -319,17 +351,17 @@ def test_sigterm_and_sighup_stop_a_real_batch_like_ctrl_c(tmp_path, sig):
     proc = subprocess.Popen(
         [sys.executable, "-c", start], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
+    err_seen = StreamReader(proc.stderr)
     try:
-        deadline = time.monotonic() + 240
-        while not (out / "s0_labels.tif").exists():  # the first file is finished
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
-            time.sleep(0.05)
-        time.sleep(0.5)  # the second file's fit is running
+        # the first file is finished and the second one's fit reports (its progress line)
+        err_seen.wait_for(lambda text: "[2/3] s1.tif [" in text, proc, timeout=240)
+        assert (out / "s0_labels.tif").exists()
         proc.send_signal(sig)
-        _, err = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
+    err = err_seen.text()
     assert proc.returncode == 128 + sig, err
     assert f"stopped by {signal.Signals(sig).name}; finished outputs are complete" in err
     assert "Traceback" not in err
@@ -531,24 +563,28 @@ def test_nohup_keeps_a_run_alive_after_sighup(tmp_path):
             "5000",
             "--workers",
             "1",
-            "--quiet",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),
     )
+    err_seen = StreamReader(proc.stderr)
     try:
-        time.sleep(4)  # started, fitting
+        # fitting: its progress line reports iterations
+        err_seen.wait_for(lambda text: "iteration" in text, proc, timeout=120)
         proc.send_signal(signal.SIGHUP)
-        time.sleep(1.5)
-        assert proc.poll() is None, proc.communicate()[1]
+        # Then SIGTERM at once. A SIGHUP that was handled would be handled first (Python
+        # runs pending handlers in signal-number order) and exit with 128 + SIGHUP; an
+        # ignored one never reaches the process, which goes on until SIGTERM stops it.
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
+    err = err_seen.text()
     assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by SIGTERM" in err and "SIGHUP" not in err
 
 
 def test_outputs_keep_the_files_calibration_and_axis_order(tmp_path):
