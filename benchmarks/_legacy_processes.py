@@ -66,15 +66,15 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def iter_members_parallel(image: np.ndarray, crop: tuple, *, n_workers: int,
+def iter_members_parallel(image: np.ndarray, crop: tuple, *, n_threads: int,
                           seeds: Sequence[int], preview_every: int = 0,
                           **fit_kwargs) -> Generator[FitProgress, None, np.ndarray]:
     """Same contract as :func:`napari_dsp._fit.iter_members`, over worker processes.
 
     Each worker fits its share of ``seeds`` as one grouped model with
-    ``cores // n_workers`` threads. Closing the generator (or an error) kills the workers.
+    ``cores // n_threads`` threads. Closing the generator (or an error) kills the workers.
     """
-    shares = split(list(seeds), n_workers)
+    shares = split(list(seeds), n_threads)
     threads = max(1, _cores() // len(shares))
     inbox: queue.Queue[tuple[int, object]] = queue.Queue()
     procs: list[subprocess.Popen] = []
@@ -125,7 +125,7 @@ def iter_members_parallel(image: np.ndarray, crop: tuple, *, n_workers: int,
             else:  # "died"
                 raise RuntimeError(f"a fitting worker process stopped unexpectedly "
                                    f"(exit code {msg[1]}): {msg[2] or 'no message'}; "
-                                   f"try n_workers=0 to fit in this process")
+                                   f"try n_threads=0 to fit in this process")
         return np.concatenate(results, 0)
     finally:
         for proc in procs:

@@ -13,7 +13,7 @@ against the sequential paths, each variant in a fresh process, in the same run.
    ``local:2``. Reported: wall time and the peak resident memory (VmHWM) of the process
    that runs it, and of each worker for (c); the agreement of (b) with (a).
 
-Both use a reduced ensemble (``--runs``/``--iterations``, default 5 x 30) so the run takes
+Both use a reduced ensemble (``--members``/``--iterations``, default 5 x 30) so the run takes
 minutes on two cores; the ratios are what matters.
 
     python benchmarks/bench_cluster.py [--files 16] [--planes 200] [--only files|stack]
@@ -41,7 +41,7 @@ def peak():
 STACK_CHILD = PEAK + r"""
 import json, sys, time
 mode, src, out, runs, iters = sys.argv[1:6]
-kw = dict(n_runs=int(runs), n_iter=int(iters), seed=0)
+kw = dict(n_members=int(runs), n_iter=int(iters), seed=0)
 t = time.perf_counter()
 if mode == "memory":
     import numpy as np, tifffile
@@ -82,7 +82,7 @@ def make_files(folder: Path, n: int, size: int) -> list:
 
 def bench_files(tmp: Path, n: int, runs: int, iters: int) -> dict:
     paths = make_files(tmp / "files", n, 256)
-    flags = ["--runs", str(runs), "--iterations", str(iters), "--seed", "0", "--quiet"]
+    flags = ["--members", str(runs), "--iterations", str(iters), "--seed", "0", "--quiet"]
     base = [sys.executable, "-m", "napari_dsp.cli", "segment", *map(str, paths)]
     t = time.perf_counter()
     subprocess.run([*base, "-o", str(tmp / "seq"), *flags], check=True)
@@ -96,7 +96,7 @@ from napari_dsp import distributed as dist
 client = dist.connect("local:2")
 started = time.perf_counter() - t0
 paths = [Path(p) for p in sys.argv[3:]]
-results = dist.segment_files(paths, sys.argv[1], client, n_runs=int(sys.argv[2].split('x')[0]),
+results = dist.segment_files(paths, sys.argv[1], client, n_members=int(sys.argv[2].split('x')[0]),
                              n_iter=int(sys.argv[2].split('x')[1]), seed=0)
 dist.close(client)
 print(json.dumps({"start": started, "wall": time.perf_counter() - t0,
@@ -161,7 +161,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=16)
     parser.add_argument("--planes", type=int, default=200)
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--members", type=int, default=5)
     parser.add_argument("--iterations", type=int, default=30)
     parser.add_argument("--only", choices=("files", "stack"), default=None)
     args = parser.parse_args(argv)

@@ -39,7 +39,7 @@ def main(argv=None) -> int:
                 for guide in ("prior", "image"):
                     t0 = time.perf_counter()
                     result = segment(image, prior=prior if guide == "prior" else None,
-                                     method="kanezaki", use_prior=guide == "prior",
+                                     method="kanezaki", prior_superpixels=guide == "prior",
                                      seed=seed, full_output=True)
                     seconds = time.perf_counter() - t0
                     info = result.metadata["kanezaki"]

@@ -29,16 +29,16 @@ from _peak import run_measured
 VARIANTS = ("reference", "dsp", "dsp-bf16")
 
 
-def run_variant(variant: str, size: int, device: str, n_runs: int, n_iter: int) -> dict:
+def run_variant(variant: str, size: int, device: str, n_members: int, n_iter: int) -> dict:
     """Run one variant in a child process; return its wall time and peak memory."""
     out, peak = run_measured([sys.executable, __file__, "--child", variant, str(size),
-                              device, str(n_runs), str(n_iter)])
+                              device, str(n_members), str(n_iter)])
     result = json.loads(out.strip().splitlines()[-1])
     result["peak_rss_gb"] = peak / 1e9
     return result
 
 
-def child(variant: str, size: int, device: str, n_runs: int, n_iter: int) -> None:
+def child(variant: str, size: int, device: str, n_members: int, n_iter: int) -> None:
     import numpy as np
     import torch
 
@@ -48,7 +48,7 @@ def child(variant: str, size: int, device: str, n_runs: int, n_iter: int) -> Non
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     if variant == "reference":
-        reference_fit(image, torch.device(device), n_runs, n_iter)
+        reference_fit(image, torch.device(device), n_members, n_iter)
     else:
         from napari_dsp import fit_prior
         from napari_dsp.core.fit import tune_allocator_for_fitting
@@ -56,7 +56,7 @@ def child(variant: str, size: int, device: str, n_runs: int, n_iter: int) -> Non
         tune_allocator_for_fitting()  # a fitting process, as the command line
 
         precision = "bfloat16" if variant == "dsp-bf16" else "float32"
-        fit_prior(image, seed=0, device=device, n_runs=n_runs, n_iter=n_iter,
+        fit_prior(image, seed=0, device=device, n_members=n_members, n_iter=n_iter,
                   precision=precision)
     if device == "cuda":
         torch.cuda.synchronize()
@@ -65,7 +65,7 @@ def child(variant: str, size: int, device: str, n_runs: int, n_iter: int) -> Non
     print(json.dumps({"seconds": seconds, "peak_device_gb": peak_dev}))
 
 
-def reference_fit(image, device, n_runs: int, n_iter: int):
+def reference_fit(image, device, n_members: int, n_iter: int):
     """The research procedure, written plainly: one fresh generator after another
     (``image`` (H, W, C) float32 in [0, 1], H and W multiples of 8)."""
     import numpy as np
@@ -76,7 +76,7 @@ def reference_fit(image, device, n_runs: int, n_iter: int):
     target = torch.from_numpy(np.ascontiguousarray(np.moveaxis(image, -1, 0)))[None].to(device)
     h, w, c = image.shape
     outputs = []
-    for run in range(n_runs):
+    for run in range(n_members):
         net = EnsembleGenerator(1, c, [run]).to(device)
         noise = make_noise([run], 2, h, w).to(device)
         opt = torch.optim.Adam(net.parameters(), lr=0.01)
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--runs", type=int, default=11)
+    parser.add_argument("--members", type=int, default=11)
     parser.add_argument("--iterations", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
@@ -123,7 +123,7 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        _, _, variant, size, device, n_runs, n_iter = sys.argv
-        child(variant, int(size), device, int(n_runs), int(n_iter))
+        _, _, variant, size, device, n_members, n_iter = sys.argv
+        child(variant, int(size), device, int(n_members), int(n_iter))
     else:
         sys.exit(main())

@@ -85,7 +85,7 @@ def child(variant: str, size: int, kind: str, device: str) -> None:
         out["gpu_peak"] = torch.cuda.max_memory_allocated(torch.device(device)) / 1e9
     if variant != "research":
         out.update(iterations=fit.get("iterations"), members=result.metadata["settings"][
-            "n_runs"], working_shape=fit.get("working_shape"))
+            "n_members"], working_shape=fit.get("working_shape"))
     print(json.dumps(out))
 
 

@@ -167,7 +167,7 @@ DETERMINISTIC = {"pixels", "gabor", "gabor-2scales", "texture-channels", "felzen
 #: Self-training variants: (prior: None / "intensity" / "texture", superpixel area in
 #: pixels or None for the default (10,000 superpixels, at least 25 px each), compactness).
 KANEZAKI = {
-    "kanezaki-no-prior": (None, None, 100.0),  # the research's --no-prior
+    "kanezaki-no-prior": (None, None, 100.0),  # the research's --no-prior-superpixels
     "kanezaki-prior": ("intensity", None, 100.0),  # the research's default
     "kanezaki-texture": ("texture", None, 100.0),
     "kanezaki-texture-sp400": ("texture", 400, 10.0),
@@ -204,7 +204,8 @@ def kanezaki(method: str, image: np.ndarray, seed: int) -> np.ndarray:
     guide, area, compactness = KANEZAKI[method]
     prior, _ = prior_for(method, image, seed)
     n_sp = image.size // area if area else 10000
-    r = napari_dsp.segment(image, prior=prior, method="kanezaki", use_prior=prior is not None,
+    r = napari_dsp.segment(image, prior=prior, method="kanezaki",
+                           prior_superpixels=prior is not None,
                            texture=guide == "texture", seed=seed, n_superpixels=n_sp,
                            compactness=compactness, full_output=True)
     run.kanezaki = r.metadata["kanezaki"]

@@ -4,7 +4,7 @@ Each variant runs in its own fresh Python process, one after another (interleave
 repeats), on the same random image, fitting the same members (seed 0, 11 runs x 50
 iterations, groups of 2 members, 2-way split) to the prior alone (no clustering):
 
-- ``threads``: ``napari_dsp.generators.fit_prior`` with ``n_workers=2``: two Python threads in
+- ``threads``: ``napari_dsp.generators.fit_prior`` with ``n_threads=2``: two Python threads in
   this process, torch single-threaded in each, glibc's allocator tuned as the command
   line tunes it.
 - ``processes``: the old path (``_legacy_processes.py``): two ``python -c`` worker
@@ -54,8 +54,8 @@ def child(variant: str, size: int, channels: int, precision: str) -> None:
     if variant.startswith("threads"):
         if variant == "threads":
             _fit.tune_allocator_for_fitting()  # as the command line does
-        gen = iter_fit_prior(image, seed=0, n_runs=N_RUNS, n_iter=N_ITER,
-                             n_workers=WORKERS, preview_every=0, precision=precision,
+        gen = iter_fit_prior(image, seed=0, n_members=N_RUNS, n_iter=N_ITER,
+                             n_threads=WORKERS, preview_every=0, precision=precision,
                              batch_size=BATCH)
         while True:
             try:
@@ -72,7 +72,7 @@ def child(variant: str, size: int, channels: int, precision: str) -> None:
 
         data = _image.normalize(_image.to_channels_first(image))
         padded, crop = _image.pad_to_multiple(data)
-        gen = iter_members_parallel(padded, crop, n_workers=WORKERS,
+        gen = iter_members_parallel(padded, crop, n_threads=WORKERS,
                                     seeds=member_seeds(0, N_RUNS), preview_every=0,
                                     n_iter=N_ITER, learning_rate=0.01,
                                     precision=precision, batch_size=BATCH)

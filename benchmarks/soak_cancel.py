@@ -4,7 +4,7 @@ Reports resident memory before and after (after a warm-up), the number of errors
 as notifications, and whether the viewer holds only the user's layer at the end.
 Run under a virtual display on a headless machine:
 
-    xvfb-run -a python benchmarks/soak_cancel.py [--cycles 200] [--workers N]
+    xvfb-run -a python benchmarks/soak_cancel.py [--cycles 200] [--threads N]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import psutil
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cycles", type=int, default=200)
-    parser.add_argument("--workers", type=int, default=None,
+    parser.add_argument("--threads", type=int, default=None,
                         help="CPU fitting threads per fit (default: automatic)")
     parser.add_argument("--size", type=int, default=96)
     args = parser.parse_args(argv)
@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     viewer.add_image(image, name="cells")
     widget = DSPWidget(viewer)
     viewer.window.add_dock_widget(widget)
-    widget.set_values(n_iter=3000, n_runs=3, n_workers=args.workers, preview_every=1)
+    widget.set_values(n_iter=3000, n_members=3, n_threads=args.workers, preview_every=1)
     proc = psutil.Process()
     rng = np.random.default_rng(1)
 

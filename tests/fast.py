@@ -5,15 +5,15 @@ command-line and viewer tests all start from these)."""
 #: torch's own pool: it slows down tenfold when the other core is busy), fixed seed, on
 #: the CPU: there a run with the same seed repeats bitwise, which many tests compare (on
 #: CUDA a prior's fit does not; tests/test_cuda.py checks the GPU on its own terms).
-TINY = dict(n_iter=4, n_runs=3, n_workers=1, seed=0, device="cpu")
+TINY = dict(n_iter=4, n_members=3, n_threads=1, seed=0, device="cpu")
 
 #: The same as command-line flags.
 TINY_FLAGS = [
     "--iterations",
     "4",
-    "--runs",
+    "--members",
     "3",
-    "--workers",
+    "--threads",
     "1",
     "--seed",
     "0",

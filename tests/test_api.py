@@ -75,7 +75,7 @@ def test_metadata_has_settings_device_versions():
     assert meta["device"] == "cpu"
     assert {"napari_dsp", "torch", "numpy", "scikit-learn"} <= set(meta["versions"])
     assert meta["settings"]["n_iter"] == TINY["n_iter"]
-    assert meta["settings"]["n_runs"] == TINY["n_runs"]
+    assert meta["settings"]["n_members"] == TINY["n_members"]
     assert meta["clustering"]["foreground_rule"]
 
 
@@ -84,9 +84,9 @@ def test_foreground_rule_dark_object_and_its_inverse(flip):
     image, mask = dark_on_bright((64, 64), seed=3)
     if flip:
         image = 1.0 - image  # bright object on dark background
-    labels = segment(image, n_iter=30, n_runs=3, n_workers=1, seed=0)
+    labels = segment(image, n_iter=30, n_members=3, n_threads=1, seed=0)
     assert iou(labels == 1, mask) > 0.9
-    inverted = segment(image, n_iter=30, n_runs=3, n_workers=1, seed=0, invert=True)
+    inverted = segment(image, n_iter=30, n_members=3, n_threads=1, seed=0, invert=True)
     assert iou(inverted == 1, ~mask) > 0.9
 
 
@@ -94,7 +94,7 @@ def test_multiclass_is_ordered_by_intensity():
     rng = np.random.default_rng(0)
     image = np.repeat(np.array([0.1, 0.5, 0.9])[None, :].repeat(16, 1), 48, 0)
     image = (image + rng.normal(0, 0.03, image.shape)).astype(np.float32)
-    labels = segment(image, n_classes=3, n_iter=30, n_runs=3, n_workers=1, seed=0)
+    labels = segment(image, n_classes=3, n_iter=30, n_members=3, n_threads=1, seed=0)
     assert set(np.unique(labels)) == {1, 2, 3}
     # thirds of the image, dark to bright, interior columns away from the class edges
     assert np.bincount(labels[:, 2:12].ravel()).argmax() == 1
@@ -132,7 +132,7 @@ def test_progress_reports_every_iteration_and_previews_in_image_layout():
 def test_generator_can_be_stopped_early():
     gen = iter_fit_prior(
         np.random.default_rng(0).random((32, 32)),
-        Settings(n_iter=40, n_runs=2, n_workers=1, seed=0),
+        Settings(n_iter=40, n_members=2, n_threads=1, seed=0),
     )
     first = next(gen)
     assert first.step == 1 and first.total == 40
@@ -145,7 +145,7 @@ def test_threaded_fit_is_reproducible_and_starts_no_process():
     import psutil
 
     image, mask = dark_on_bright((48, 48))
-    kw = dict(n_iter=10, n_runs=3, n_workers=2, seed=5, device="cpu")  # CPU threads
+    kw = dict(n_iter=10, n_members=3, n_threads=2, seed=5, device="cpu")  # CPU threads
     seen = []
     a = segment(image, full_output=True, progress=seen.append, **kw)
     assert len({p.total for p in seen}) == 1  # the total is known from the start
@@ -164,7 +164,7 @@ def test_first_report_comes_at_once():
 
     gen = iter_fit_prior(
         np.random.default_rng(0).random((128, 128)),
-        Settings(n_iter=50, n_runs=4, n_workers=2, seed=0),
+        Settings(n_iter=50, n_members=4, n_threads=2, seed=0),
     )
     t0 = time.perf_counter()
     first = next(gen)
@@ -186,7 +186,7 @@ def test_numpy_in_the_working_folder_is_never_imported(tmp_path):
     (scripts / "run.py").write_text(
         "import numpy as np, napari_dsp\n"
         "napari_dsp.segment(np.random.default_rng(0).random((128, 128)), n_iter=2, "
-        "n_runs=2, n_workers=2, seed=0)\nprint('ok')\n"
+        "n_members=2, n_threads=2, seed=0)\nprint('ok')\n"
     )
     out = subprocess.run(
         [sys.executable, str(scripts / "run.py")], capture_output=True, text=True, cwd=work
@@ -240,7 +240,7 @@ def test_api_does_not_import_napari_or_qt_and_import_is_cheap():
         "import sys, napari_dsp; assert 'torch' not in sys.modules, 'torch at import'; "
         "import numpy as np; "
         "napari_dsp.segment(np.random.default_rng(0).random((32, 32)), n_iter=2, "
-        "n_runs=2, n_workers=1, seed=0); "
+        "n_members=2, n_threads=1, seed=0); "
         "bad = [m for m in ('napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6', "
         "'magicgui') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
     )
@@ -257,7 +257,7 @@ def test_texture_features_separate_what_brightness_cannot():
     from tests.core.test_texture import two_textures
 
     image, truth = two_textures((96, 96))
-    kw = dict(seed=0, n_iter=20, n_runs=2, full_output=True)
+    kw = dict(seed=0, n_iter=20, n_members=2, full_output=True)
     tex = segment(image, texture=True, **kw)
     plain = segment(image, **kw)
     assert adjusted_rand_score(truth.ravel(), tex.labels.ravel()) > 0.8
@@ -289,7 +289,7 @@ def test_self_training_takes_the_texture_prior_as_its_guide():
         texture=True,
         seed=0,
         n_iter=20,
-        n_runs=2,
+        n_members=2,
         max_iter=200,
         min_labels=2,
         full_output=True,
@@ -309,7 +309,7 @@ def test_texture_keeps_brightness_order_previews_layout_and_says_what_it_skipped
     image = np.zeros((60, 60), np.float32)
     image[:20], image[20:40], image[40:] = 0.35, 0.5, 0.65
     image[:20] += 0.1 * (stripes((20, 60), 6, 0.0) - 0.5).astype(np.float32)
-    r = segment(image, n_classes=3, texture=True, seed=0, n_iter=20, n_runs=2, full_output=True)
+    r = segment(image, n_classes=3, texture=True, seed=0, n_iter=20, n_members=2, full_output=True)
     assert [np.bincount(r.labels[a : a + 20].ravel()).argmax() for a in (0, 20, 40)] == [1, 2, 3]
     seen = []
     rgb = np.repeat(image[..., None], 3, -1)
@@ -318,7 +318,7 @@ def test_texture_keeps_brightness_order_previews_layout_and_says_what_it_skipped
         texture=True,
         seed=0,
         n_iter=4,
-        n_runs=2,
+        n_members=2,
         preview_every=2,
         progress=seen.append,
         full_output=True,
@@ -327,8 +327,8 @@ def test_texture_keeps_brightness_order_previews_layout_and_says_what_it_skipped
     assert shapes == {(60, 60, 3)}
     assert two.metadata["settings"]["refine"] is False
     assert two.metadata["clustering"]["refine_skipped"] == "texture features"
-    with pytest.raises(ValueError, match="use_prior=False"):
-        segment(image, method="kanezaki", use_prior=False, texture=True)
+    with pytest.raises(ValueError, match="prior_superpixels=False"):
+        segment(image, method="kanezaki", prior_superpixels=False, texture=True)
     with pytest.raises(ValueError, match="single 2-D images"):
         segment_stack_to_zarr(np.stack([image, image]), "/nonexistent/x.zarr", texture=True)
 
@@ -343,7 +343,7 @@ def test_texture_separation_runs_on_the_device_asked_for(monkeypatch):
     from tests.core.test_texture import two_textures
 
     image, _ = two_textures((48, 48))
-    prior = fit_prior(image, texture=True, seed=0, n_iter=4, n_runs=2, device="cpu")
+    prior = fit_prior(image, texture=True, seed=0, n_iter=4, n_members=2, device="cpu")
     seen = []
     monkeypatch.setattr(
         texture, "separation", lambda chw, labels, device="cpu": seen.append(device) or 10.0
@@ -363,7 +363,7 @@ def test_texture_features_do_not_find_regions_in_noise():
 
     noise = np.random.default_rng(0).poisson(20, (96, 96)).astype(np.uint16)
     with pytest.warns(NothingToSegmentWarning, match="texture"):
-        r = segment(noise, texture=True, seed=0, n_iter=20, n_runs=2, full_output=True)
+        r = segment(noise, texture=True, seed=0, n_iter=20, n_members=2, full_output=True)
     assert not r.labels.any()
     decision = r.metadata["clustering"]["decision"]
     assert decision["result"] == "empty" and decision["texture_separation"] < 4

@@ -17,6 +17,7 @@ import tifffile
 from napari_dsp import io
 from napari_dsp._synthetic import dark_on_bright
 from napari_dsp.cli import main
+from napari_dsp.io import temps as io_temps
 from tests.fast import TINY_FLAGS
 
 FAST = [*TINY_FLAGS, "--quiet"]
@@ -330,11 +331,11 @@ def test_sigterm_and_sighup_stop_a_real_batch_like_ctrl_c(tmp_path, sig):
         *(str(tmp_path / f"s{i}.tif") for i in range(3)),
         "-o",
         str(out),
-        "--runs",
+        "--members",
         "2",
         "--iterations",
         "400",
-        "--workers",
+        "--threads",
         "1",
         "--seed",
         "0",
@@ -375,7 +376,7 @@ def test_a_killed_runs_temp_file_is_removed_by_the_next_run(tmp_path):
     out = tmp_path / "o"
     out.mkdir()
     victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    stale = out / f".napari-dsp-{io.host_tag()}-{victim.pid}-0a1b2c.part"
+    stale = out / f".napari-dsp-{io_temps.host_tag()}-{victim.pid}-0a1b2c.part"
     stale.write_bytes(b"\0" * 1000)
     victim.kill()
     victim.wait()
@@ -528,7 +529,7 @@ def test_prior_flag_without_a_prior_writes_and_names_none(tmp_path, capsys):
             str(out),
             "--method",
             "kanezaki",
-            "--no-prior",
+            "--no-prior-superpixels",
             "--max-iter",
             "20",
             "--quiet",
@@ -538,7 +539,7 @@ def test_prior_flag_without_a_prior_writes_and_names_none(tmp_path, capsys):
         ]
     )
     assert code == 0
-    assert "--prior: this run computes no prior (--no-prior)" in capsys.readouterr().err
+    assert "--prior: this run computes no prior (--no-prior-superpixels)" in capsys.readouterr().err
     meta = json.loads((out / "img_labels.json").read_text())
     assert meta["prior_file"] is None
     assert (out / "img_prior.tif").read_text() == "an older run's prior"
@@ -557,11 +558,11 @@ def test_nohup_keeps_a_run_alive_after_sighup(tmp_path):
             str(tmp_path / "a.tif"),
             "-o",
             str(tmp_path / "o"),
-            "--runs",
+            "--members",
             "2",
             "--iterations",
             "5000",
-            "--workers",
+            "--threads",
             "1",
         ],
         stdout=subprocess.PIPE,

@@ -160,9 +160,9 @@ def test_subprocess_console_script(images, tmp_path):
             str(out),
             "--iterations",
             "4",
-            "--runs",
+            "--members",
             "2",
-            "--workers",
+            "--threads",
             "1",
         ],
         capture_output=True,
@@ -182,9 +182,9 @@ def test_demo_runs_on_builtin_data(tmp_path, capsys):
                 "demo",
                 "--iterations",
                 "3",
-                "--runs",
+                "--members",
                 "2",
-                "--workers",
+                "--threads",
                 "1",
                 "--quiet",
                 "-o",
@@ -218,11 +218,11 @@ def test_kanezaki_with_scribbles_from_a_file(tmp_path):
             str(tmp_path / "strokes.tif"),
             "--min-labels",
             "3",
-            "--runs",
+            "--members",
             "3",
             "--iterations",
             "20",
-            "--workers",
+            "--threads",
             "1",
             "--seed",
             "0",
@@ -251,7 +251,7 @@ def test_no_prior_flag(tmp_path):
             str(tmp_path / "o.tif"),
             "--method",
             "kanezaki",
-            "--no-prior",
+            "--no-prior-superpixels",
             "--max-iter",
             "30",
             "--quiet",
@@ -262,7 +262,7 @@ def test_no_prior_flag(tmp_path):
     )
     assert code == 0
     meta = json.loads((tmp_path / "o.json").read_text())
-    assert meta["settings"]["use_prior"] is False
+    assert meta["settings"]["prior_superpixels"] is False
     assert not (tmp_path / "o_prior.tif").exists()
 
 

@@ -24,8 +24,8 @@ def test_auto_fits_on_the_gpu_and_finds_the_objects():
 
 def test_gpu_and_cpu_priors_agree():
     image, _ = nuclei((64, 64), n=4, seed=1)
-    gpu = fit_prior(image, seed=0, n_iter=20, n_runs=2, device="cuda", precision="float32")
-    cpu = fit_prior(image, seed=0, n_iter=20, n_runs=2, device="cpu", precision="float32")
+    gpu = fit_prior(image, seed=0, n_iter=20, n_members=2, device="cuda", precision="float32")
+    cpu = fit_prior(image, seed=0, n_iter=20, n_members=2, device="cpu", precision="float32")
     # different kernels, different summation order: close, not equal
     assert np.abs(gpu.prior - cpu.prior).mean() < 0.02
 
@@ -41,7 +41,7 @@ def test_texture_channels_on_the_gpu_match_the_cpu():
 def test_self_training_runs_on_the_gpu():
     image, truth = textured_regions(3, size=64, seed=1)
     r = segment(
-        image, method="kanezaki", seed=0, n_iter=20, n_runs=2, max_iter=100, full_output=True
+        image, method="kanezaki", seed=0, n_iter=20, n_members=2, max_iter=100, full_output=True
     )
     assert r.metadata["device"].startswith("cuda")
     assert r.labels.shape == truth.shape

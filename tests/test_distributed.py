@@ -22,7 +22,7 @@ from tests.fast import TINY, TINY_FLAGS
 distributed = pytest.importorskip("distributed", reason="needs napari-dsp[distributed]")
 
 #: Fits that take about half a second each, so a worker can be killed while it works.
-SLOWER = dict(TINY, n_iter=30, n_runs=4)
+SLOWER = dict(TINY, n_iter=30, n_members=4)
 
 
 def cli(*args, timeout=300, env=None):
@@ -66,9 +66,9 @@ def sequential(paths, out, settings):
     flags = [
         "--iterations",
         settings["n_iter"],
-        "--runs",
-        settings["n_runs"],
-        "--workers",
+        "--members",
+        settings["n_members"],
+        "--threads",
         "1",
         "--seed",
         settings["seed"],

@@ -13,7 +13,7 @@ from napari_dsp import NothingToSegmentWarning, segment, segment_stack
 from napari_dsp.cli import main
 
 #: Default fit, fewer members: the decision does not depend on the ensemble size.
-FIT = dict(n_runs=5, n_workers=1)
+FIT = dict(n_members=5, n_threads=1)
 
 
 def poisson_field(seed, lam=10, shape=(96, 96)):
@@ -75,9 +75,9 @@ def test_the_command_line_says_it_in_one_line(tmp_path, capsys):
             str(tmp_path / "noise.tif"),
             "-o",
             str(tmp_path / "o"),
-            "--runs",
+            "--members",
             "5",
-            "--workers",
+            "--threads",
             "1",
             "--seed",
             "0",

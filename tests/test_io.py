@@ -13,6 +13,8 @@ import pytest
 import tifffile
 
 from napari_dsp import io
+from napari_dsp.io import temps as io_temps
+from napari_dsp.io import write as io_write
 
 #: Peak memory of a fresh process: VmHWM (getrusage's ru_maxrss would carry over the
 #: peak of the forking pytest process through exec).
@@ -340,7 +342,7 @@ def test_outputs_get_the_mode_the_umask_gives(tmp_path, umask):
 
 def test_sidecar_json_is_strict():
     text = json.dumps(
-        io.jsonable(
+        io_write.jsonable(
             {
                 "a": float("nan"),
                 "b": [np.float32("inf"), 1],
@@ -358,7 +360,7 @@ def test_stale_temp_files_are_removed_and_live_ones_kept(tmp_path):
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     ).stdout.strip()
-    host = io.host_tag()
+    host = io_temps.host_tag()
     stale = tmp_path / f".napari-dsp-{host}-{dead}-abcdef.part"
     live = tmp_path / f".napari-dsp-{host}-{os.getpid()}-abcdef.part"
     legacy = tmp_path / ".cell_labels.ab12cd34.tif.part"
@@ -366,7 +368,7 @@ def test_stale_temp_files_are_removed_and_live_ones_kept(tmp_path):
     other = tmp_path / ".hidden.part"  # not ours: never touched
     for p in (stale, live, legacy, fresh_legacy, other):
         p.write_bytes(b"x" * 10)
-    old = time.time() - 2 * io.LEGACY_TEMP_AGE
+    old = time.time() - 2 * io_temps.LEGACY_TEMP_AGE
     os.utime(legacy, (old, old))
     os.utime(other, (old, old))
     not_legacy = tmp_path / ".notes.20240101.json.part"  # no name mkstemp makes
@@ -377,7 +379,7 @@ def test_stale_temp_files_are_removed_and_live_ones_kept(tmp_path):
     held = tmp_path / f".napari-dsp-{host}-{dead}-123456.part"
     held.write_bytes(b"x")
     fd = os.open(held, os.O_RDONLY)
-    assert io.try_lock(fd)
+    assert io_temps.try_lock(fd)
     locker = subprocess.Popen(
         [
             sys.executable,

@@ -190,7 +190,7 @@ def test_memory_does_not_grow_with_the_number_of_planes(tmp_path):
     for n in (few, many):
         data = np.concatenate([planes(16, size, seed=0)] * (n // 16))
         tifffile.imwrite(tmp_path / f"stack{n}.tif", data)
-    quick = dict(TINY, n_iter=2, n_runs=1)  # what is held matters here, not the labels
+    quick = dict(TINY, n_iter=2, n_members=1)  # what is held matters here, not the labels
     here = {
         n: _traced_peak(
             lambda n=n: segment_stack_to_zarr(
@@ -243,11 +243,11 @@ def test_closing_the_generator_stops_within_an_iteration(tmp_path, phase):
             planes(4, size=48),
             tmp_path / "s.zarr",
             n_sample=2,
-            **dict(TINY, n_iter=5000, n_workers=2, settle=0.0),
+            **dict(TINY, n_iter=5000, n_threads=2, settle=0.0),
         )
         if phase == "sample"
         else iter_segment_stack_to_zarr(
-            planes(4, size=48), tmp_path / "s.zarr", n_sample=1, **dict(TINY, n_workers=2)
+            planes(4, size=48), tmp_path / "s.zarr", n_sample=1, **dict(TINY, n_threads=2)
         )
     )
     seen = [next(gen), next(gen)]

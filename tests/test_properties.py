@@ -8,7 +8,7 @@ from napari_dsp import segment
 from napari_dsp.core.cluster import choose_foreground
 from napari_dsp.core.image import normalize, pad_to_multiple, to_channels_first
 
-FAST = dict(n_iter=2, n_runs=2, n_workers=1, device="cpu")  # bitwise repeats
+FAST = dict(n_iter=2, n_members=2, n_threads=1, device="cpu")  # bitwise repeats
 slow_ok = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 

@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 
 from napari_dsp import Settings
-from napari_dsp.settings import FIELDS
+from napari_dsp.settings import FIELDS, make_settings
 
 
 def test_defaults_are_the_research_defaults_but_the_documented_departures():
@@ -11,10 +11,10 @@ def test_defaults_are_the_research_defaults_but_the_documented_departures():
     assert (s.n_iter, s.learning_rate, s.n_classes) == (50, 0.01, 2)
     # documented departures (see README): window 3 (research: 7); 6 members (research:
     # 11, benchmarks/study_speed.py); no early stop, float32 as the research
-    assert (s.window, s.n_runs, s.settle, s.precision) == (3, 6, 0.0, "float32")
+    assert (s.window, s.n_members, s.settle, s.precision) == (3, 6, 0.0, "float32")
     assert s.seed is None and s.device == "auto" and not s.invert
     r = Settings.research()
-    assert (r.n_iter, r.n_runs, r.settle, r.precision) == (50, 11, 0.0, "float32")
+    assert (r.n_iter, r.n_members, r.settle, r.precision) == (50, 11, 0.0, "float32")
 
 
 def test_every_setting_is_described():
@@ -25,7 +25,7 @@ def test_every_setting_is_described():
     "change, match",
     [
         (dict(n_iter=0), "n_iter must be at least 1"),
-        (dict(n_runs=1000), "n_runs must be at most 64"),
+        (dict(n_members=1000), "n_members must be at most 64"),
         (dict(window=4), "window must be odd"),
         (dict(n_classes=1), "n_classes must be at least 2"),
         (dict(device="gpu"), r"device must be 'auto', 'cpu', 'cuda', 'cuda:N'"),
@@ -85,3 +85,61 @@ def test_applies_rules():
     assert APPLIES[FIELDS["min_labels"].applies](dict(fgbg, method="kanezaki"))
     assert not APPLIES[FIELDS["volumetric"].applies](fgbg)
     assert APPLIES[FIELDS["volumetric"].applies](dict(fgbg, stack=True))
+
+
+def test_the_settings_a_user_needs_first_are_up_front_and_the_rest_grouped():
+    from napari_dsp.settings import GROUPS
+
+    main = [n for n, f in FIELDS.items() if f.group == "main"]
+    assert set(main) == {
+        "method", "n_classes", "min_labels", "texture", "invert", "instances",
+        "min_size", "volumetric", "seed", "device",
+    }  # fmt: skip
+    assert all(f.group in GROUPS for f in FIELDS.values())
+    groups = [f.group for f in FIELDS.values()]
+    assert groups == sorted(groups, key=list(GROUPS).index)  # forms and --help in order
+    assert {n for n, f in FIELDS.items() if f.advanced} == set(FIELDS) - set(main)
+
+
+def test_one_name_for_the_ensemble_and_the_threads_and_the_old_names_still_work(capsys):
+    assert FIELDS["n_members"].flag == "--members" and FIELDS["n_members"].label == "members"
+    assert FIELDS["n_threads"].flag == "--threads"
+    assert FIELDS["prior_superpixels"].flag == "--no-prior-superpixels"  # not --prior's twin
+    with pytest.warns(FutureWarning, match="'n_runs' is now called 'n_members'"):
+        assert make_settings(n_runs=3).n_members == 3
+    with pytest.warns(FutureWarning, match="'use_prior' is now called 'prior_superpixels'"):
+        assert make_settings(use_prior=False).prior_superpixels is False
+    from napari_dsp.cli.common import settings_from_args
+    from napari_dsp.cli.parser import build_parser
+
+    parser = build_parser()
+    old = settings_from_args(
+        parser.parse_args(["segment", "a.tif", "-o", "o", "--runs", "2", "--workers", "1"])
+    )
+    assert (old.n_members, old.n_threads) == (2, 1)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["segment", "--help"])
+    help_text = capsys.readouterr().out
+    assert "--members" in help_text and "--runs" not in help_text
+    assert "settings: the prior's fit" in help_text
+
+
+def test_none_means_not_given_for_settings_that_cannot_be_none():
+    s = make_settings(n_iter=None, n_members=None, seed=None, working_size=None)
+    assert s.n_iter == Settings().n_iter and s.n_members == Settings().n_members
+    assert make_settings(Settings(seed=3), seed=None).seed is None  # None is a seed value
+
+
+def test_types_are_checked_from_the_annotations_not_their_text():
+    import numpy as np
+
+    assert Settings(n_iter=np.int64(7)).n_iter == 7
+    assert Settings(learning_rate=np.float32(0.02)).learning_rate == pytest.approx(0.02)
+    with pytest.raises(TypeError, match="n_iter must be an integer"):
+        Settings(n_iter=7.5)
+    with pytest.raises(TypeError, match="seed must be an integer"):
+        Settings(seed="1")
+    with pytest.raises(TypeError, match="texture must be True or False"):
+        Settings(texture=1)
+    with pytest.raises(ValueError, match="settle must be a finite number"):
+        Settings(settle=float("nan"))

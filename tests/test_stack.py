@@ -6,7 +6,7 @@ import pytest
 from napari_dsp import segment_stack
 from napari_dsp._synthetic import dark_on_bright
 
-FAST = dict(n_iter=25, n_runs=2, n_workers=1, seed=0, device="cpu")  # bitwise repeats
+FAST = dict(n_iter=25, n_members=2, n_threads=1, seed=0, device="cpu")  # bitwise repeats
 
 
 def moving_discs(n_t=3, shape=(48, 48)):

@@ -39,22 +39,9 @@ from .results import (
     prior_seed,
     resolve_seed,
 )
-from .settings import Settings, make_settings, without_unwatched_previews
+from .settings import PRIOR_SETTINGS, Settings, make_settings, without_unwatched_previews
 
 PriorLike = Union[PriorResult, np.ndarray]
-#: The settings that made a prior (kept from the prior's metadata when it is re-clustered).
-FIT_SETTINGS = (
-    "n_iter",
-    "n_runs",
-    "settle",
-    "learning_rate",
-    "working_size",
-    "precision",
-    "device",
-    "n_workers",
-    "preview_every",
-    "texture",
-)
 
 
 class _Input:
@@ -143,7 +130,7 @@ def fit_prior(
 ) -> PriorResult:
     """Fit the Deep Segmentation Prior of one 2-D image.
 
-    An ensemble of ``n_runs`` small generators is fitted to the image for ``n_iter``
+    An ensemble of ``n_members`` small generators is fitted to the image for ``n_iter``
     iterations each, and the per-pixel median of their outputs is the prior: a
     de-textured version of the image in which objects are flat blobs.
 
@@ -155,7 +142,7 @@ def fit_prior(
     channel_axis : int, optional
         Axis of the channels for a multichannel image. Not needed for RGB(A).
     settings : Settings, optional
-        Defaults for every parameter; keyword ``overrides`` (``n_iter=``, ``n_runs=``,
+        Defaults for every parameter; keyword ``overrides`` (``n_iter=``, ``n_members=``,
         ``seed=``, ``device=``, ``precision=``, ...) replace single values.
     progress : callable, optional
         Called with a :class:`FitProgress` after every iteration.
@@ -199,10 +186,10 @@ def iter_segment(
             "scribbles are used by method='kanezaki' only; pass "
             "method='kanezaki' (or drop the scribbles)"
         )
-    if kanezaki and settings.texture and not settings.use_prior:
+    if kanezaki and settings.texture and not settings.prior_superpixels:
         raise ValueError(
             "texture=True works through the prior (its texture channels "
-            "guide the superpixels); with use_prior=False there is none: "
+            "guide the superpixels); with prior_superpixels=False there is none: "
             "leave texture out, or use the prior"
         )
     if kanezaki and image is None:
@@ -227,13 +214,13 @@ def _segment(
 ):
     kanezaki = settings.method == "kanezaki"
     clock = Clock()
-    if prior is None and (not kanezaki or settings.use_prior):
+    if prior is None and (not kanezaki or settings.prior_superpixels):
         prior = yield from _fit(inp, settings, device, start=clock.start)
     if not kanezaki:
         return _cluster_prior(prior, inp, settings, device)
     from .core.kanezaki import iter_kanezaki
 
-    guide = prior.features() if (prior is not None and settings.use_prior) else None
+    guide = prior.features() if (prior is not None and settings.prior_superpixels) else None
     s = settings
     labels, info = yield from relay(
         iter_kanezaki(
@@ -410,14 +397,14 @@ def _cluster_prior(
         [labels], [info["count"]] = _pipeline.number_objects([labels], model)
     pm = prior.metadata
     inp_meta = pm.get("input", {})
-    # the fit's settings are the prior's (this call may say other n_iter, n_runs, ...)
+    # the fit's settings are the prior's (this call may say other n_iter, n_members, ...)
     fitted = pm.get("settings")
     if fitted:
         settings = Settings(
             **{
                 **settings.to_dict(),
                 "settle": 0.0,
-                **{k: v for k, v in fitted.items() if k in FIT_SETTINGS},
+                **{k: v for k, v in fitted.items() if k in PRIOR_SETTINGS},
             }
         )  # older: no stop
     meta = make_metadata(

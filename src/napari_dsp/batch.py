@@ -26,6 +26,8 @@ import numpy as np
 
 from . import io as _io
 from .io.places import overlaps, path_key
+from .io.temps import name_max, new_temp
+from .io.write import existing, stem, written_axes
 
 #: Suffixes that make ``-o`` one output file (with a single input).
 FILE_SUFFIXES = (".tif", ".tiff")
@@ -60,12 +62,12 @@ def job_for(source: Path, labels: Path, prior: bool, texture: bool = False) -> J
     """The job writing ``labels``: its sidecar ``<labels stem>.json`` and, with
     ``prior``, ``<stem>_prior.tif`` beside it (and ``<stem>_prior_texture.tif`` with
     ``texture``: a name no input's ``_prior.tif`` can take)."""
-    stem = _io.stem(labels)
-    base = stem[: -len("_labels")] if stem.endswith("_labels") else stem
+    name = stem(labels)
+    base = name[: -len("_labels")] if name.endswith("_labels") else name
     return Job(
         source,
         labels,
-        labels.with_name(stem + ".json"),
+        labels.with_name(name + ".json"),
         labels.with_name(base + "_prior.tif") if prior else None,
         labels.with_name(base + "_prior_texture.tif") if prior and texture else None,
     )
@@ -82,7 +84,7 @@ def probe_folder(folder: Path) -> tuple[Optional[str], bool]:
     if not base.is_dir():
         return f"{base} is a file, so the folder {folder} cannot be created", False
     try:
-        tmp, fd = _io.new_temp(base)
+        tmp, fd = new_temp(base)
     except OSError as exc:
         return f"cannot write in {base} ({exc.strerror or exc})", False
     try:
@@ -153,7 +155,7 @@ def plan_batch(
         raise BatchError(
             f"-o {output} is a file; pass a folder (or a .tif name for a single input)"
         )
-    labels = [output] if names_a_file else [output / f"{_io.stem(p)}_labels.tif" for p in unique]
+    labels = [output] if names_a_file else [output / f"{stem(p)}_labels.tif" for p in unique]
     jobs = [job_for(src, dst, prior, texture) for src, dst in zip(unique, labels)]
     problems = []
     folders = {job.labels.parent for job in jobs}
@@ -182,7 +184,7 @@ def plan_batch(
             for path in job.outputs
             if path.is_dir()
         )
-    limit = {folder: _io.name_max(folder) for folder in folders}
+    limit = {folder: name_max(folder) for folder in folders}
     for job in jobs:
         for path in job.outputs:
             size = len(os.fsencode(path.name))
@@ -301,7 +303,7 @@ def run_job(
     ImageFileError, TypeError, ValueError, OSError, RuntimeError, MemoryError
         For this file; the batch goes on with the next.
     """
-    present = tuple(_io.existing(job.outputs))
+    present = tuple(existing(job.outputs))
     if present and not overwrite:
         if not interrupted(job, present):
             return Outcome("skipped", present)
@@ -413,7 +415,7 @@ def run_job(
                 "axes": info.axes,
                 "axes_used": arr.axes,
                 "axes_from": arr.source,
-                "labels_axes": _io.written_axes(axes),
+                "labels_axes": written_axes(axes),
                 "pixel_size": sizes,
                 "unit": unit,
                 "notes": list(arr.notes),
@@ -493,10 +495,13 @@ def describe_failure(src: Path, exc: BaseException) -> str:
             f"permissions and free space"
         )
     if isinstance(exc, MemoryError):
-        return f"{src}: out of memory; try a --working-size, fewer --runs, or close other programs"
+        return (
+            f"{src}: out of memory; try a --working-size, fewer --members, or close other programs"
+        )
     if isinstance(exc, RuntimeError):  # torch failures
         return (
-            f"{src}: the fit failed ({text}); try fewer --runs, a --working-size, or --device cpu"
+            f"{src}: the fit failed ({text}); try fewer --members, a --working-size, or "
+            f"--device cpu"
         )
     return (
         f"{src}: unexpected {type(exc).__name__} ({text}); please report it with the "

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from . import batch as _batch
-from . import io as _io
+from .io.temps import remove_stale_temps
+from .io.write import existing
 from .workers import (  # noqa: F401 - SchedulerError, INSTALL_HINT: part of this API
     INSTALL_HINT,
     SchedulerError,
@@ -193,10 +194,10 @@ def run_file(
         worker = get_worker().address
     except Exception:
         pass
-    if settings.n_workers is None:  # one fitting thread per thread the worker has
-        settings = settings.replace(n_workers=worker_threads())
+    if settings.n_threads is None:  # one fitting thread per thread the worker has
+        settings = settings.replace(n_threads=worker_threads())
     prepare_worker()
-    present = set(_io.existing(job.outputs))
+    present = set(existing(job.outputs))
     own = bool(present) and present <= set(planned_absent)
     if own and len(present) == len(job.outputs):  # an attempt finished before it died
         return FileResult(
@@ -316,13 +317,13 @@ def segment_files(
     from .settings import make_settings
 
     settings = make_settings(settings, **overrides)
-    makes_prior = settings.method != "kanezaki" or settings.use_prior
+    makes_prior = settings.method != "kanezaki" or settings.prior_superpixels
     jobs, _notes = _batch.plan_batch(
         inputs, output, prior=prior and makes_prior, texture=settings.texture
     )
     folders = list(dict.fromkeys(job.labels.parent for job in jobs))
     for folder in folders:
-        _io.remove_stale_temps(folder)
+        remove_stale_temps(folder)
     futures = submit_files(
         client,
         jobs,
@@ -369,7 +370,7 @@ def collect(
         raise
     finally:
         for folder in folders:
-            _io.remove_stale_temps(folder)
+            remove_stale_temps(folder)
     return results
 
 
@@ -386,7 +387,7 @@ def _segment_one(image, settings, kwargs):
     from .settings import make_settings
 
     settings = make_settings(settings)
-    if settings.n_workers is None and "n_workers" not in kwargs:
-        settings = settings.replace(n_workers=worker_threads())
+    if settings.n_threads is None and "n_threads" not in kwargs:
+        settings = settings.replace(n_threads=worker_threads())
     prepare_worker()
     return segment(image, settings=settings, full_output=True, **kwargs)

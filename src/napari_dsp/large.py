@@ -28,11 +28,11 @@ from typing import Any, Optional
 
 import numpy as np
 
-from . import io as _io
 from .core import image as _image
 from .core.postprocess import label_dtype, offset_ids
 from .core.progress import FitProgress, ProgressCallback, check_callback, drain, relay
 from .io.places import overlaps
+from .io.write import jsonable
 from .pipeline import (
     SAMPLE_PLANES,
     StackModel,
@@ -94,9 +94,9 @@ def _plane_task(
     from .workers import prepare_worker, worker_threads
 
     prepare_worker()
-    if model.settings.n_workers is None:  # one fitting thread per worker thread
+    if model.settings.n_threads is None:  # one fitting thread per worker thread
         model = dataclasses.replace(
-            model, settings=model.settings.replace(n_workers=worker_threads())
+            model, settings=model.settings.replace(n_threads=worker_threads())
         )
     if stack is not None:  # a path: opened once per worker process
         path = Path(source_ref)
@@ -362,7 +362,7 @@ def _to_zarr(
             meta["clustering"]["count"] = int(sum(per_plane))
             meta["clustering"]["ids"] = "unique over the stack, numbered plane by plane"
         arr = zarr.open_array(str(tmp), mode="r+")
-        arr.attrs.update({"napari_dsp": _io.jsonable(meta), "axes": axes})
+        arr.attrs.update({"napari_dsp": jsonable(meta), "axes": axes})
         _move_into_place(tmp, output, overwrite)
         meta["labels_file"] = str(output)
     except BaseException:  # an error, Ctrl-C, or the generator closed (cancel)

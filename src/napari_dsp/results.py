@@ -53,7 +53,13 @@ class PriorResult:
     texture: Optional[np.ndarray] = None
 
     def __array__(self, dtype=None, copy=None):
-        return self.prior if dtype is None else self.prior.astype(dtype)
+        """``np.asarray(result)`` is the prior itself (no copy, as for any array);
+        ``np.array(result)`` (``copy=True``) a copy the caller may change freely."""
+        if dtype is not None and np.dtype(dtype) != self.prior.dtype:
+            if copy is False:
+                raise ValueError(f"the prior is {self.prior.dtype}: {dtype} needs a copy")
+            return self.prior.astype(dtype)
+        return self.prior.copy() if copy else self.prior
 
     @property
     def shape(self) -> tuple:
@@ -76,7 +82,7 @@ class PriorResult:
 @dataclass(frozen=True)
 class SegmentResult:
     """Labels with the prior they came from (None for ``method='kanezaki'`` with
-    ``use_prior=False``) and the metadata of the run."""
+    ``prior_superpixels=False``) and the metadata of the run."""
 
     labels: np.ndarray
     prior: Optional[PriorResult]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,16 @@ from typing import Any, Optional
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
 METHODS = ("kmeans", "kanezaki")
 PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+#: What the settings govern, in the order forms and ``--help`` show them: the handful a
+#: user needs up front, then the rest by what they govern.
+GROUPS = {
+    "main": "what to segment and how it is reported",
+    "fit": "the prior's fit (the ensemble of generator fits)",
+    "clustering": "turning the prior into classes",
+    "self-training": "method 'kanezaki' (self-training that finds the classes)",
+}
 
 
 #: When a setting applies, from the values of the others (the form hides what does not
@@ -38,9 +49,12 @@ class Field:
 
     ``label`` is the form's short name, ``help`` the tooltip and ``--help`` text;
     ``minimum``/``maximum``/``choices`` the accepted values (``choice_labels`` what the
-    form shows for them); ``flag`` the command-line flag;
-    ``advanced`` folds it in the form; ``applies`` names a rule of :data:`APPLIES`;
-    ``none_text`` is what None means for an optional setting ("automatic", "random").
+    form shows for them); ``flag`` the command-line flag (for a setting that is on by
+    default, the flag that turns it off: ``--no-<name>``); ``group`` what it governs
+    (:data:`GROUPS`: the handful a user needs up front, then the fit, the clustering and
+    the self-training, folded in the form and grouped in ``--help``); ``applies`` names a
+    rule of :data:`APPLIES`; ``none_text`` is what None means for an optional setting
+    ("automatic", "random").
     """
 
     name: str
@@ -51,10 +65,15 @@ class Field:
     maximum: Optional[float] = None
     choices: Optional[tuple] = None
     choice_labels: Optional[tuple] = None
-    advanced: bool = False
+    group: str = "main"
     applies: str = "always"
     none_text: Optional[str] = None
     step: Optional[float] = None
+
+    @property
+    def advanced(self) -> bool:
+        """Folded in the form (everything but the main group)."""
+        return self.group != "main"
 
 
 #: The description of every setting, in the order forms and ``--help`` show them.
@@ -82,6 +101,16 @@ FIELDS: dict[str, Field] = {
             applies="kmeans",
         ),
         Field(
+            "min_labels",
+            "kanezaki: stop once the number of classes has fallen to this "
+            "(then train stabilize_iter more iterations).",
+            label="min classes",
+            minimum=1,
+            maximum=99,
+            flag="--min-labels",
+            applies="kanezaki",
+        ),
+        Field(
             "texture",
             "Fit the prior to texture channels as well as the intensities "
             "(Gabor filter energies at 4 scales x 4 orientations, their first 6 "
@@ -92,16 +121,6 @@ FIELDS: dict[str, Field] = {
             "differ in intensity or in texture beyond the image's noise.",
             label="texture features",
             flag="--texture",
-        ),
-        Field(
-            "min_labels",
-            "kanezaki: stop once the number of classes has fallen to this "
-            "(then train stabilize_iter more iterations).",
-            label="min classes",
-            minimum=1,
-            maximum=99,
-            flag="--min-labels",
-            applies="kanezaki",
         ),
         Field(
             "invert",
@@ -120,14 +139,14 @@ FIELDS: dict[str, Field] = {
             applies="fgbg",
         ),
         Field(
-            "refine",
-            "Foreground/background only: re-draw the prior's outlines from the "
-            "image's pixels (a two-Gaussian minimum-error rule whose classes come from "
-            "the prior), but only where the pixels separate the two classes (expected "
-            "pixel error below 10 %); on textured or noisy images the prior's result is "
-            "kept.",
-            label="sharpen outlines from the pixels",
-            flag="--no-refine",
+            "min_size",
+            "Foreground/background: pieces of foreground smaller than "
+            "this many pixels are removed (specks; with instances, objects); 0 keeps "
+            "everything.",
+            label="smallest object (px)",
+            minimum=0,
+            maximum=10**9,
+            flag="--min-size",
             applies="fgbg",
         ),
         Field(
@@ -138,47 +157,6 @@ FIELDS: dict[str, Field] = {
             label="one 3-D prior (volume)",
             flag="--volumetric",
             applies="stack",
-        ),
-        Field(
-            "n_iter",
-            "Iterations of each generator fit. Few (tens) is the point: the "
-            "prior is the early, de-textured fit.",
-            label="iterations",
-            minimum=1,
-            maximum=5000,
-            flag="--iterations",
-        ),
-        Field(
-            "n_runs",
-            "Independent fits in the ensemble; the prior is their per-pixel median.",
-            label="runs",
-            minimum=1,
-            maximum=64,
-            flag="--runs",
-        ),
-        Field(
-            "settle",
-            "Stop the fits early once the prior has settled: when the "
-            "median's mean change per iteration (a fraction of the intensity range) "
-            "falls below this, from iteration 10 on; n_iter is then the most. 0 = "
-            "always n_iter iterations (the research procedure).",
-            label="settled below",
-            minimum=0.0,
-            maximum=1.0,
-            flag="--settle",
-            advanced=True,
-            step=0.0005,
-        ),
-        Field(
-            "window",
-            "Side of the square window (pixels, odd) whose prior values form "
-            "each pixel's feature for K-means.",
-            label="window",
-            minimum=1,
-            maximum=31,
-            flag="--window",
-            applies="kmeans",
-            step=2,
         ),
         Field(
             "seed",
@@ -198,25 +176,36 @@ FIELDS: dict[str, Field] = {
             flag="--device",
         ),
         Field(
-            "min_size",
-            "Foreground/background: pieces of foreground smaller than "
-            "this many pixels are removed (specks; with instances, objects); 0 keeps "
-            "everything.",
-            label="smallest object (px)",
-            minimum=0,
-            maximum=10**9,
-            flag="--min-size",
-            advanced=True,
-            applies="fgbg",
+            "n_iter",
+            "Iterations of each generator fit. Few (tens) is the point: the "
+            "prior is the early, de-textured fit.",
+            label="iterations",
+            minimum=1,
+            maximum=5000,
+            group="fit",
+            flag="--iterations",
         ),
         Field(
-            "fill_holes",
-            "Foreground/background only: background pockets enclosed by "
-            "foreground become foreground.",
-            label="fill holes",
-            flag="--no-fill-holes",
-            advanced=True,
-            applies="fgbg",
+            "n_members",
+            "Independent fits in the ensemble; the prior is their per-pixel median.",
+            label="members",
+            minimum=1,
+            maximum=64,
+            group="fit",
+            flag="--members",
+        ),
+        Field(
+            "settle",
+            "Stop the fits early once the prior has settled: when the "
+            "median's mean change per iteration (a fraction of the intensity range) "
+            "falls below this, from iteration 10 on; n_iter is then the most. 0 = "
+            "always n_iter iterations (the research procedure).",
+            label="settled below",
+            minimum=0.0,
+            maximum=1.0,
+            group="fit",
+            flag="--settle",
+            step=0.0005,
         ),
         Field(
             "working_size",
@@ -230,8 +219,8 @@ FIELDS: dict[str, Field] = {
             label="working size",
             minimum=0,
             maximum=65536,
+            group="fit",
             flag="--working-size",
-            advanced=True,
             none_text="automatic",
         ),
         Field(
@@ -241,19 +230,19 @@ FIELDS: dict[str, Field] = {
             "AMX), float32 elsewhere; 'bfloat16' elsewhere is emulated and slower.",
             label="precision",
             choices=PRECISIONS,
+            group="fit",
             flag="--precision",
-            advanced=True,
         ),
         Field(
-            "n_workers",
+            "n_threads",
             "CPU threads sharing the ensemble, each running torch "
             "single-threaded. None = one per core for planes from 96x96 up, else one; "
             "0 = one fit on torch's own thread pool (slow when other programs are busy).",
             label="CPU threads",
             minimum=0,
             maximum=64,
-            flag="--workers",
-            advanced=True,
+            group="fit",
+            flag="--threads",
             none_text="automatic",
         ),
         Field(
@@ -262,8 +251,8 @@ FIELDS: dict[str, Field] = {
             label="learning rate",
             minimum=1e-5,
             maximum=1.0,
+            group="fit",
             flag="--learning-rate",
-            advanced=True,
             step=0.001,
         ),
         Field(
@@ -272,8 +261,41 @@ FIELDS: dict[str, Field] = {
             label="preview every",
             minimum=0,
             maximum=5000,
+            group="fit",
             flag="--preview-every",
-            advanced=True,
+        ),
+        Field(
+            "refine",
+            "Foreground/background only: re-draw the prior's outlines from the "
+            "image's pixels (a two-Gaussian minimum-error rule whose classes come from "
+            "the prior), but only where the pixels separate the two classes (expected "
+            "pixel error below 10 %); on textured or noisy images the prior's result is "
+            "kept.",
+            label="sharpen outlines from the pixels",
+            group="clustering",
+            flag="--no-refine",
+            applies="fgbg",
+        ),
+        Field(
+            "window",
+            "Side of the square window (pixels, odd) whose prior values form "
+            "each pixel's feature for K-means.",
+            label="window",
+            minimum=1,
+            maximum=31,
+            group="clustering",
+            flag="--window",
+            applies="kmeans",
+            step=2,
+        ),
+        Field(
+            "fill_holes",
+            "Foreground/background only: background pockets enclosed by "
+            "foreground become foreground.",
+            label="fill holes",
+            group="clustering",
+            flag="--no-fill-holes",
+            applies="fgbg",
         ),
         Field(
             "max_iter",
@@ -281,17 +303,17 @@ FIELDS: dict[str, Field] = {
             label="most iterations",
             minimum=1,
             maximum=100000,
+            group="self-training",
             flag="--max-iter",
-            advanced=True,
             applies="kanezaki",
         ),
         Field(
-            "use_prior",
+            "prior_superpixels",
             "kanezaki: superpixels on the prior (True) or on the raw image "
             "(False, no prior fit: to see what the prior brings).",
             label="superpixels on the prior",
-            flag="--no-prior",
-            advanced=True,
+            group="self-training",
+            flag="--no-prior-superpixels",
             applies="kanezaki",
         ),
         Field(
@@ -301,19 +323,19 @@ FIELDS: dict[str, Field] = {
             label="continuity weight",
             minimum=0.0,
             maximum=1000.0,
+            group="self-training",
             flag="--continuity-weight",
-            advanced=True,
             applies="kanezaki",
             step=0.1,
         ),
         Field(
             "stabilize_iter",
             "kanezaki: iterations after min_labels is reached.",
-            label="stabilise iterations",
+            label="stabilize iterations",
             minimum=0,
             maximum=10000,
+            group="self-training",
             flag="--stabilize-iter",
-            advanced=True,
             applies="kanezaki",
         ),
         Field(
@@ -322,8 +344,8 @@ FIELDS: dict[str, Field] = {
             label="superpixels",
             minimum=2,
             maximum=10**6,
+            group="self-training",
             flag="--superpixels",
-            advanced=True,
             applies="superpixels",
         ),
         Field(
@@ -332,8 +354,8 @@ FIELDS: dict[str, Field] = {
             label="compactness",
             minimum=0.001,
             maximum=10000.0,
+            group="self-training",
             flag="--compactness",
-            advanced=True,
             applies="superpixels",
             step=1.0,
         ),
@@ -343,8 +365,8 @@ FIELDS: dict[str, Field] = {
             label="similarity weight",
             minimum=0.0,
             maximum=1000.0,
+            group="self-training",
             flag="--similarity-weight",
-            advanced=True,
             applies="kanezaki",
             step=0.1,
         ),
@@ -354,8 +376,8 @@ FIELDS: dict[str, Field] = {
             label="scribble weight",
             minimum=0.0,
             maximum=1000.0,
+            group="self-training",
             flag="--scribble-weight",
-            advanced=True,
             applies="kanezaki",
             step=0.1,
         ),
@@ -365,8 +387,8 @@ FIELDS: dict[str, Field] = {
             label="self-training learning rate",
             minimum=1e-5,
             maximum=10.0,
+            group="self-training",
             flag="--kanezaki-lr",
-            advanced=True,
             applies="kanezaki",
             step=0.01,
         ),
@@ -376,8 +398,8 @@ FIELDS: dict[str, Field] = {
             label="feature channels",
             minimum=2,
             maximum=1000,
+            group="self-training",
             flag="--features",
-            advanced=True,
             applies="kanezaki",
         ),
         Field(
@@ -386,8 +408,8 @@ FIELDS: dict[str, Field] = {
             label="convolution layers",
             minimum=1,
             maximum=10,
+            group="self-training",
             flag="--n-conv",
-            advanced=True,
             applies="kanezaki",
         ),
     )
@@ -396,7 +418,7 @@ FIELDS: dict[str, Field] = {
 
 #: The research procedure's fit (docs/algorithm.md): ``Settings.research()``, the
 #: command line's ``--research-defaults``.
-RESEARCH_FIT = {"n_runs": 11, "n_iter": 50, "settle": 0.0, "precision": "float32"}
+RESEARCH_FIT = {"n_members": 11, "n_iter": 50, "settle": 0.0, "precision": "float32"}
 
 
 @dataclass(frozen=True)
@@ -431,14 +453,14 @@ class Settings:
     method : {'kmeans', 'kanezaki'}
         K-means on the prior, or Kanezaki's self-training seeded by the prior, which
         finds the number of classes itself.
-    min_labels, max_iter, use_prior, continuity_weight, stabilize_iter, n_superpixels,
+    min_labels, max_iter, prior_superpixels, continuity_weight, stabilize_iter, n_superpixels,
     compactness, similarity_weight, scribble_weight, kanezaki_lr, n_features, n_conv
         Settings of ``method='kanezaki'`` (Kanezaki 2018 and its TIP 2020 variant;
         the research defaults).
     n_iter : int
         Iterations of each generator fit (research default 50).
-    n_runs : int
-        Ensemble size; the prior is the per-pixel median over the runs (default 6; the
+    n_members : int
+        Ensemble size; the prior is the per-pixel median over the members (default 6; the
         research procedure used 11: over 20 images and 3 seeds, 6 members x 50
         iterations keep every image's worst-seed IoU within 0.01 of 11 x 50's and the
         mean within +0.0004, ``benchmarks/study_speed.py``; see ``Settings.research()``).
@@ -464,7 +486,7 @@ class Settings:
         Where to fit.
     precision : {'auto', 'float32', 'bfloat16'}
         Arithmetic of the fit.
-    n_workers : int or None
+    n_threads : int or None
         CPU threads sharing the ensemble (None = automatic, 0 = one fit on torch's own
         thread pool).
     learning_rate : float
@@ -490,17 +512,17 @@ class Settings:
     method: str = "kmeans"
     min_labels: int = 3
     max_iter: int = 1000
-    use_prior: bool = True
+    prior_superpixels: bool = True
     continuity_weight: float = 0.0
     n_iter: int = 50
-    n_runs: int = 6
+    n_members: int = 6
     settle: float = 0.0
     window: int = 3
     working_size: Optional[int] = None
     seed: Optional[int] = None
     device: str = "auto"
     precision: str = "float32"
-    n_workers: Optional[int] = None
+    n_threads: Optional[int] = None
     learning_rate: float = 0.01
     preview_every: int = 2
     stabilize_iter: int = 50
@@ -514,7 +536,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            _check(f.name, getattr(self, f.name), f.type)
+            _check(f.name, getattr(self, f.name))
         if self.window % 2 == 0:
             raise ValueError(
                 f"window must be odd (got {self.window}); use "
@@ -537,7 +559,7 @@ class Settings:
 
     @classmethod
     def research(cls, **overrides: Any) -> Settings:
-        """The research procedure's fit (:data:`RESEARCH_FIT`: 11 runs x 50 iterations,
+        """The research procedure's fit (:data:`RESEARCH_FIT`: 11 members x 50 iterations,
         float32, no early stop) with this package's other defaults; ``overrides``
         replace single values."""
         return cls(**{**RESEARCH_FIT, **overrides})
@@ -557,47 +579,47 @@ class Settings:
 
     def fit_values(self) -> dict:
         """The plain values a plane's prior fit takes
-        (``napari_dsp.core.prior.iter_planned_prior``)."""
-        return {
-            name: getattr(self, name)
-            for name in (
-                "seed",
-                "n_runs",
-                "n_iter",
-                "learning_rate",
-                "precision",
-                "preview_every",
-                "settle",
-                "working_size",
-                "n_workers",
-            )
-        }
+        (``napari_dsp.core.prior.iter_planned_prior``): the seed and the ``fit`` group."""
+        return {name: getattr(self, name) for name in ("seed", *FIT_GROUP)}
 
 
-def _check(name: str, value: Any, annotation: str) -> None:
+def _types() -> dict:
+    """Each setting's type, from the dataclass's annotations resolved to real types (the
+    module's ``from __future__ import annotations`` keeps them as text): ``(kind,
+    optional)`` with ``kind`` one of bool, int, float, str."""
+    import types
+    import typing
+
+    out = {}
+    for name, hint in typing.get_type_hints(Settings).items():
+        args = typing.get_args(hint)
+        optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args
+        kind = next(a for a in args if a is not type(None)) if optional else hint
+        out[name] = (kind, optional)
+    return out
+
+
+def _check(name: str, value: Any) -> None:
+    global _TYPES
+    if _TYPES is None:
+        _TYPES = _types()
+    kind, optional = _TYPES[name]
     spec = FIELDS[name]
-    if "bool" in annotation:
+    if optional and value is None:
+        return
+    if kind is bool:
         if not isinstance(value, bool):
             raise TypeError(f"{name} must be True or False, got {value!r}")
         return
-    if "Optional" in annotation and value is None:
-        return
-    if "int" in annotation:
-        if isinstance(value, bool) or not isinstance(value, int):
-            try:
-                import numpy as np
-
-                ok = isinstance(value, np.integer)
-            except ImportError:  # pragma: no cover
-                ok = False
-            if not ok:
-                raise TypeError(f"{name} must be an integer, got {value!r}")
-    elif "float" in annotation:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{name} must be an integer, got {value!r}")
+    elif kind is float:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise TypeError(f"{name} must be a number, got {value!r}")
         if not math.isfinite(value):
             raise ValueError(f"{name} must be a finite number, got {value!r}")
-    elif "str" in annotation:
+    elif kind is str:
         if not isinstance(value, str):
             raise TypeError(f"{name} must be a string, got {value!r}")
         if name == "device" and not DEVICE_PATTERN.fullmatch(value):
@@ -615,14 +637,41 @@ def _check(name: str, value: Any, annotation: str) -> None:
         raise ValueError(f"{name} must be at most {spec.maximum:g}, got {value!r}")
 
 
+#: name -> (type, optional), resolved at the first check (see :func:`_types`)
+_TYPES: Optional[dict] = None
+
+#: Names of earlier versions, still accepted by :func:`make_settings` with a warning.
+RENAMED = {"n_runs": "n_members", "n_workers": "n_threads", "use_prior": "prior_superpixels"}
+
+
 def make_settings(settings: Optional[Settings] = None, **overrides: Any) -> Settings:
-    """Combine an optional :class:`Settings` with keyword overrides (``None`` values
-    are ignored except for ``seed``)."""
+    """Combine an optional :class:`Settings` with keyword overrides. ``None`` for a
+    setting that cannot be None (``n_iter=None``) is ignored, so a caller may pass
+    "not given" through; for the optional ones (``seed``, ``working_size``,
+    ``n_threads``) None is a value ("random", "automatic"). The names of earlier
+    versions (:data:`RENAMED`) are accepted with a ``FutureWarning``."""
     if settings is None:
         settings = Settings()
     elif not isinstance(settings, Settings):
         raise TypeError(f"settings must be a napari_dsp.Settings, got {type(settings).__name__}")
+    for old, new in RENAMED.items():
+        if old in overrides:
+            import warnings
+
+            warnings.warn(
+                f"napari-dsp: the setting {old!r} is now called {new!r}; {old!r} will stop "
+                f"working in a later version",
+                FutureWarning,
+                stacklevel=3,
+            )
+            overrides[new] = overrides.pop(old)
     if overrides:
+        global _TYPES
+        if _TYPES is None:
+            _TYPES = _types()
+        overrides = {
+            k: v for k, v in overrides.items() if v is not None or k not in _TYPES or _TYPES[k][1]
+        }
         settings = settings.replace(**overrides)
     return settings
 
@@ -631,3 +680,17 @@ def without_unwatched_previews(settings: Settings, progress) -> Settings:
     """``settings`` for a call whose reports nobody watches (no ``progress`` callback):
     no previews are computed then."""
     return settings if progress is not None else settings.replace(preview_every=0)
+
+
+#: The settings of the ``fit`` group (how a prior's ensemble is fitted).
+FIT_GROUP = tuple(name for name, f in FIELDS.items() if f.group == "fit")
+#: The settings that made a prior: a prior re-clustered keeps its own (its metadata).
+PRIOR_SETTINGS = (*FIT_GROUP, "device", "texture")
+#: The settings a prior can be re-clustered with, without a refit.
+CLUSTERING_SETTINGS = (
+    "n_classes",
+    "invert",
+    "instances",
+    "min_size",
+    *(name for name, f in FIELDS.items() if f.group == "clustering"),
+)

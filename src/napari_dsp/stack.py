@@ -80,13 +80,13 @@ def _segment_stack(image, stack: StackLayout, settings: Settings, device, spacin
         volume = np.stack(normed, 1)
         precision = _plan.resolve_precision(s.precision, device)
         threads = _plan.plan_volume_threads(
-            volume.shape, n_runs=s.n_runs, device=device, n_workers=s.n_workers
+            volume.shape, n_members=s.n_members, device=device, n_threads=s.n_threads
         )
         fit = iter_volume_prior(
             volume,
             spacing,
             seed=s.seed,
-            n_runs=s.n_runs,
+            n_members=s.n_members,
             n_iter=s.n_iter,
             learning_rate=s.learning_rate,
             precision=precision,

@@ -20,7 +20,7 @@ def main(path: str) -> None:
 
     viewer = napari.Viewer(show=False)
     _, widget = viewer.window.add_plugin_dock_widget("napari-dsp", "Deep Segmentation Prior")
-    widget.set_values(**dict(TINY, n_iter=3000, n_runs=2, n_workers=2))
+    widget.set_values(**dict(TINY, n_iter=3000, n_members=2, n_threads=2))
     planes = np.stack([nuclei((48, 48), n=3, radius=(5, 8), seed=i)[0] for i in range(4)])
     if path == "image":
         layer = viewer.add_image(planes[0], name="image")

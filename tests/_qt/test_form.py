@@ -63,7 +63,7 @@ def test_reading_the_untouched_form_gives_the_defaults(form):
 def test_values_round_trip_and_optional_settings_use_none_not_sentinels(form):
     form.set_values(
         n_iter=7,
-        n_runs=3,
+        n_members=3,
         seed=42,
         learning_rate=0.005,
         working_size=256,
@@ -72,10 +72,10 @@ def test_values_round_trip_and_optional_settings_use_none_not_sentinels(form):
         min_labels=4,
     )
     s = form.settings()
-    assert (s.n_iter, s.n_runs, s.seed, s.working_size) == (7, 3, 42, 256)
+    assert (s.n_iter, s.n_members, s.seed, s.working_size) == (7, 3, 42, 256)
     assert s.learning_rate == pytest.approx(0.005) and s.precision == "bfloat16"
     assert s.method == "kanezaki" and s.min_labels == 4
-    assert s.n_workers is None  # "automatic" left ticked
+    assert s.n_threads is None  # "automatic" left ticked
     form.set_values(seed=None, working_size=0)
     assert form.settings().seed is None and form.settings().working_size == 0
     assert form["seed"].value is None
@@ -83,13 +83,13 @@ def test_values_round_trip_and_optional_settings_use_none_not_sentinels(form):
 
 def test_rows_that_do_not_apply_are_hidden_and_read_as_defaults(form):
     assert form.shown("n_classes") and form["n_classes"].value == 2
-    for name in ("invert", "instances", "refine"):
+    for name in ("invert", "instances", "min_size"):
         assert form.shown(name)
     assert not form.shown("volumetric")  # only for a stack segmented whole
     assert not form.shown("min_labels")  # self-training only
     form.set_values(invert=True, instances=True)
     form.set_values(n_classes=3)
-    for name in ("invert", "instances", "refine"):
+    for name in ("invert", "instances", "min_size"):
         assert not form.shown(name)
     s = form.settings()  # invert/instances would be refused with 3 classes
     assert s.n_classes == 3 and not s.invert and not s.instances

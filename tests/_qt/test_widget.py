@@ -19,7 +19,7 @@ from tests.fast import TINY
 
 TIMEOUT = 120_000  # ms
 #: The settings every GUI test starts from (tests/fast.py), a little smaller.
-FAST = dict(TINY, n_iter=6, n_runs=2, seed=3)
+FAST = dict(TINY, n_iter=6, n_members=2, seed=3)
 #: A fit that runs until it is cancelled.
 ENDLESS = dict(FAST, n_iter=3000, preview_every=1)
 
@@ -139,7 +139,7 @@ def test_dock_title_is_not_clipped_in_a_1400_pixel_window(make_napari_viewer, qt
 # -- a run and its layers ------------------------------------------------------------------
 def test_run_adds_labels_on_top_and_a_hidden_prior_in_place_with_metadata(viewer, qtbot):
     layer, mask = add_disc(viewer)
-    widget = open_widget(viewer, n_iter=25, n_runs=3)
+    widget = open_widget(viewer, n_iter=25, n_members=3)
     run_and_wait(qtbot, widget)
     prior, labels = viewer.layers["cells prior"], viewer.layers["cells labels"]
     assert isinstance(prior, Image) and isinstance(labels, Labels)
@@ -220,7 +220,7 @@ def test_instances_checkbox_counts_objects_without_refit(viewer, qtbot):
 
     image, _ = nuclei((96, 96), n=8, seed=5)
     viewer.add_image(image, name="nuc")
-    widget = open_widget(viewer, n_iter=30, n_runs=3)
+    widget = open_widget(viewer, n_iter=30, n_members=3)
     run_and_wait(qtbot, widget)
     widget.set_values(instances=True)
     labels = viewer.layers["nuc labels"].data
@@ -270,7 +270,7 @@ def test_sample_data_opens_and_segments_sensibly(viewer, qtbot):
     assert names(viewer) == ["synthetic nuclei", "synthetic nuclei reference mask"]
     viewer.open_sample("napari-dsp", "coins")
     assert viewer.layers["coins"].data.shape == (303, 384)
-    widget = open_widget(viewer, n_iter=30, n_runs=3, seed=0)
+    widget = open_widget(viewer, n_iter=30, n_members=3, seed=0)
     widget.image_layer = viewer.layers["synthetic nuclei"]
     run_and_wait(qtbot, widget)
     fg = viewer.layers["synthetic nuclei labels"].data == 1
@@ -347,7 +347,7 @@ def test_a_runtime_error_in_the_fit_is_reported_not_lost(viewer, qtbot, notes, m
     layer, _ = add_disc(viewer)
     widget = open_widget(viewer, preview_every=1)
     run_and_wait(qtbot, widget)
-    assert any("out of memory" in n and "fewer runs" in n for n in notes), notes
+    assert any("out of memory" in n and "fewer members" in n for n in notes), notes
     assert names(viewer) == ["cells"] and widget.run_button.text == "Run"
 
 
@@ -399,7 +399,7 @@ def test_event_loop_keeps_running_during_a_fit(viewer, qtbot):
     from qtpy.QtCore import QTimer
 
     viewer.add_image(np.random.default_rng(0).random((96, 96)).astype(np.float32), name="noise")
-    widget = open_widget(viewer, **dict(ENDLESS, n_runs=3))
+    widget = open_widget(viewer, **dict(ENDLESS, n_members=3))
     worker = widget.run()
     statuses = set()
     for _ in range(5):
@@ -487,7 +487,7 @@ def test_self_training_mode_with_scribbles_and_cancel(viewer, qtbot):
     image, truth = textured_regions(3, size=64, seed=1)
     viewer.add_image(image, name="regions")
     viewer.add_labels(scribbles_for(truth, 1), name="strokes")
-    widget = open_widget(viewer, n_iter=30, n_runs=3, preview_every=1)
+    widget = open_widget(viewer, n_iter=30, n_members=3, preview_every=1)
     widget.image_layer = viewer.layers["regions"]
     widget.set_values(method="kanezaki")
     assert widget.form.shown("scribbles") and widget.form.shown("min_labels")
@@ -687,7 +687,7 @@ def test_volumetric_setting_fits_one_3d_prior_with_the_layer_spacing(viewer, qtb
 def test_a_field_of_noise_gives_empty_labels_and_one_notification(viewer, qtbot, notes):
     noise = np.random.default_rng(5).poisson(10, (96, 96)).astype(np.uint16)
     viewer.add_image(noise, name="noise")
-    widget = open_widget(viewer, n_iter=30, n_runs=5)
+    widget = open_widget(viewer, n_iter=30, n_members=5)
     run_and_wait(qtbot, widget)
     labels = viewer.layers["noise labels"]
     assert isinstance(labels, Labels) and not labels.data.any()

@@ -16,7 +16,7 @@ from napari_dsp.core.kanezaki import (
 from napari_dsp.core.nets import FeatureNet
 from napari_dsp.generators import segment as iter_segment
 
-PRIOR = dict(n_runs=5, n_iter=50, n_workers=1, seed=0)
+PRIOR = dict(n_members=5, n_iter=50, n_threads=1, seed=0)
 
 
 def run(n, size, seed, scribbles=False, **kw):
@@ -61,7 +61,12 @@ def test_without_prior_no_fit_is_made():
     image, truth = textured_regions(3, size=64, seed=1)
     seen = []
     result = segment(
-        image, method="kanezaki", use_prior=False, seed=0, full_output=True, progress=seen.append
+        image,
+        method="kanezaki",
+        prior_superpixels=False,
+        seed=0,
+        full_output=True,
+        progress=seen.append,
     )
     assert result.prior is None
     assert {p.stage for p in seen} == {"classes"}
@@ -71,7 +76,7 @@ def test_without_prior_no_fit_is_made():
 def test_progress_stages_and_label_previews_and_stop():
     image, _ = textured_regions(3, size=48, seed=0)
     gen = iter_segment(
-        image, method="kanezaki", n_runs=2, n_iter=5, n_workers=1, seed=0, preview_every=2
+        image, method="kanezaki", n_members=2, n_iter=5, n_threads=1, seed=0, preview_every=2
     )
     stages, previews = [], []
     for p in gen:
@@ -116,7 +121,7 @@ def test_same_seed_same_labels():
 def test_bad_kanezaki_arguments(kwargs, error, match):
     image, _ = textured_regions(3, size=48, seed=0)
     with pytest.raises(error, match=match):
-        segment(image, n_runs=2, n_iter=2, n_workers=1, **kwargs)
+        segment(image, n_members=2, n_iter=2, n_threads=1, **kwargs)
 
 
 def test_helpers():

@@ -37,7 +37,7 @@ def test_segment_counts_nuclei():
 
     truth = ndi.label(mask)[1]
     result = segment(
-        image, instances=True, n_iter=30, n_runs=3, n_workers=1, seed=0, full_output=True
+        image, instances=True, n_iter=30, n_members=3, n_threads=1, seed=0, full_output=True
     )
     count = result.metadata["clustering"]["count"]
     assert result.labels.max() == count
@@ -75,8 +75,8 @@ def test_stack_instances_count_per_plane_with_unique_ids():
         np.stack(frames).astype(np.float32),
         instances=True,
         n_iter=30,
-        n_runs=2,
-        n_workers=1,
+        n_members=2,
+        n_threads=1,
         seed=0,
         full_output=True,
     )

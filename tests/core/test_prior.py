@@ -13,7 +13,7 @@ from napari_dsp.core.progress import FitProgress, drain
 
 
 def plan_for(data, **kw):
-    args = dict(n_runs=3, device=torch.device("cpu"), working_size=None, n_workers=1)
+    args = dict(n_members=3, device=torch.device("cpu"), working_size=None, n_threads=1)
     args.update(kw)
     return _plan.plan_fit(data, **args)
 
@@ -29,7 +29,7 @@ def test_tiled_fit_covers_the_plane_and_reports_tiles(monkeypatch):
             data,
             plan,
             seed=0,
-            n_runs=3,
+            n_members=3,
             n_iter=3,
             learning_rate=0.01,
             precision="float32",
@@ -45,7 +45,7 @@ def test_tiled_fit_covers_the_plane_and_reports_tiles(monkeypatch):
 
 def test_working_size_fits_smaller_and_returns_full_size():
     image = np.random.default_rng(0).random((200, 120))
-    result = fit_prior(image, n_iter=3, n_runs=3, n_workers=1, seed=0, working_size=64)
+    result = fit_prior(image, n_iter=3, n_members=3, n_threads=1, seed=0, working_size=64)
     assert result.prior.shape == (200, 120)
     h, w = result.metadata["fit"]["working_shape"]
     assert h * w <= 64 * 64 and abs(h / w - 200 / 120) < 0.05
@@ -66,7 +66,7 @@ def test_out_of_memory_retries_with_smaller_groups(monkeypatch):
 
     monkeypatch.setattr(_fit, "iter_members", capped)
     image = np.random.default_rng(0).random((32, 32))
-    result = fit_prior(image, n_iter=3, n_runs=4, n_workers=1, seed=1, device="cpu")
+    result = fit_prior(image, n_iter=3, n_members=4, n_threads=1, seed=1, device="cpu")
     assert groups == [2, 1] and result.prior.shape == (32, 32)
 
     def always(image, crop, **kw):
@@ -75,7 +75,7 @@ def test_out_of_memory_retries_with_smaller_groups(monkeypatch):
 
     monkeypatch.setattr(_fit, "iter_members", always)
     with pytest.raises(ValueError, match="out of memory on cpu even with one ensemble member"):
-        fit_prior(image, n_iter=3, n_runs=4, n_workers=1, seed=1, device="cpu")
+        fit_prior(image, n_iter=3, n_members=4, n_threads=1, seed=1, device="cpu")
 
 
 def test_blend_weights_rise_across_the_overlap():

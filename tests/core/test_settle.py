@@ -160,7 +160,7 @@ def test_every_step_is_previewed_once_in_order_however_threads_interleave(monkey
 
 
 def test_a_settled_prior_is_the_prior_of_a_fit_stopped_at_that_iteration():
-    kw = dict(n_runs=4, n_workers=2, seed=3, batch_size=2, device="cpu")  # CPU threads
+    kw = dict(n_members=4, n_threads=2, seed=3, batch_size=2, device="cpu")  # CPU threads
     settled = drain(iter_fit_prior(FIELD, n_iter=30, settle=1.0, **kw))
     assert settled.metadata["fit"]["iterations"] == _fit.MIN_SETTLE_ITER
     assert settled.metadata["fit"]["settled"] is True
@@ -175,7 +175,7 @@ def test_members_trained_in_several_groups_run_every_iteration():
     """The stop watches all members at once; groups trained one after another cannot
     be watched, so the fit runs its n_iter and the metadata says the stop was off."""
     r = drain(
-        iter_fit_prior(FIELD, n_iter=12, settle=1.0, n_runs=4, n_workers=1, seed=0, batch_size=2)
+        iter_fit_prior(FIELD, n_iter=12, settle=1.0, n_members=4, n_threads=1, seed=0, batch_size=2)
     )
     assert r.metadata["fit"]["iterations"] == 12
     assert r.metadata["fit"]["settle"] == 0.0 and r.metadata["fit"]["settled"] is False
@@ -183,7 +183,9 @@ def test_members_trained_in_several_groups_run_every_iteration():
 
 def test_every_plane_of_a_stack_reports_where_it_stopped():
     stack = np.stack([FIELD, FIELD[::-1]])
-    r = segment_stack(stack, n_iter=14, settle=1.0, n_runs=3, n_workers=1, seed=0, full_output=True)
+    r = segment_stack(
+        stack, n_iter=14, settle=1.0, n_members=3, n_threads=1, seed=0, full_output=True
+    )
     assert r.metadata["fit"]["iterations"] == [10, 10]
 
 
@@ -198,11 +200,11 @@ def test_research_settings_are_one_switch_away():
     from napari_dsp.cli.parser import build_parser
 
     r = Settings.research()
-    assert (r.n_runs, r.n_iter, r.settle, r.precision) == (11, 50, 0.0, "float32")
+    assert (r.n_members, r.n_iter, r.settle, r.precision) == (11, 50, 0.0, "float32")
     args = build_parser().parse_args(
         ["segment", "a.tif", "-o", "out", "--research-defaults", "--iterations", "30"]
     )
     s = settings_from_args(args)
-    assert (s.n_runs, s.n_iter, s.settle) == (11, 30, 0.0)  # a flag given still applies
+    assert (s.n_members, s.n_iter, s.settle) == (11, 30, 0.0)  # a flag given still applies
     plain = settings_from_args(build_parser().parse_args(["segment", "a.tif", "-o", "o"]))
     assert plain == Settings().replace(preview_every=0)

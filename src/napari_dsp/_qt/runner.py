@@ -234,7 +234,7 @@ class Runner:
         if not isinstance(exc, (FitError, ValueError)):
             text = f"{type(exc).__name__}: {text}"
         if "out of memory" in text.lower():
-            text += " (try fewer runs, a smaller working size or device 'CPU')"
+            text += " (try fewer members, a smaller working size or device 'CPU')"
         device = self.job.settings.device
         if device not in ("auto", "cpu"):
             text += f" (on device {device!r}; 'auto' or 'CPU' in the device list fit elsewhere)"

@@ -21,7 +21,7 @@ from qtpy.QtWidgets import QSizePolicy
 
 from ..core.fit import warm_up
 from ..generators import run, segment
-from ..settings import Settings
+from ..settings import CLUSTERING_SETTINGS, Settings
 from .form import PLANES, SettingsForm, add_widget_rows, update_widget_rows
 from .outputs import META_KEY, Outputs, prepare_run
 from .runner import Runner
@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
 logger = logging.getLogger(__name__)
 
 #: Settings that only change the clustering of a 2-D prior: no refit needed.
-RECLUSTER = ("n_classes", "invert", "window", "instances", "refine", "min_size", "fill_holes")
+RECLUSTER = CLUSTERING_SETTINGS
 
 
 def _row(name: str, doc: str) -> property:

@@ -39,7 +39,7 @@ def run_demo(args) -> int:
     image = data.coins()
     print(
         f"napari-dsp demo: scikit-image 'coins' ({image.shape[0]}x{image.shape[1]}, "
-        f"{image.dtype}); fitting {settings.n_runs} runs x {settings.n_iter} iterations",
+        f"{image.dtype}); fitting {settings.n_members} members x {settings.n_iter} iterations",
         file=sys.stderr,
     )
     t0 = time.perf_counter()

@@ -9,34 +9,50 @@ from pathlib import Path
 
 import numpy as np
 
-from ..settings import FIELDS, RESEARCH_FIT, Settings
+from ..settings import FIELDS, GROUPS, RESEARCH_FIT, Settings
+
+#: Flags of earlier versions, still accepted (hidden from --help): old flag -> setting.
+RENAMED_FLAGS = {"--runs": "n_members", "--workers": "n_threads", "--no-prior": "prior_superpixels"}
 
 
 def add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting (:data:`~napari_dsp.settings.FIELDS`), in ``--help`` groups
+    by what they govern (:data:`~napari_dsp.settings.GROUPS`)."""
     defaults = Settings()
+    groups = {name: parser.add_argument_group(f"settings: {text}") for name, text in GROUPS.items()}
     for name, spec in FIELDS.items():
         default = getattr(defaults, name)
+        group = groups[spec.group]
         text = spec.help.replace("%", "%%")  # argparse formats help texts with %
         helptext = f"{text} (default: {spec.none_text or default})"
         if isinstance(default, bool):
-            parser.add_argument(
+            # a setting on by default has the flag that turns it off: say that
+            what = f"turn off '{spec.label}' (on by default). " if default else ""
+            group.add_argument(
                 spec.flag,
                 dest=name,
                 action="store_false" if default else "store_true",
                 default=None,
-                help=text,
+                help=what + text,
             )
         elif spec.choices:
-            parser.add_argument(
+            group.add_argument(
                 spec.flag, dest=name, choices=spec.choices, default=None, help=helptext
             )
         elif isinstance(default, str):
-            parser.add_argument(spec.flag, dest=name, default=None, metavar="NAME", help=helptext)
+            group.add_argument(spec.flag, dest=name, default=None, metavar="NAME", help=helptext)
         else:
             kind = finite_float if isinstance(default, float) else int
-            parser.add_argument(
+            group.add_argument(
                 spec.flag, dest=name, type=kind, default=None, metavar="N", help=helptext
             )
+    for flag, name in RENAMED_FLAGS.items():
+        if isinstance(getattr(defaults, name), bool):
+            parser.add_argument(
+                flag, dest=name, action="store_false", default=None, help=argparse.SUPPRESS
+            )
+        else:
+            parser.add_argument(flag, dest=name, type=int, default=None, help=argparse.SUPPRESS)
     research = " ".join(f"{FIELDS[k].flag} {v}" for k, v in RESEARCH_FIT.items())
     parser.add_argument(
         "--research-defaults",

@@ -25,7 +25,7 @@ def run_segment(args) -> int:
     try:
         settings = settings_from_args(args)
         protected = [args.scribbles] if args.scribbles is not None else []
-        makes_prior = settings.method != "kanezaki" or settings.use_prior
+        makes_prior = settings.method != "kanezaki" or settings.prior_superpixels
         jobs, notes = _batch.plan_batch(
             args.inputs,
             args.output,
@@ -44,7 +44,9 @@ def run_segment(args) -> int:
         error(str(exc))
         return 2
     if args.prior and not makes_prior:
-        notes.append("--prior: this run computes no prior (--no-prior), so none is written")
+        notes.append(
+            "--prior: this run computes no prior (--no-prior-superpixels), so none is written"
+        )
     for text in notes:
         note(text)
     for folder in dict.fromkeys(job.labels.parent for job in jobs):

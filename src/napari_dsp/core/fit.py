@@ -45,10 +45,10 @@ def release_device_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def member_batches(n_runs: int, batch_size: Optional[int]) -> list[range]:
-    """Split ``range(n_runs)`` into consecutive batches of at most ``batch_size``."""
-    size = n_runs if not batch_size else max(1, min(batch_size, n_runs))
-    return [range(i, min(i + size, n_runs)) for i in range(0, n_runs, size)]
+def member_batches(n_members: int, batch_size: Optional[int]) -> list[range]:
+    """Split ``range(n_members)`` into consecutive batches of at most ``batch_size``."""
+    size = n_members if not batch_size else max(1, min(batch_size, n_members))
+    return [range(i, min(i + size, n_members)) for i in range(0, n_members, size)]
 
 
 def iter_members(

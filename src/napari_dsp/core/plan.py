@@ -73,44 +73,44 @@ class FitPlan:
 def plan_fit(
     data: np.ndarray,
     *,
-    n_runs: int,
+    n_members: int,
     device: torch.device,
     working_size: Optional[int],
-    n_workers: Optional[int],
+    n_threads: Optional[int],
     batch_size: Optional[int] = None,
     together: bool = False,
 ) -> FitPlan:
     """Plan the fit of a normalised ``(C, Y, X)`` plane (see ``Settings`` for the
-    meaning of ``working_size`` and ``n_workers``); refuses up front, with a
+    meaning of ``working_size`` and ``n_threads``); refuses up front, with a
     ``ValueError`` that says what to change, a CPU fit that would not fit in memory.
 
     ``together``: train each thread's share of the members as one group where memory
     allows (the early stop watches all members iteration by iteration)."""
     c = data.shape[0]
     shape = tuple(int(v) for v in data.shape[1:])
-    tile = tile_size(c, n_runs, n_workers, device, shape[0] * shape[1])
+    tile = tile_size(c, n_members, n_threads, device, shape[0] * shape[1])
     work, radius = working_shape(data, working_size, tile)
     tiles = tuple(tile_slices(work, tile, TILE_OVERLAP))
     side = max(sl.stop - sl.start for sl, _ in tiles), max(sl.stop - sl.start for _, sl in tiles)
     n_pixels = _padded_pixels(side)
     if device.type != "cpu":
         threads = 1
-    elif n_workers is None:
-        threads = default_threads(n_runs, n_pixels)
+    elif n_threads is None:
+        threads = default_threads(n_members, n_pixels)
     else:
-        threads = min(int(n_workers), n_runs)
+        threads = min(int(n_threads), n_members)
     if batch_size is None:
-        batch_size = default_batch_size(n_runs, n_pixels, c, device)
+        batch_size = default_batch_size(n_members, n_pixels, c, device)
         if together and device.type == "cpu":
-            share = -(-n_runs // max(1, threads))
+            share = -(-n_members // max(1, threads))
             batch_size = int(
                 max(batch_size, min(share, math.floor(GROUP_BYTES / activation_bytes(n_pixels, c))))
             )
-    if device.type == "cpu" and n_workers is None:
+    if device.type == "cpu" and n_threads is None:
         # automatic: fewer threads rather than refusing
-        while threads > 1 and not fits(estimate_bytes(n_pixels, c, n_runs, batch_size, threads)):
+        while threads > 1 and not fits(estimate_bytes(n_pixels, c, n_members, batch_size, threads)):
             threads -= 1
-    need = estimate_bytes(n_pixels, c, n_runs, batch_size, threads)
+    need = estimate_bytes(n_pixels, c, n_members, batch_size, threads)
     have = available_memory()
     if device.type == "cpu" and have is not None and need > MEMORY_SHARE * have:
         raise ValueError(
@@ -118,7 +118,7 @@ def plan_fit(
             f"{need / 1e9:.1f} GB of memory and {have / 1e9:.1f} GB is available; set a "
             f"working_size (e.g. working_size=512, or None for automatic) to fit the "
             f"prior on fewer pixels, crop a region, or use fewer CPU threads "
-            f"(n_workers=1)"
+            f"(n_threads=1)"
         )
     return FitPlan(device, shape, work, radius, tile, tiles, threads, int(batch_size), need, have)
 
@@ -126,9 +126,9 @@ def plan_fit(
 def plan_volume_threads(
     shape: tuple,
     *,
-    n_runs: int,
+    n_members: int,
     device: torch.device,
-    n_workers: Optional[int],
+    n_threads: Optional[int],
     batch_size: int = 2,
 ) -> int:
     """CPU threads for the volumetric fit of a ``(C, Z, Y, X)`` volume: as for a plane
@@ -137,10 +137,12 @@ def plan_volume_threads(
     if device.type != "cpu":
         return 0
     c, voxels = int(shape[0]), int(np.prod(shape[1:]))
-    threads = default_threads(n_runs, voxels) if n_workers is None else min(int(n_workers), n_runs)
-    while threads > 1 and not fits(estimate_bytes(voxels, c, n_runs, batch_size, threads)):
+    threads = (
+        default_threads(n_members, voxels) if n_threads is None else min(int(n_threads), n_members)
+    )
+    while threads > 1 and not fits(estimate_bytes(voxels, c, n_members, batch_size, threads)):
         threads -= 1
-    need, have = estimate_bytes(voxels, c, n_runs, batch_size, threads), available_memory()
+    need, have = estimate_bytes(voxels, c, n_members, batch_size, threads), available_memory()
     if have is not None and need > MEMORY_SHARE * have:
         raise ValueError(
             f"the volumetric fit of this {voxels / 1e6:.1f}-megavoxel stack "
@@ -240,8 +242,8 @@ def device_choices() -> list[tuple[str, str]]:
 # -- sizes -------------------------------------------------------------------------------
 def tile_size(
     n_channels: int,
-    n_runs: int,
-    n_workers: Optional[int],
+    n_members: int,
+    n_threads: Optional[int],
     device: torch.device,
     plane_pixels: Optional[int] = None,
 ) -> int:
@@ -250,14 +252,14 @@ def tile_size(
     size = TILE_SIZE.get(device.type, 512)
     if device.type == "cpu":
         # automatic threads are reduced down to one before a tile is made smaller
-        threads = 1 if n_workers is None else max(1, n_workers)
+        threads = 1 if n_threads is None else max(1, n_threads)
 
         def piece(side: int) -> int:
             return side * side if plane_pixels is None else min(side * side, plane_pixels)
 
         while size > 64:
-            batch = default_batch_size(n_runs, piece(size), n_channels, device)
-            if fits(estimate_bytes(piece(size), n_channels, n_runs, batch, threads)):
+            batch = default_batch_size(n_members, piece(size), n_channels, device)
+            if fits(estimate_bytes(piece(size), n_channels, n_members, batch, threads)):
                 break
             size = int(size / np.sqrt(2))
     return size
@@ -307,7 +309,7 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-def default_threads(n_runs: int, n_pixels: int) -> int:
+def default_threads(n_members: int, n_pixels: int) -> int:
     """CPU threads sharing the ensemble: one per core (at most one per member), each
     with a single-threaded torch; one for small planes, single members and single-core
     machines (a second thread costs more than it saves there).
@@ -316,13 +318,13 @@ def default_threads(n_runs: int, n_pixels: int) -> int:
     process or napari's own threads take a core (a 48 x 64 fit went from 1.5 s to 26-86 s
     with both cores busy, where one single-threaded fit stayed at 1.2 s); independent
     single-threaded fits do not (``benchmarks/bench_threads.py``)."""
-    n = min(cores(), n_runs)
+    n = min(cores(), n_members)
     if n < 2 or n_pixels < MIN_PIXELS_FOR_THREADS:
         return 1
     return n
 
 
-def default_batch_size(n_runs: int, n_pixels: int, n_channels: int, device: torch.device) -> int:
+def default_batch_size(n_members: int, n_pixels: int, n_channels: int, device: torch.device) -> int:
     """How many members to train as one grouped model.
 
     On a GPU as many as half the free memory holds (one big step instead of many small
@@ -332,9 +334,9 @@ def default_batch_size(n_runs: int, n_pixels: int, n_channels: int, device: torc
     """
     per_member = activation_bytes(n_pixels, n_channels)
     if device.type == "cpu":
-        return int(max(1, min(n_runs, 2, math.floor(GROUP_BYTES / per_member))))
+        return int(max(1, min(n_members, 2, math.floor(GROUP_BYTES / per_member))))
     budget = 0.5 * free_device_bytes(device)
-    return int(max(1, min(n_runs, math.floor(budget / max(per_member, 1)))))
+    return int(max(1, min(n_members, math.floor(budget / max(per_member, 1)))))
 
 
 # -- memory ------------------------------------------------------------------------------
@@ -345,12 +347,12 @@ def activation_bytes(n_pixels: int, n_channels: int) -> float:
 
 
 def estimate_bytes(
-    n_pixels: int, n_channels: int, n_runs: int, batch_size: int, threads: int
+    n_pixels: int, n_channels: int, n_members: int, batch_size: int, threads: int
 ) -> float:
     """Memory a fit adds to the process, in bytes: one group of members per thread
     training at once, and every member's output kept for the median."""
     groups_at_once = max(1, threads)
-    outputs = n_runs * n_pixels * n_channels * 4.0 * 3  # members' outputs, median, sort
+    outputs = n_members * n_pixels * n_channels * 4.0 * 3  # members' outputs, median, sort
     return groups_at_once * batch_size * activation_bytes(n_pixels, n_channels) + outputs
 
 

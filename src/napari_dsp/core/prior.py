@@ -26,9 +26,9 @@ from .plan import TILE_OVERLAP, FitPlan, plan_fit, resolve_precision
 from .progress import FitProgress, relay
 
 
-def member_seeds(seed: int, n_runs: int) -> list[int]:
+def member_seeds(seed: int, n_members: int) -> list[int]:
     """The seeds of the ensemble members, derived from the run's seed."""
-    return [int(s) for s in np.random.SeedSequence(seed).generate_state(n_runs)]
+    return [int(s) for s in np.random.SeedSequence(seed).generate_state(n_members)]
 
 
 def iter_planned_prior(
@@ -36,14 +36,14 @@ def iter_planned_prior(
     *,
     device,
     seed: int,
-    n_runs: int,
+    n_members: int,
     n_iter: int,
     learning_rate: float,
     precision: str,
     preview_every: int,
     settle: float,
     working_size: Optional[int],
-    n_workers: Optional[int],
+    n_threads: Optional[int],
     batch_size: Optional[int] = None,
 ):
     """Plan (:func:`napari_dsp.core.plan.plan_fit`) and fit the prior of a normalised
@@ -51,10 +51,10 @@ def iter_planned_prior(
     plan's description with the iterations fitted."""
     plan = plan_fit(
         data,
-        n_runs=n_runs,
+        n_members=n_members,
         device=device,
         working_size=working_size,
-        n_workers=n_workers,
+        n_threads=n_threads,
         batch_size=batch_size,
         together=settle > 0,
     )
@@ -64,7 +64,7 @@ def iter_planned_prior(
         data,
         plan,
         seed=seed,
-        n_runs=n_runs,
+        n_members=n_members,
         n_iter=n_iter,
         learning_rate=learning_rate,
         precision=precision,
@@ -89,7 +89,7 @@ def iter_plane_prior(
     plan: FitPlan,
     *,
     seed: int,
-    n_runs: int,
+    n_members: int,
     n_iter: int,
     learning_rate: float,
     precision: str,
@@ -110,12 +110,12 @@ def iter_plane_prior(
     if work != shape:
         data = _image.resize(data, work)
     fit_kwargs = dict(
-        seeds=member_seeds(seed, n_runs),
+        seeds=member_seeds(seed, n_members),
         n_iter=n_iter,
         learning_rate=learning_rate,
         precision=precision,
     )
-    settle = settle if settle_applies(plan, n_runs) else 0.0
+    settle = settle if settle_applies(plan, n_members) else 0.0
     info.update(settle=settle, iterations=[], settled=[])
     if len(plan.tiles) == 1:
 
@@ -135,10 +135,10 @@ def iter_plane_prior(
     return median, spread
 
 
-def settle_applies(plan: FitPlan, n_runs: int) -> bool:
+def settle_applies(plan: FitPlan, n_members: int) -> bool:
     """Whether every member of a fit trains at once (one group per thread), which the
     early stop needs: it watches the median of all members, iteration by iteration."""
-    return plan.batch_size >= -(-n_runs // max(1, plan.threads))
+    return plan.batch_size >= -(-n_members // max(1, plan.threads))
 
 
 def _iter_tiles(data: np.ndarray, plan: FitPlan, fit_kwargs: dict, settle: float, info: dict):
@@ -238,7 +238,7 @@ def iter_volume_prior(
     spacing: Sequence[float],
     *,
     seed: int,
-    n_runs: int,
+    n_members: int,
     n_iter: int,
     learning_rate: float,
     precision: str,
@@ -265,7 +265,7 @@ def iter_volume_prior(
             threads=threads,
             device=device,
             make_net=make_net,
-            seeds=member_seeds(seed, n_runs),
+            seeds=member_seeds(seed, n_members),
             n_iter=n_iter,
             learning_rate=learning_rate,
             precision=precision,
@@ -273,6 +273,6 @@ def iter_volume_prior(
         )
 
     with trimmed_heap(device):
-        members = yield from _retry_smaller_groups(start, batch_size or n_runs, device)
+        members = yield from _retry_smaller_groups(start, batch_size or n_members, device)
         median, spread = _fit.summarize(members)
     return median, spread, stages

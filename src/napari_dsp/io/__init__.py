@@ -25,65 +25,27 @@ The package: :mod:`.header` (what a file holds), :mod:`.layout` (its axes and pi
 prior, sidecar). Nothing here imports torch, napari or Qt.
 """
 
-from .header import KNOWN_AXES, READABLE, SOFTWARE, ImageFileError, ImageInfo, read_info
+from .header import READABLE, ImageFileError, ImageInfo, read_info
 from .layout import Arrangement, arrange, pixel_size_for, read_pixels, spacing_of
-from .temps import (
-    FOREIGN_TEMP_AGE,
-    LEGACY_TEMP_AGE,
-    TEMP_PREFIX,
-    OutputExistsError,
-    commit_file,
-    host_tag,
-    name_max,
-    new_temp,
-    remove_stale_temps,
-    try_lock,
-)
-from .write import (
-    IMAGEJ_MAX_BYTES,
-    IMAGEJ_MAX_ID,
-    Staged,
-    existing,
-    is_ome_name,
-    jsonable,
-    stem,
-    write_image,
-    write_json,
-    write_labels,
-    written_axes,
-)
+from .temps import OutputExistsError, remove_stale_temps
+from .write import Staged, write_image, write_json, write_labels
 
+#: What a user calls; the rest is in the modules (:mod:`.header`, :mod:`.layout`,
+#: :mod:`.temps`, :mod:`.write`, :mod:`.places`) for the package's own use.
 __all__ = [
-    "FOREIGN_TEMP_AGE",
-    "IMAGEJ_MAX_BYTES",
-    "IMAGEJ_MAX_ID",
-    "KNOWN_AXES",
-    "LEGACY_TEMP_AGE",
     "READABLE",
-    "SOFTWARE",
-    "TEMP_PREFIX",
     "Arrangement",
     "ImageFileError",
     "ImageInfo",
     "OutputExistsError",
     "Staged",
     "arrange",
-    "commit_file",
-    "existing",
-    "host_tag",
-    "is_ome_name",
-    "jsonable",
-    "name_max",
-    "new_temp",
     "pixel_size_for",
     "read_info",
     "read_pixels",
     "remove_stale_temps",
     "spacing_of",
-    "stem",
-    "try_lock",
     "write_image",
     "write_json",
     "write_labels",
-    "written_axes",
 ]
