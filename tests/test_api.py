@@ -367,3 +367,37 @@ def test_texture_features_do_not_find_regions_in_noise():
     assert not r.labels.any()
     decision = r.metadata["clustering"]["decision"]
     assert decision["result"] == "empty" and decision["texture_separation"] < 4
+
+
+@pytest.mark.parametrize("dtype, value", [(np.float32, 3e38), (np.float64, 1e308)])
+def test_values_near_the_float_limits_are_segmented_like_any_others(dtype, value):
+    """A clean two-level image at +-3e38 (float32) or +-1e308 (float64): the differences
+    and ranges of such values overflow; they gave empty labels, an overflow warning and
+    a false 'nothing stands out'. Now the same result as the image scaled to [0, 1]."""
+    import warnings
+
+    mask = np.zeros((64, 64), bool)
+    mask[16:48, 12:40] = True
+    image = np.where(mask, value, -value).astype(dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow warning, no NothingToSegmentWarning
+        result = segment(image, full_output=True, **TINY)
+        stack = segment_stack(np.stack([image, image[::-1]]), **TINY)
+    assert result.metadata["clustering"]["decision"]["result"] == "prior"
+    np.testing.assert_array_equal(result.labels, mask)
+    np.testing.assert_array_equal(stack[0], mask)
+    np.testing.assert_array_equal(stack[1], mask[::-1])
+
+
+def test_torch_tensors_are_taken_by_every_entry_point_whatever_their_grad_and_dtype():
+    torch = pytest.importorskip("torch")
+    image, _ = dark_on_bright((48, 48), seed=2)
+    expected = segment(image.astype(np.float32), **TINY)
+    tensor = torch.tensor(image.astype(np.float32), requires_grad=True)
+    np.testing.assert_array_equal(segment(tensor, **TINY), expected)
+    assert segment(tensor.detach().to(torch.bfloat16), **TINY).shape == (48, 48)
+    stack = segment_stack(torch.stack([tensor, tensor]).detach().requires_grad_(True), **TINY)
+    assert stack.shape == (2, 48, 48)
+    prior = fit_prior(image.astype(np.float32), **TINY)
+    again = segment(tensor, prior=torch.tensor(prior.prior), **TINY)
+    assert again.shape == (48, 48)

@@ -425,3 +425,18 @@ def test_texture_flag_on_a_file_and_its_refusal_on_a_stack(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1 and "single 2-D images" in err and "Traceback" not in err
     assert not (tmp_path / "z_l.tif").exists()
+
+
+def test_version_and_names_too_long_for_the_file_system(tmp_path, capsys):
+    import napari_dsp
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.strip() == (
+        f"napari-dsp {napari_dsp.__version__}"
+    )
+    tifffile.imwrite(tmp_path / "a.tif", np.zeros((32, 32), np.uint8))
+    for output in (tmp_path / ("c" * 252 + ".tif"), tmp_path / ("d" * 260) / "out"):
+        assert main(["segment", str(tmp_path / "a.tif"), "-o", str(output), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert "bytes long; the file system allows" in err and "Errno" not in err, err

@@ -319,3 +319,21 @@ def test_a_local_cluster_never_runs_code_from_the_current_folder(tmp_path):
     assert ran == [], f"processes imported files from the current folder: {ran}"
     assert proc.returncode == 0, proc.stderr
     assert all((tmp_path / "out" / f"{p.stem}_labels.tif").exists() for p in paths)
+
+
+def test_local_workers_are_capped_at_the_cores_with_the_reason(monkeypatch):
+    """local:100 on a 2-core machine started 100 worker processes and finished nothing
+    in 300 s; now one per core, and the caller is told why."""
+    from napari_dsp.core import plan
+
+    monkeypatch.setattr(plan, "cores", lambda: 2)
+    assert dist.local_workers(2) == (2, None)
+    n, why = dist.local_workers(100)
+    assert n == 2 and "local:100 asks for 100 worker processes" in why and "2 are started" in why
+    notes = []
+    client = dist.connect("local:100", note=notes.append)
+    try:
+        assert len(client.scheduler_info()["workers"]) == 2
+    finally:
+        dist.close(client)
+    assert notes == [why]

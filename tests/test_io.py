@@ -485,3 +485,34 @@ def test_a_successful_overwrite_leaves_no_backup(tmp_path):
     io.write_labels(path, np.ones((20, 20), np.uint8), overwrite=True)
     assert tifffile.imread(path).sum() == 400
     assert [p.name for p in tmp_path.iterdir()] == ["x_labels.tif"]
+
+
+def test_a_folder_standard_input_and_a_file_of_another_kind_say_what_they_are(tmp_path):
+    from PIL import Image
+
+    with pytest.raises(io.ImageFileError, match=r"is a folder; pass the image files in it"):
+        io.read_info(tmp_path)
+    with pytest.raises(io.ImageFileError, match="standard input is not supported"):
+        io.read_info("-")
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "png.tif", format="PNG")
+    with pytest.raises(
+        io.ImageFileError, match=r"is a PNG file named \.tif; rename it to png\.png"
+    ):
+        io.read_info(tmp_path / "png.tif")
+    tifffile.imwrite(tmp_path / "tiff.png", np.zeros((32, 32), np.uint8))  # the other way
+    with pytest.raises(
+        io.ImageFileError, match=r"is a TIFF file named \.png; rename it to tiff\.tif"
+    ):
+        io.read_info(tmp_path / "tiff.png")
+
+
+def test_a_photo_s_exif_orientation_is_noted_not_applied(tmp_path):
+    from PIL import Image
+
+    photo = Image.fromarray(np.arange(32 * 40 * 3, dtype=np.uint8).reshape(32, 40, 3))
+    exif = photo.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees to show"
+    photo.save(tmp_path / "photo.jpg", exif=exif)
+    info = io.read_info(tmp_path / "photo.jpg")
+    assert info.shape == (32, 40, 3)  # the pixels as stored, as Fiji and napari read them
+    assert any("EXIF orientation (6" in note and "not applied" in note for note in info.notes)

@@ -2,6 +2,8 @@
 result as the in-memory path, planes as tasks on a real LocalCluster, memory that does
 not grow with the number of planes, refusals and a stopped run."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tifffile
@@ -283,3 +285,42 @@ def test_an_output_that_is_contains_or_lies_inside_the_input_is_refused(tmp_path
     np.testing.assert_array_equal(read(src)[:], before)
     np.testing.assert_array_equal(read(nested)[:], before)
     assert not (src / "labels.zarr").exists()
+
+
+def test_an_unwritable_output_is_refused_before_anything_is_fitted(tmp_path):
+    blocker = tmp_path / "results"
+    blocker.write_text("a file where the output folder should be")
+    seen = []
+    with pytest.raises(PermissionError, match="is a file, so the folder .* cannot be created"):
+        segment_stack_to_zarr(planes(3), blocker / "labels.zarr", progress=seen.append, **TINY)
+    assert seen == []  # refused at the call: no plane was fitted
+
+
+def test_a_killed_run_s_unfinished_array_is_removed_by_the_next_run(tmp_path):
+    """SIGKILL while the zarr array is written leaves its hidden folder; the next run
+    into the same folder removes it (its process is gone), not a live run's."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "import numpy as np\n"
+        "from napari_dsp.large import segment_stack_to_zarr\n"
+        "from tests.test_large import planes\n"
+        f"segment_stack_to_zarr(planes(6), {str(tmp_path / 'l.zarr')!r}, n_sample=1, "
+        "n_iter=400, n_members=2, n_threads=1, seed=0, device='cpu')\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], cwd=str(Path(__file__).parents[1]))
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob(".napari-dsp-*.part")):  # the array is being written
+            assert child.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    [left] = list(tmp_path.glob(".napari-dsp-*.part"))
+    assert left.is_dir()
+    segment_stack_to_zarr(planes(2), tmp_path / "other.zarr", **TINY)
+    assert not left.exists() and list(tmp_path.glob(".napari-dsp-*.part")) == []

@@ -5,7 +5,8 @@ reader would give an Image layer.
 napari offers this reader beside its built-in one for such files; choose "Deep
 Segmentation Prior" (and "remember" it) in napari's reader dialog, or from Python
 ``viewer.open(path, plugin="napari-dsp")``. A file that does not hold integer ids in one
-channel opens as an Image layer.
+channel (an RGB picture, a float image that happens to be called ``*_labels.tif``, a file
+that cannot be read) is declined from its header, so napari's own reader opens it.
 """
 
 from __future__ import annotations
@@ -19,11 +20,30 @@ PATTERNS = ("_labels.tif", "_labels.tiff")
 
 
 def get_reader(path):
-    """npe2 reader hook: a reader for one or more ``*_labels.tif`` files, else None."""
+    """npe2 reader hook: a reader for one or more ``*_labels.tif`` files that hold label
+    images (see :func:`holds_labels`), else None."""
     paths = list(path) if isinstance(path, (list, tuple)) else [path]
     if not paths or not all(str(p).lower().endswith(PATTERNS) for p in paths):
         return None
+    if not all(holds_labels(Path(p)) for p in paths):
+        return None
     return read_labels
+
+
+def holds_labels(path: Path) -> bool:
+    """From the header alone: one channel of integer (or boolean) ids, whatever other
+    axes (T, Z) it has. RGB(A) samples, several channels, real numbers, or a file that
+    cannot be read are not labels."""
+    try:
+        info = _io.read_info(path)
+    except (_io.ImageFileError, OSError, ValueError):
+        return False
+    if info.alpha or info.dtype.kind not in "biu":
+        return False
+    axes = info.axes or ""
+    if len(axes) == len(info.shape):
+        return not any(a in "CS" and n > 1 for a, n in zip(axes, info.shape))
+    return not (len(info.shape) >= 3 and info.shape[-1] in (3, 4))  # no axes: RGB(A)?
 
 
 def read_labels(path) -> list:
@@ -36,9 +56,6 @@ def _layer(path: Path) -> tuple:
     info = _io.read_info(path)
     data = _io.read_pixels(info)
     axes = info.axes if info.axes and len(info.axes) == data.ndim else None
-    is_labels = data.dtype.kind in "biu" and not (
-        axes and any(a in "CS" and n > 1 for a, n in zip(axes, data.shape))
-    )
     kwargs: dict = {
         "name": path.stem,
         "metadata": {
@@ -59,7 +76,7 @@ def _layer(path: Path) -> tuple:
             kwargs["units"] = tuple(
                 _pint_unit(info.unit) if a in info.pixel_size else "pixel" for a in axes
             )
-    return data, kwargs, "labels" if is_labels else "image"
+    return data, kwargs, "labels"
 
 
 def _layer_parameters() -> set:

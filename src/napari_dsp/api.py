@@ -48,6 +48,7 @@ class _Input:
     """The image of a run, validated and normalised once."""
 
     def __init__(self, image, channel_axis: Optional[int]):
+        image = _image.from_torch(image)
         chw = _image.to_channels_first(image, channel_axis)
         self.raw = chw  # (C, Y, X) as given (a view): the noise test needs unclipped values
         self.layout = _image.Layout(np.ndim(image), channel_axis)
@@ -258,7 +259,7 @@ def _segment(
 def _check_scribbles(scribbles, spatial: tuple, n_features: int) -> Optional[np.ndarray]:
     if scribbles is None:
         return None
-    arr = np.asarray(scribbles)
+    arr = np.asarray(_image.from_torch(scribbles))
     if arr.dtype.kind not in "iub":
         raise TypeError(
             f"scribbles must be an integer label image (0 = unlabelled), got dtype {arr.dtype}"
@@ -423,7 +424,7 @@ def _as_prior_result(prior: PriorLike, inp: Optional[_Input], channel_axis) -> P
     if isinstance(prior, PriorResult):
         result = prior
     else:
-        arr = np.asarray(prior)
+        arr = np.asarray(_image.from_torch(prior))
         if arr.dtype.kind not in "fiub":
             raise TypeError(f"prior must be a PriorResult or a real array, got dtype {arr.dtype}")
         chw = _image.to_channels_first(arr, channel_axis)

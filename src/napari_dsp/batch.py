@@ -25,8 +25,8 @@ from typing import Optional
 import numpy as np
 
 from . import io as _io
-from .io.places import overlaps, path_key
-from .io.temps import name_max, new_temp
+from .io.places import overlaps, path_key, probe_folder
+from .io.temps import name_max
 from .io.write import existing, stem, written_axes
 
 #: Suffixes that make ``-o`` one output file (with a single input).
@@ -73,29 +73,6 @@ def job_for(source: Path, labels: Path, prior: bool, texture: bool = False) -> J
     )
 
 
-def probe_folder(folder: Path) -> tuple[Optional[str], bool]:
-    """Whether outputs can be written in ``folder`` (or, where it does not exist yet, in
-    its nearest existing parent, where it will be created), and whether that file system
-    ignores the case of names. Returns ``(problem or None, case_insensitive)``; leaves
-    nothing behind."""
-    base = Path(os.path.abspath(folder))
-    while not base.exists() and base != base.parent:
-        base = base.parent
-    if not base.is_dir():
-        return f"{base} is a file, so the folder {folder} cannot be created", False
-    try:
-        tmp, fd = new_temp(base)
-    except OSError as exc:
-        return f"cannot write in {base} ({exc.strerror or exc})", False
-    try:
-        twin = tmp.with_name(tmp.name.upper())
-        return None, os.path.exists(twin)
-    finally:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-
-
 #: Names of files napari-dsp writes: an input with such a name is probably an earlier
 #: run's output picked up by a wildcard.
 _OUTPUT_NAME = ("_labels.tif", "_labels.tiff", "_prior.tif", "_prior_texture.tif", "_labels.json")
@@ -123,6 +100,7 @@ def plan_batch(
         nothing has been written then.
     """
     output = Path(output)
+    _check_name_lengths(output)
     notes = []
     unique: list[Path] = []
     seen: dict[str, Path] = {}
@@ -236,6 +214,19 @@ def _written_for(path: Path, source: Path) -> bool:
         return stamp is None or json.loads(stamp).get("source") == source.name
     except (OSError, ValueError, TypeError, AttributeError, _io.ImageFileError):
         return False
+
+
+def _check_name_lengths(output: Path) -> None:
+    """Every part of ``-o`` fits the file system's name length (the system's own error,
+    "[Errno 36] File name too long", says neither which part nor what to do)."""
+    limit = name_max(output.parent)
+    for part in output.parts:
+        size = len(os.fsencode(part))
+        if size > limit:
+            raise BatchError(
+                f"-o {output}: the name {part[:24]}... is {size} bytes long; the file "
+                f"system allows {limit}: pass a shorter -o"
+            )
 
 
 def check_header(

@@ -91,11 +91,30 @@ def safe_import_path():
             os.chdir(here)
 
 
-def connect(scheduler: str, *, timeout: Optional[float] = None):
+def local_workers(asked: int) -> tuple[int, Optional[str]]:
+    """How many worker processes ``local:N`` starts: at most one per core this process
+    may use (each fits on one core; more only take turns on the same cores, and every
+    worker holds its own torch and a fit's memory). Returns the number and, when it is
+    fewer than asked, the sentence that says so."""
+    from .core.plan import cores
+
+    n = min(int(asked), cores())
+    if n == asked:
+        return n, None
+    return n, (
+        f"local:{asked} asks for {asked} worker processes, but this machine gives this "
+        f"process {n} core(s): {n} are started (one fit per core; more would only take "
+        f"turns on the same cores and each would need its own memory)"
+    )
+
+
+def connect(scheduler: str, *, timeout: Optional[float] = None, note=None):
     """A ``distributed.Client`` for ``scheduler`` (see :func:`parse_scheduler`).
 
-    ``local:N`` starts N single-threaded worker processes on this machine (closed with
-    the client: use it as a context manager, or call :func:`close`); an address connects
+    ``local:N`` starts N single-threaded worker processes on this machine, at most one per
+    core (:func:`local_workers`; ``note`` is called with the sentence when fewer are
+    started, else it is a ``UserWarning``), closed with the client (use it as a context
+    manager, or call :func:`close`); an address connects
     to a running scheduler, waiting at most ``timeout`` seconds (default: dask's
     ``distributed.comm.timeouts.connect``, 30 s unless configured, e.g. with the
     environment variable ``DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT=5s``).
@@ -112,6 +131,14 @@ def connect(scheduler: str, *, timeout: Optional[float] = None):
     distributed = require_distributed()
     if kind == "local":
         import logging
+
+        value, capped = local_workers(value)
+        if capped and note is not None:
+            note(capped)
+        elif capped:
+            import warnings
+
+            warnings.warn(f"napari-dsp: {capped}", UserWarning, stacklevel=2)
 
         try:
             with safe_import_path():

@@ -31,7 +31,8 @@ import numpy as np
 from .core import image as _image
 from .core.postprocess import label_dtype, offset_ids
 from .core.progress import FitProgress, ProgressCallback, check_callback, drain, relay
-from .io.places import overlaps
+from .io.places import overlaps, probe_folder
+from .io.temps import new_temp_folder, remove_stale_temps
 from .io.write import jsonable
 from .pipeline import (
     SAMPLE_PLANES,
@@ -200,6 +201,9 @@ def _check_call(settings: Settings, output, n_sample: int, overwrite: bool, imag
     output = Path(output)
     if output.suffix.lower() != ".zarr":
         raise ValueError(f"{output}: name the output <name>.zarr")
+    problem, _ = probe_folder(output.parent)
+    if problem:
+        raise PermissionError(f"{output}: {problem}; choose another folder for the labels")
     problems = overlaps([output], stored_at(image))
     if problems:
         raise ValueError(
@@ -314,7 +318,8 @@ def _to_zarr(
     plane_shape = stack.plane_shape
     shape = stack.lead + tuple(plane_shape)
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.{os.urandom(3).hex()}.part")
+    remove_stale_temps(output.parent)  # what a killed run left (its process is gone)
+    tmp = new_temp_folder(output.parent)  # zarr writes its array into it
     zarr.open_array(
         str(tmp),
         mode="w",

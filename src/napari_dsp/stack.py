@@ -15,6 +15,7 @@ from typing import Any, Optional
 import numpy as np
 
 from . import pipeline as _pipeline
+from .core import image as _image
 from .core import plan as _plan
 from .core.prior import iter_planned_prior, iter_volume_prior
 from .core.progress import (
@@ -44,6 +45,7 @@ def iter_segment_stack(
     ``n_planes`` set), returns a :class:`SegmentResult` of stacks (with ``out``, labels
     read lazily from that zarr array and no prior). Arguments are checked at the call."""
     settings = make_settings(settings, **overrides)
+    image = _image.from_torch(image)
     if out is not None:
         from .large import iter_segment_stack_to_zarr
 

@@ -65,11 +65,30 @@ def test_the_reader_is_offered_for_labels_files_and_a_saved_choice_is_used(viewe
         settings.extension2reader = before
 
 
-def test_a_labels_named_file_that_is_not_integer_ids_opens_as_an_image(viewer, tmp_path):
-    path = tmp_path / "probabilities_labels.tif"
-    tifffile.imwrite(path, np.random.default_rng(0).random((32, 40)).astype(np.float32))
-    layer = viewer.open(path, plugin="napari-dsp")[0]
-    assert isinstance(layer, Image) and not isinstance(layer, Labels)
+@pytest.mark.parametrize(
+    "pixels, rgb",
+    [
+        (np.random.default_rng(0).random((32, 40)).astype(np.float32), False),  # not ids
+        (np.random.default_rng(0).integers(0, 255, (32, 40, 3), dtype=np.uint8), True),
+        (np.random.default_rng(0).integers(0, 255, (32, 40, 4), dtype=np.uint8), True),
+    ],
+    ids=["float", "rgb", "rgba"],
+)
+def test_a_labels_named_file_that_is_not_labels_is_left_to_napari(viewer, tmp_path, pixels, rgb):
+    """A foreign file called *_labels.tif that holds no label image is declined from its
+    header, so napari's own reader opens it as the picture it is (an RGB one made the
+    reader report three axes for napari's 2-D RGB image, and napari crashed)."""
+    from napari_dsp._reader import get_reader
+
+    path = tmp_path / "photo_labels.tif"
+    tifffile.imwrite(path, pixels, photometric="rgb" if rgb else "minisblack")
+    assert get_reader(str(path)) is None
+    [layer] = viewer.open(path)  # as a user opens it: no plugin named
+    assert isinstance(layer, Image) and layer.rgb is rgb
+    np.testing.assert_array_equal(np.asarray(layer.data), pixels)
+    broken = tmp_path / "broken_labels.tif"
+    broken.write_bytes(b"II*\x00not a tiff")
+    assert get_reader(str(broken)) is None  # napari's reader says what is wrong
 
 
 def test_the_cli_output_round_trips_through_napari(viewer, tmp_path):

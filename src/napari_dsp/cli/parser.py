@@ -87,9 +87,12 @@ def positive_float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
     parser = argparse.ArgumentParser(
         prog="napari-dsp", description="Unsupervised segmentation with a Deep Segmentation Prior."
     )
+    parser.add_argument("--version", action="version", version=f"napari-dsp {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     seg = sub.add_parser(
         "segment",

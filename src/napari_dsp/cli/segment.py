@@ -114,7 +114,7 @@ def run_on_cluster(args, jobs: list, settings: Settings, scribbles) -> int:
     from .. import distributed as _dist
 
     try:
-        client = _dist.connect(args.scheduler)
+        client = _dist.connect(args.scheduler, note=note)
     except (_dist.SchedulerError, ValueError) as exc:
         error(f"{exc}; nothing was written")
         return 2

@@ -52,13 +52,25 @@ def noise_sigma(plane: np.ndarray) -> float:
     return float(np.median(np.abs(inner)) / 0.6745 / 6.0)
 
 
-def floor_sigma(raw: np.ndarray) -> float:
+def floor_sigma(raw: np.ndarray, scale: float = 1.0) -> float:
     """The smallest noise a plane of this dtype can have: its quantisation (one count over
-    sqrt(12) for integers), or a millionth of the value range for floats."""
+    sqrt(12) for integers), or a millionth of the value range for floats (in units of
+    ``scale``, see :func:`value_scale`)."""
     if raw.dtype.kind in "biu":
-        return 1.0 / math.sqrt(12.0)
-    span = float(np.max(raw) - np.min(raw)) if raw.size else 0.0
+        return 1.0 / math.sqrt(12.0) / scale
+    span = float(np.max(raw)) / scale - float(np.min(raw)) / scale if raw.size else 0.0
     return max(span * 1e-6, np.finfo(np.float64).tiny)
+
+
+def value_scale(raws: list) -> float:
+    """A power of two that brings the planes' largest magnitude under 2**64: 1 for any
+    ordinary image; for values near the float limits (a float32 image at +-3e38, a
+    float64 one at +-1e308), whose differences and sums overflow, the noise test works in
+    units of it. A power of two keeps every value exact, and the test is scale-free."""
+    peak = max((float(np.max(np.abs(np.asarray(r, np.float64)))) for r in raws), default=0.0)
+    if not math.isfinite(peak) or peak <= 2.0**64:
+        return 1.0
+    return 2.0 ** (math.ceil(math.log2(peak)) - 64)
 
 
 def separation(raws: list, foregrounds: list) -> dict:
@@ -83,12 +95,14 @@ def separation(raws: list, foregrounds: list) -> dict:
     channels = raws[0].shape[0]
     sigmas, stats = [], []
     reduction = 1.0 / (2.0 * math.sqrt(math.pi) * SMOOTH)
+    scale = value_scale(raws)
     for c in range(channels):
-        planes = [np.asarray(r[c], np.float64) for r in raws]
+        planes = [np.asarray(r[c], np.float64) / scale for r in raws]
         sigma = max(
-            float(np.median([noise_sigma(p) for p in planes])), floor_sigma(np.asarray(raws[0][c]))
+            float(np.median([noise_sigma(p) for p in planes])),
+            floor_sigma(np.asarray(raws[0][c]), scale),
         )
-        sigmas.append(sigma)
+        sigmas.append(sigma * scale)
         if n_fg == 0 or n_fg == n_all:
             stats.append(0.0)
             continue
@@ -116,8 +130,8 @@ def outliers(raws: list) -> list:
     return [outliers_of(r, limits) for r in raws]
 
 
-def _channel_mean(raw: np.ndarray, counts: bool) -> np.ndarray:
-    m = np.asarray(raw, np.float64).mean(0)
+def _channel_mean(raw: np.ndarray, counts: bool, scale: float = 1.0) -> np.ndarray:
+    m = (np.asarray(raw, np.float64) / scale).mean(0)
     return 2.0 * np.sqrt(m + 0.375) if counts else m
 
 
@@ -125,22 +139,26 @@ def outlier_limits(raws: list, n_pixels: Optional[int] = None) -> dict:
     """The centre and the limit of :func:`outliers`, from ``raws`` (all planes, or a
     sample of them standing for ``n_pixels`` pixels)."""
     counts = all(np.asarray(r).dtype.kind in "bu" for r in raws)
-    means = [_channel_mean(r, counts) for r in raws]
+    scale = value_scale(raws)
+    means = [_channel_mean(r, counts, scale) for r in raws]
     pooled = np.concatenate([m.reshape(-1) for m in means])
     centre = float(np.median(pooled))
     # the larger of the two robust estimates: the values' own spread (right for a field
     # of noise, where this test runs) and the pixel-to-pixel one; never below quantisation
     spread = 1.4826 * float(np.median(np.abs(pooled - centre)))
     sigma = max(
-        spread, float(np.median([noise_sigma(m) for m in means])), floor_sigma(np.asarray(raws[0]))
+        spread,
+        float(np.median([noise_sigma(m) for m in means])),
+        floor_sigma(np.asarray(raws[0]), scale),
     )
     limit = z_threshold(pooled.size if n_pixels is None else n_pixels) * sigma
-    return {"centre": centre, "limit": limit, "counts": counts}
+    return {"centre": centre, "limit": limit, "counts": counts, "scale": scale}
 
 
 def outliers_of(raw: np.ndarray, limits: dict) -> np.ndarray:
     """The outlying pixels of one ``(C, Y, X)`` plane under :func:`outlier_limits`."""
-    return np.abs(_channel_mean(raw, limits["counts"]) - limits["centre"]) > limits["limit"]
+    mean = _channel_mean(raw, limits["counts"], limits.get("scale", 1.0))
+    return np.abs(mean - limits["centre"]) > limits["limit"]
 
 
 def z_threshold(n_pixels: int) -> float:

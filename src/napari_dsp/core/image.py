@@ -27,12 +27,27 @@ def check_axis_type(channel_axis) -> None:
         raise TypeError(f"channel_axis must be an integer or None, got {channel_axis!r}")
 
 
+def from_torch(image):
+    """A torch tensor as a numpy array: detached from any graph (``requires_grad``), on
+    the CPU, bfloat16 as float32 (numpy has no bfloat16); anything else as it is. Every
+    entry point takes tensors alike."""
+    if type(image).__module__.startswith("torch") and hasattr(image, "detach"):
+        import torch
+
+        tensor = image.detach().cpu()
+        if tensor.dtype == torch.bfloat16:
+            tensor = tensor.float()
+        return tensor.numpy()
+    return image
+
+
 def to_channels_first(image, channel_axis: Optional[int] = None) -> np.ndarray:
     """Validate ``image`` and return it as a ``(C, Y, X)`` array (no dtype change).
 
     A 2-D array is grayscale. A 3-D array needs ``channel_axis`` unless its last axis has
     3 or 4 entries (RGB/RGBA, alpha dropped).
     """
+    image = from_torch(image)
     if hasattr(image, "__array__") and not isinstance(image, np.ndarray):
         image = np.asarray(image)
     if not isinstance(image, np.ndarray):
@@ -103,10 +118,10 @@ def normalize(chw: np.ndarray) -> np.ndarray:
             f"image contains {bad} NaN or infinite value(s); replace them "
             f"first, e.g. np.nan_to_num(image, nan=0.0)"
         )
-    if data.dtype.kind == "f" and data.dtype.itemsize >= 8:
+    if data.dtype.kind == "f":
         peak = max(abs(float(np.min(data))), abs(float(np.max(data))))
-        if peak > 1e300:  # differences of values near the float64 limit overflow
-            data = data / peak
+        if peak > HUGE:  # differences of values near the float limits overflow
+            data = np.asarray(data, np.float64) / peak
     lo, hi = (float(v) for v in np.percentile(_subsample(data), [LOW_PERCENTILE, HIGH_PERCENTILE]))
     if not hi > lo:
         lo, hi = float(np.min(data)), float(np.max(data))
@@ -116,6 +131,11 @@ def normalize(chw: np.ndarray) -> np.ndarray:
             )
     out = (np.asarray(data, dtype=np.float64) - lo) / (hi - lo)
     return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+#: Beyond this magnitude, differences of values (a percentile's interpolation, a range)
+#: can overflow float32 or float64: such data is divided by its peak first.
+HUGE = 1e30
 
 
 def stretch_limits(planes: list) -> tuple[float, float]:
@@ -128,10 +148,13 @@ def stretch_limits(planes: list) -> tuple[float, float]:
             "the planes hold no finite values; replace NaN and infinities "
             "first, e.g. np.nan_to_num(image, nan=0.0)"
         )
+    peak = max(abs(float(data.min())), abs(float(data.max())))
+    scale = peak if peak > HUGE else 1.0
+    data = data / scale
     lo, hi = (float(v) for v in np.percentile(_subsample(data), [LOW_PERCENTILE, HIGH_PERCENTILE]))
     if not hi > lo:
         lo, hi = float(data.min()), float(data.max())
-    return lo, hi
+    return lo * scale, hi * scale
 
 
 def stretch(chw: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -146,6 +169,9 @@ def stretch(chw: np.ndarray, lo: float, hi: float) -> np.ndarray:
         )
     if not hi > lo:
         return np.zeros(data.shape, np.float32)
+    peak = max(abs(lo), abs(hi))
+    if peak > HUGE:  # (hi - lo) itself may overflow: work in units of the peak
+        data, lo, hi = data / peak, lo / peak, hi / peak
     return np.clip((data - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 

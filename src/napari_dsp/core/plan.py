@@ -88,7 +88,7 @@ def plan_fit(
     allows (the early stop watches all members iteration by iteration)."""
     c = data.shape[0]
     shape = tuple(int(v) for v in data.shape[1:])
-    tile = tile_size(c, n_members, n_threads, device, shape[0] * shape[1])
+    tile = tile_size(device)
     work, radius = working_shape(data, working_size, tile)
     tiles = tuple(tile_slices(work, tile, TILE_OVERLAP))
     side = max(sl.stop - sl.start for sl, _ in tiles), max(sl.stop - sl.start for _, sl in tiles)
@@ -113,12 +113,14 @@ def plan_fit(
     need = estimate_bytes(n_pixels, c, n_members, batch_size, threads)
     have = available_memory()
     if device.type == "cpu" and have is not None and need > MEMORY_SHARE * have:
+        smaller = max(64, int(np.sqrt(n_pixels)) // 2)
         raise ValueError(
-            f"fitting this {n_pixels / 1e6:.1f}-megapixel image needs about "
-            f"{need / 1e9:.1f} GB of memory and {have / 1e9:.1f} GB is available; set a "
-            f"working_size (e.g. working_size=512, or None for automatic) to fit the "
-            f"prior on fewer pixels, crop a region, or use fewer CPU threads "
-            f"(n_threads=1)"
+            f"fitting this image in pieces of {side[0]}x{side[1]} pixels needs about "
+            f"{need / 1e9:.1f} GB of memory and {have / 1e9:.1f} GB is available now; "
+            f"close other programs, use fewer CPU threads (n_threads=1) or fewer members "
+            f"(n_members), or fit the prior on fewer pixels (working_size={smaller}); "
+            f"napari-dsp does not shrink the pieces by itself, since that would change "
+            f"the result of a given seed"
         )
     return FitPlan(device, shape, work, radius, tile, tiles, threads, int(batch_size), need, have)
 
@@ -240,29 +242,13 @@ def device_choices() -> list[tuple[str, str]]:
 
 
 # -- sizes -------------------------------------------------------------------------------
-def tile_size(
-    n_channels: int,
-    n_members: int,
-    n_threads: Optional[int],
-    device: torch.device,
-    plane_pixels: Optional[int] = None,
-) -> int:
-    """Side of the largest plane fitted in one piece: 512 on a CPU, 2048 on CUDA, less
-    where the CPU memory estimate says a piece would not fit (then more, smaller tiles)."""
-    size = TILE_SIZE.get(device.type, 512)
-    if device.type == "cpu":
-        # automatic threads are reduced down to one before a tile is made smaller
-        threads = 1 if n_threads is None else max(1, n_threads)
-
-        def piece(side: int) -> int:
-            return side * side if plane_pixels is None else min(side * side, plane_pixels)
-
-        while size > 64:
-            batch = default_batch_size(n_members, piece(size), n_channels, device)
-            if fits(estimate_bytes(piece(size), n_channels, n_members, batch, threads)):
-                break
-            size = int(size / np.sqrt(2))
-    return size
+def tile_size(device: torch.device) -> int:
+    """Side of the largest plane fitted in one piece: 512 on a CPU, 2048 on CUDA, 1024
+    on MPS. It depends on the device alone, never on the memory free at the moment: the
+    pieces a prior is fitted in change its arithmetic, and a seed must give the same
+    result whatever else the machine is doing. A plan that does not fit in memory is
+    refused by :func:`plan_fit` with what to change."""
+    return TILE_SIZE.get(device.type, 512)
 
 
 def working_shape(

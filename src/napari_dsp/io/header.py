@@ -93,14 +93,24 @@ def read_info(path) -> ImageInfo:
         For an unsupported suffix, a missing or unreadable file, a file that is not what
         its suffix says; the message starts with the path and says what to do.
     """
+    if str(path) == "-":
+        raise ImageFileError(
+            "-: reading an image from standard input is not supported; save it to a file "
+            "and pass its path"
+        )
     path = Path(path)
     suffix = path.suffix.lower()
+    if os.path.isdir(path):
+        raise ImageFileError(
+            f"{path}: is a folder; pass the image files in it (e.g. {path / '*.tif'})"
+        )
     if suffix not in READABLE:
         raise ImageFileError(
             f"{path}: unsupported file type '{suffix}' (use {', '.join(READABLE)})"
         )
     try:
         _check_regular_file(path)
+        _check_kind(path, suffix)
         if suffix in (".tif", ".tiff"):
             info = _tiff_info(path)
         elif suffix == ".npy":
@@ -140,6 +150,28 @@ def _check_regular_file(path: Path) -> None:
         raise ImageFileError(
             f"{path}: is not a regular file (a pipe or a device?); save the image to a file"
         )
+
+
+#: The first bytes of each kind of file read here, and the suffixes of that kind.
+_MAGIC = (
+    ("TIFF", (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"), (".tif", ".tiff")),
+    ("PNG", (b"\x89PNG\r\n\x1a\n",), (".png",)),
+    ("JPEG", (b"\xff\xd8\xff",), (".jpg", ".jpeg")),
+    ("NumPy", (b"\x93NUMPY",), (".npy",)),
+)
+
+
+def _check_kind(path: Path, suffix: str) -> None:
+    """A file whose first bytes say another kind than its name: refused with the name it
+    should have, whichever way round (a PNG called .tif, a TIFF called .png)."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    for kind, magics, suffixes in _MAGIC:
+        if head.startswith(magics) and suffix not in suffixes:
+            raise ImageFileError(
+                f"{path}: is a {kind} file named {suffix}; rename it to "
+                f"{path.with_suffix(suffixes[0]).name}"
+            )
 
 
 def first_line(exc: BaseException) -> str:
@@ -392,6 +424,10 @@ def _apng_frames(path: Path) -> int:
     return 1
 
 
+#: The EXIF tag of a photo's orientation (1 = as stored).
+_EXIF_ORIENTATION = 0x0112
+
+
 def _pil_info(path: Path) -> ImageInfo:
     from PIL import Image
 
@@ -403,6 +439,7 @@ def _pil_info(path: Path) -> ImageInfo:
                 mode = im.mode
                 frames = int(getattr(im, "n_frames", 1) or 1)
                 fmt = (im.format or path.suffix[1:]).lower()
+                orientation = im.getexif().get(_EXIF_ORIENTATION)
         except Image.DecompressionBombError:
             raise ImageFileError(
                 f"{path}: is an image of more pixels than Pillow opens "
@@ -415,6 +452,18 @@ def _pil_info(path: Path) -> ImageInfo:
         )
     dtype, samples, alpha = _PIL_MODES[mode]
     notes = (f"the file has {frames} frames; the first is used",) if frames > 1 else ()
+    if orientation not in (None, 1):
+        notes += (
+            f"the file's EXIF orientation ({orientation}: shown rotated or mirrored by "
+            f"photo viewers) is not applied: the labels follow the pixels as stored, as "
+            f"Fiji and napari read them",
+        )
+    if orientation not in (None, 1):
+        notes += (
+            f"the file's EXIF orientation ({orientation}: shown rotated or mirrored by "
+            f"photo viewers) is not applied: the labels follow the pixels as stored, as "
+            f"Fiji and napari read them",
+        )
     shape = (height, width) if samples == 1 else (height, width, samples)
     return ImageInfo(
         path,

@@ -5,11 +5,14 @@ batches, the dask batches and the out-of-core path alike)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
+
+from .temps import new_temp
 
 
 def path_key(path: Path, fold: bool = False) -> str:
@@ -49,3 +52,26 @@ def overlaps(outputs: Sequence, inputs: Sequence) -> list[tuple[Path, Path, str]
                     (out, src, f"lies inside the input {src}, which writing it would change")
                 )
     return found
+
+
+def probe_folder(folder: Path) -> tuple[Optional[str], bool]:
+    """Whether outputs can be written in ``folder`` (or, where it does not exist yet, in
+    its nearest existing parent, where it will be created), and whether that file system
+    ignores the case of names. Returns ``(problem or None, case_insensitive)``; leaves
+    nothing behind."""
+    base = Path(os.path.abspath(folder))
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        return f"{base} is a file, so the folder {folder} cannot be created", False
+    try:
+        tmp, fd = new_temp(base)
+    except OSError as exc:
+        return f"cannot write in {base} ({exc.strerror or exc})", False
+    try:
+        twin = tmp.with_name(tmp.name.upper())
+        return None, os.path.exists(twin)
+    finally:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)

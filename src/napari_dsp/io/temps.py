@@ -75,6 +75,20 @@ def new_temp(folder: Path) -> tuple[Path, int]:
     raise OSError(errno.EEXIST, f"cannot create a temporary file in {folder}")
 
 
+def new_temp_folder(folder: Path) -> Path:
+    """Create an empty temporary folder in ``folder``, named as :func:`new_temp` names
+    files (a zarr array written before it is moved into place); a later run removes it
+    if this process dies before (:func:`remove_stale_temps`)."""
+    for _ in range(100):
+        path = folder / f"{TEMP_PREFIX}{host_tag()}-{os.getpid()}-{secrets.token_hex(3)}.part"
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            continue
+        return path
+    raise OSError(errno.EEXIST, f"cannot create a temporary folder in {folder}")
+
+
 def _pid_alive(pid: int) -> bool:
     import psutil
 
@@ -82,9 +96,10 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_temps(folder) -> list[Path]:
-    """Remove the temporary files a killed run left in ``folder``: this machine's whose
-    process is gone, another machine's after a day, an older version's after an hour;
-    never one whose lock a running process holds. Returns the files removed."""
+    """Remove the temporary files and folders a killed run left in ``folder``: this
+    machine's whose process is gone, another machine's after a day, an older version's
+    after an hour; never a file whose lock a running process holds. Returns what was
+    removed."""
     folder = Path(folder)
     removed = []
     try:
@@ -97,7 +112,8 @@ def remove_stale_temps(folder) -> list[Path]:
         if not name.startswith(".") or not name.endswith(".part"):
             continue
         try:
-            if not entry.is_file(follow_symlinks=False):
+            is_folder = entry.is_dir(follow_symlinks=False)
+            if not (is_folder or entry.is_file(follow_symlinks=False)):
                 continue
             age = now - entry.stat(follow_symlinks=False).st_mtime
         except OSError:
@@ -108,8 +124,14 @@ def remove_stale_temps(folder) -> list[Path]:
                 not _pid_alive(int(m.group(2))) if m.group(1) == host else age > FOREIGN_TEMP_AGE
             )
         else:
-            stale = bool(_LEGACY_TEMP_RE.match(name)) and age > LEGACY_TEMP_AGE
-        if stale and _remove_unlocked(entry.path):
+            stale = not is_folder and bool(_LEGACY_TEMP_RE.match(name)) and age > LEGACY_TEMP_AGE
+        if stale and is_folder and m:  # a zarr array of a dead run (no lock on folders)
+            import shutil
+
+            shutil.rmtree(entry.path, ignore_errors=True)
+            if not os.path.exists(entry.path):
+                removed.append(Path(entry.path))
+        elif stale and _remove_unlocked(entry.path):
             removed.append(Path(entry.path))
     return removed
 
@@ -135,7 +157,7 @@ def name_max(folder: Path) -> int:
     parent) allows."""
     folder = Path(os.path.abspath(folder))
     for candidate in (folder, *folder.parents):
-        if candidate.exists():
+        if os.path.exists(candidate):  # False for a name too long, where .exists() raises
             try:
                 return int(os.pathconf(candidate, "PC_NAME_MAX"))
             except (OSError, ValueError, AttributeError):
