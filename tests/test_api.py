@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -401,3 +402,12 @@ def test_torch_tensors_are_taken_by_every_entry_point_whatever_their_grad_and_dt
     prior = fit_prior(image.astype(np.float32), **TINY)
     again = segment(tensor, prior=torch.tensor(prior.prior), **TINY)
     assert again.shape == (48, 48)
+    pytest.importorskip("zarr")
+    import tempfile
+
+    from napari_dsp.large import segment_stack_to_zarr
+
+    out = segment_stack_to_zarr(
+        torch.stack([tensor, tensor]).detach(), Path(tempfile.mkdtemp()) / "t.zarr", **TINY
+    )
+    assert out.exists()

@@ -515,4 +515,6 @@ def test_a_photo_s_exif_orientation_is_noted_not_applied(tmp_path):
     photo.save(tmp_path / "photo.jpg", exif=exif)
     info = io.read_info(tmp_path / "photo.jpg")
     assert info.shape == (32, 40, 3)  # the pixels as stored, as Fiji and napari read them
-    assert any("EXIF orientation (6" in note and "not applied" in note for note in info.notes)
+    assert [n for n in info.notes if "EXIF orientation (6" in n and "not applied" in n] == [
+        next(n for n in info.notes if "EXIF" in n)
+    ] and sum("EXIF" in n for n in info.notes) == 1

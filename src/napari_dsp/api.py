@@ -39,7 +39,7 @@ from .results import (
     prior_seed,
     resolve_seed,
 )
-from .settings import PRIOR_SETTINGS, Settings, make_settings, without_unwatched_previews
+from .settings import PRIOR_SETTINGS, RENAMED, Settings, make_settings, without_unwatched_previews
 
 PriorLike = Union[PriorResult, np.ndarray]
 
@@ -405,7 +405,11 @@ def _cluster_prior(
             **{
                 **settings.to_dict(),
                 "settle": 0.0,
-                **{k: v for k, v in fitted.items() if k in PRIOR_SETTINGS},
+                **{
+                    RENAMED.get(k, k): v  # a prior written before the names changed
+                    for k, v in fitted.items()
+                    if RENAMED.get(k, k) in PRIOR_SETTINGS
+                },
             }
         )  # older: no stop
     meta = make_metadata(

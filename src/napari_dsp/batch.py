@@ -195,23 +195,26 @@ def interrupted(job: Job, present: Sequence[Path]) -> bool:
     the labels, or with a file of anyone else's, is left alone."""
     if job.labels in present:
         return False
-    return all(_written_for(Path(p), job.source) for p in present)
+    return all(_written_for(Path(p), job) for p in present)
 
 
-def _written_for(path: Path, source: Path) -> bool:
+def _written_for(path: Path, job: Job) -> bool:
+    """``path`` is napari-dsp's own output for ``job``: a sidecar naming this very input
+    file, or a TIFF written by napari-dsp whose stamp names this input and its sidecar."""
     import json
 
     try:
         if path.suffix.lower() == ".json":
             meta = json.loads(path.read_text(encoding="utf-8"))
-            return Path(str(meta.get("input_file", ""))).name == source.name
+            named = meta.get("input_file")
+            return isinstance(named, str) and path_key(Path(named)) == path_key(job.source)
         if not _io.read_info(path).written_by_us:
             return False
         import tifffile
 
         with tifffile.TiffFile(path) as tif:
-            stamp = (tif.imagej_metadata or {}).get("Info")
-        return stamp is None or json.loads(stamp).get("source") == source.name
+            stamp = json.loads((tif.imagej_metadata or {}).get("Info") or "{}")
+        return stamp.get("source") == job.source.name and stamp.get("sidecar") == job.sidecar.name
     except (OSError, ValueError, TypeError, AttributeError, _io.ImageFileError):
         return False
 
@@ -303,7 +306,7 @@ def run_job(
             f"written; it is run again, replacing its "
             f"{', '.join(p.name for p in present)}"
         )
-        overwrite = True
+        overwrite = present  # those files only: anything else that appears is kept
     from .core.memory import available_memory
 
     volumetric = settings.volumetric

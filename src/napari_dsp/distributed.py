@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -73,22 +72,17 @@ def safe_import_path():
     worker and resource-tracker processes with ``python -c ...``, whose first import
     path is the working folder: a file there named like a module (``pickle.py``,
     ``multiprocessing.py``) would be run in every worker. Python's safe-path mode
-    (``PYTHONSAFEPATH``, 3.11+) leaves that folder out; it stays set for this process's
-    later children (a worker restarted by its nanny). Before 3.11, the processes are
-    started from an empty private folder instead."""
+    (``PYTHONSAFEPATH``) leaves that folder out: it is in the environment while the
+    cluster starts (the nanny's restarts get it through their own ``env``), and this
+    process's environment is given back as it was afterwards (dask's own settings for
+    its workers included), so nothing else this process starts later is affected."""
+    before = dict(os.environ)
     os.environ["PYTHONSAFEPATH"] = "1"
-    if sys.version_info >= (3, 11):
+    try:
         yield
-        return
-    import tempfile
-
-    here = os.getcwd()
-    with tempfile.TemporaryDirectory(prefix="napari-dsp-start-") as empty:
-        os.chdir(empty)
-        try:
-            yield
-        finally:
-            os.chdir(here)
+    finally:
+        os.environ.clear()
+        os.environ.update(before)
 
 
 def local_workers(asked: int) -> tuple[int, Optional[str]]:
@@ -96,7 +90,7 @@ def local_workers(asked: int) -> tuple[int, Optional[str]]:
     may use (each fits on one core; more only take turns on the same cores, and every
     worker holds its own torch and a fit's memory). Returns the number and, when it is
     fewer than asked, the sentence that says so."""
-    from .core.plan import cores
+    from .core.memory import cores
 
     n = min(int(asked), cores())
     if n == asked:
@@ -148,6 +142,7 @@ def connect(scheduler: str, *, timeout: Optional[float] = None, note=None):
                     processes=True,
                     dashboard_address=":0",
                     silence_logs=logging.CRITICAL,
+                    env={"PYTHONSAFEPATH": "1"},  # workers restarted later too
                 )
         except Exception as exc:  # ports, memory, a broken environment
             raise SchedulerError(

@@ -53,7 +53,9 @@ STEPS_PER_FIT = 1000
 
 def open_source(source):
     """An array-like for ``source``: a path to a TIFF (read lazily through tifffile's
-    zarr store, one plane at a time) or a zarr store; arrays are returned as they are."""
+    zarr store, one plane at a time) or a zarr store; a torch tensor as a numpy array;
+    other arrays as they are."""
+    source = _image.from_torch(source)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if path.suffix.lower() in (".tif", ".tiff"):
@@ -156,6 +158,9 @@ def segment_stack_to_zarr(
         For a bad stack, settings or output (nothing is written then).
     FileExistsError
         ``output`` exists and ``overwrite`` is False.
+    PermissionError
+        ``output``'s folder cannot be written (or a file stands where it should be);
+        said at the call, before anything is fitted.
     """
     check_callback(progress)
     s = make_settings(settings, **overrides)
@@ -169,22 +174,41 @@ def segment_stack_to_zarr(
 
 def stored_at(image) -> list[Path]:
     """Where on disk ``image`` is read from: its path, the folder of a zarr array, or
-    the zarr arrays a dask array reads (as far as can be told; an array in memory has
-    none)."""
+    the zarr arrays a dask array reads, found anywhere in its task graph (as a layer of
+    the graph, or inlined into the tasks' arguments); empty for an array in memory."""
     if isinstance(image, (str, os.PathLike)):
         return [Path(image)]
-    found = []
-    arrays = [image]
+    found: list = []
+    seen: set = set()
+
+    def visit(value, depth: int = 0) -> None:
+        if depth > 6 or id(value) in seen:
+            return
+        seen.add(id(value))
+        store = getattr(value, "store", None)
+        if store is not None and not isinstance(value, type):
+            root = getattr(store, "root", None) or getattr(store, "path", None)
+            if isinstance(root, (str, os.PathLike)):
+                found.append(Path(root) / (getattr(value, "path", "") or ""))
+        if isinstance(value, dict):
+            items = value.values()
+        elif isinstance(value, (list, tuple, set)):
+            items = value
+        else:  # a dask task: its arguments; a data node: what it holds
+            items = [*getattr(value, "args", ()), *getattr(value, "kwargs", {}).values()]
+            if type(value).__name__ == "DataNode":
+                items.append(getattr(value, "value", None))
+        for item in items:
+            if not isinstance(item, (str, bytes, int, float, np.ndarray)):
+                visit(item, depth + 1)
+
+    visit(image)
     graph = getattr(image, "dask", None)
     if graph is not None:
         with contextlib.suppress(Exception):
-            arrays += [v for v in dict(graph).values() if hasattr(v, "store")]
-    for arr in arrays:
-        store = getattr(arr, "store", None)
-        root = getattr(store, "root", None) or getattr(store, "path", None)
-        if isinstance(root, (str, os.PathLike)):
-            found.append(Path(root) / (getattr(arr, "path", "") or ""))
-    return found
+            for value in dict(graph).values():
+                visit(value)
+    return list(dict.fromkeys(found))
 
 
 def _check_call(settings: Settings, output, n_sample: int, overwrite: bool, image=None) -> Path:
@@ -204,7 +228,14 @@ def _check_call(settings: Settings, output, n_sample: int, overwrite: bool, imag
     problem, _ = probe_folder(output.parent)
     if problem:
         raise PermissionError(f"{output}: {problem}; choose another folder for the labels")
-    problems = overlaps([output], stored_at(image))
+    sources = stored_at(image)
+    problems = overlaps([output], sources)
+    if not sources and hasattr(image, "dask") and overwrite and os.path.lexists(output):
+        raise ValueError(
+            f"{output} exists and where this dask array reads its data could not be "
+            f"told, so it might be that very store: write the labels to a new .zarr, or "
+            f"remove {output} first"
+        )
     if problems:
         raise ValueError(
             "; ".join(f"{out} {what}" for out, _src, what in problems)
@@ -340,13 +371,18 @@ def _to_zarr(
                 )
                 fitted += index not in priors
                 out[index] = labels
+                os.utime(tmp)  # alive: a run elsewhere on a shared folder leaves it alone
                 yield overall(fitted, k)(FitProgress(0, 1))
         else:
             counts = yield from _run_planes(
                 client, source_ref, source, stack, model, priors, str(tmp), overall
             )
         if s.instances:  # numbered over the stack, plane by plane, as in memory
-            _number_over_the_stack(zarr.open_array(str(tmp), mode="r+"), stack.planes, counts)
+            renumbering = _number_over_the_stack(
+                zarr.open_array(str(tmp), mode="r+"), stack.planes, counts
+            )
+            for k in renumbering:  # a report per plane: a cancel takes effect between them
+                yield overall(n, k)(FitProgress(0, 1))
         axes = _axes(stack)
         meta = make_metadata(
             s,
@@ -376,15 +412,17 @@ def _to_zarr(
     return output, meta
 
 
-def _number_over_the_stack(out, planes: list, counts: dict) -> None:
+def _number_over_the_stack(out, planes: list, counts: dict):
     """Plane by plane (bounded memory), the ids ``1..n`` each plane was written with
     become ids unique over the stack: the rule of
-    :func:`napari_dsp.core.postprocess.label_objects`, which the in-memory path uses."""
+    :func:`napari_dsp.core.postprocess.label_objects`, which the in-memory path uses.
+    Yields each plane's position as it is done."""
     offset = 0
-    for index in planes:
+    for k, index in enumerate(planes):
         if offset and counts[index]:
             out[index] = offset_ids(np.asarray(out[index]), offset)
         offset += counts[index]
+        yield k
 
 
 def _run_planes(client, source_ref, source, stack, model, priors, store, overall):
@@ -414,6 +452,7 @@ def _run_planes(client, source_ref, source, stack, model, priors, store, overall
             index, count = future.result()
             counts[index] = count
             fitted += index not in priors
+            os.utime(store)  # alive (see the local loop)
             yield overall(fitted, position[index])(FitProgress(0, 1))
     except BaseException:
         for future in futures:

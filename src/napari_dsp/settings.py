@@ -478,8 +478,9 @@ class Settings:
         scaled down for the fit (antialiased) and the prior scaled back up (bilinear).
         ``None``: automatic (full resolution up to one tile; beyond, scaled down while the
         estimated object radius stays >= 3 pixels, never below one tile); ``0``: full
-        resolution. Working planes larger than a tile (512 on a CPU, 2048 on CUDA, less
-        when memory is short) are fitted in overlapping tiles blended linearly.
+        resolution. Working planes larger than a tile (512 on a CPU, 2048 on CUDA,
+        whatever the memory free: a plan that does not fit is refused) are fitted in
+        overlapping tiles blended linearly.
     seed : int or None
         Seed of every random choice; ``None`` draws one (reported in the result).
     device : {'auto', 'cpu', 'cuda', 'cuda:N', 'mps'}

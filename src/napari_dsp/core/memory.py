@@ -8,6 +8,7 @@ for a sub-cgroup, as some batch systems do without a cgroup namespace, is not se
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 
@@ -51,3 +52,11 @@ def cgroup_memory_left(files=CGROUP_FILES) -> Optional[float]:
             return None
         return max(0.0, limit - usage)
     return None
+
+
+def cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1

@@ -13,7 +13,6 @@ Memory available is :func:`napari_dsp.core.memory.available_memory`.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 
 from . import image as _image
-from .memory import CGROUP_FILES, available_memory, cgroup_memory_left  # noqa: F401
+from .memory import CGROUP_FILES, available_memory, cgroup_memory_left, cores  # noqa: F401
 
 #: Largest plane fitted in one piece (pixels a side), and the tile size beyond it: on a
 #: CPU a 512 x 512 fit takes about a minute on two cores and 1.7 GB; a GPU handles
@@ -287,14 +286,6 @@ def tile_slices(shape: tuple[int, int], tile: int, overlap: int) -> list[tuple[s
 
 
 # -- parallelism -------------------------------------------------------------------------
-def cores() -> int:
-    """CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
 def default_threads(n_members: int, n_pixels: int) -> int:
     """CPU threads sharing the ensemble: one per core (at most one per member), each
     with a single-threaded torch; one for small planes, single members and single-core

@@ -458,12 +458,6 @@ def _pil_info(path: Path) -> ImageInfo:
             f"photo viewers) is not applied: the labels follow the pixels as stored, as "
             f"Fiji and napari read them",
         )
-    if orientation not in (None, 1):
-        notes += (
-            f"the file's EXIF orientation ({orientation}: shown rotated or mirrored by "
-            f"photo viewers) is not applied: the labels follow the pixels as stored, as "
-            f"Fiji and napari read them",
-        )
     shape = (height, width) if samples == 1 else (height, width, samples)
     return ImageInfo(
         path,

@@ -34,24 +34,38 @@ def overlaps(outputs: Sequence, inputs: Sequence) -> list[tuple[Path, Path, str]
     """The one rule every entry point that writes applies before it computes anything:
     no output is an input (the same path, however spelt, or a hard link to it),
     contains one (replacing a folder such as a zarr store would remove it), or lies
-    inside one (it would be written into the input). Returns ``(output, input, what
-    would happen)`` for each such pair."""
-    keys = [(Path(src), path_key(src), inode_of(src)) for src in inputs]
+    inside one (it would be written into the input). Paths are compared by their
+    spelling and by the file system's identity of every folder on the way, so another
+    spelling that names the same place (a link, another case on macOS or Windows) is
+    caught too. Returns ``(output, input, what would happen)`` for each such pair."""
     found = []
     for out in (Path(p) for p in outputs):
         key, inode = path_key(out), inode_of(out)
-        for src, src_key, src_inode in keys:
+        out_chain = _identities(out)
+        for src in (Path(p) for p in inputs):
+            src_key, src_inode = path_key(src), inode_of(src)
             if key == src_key or (inode is not None and inode == src_inode):
                 found.append((out, src, f"would replace the input {src}"))
-            elif src_key.startswith(key.rstrip(os.sep) + os.sep):
+            elif src_key.startswith(key.rstrip(os.sep) + os.sep) or (
+                inode is not None and inode in _identities(src)[1:]
+            ):
                 found.append(
                     (out, src, f"contains the input {src}, which replacing it would remove")
                 )
-            elif key.startswith(src_key.rstrip(os.sep) + os.sep):
+            elif key.startswith(src_key.rstrip(os.sep) + os.sep) or (
+                src_inode is not None and src_inode in out_chain[1:]
+            ):
                 found.append(
                     (out, src, f"lies inside the input {src}, which writing it would change")
                 )
     return found
+
+
+def _identities(path: Path) -> list:
+    """The file system's identity (device, inode) of ``path`` and of every folder above
+    it, nearest first (None where one does not exist)."""
+    real = Path(os.path.abspath(path))
+    return [inode_of(p) for p in (real, *real.parents)]
 
 
 def probe_folder(folder: Path) -> tuple[Optional[str], bool]:

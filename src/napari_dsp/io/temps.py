@@ -97,9 +97,10 @@ def _pid_alive(pid: int) -> bool:
 
 def remove_stale_temps(folder) -> list[Path]:
     """Remove the temporary files and folders a killed run left in ``folder``: this
-    machine's whose process is gone, another machine's after a day, an older version's
-    after an hour; never a file whose lock a running process holds. Returns what was
-    removed."""
+    machine's whose process is gone, another machine's after a day without a change (a
+    run writing a temporary folder touches it as each plane is written), an older
+    version's after an hour; never a file whose lock a running process holds. Returns
+    what was removed."""
     folder = Path(folder)
     removed = []
     try:

@@ -35,8 +35,13 @@ class Staged:
     ...     out.commit()
     """
 
-    def __init__(self, overwrite: bool = False):
-        self.overwrite = bool(overwrite)
+    def __init__(self, overwrite=False):
+        """``overwrite``: True replaces any existing output; a collection of paths
+        replaces those only (what an interrupted run of the same job left)."""
+        if isinstance(overwrite, bool):
+            self.overwrite, self._replace = overwrite, frozenset()
+        else:
+            self.overwrite, self._replace = False, frozenset(Path(p) for p in overwrite)
         self._files: list[tuple[Path, Path]] = []
         self._fds: list[int] = []
 
@@ -45,6 +50,10 @@ class Staged:
 
     def __exit__(self, *exc) -> None:
         self.discard()
+
+    def replaces(self, path) -> bool:
+        """Whether ``path`` may be replaced if it exists."""
+        return self.overwrite or Path(path) in self._replace
 
     def discard(self) -> None:
         for tmp, _ in self._files:
@@ -57,7 +66,7 @@ class Staged:
 
     def _stage(self, path, write: Callable[[Path], None]) -> Path:
         path = Path(path)
-        if not self.overwrite and os.path.lexists(path):
+        if not self.replaces(path) and os.path.lexists(path):
             raise OutputExistsError(errno.EEXIST, "exists (use overwrite to replace it)", str(path))
         if os.path.isdir(path):
             raise IsADirectoryError(
@@ -118,9 +127,9 @@ class Staged:
         backups: list[tuple[Path, Path]] = []
         try:
             for tmp, path in self._files:
-                if self.overwrite and os.path.lexists(path):
+                if self.replaces(path) and os.path.lexists(path):
                     backups.append((self._backup(path), path))
-                commit_file(tmp, path, self.overwrite)
+                commit_file(tmp, path, self.replaces(path))
                 placed.append(path)
         except BaseException:
             backed = {path: bak for bak, path in backups}
