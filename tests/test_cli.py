@@ -440,3 +440,23 @@ def test_version_and_names_too_long_for_the_file_system(tmp_path, capsys):
         assert main(["segment", str(tmp_path / "a.tif"), "-o", str(output), "--quiet"]) == 2
         err = capsys.readouterr().err
         assert "bytes long; the file system allows" in err and "Errno" not in err, err
+
+
+def test_ctrl_c_while_the_command_starts_is_one_line_not_a_traceback(tmp_path):
+    """A Ctrl-C in the first second lands while numpy and tifffile load: the command
+    says it stopped (exit 130), as it does later, instead of a KeyboardInterrupt
+    traceback. The interrupt is raised by an import hook at that very moment."""
+    code = (
+        "import sys\n"
+        "class Interrupt:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'napari_dsp.cli.common':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, Interrupt())\n"
+        "from napari_dsp.cli import main\n"
+        f"sys.exit(main(['segment', {str(tmp_path / 'a.tif')!r}, '-o', {str(tmp_path / 'o')!r}]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 130, proc.stderr
+    assert "stopped by SIGINT while starting; nothing was written" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "o").exists()

@@ -16,8 +16,6 @@ import sys
 from collections.abc import Sequence
 from typing import Optional
 
-from .common import SIGNALS, error
-from .parser import build_parser
 from .signals import Stopped
 
 __all__ = ["main"]
@@ -25,7 +23,19 @@ __all__ = ["main"]
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``napari-dsp`` command; returns the exit status (128 + the
-    signal's number when SIGINT, SIGTERM or SIGHUP stopped it)."""
+    signal's number when SIGINT, SIGTERM or SIGHUP stopped it).
+
+    Importing this package loads the standard library only: the rest is imported here,
+    where a Ctrl-C in the first second (numpy, tifffile... loading) ends the run with
+    the same one line as later, not with a traceback."""
+    try:
+        from .common import SIGNALS, error
+        from .parser import build_parser
+    except KeyboardInterrupt:
+        print(
+            "\nnapari-dsp: stopped by SIGINT while starting; nothing was written", file=sys.stderr
+        )
+        return 128 + int(signal.SIGINT)
     parser = build_parser()
     args = parser.parse_args(argv)
     SIGNALS.install()
