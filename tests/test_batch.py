@@ -703,3 +703,29 @@ def test_a_set_left_by_a_run_killed_while_placing_its_outputs_is_redone(tmp_path
     assert main(args) == 0
     assert "2 skipped" in capsys.readouterr().err
     assert not (out / "b_labels.tif").exists()
+
+
+def test_ctrl_c_twice_stops_a_batch_once_and_cleanly(tmp_path):
+    """A second SIGINT while the first one's clean-up joins the fitting threads used to
+    abort the process ('terminate called without an active exception', exit 134)."""
+    for i in range(3):
+        tifffile.imwrite(tmp_path / f"s{i}.tif", disc((64, 64), seed=i)[0])
+    args = [str(tmp_path / f"s{i}.tif") for i in range(3)] + ["-o", str(tmp_path / "o")]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "napari_dsp.cli", "segment", *args, "--iterations", "2000",
+         "--members", "2", "--threads", "2", "--seed", "0", "--device", "cpu"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    err_seen = StreamReader(proc.stderr)
+    try:
+        err_seen.wait_for(lambda text: "iteration" in text, proc, timeout=120)
+        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = err_seen.text()
+    assert proc.returncode == 130, err
+    assert "terminate called" not in err and "Traceback" not in err
+    assert err.count("stopped by SIGINT") == 1

@@ -330,3 +330,36 @@ def test_a_killed_run_s_unfinished_array_is_removed_by_the_next_run(tmp_path):
     [left] = [p for p in tmp_path.glob(".napari-dsp-*.part") if p.is_dir()]
     segment_stack_to_zarr(planes(2), tmp_path / "other.zarr", **TINY)
     assert not left.exists() and list(tmp_path.glob(".napari-dsp-*.part")) == []
+
+
+def test_a_file_s_channels_are_never_taken_as_planes(tmp_path):
+    """A ZCYX OME-TIFF or ImageJ hyperstack given by its path: the file's axes say
+    which is the channel axis, as the command line reads it (the channels became planes:
+    a (3, 2, Y, X) result labelled TZYX)."""
+    g = planes(1)[0]
+    st = np.stack([np.stack([g, g.max() - g]) for _ in range(3)])  # Z=3, C=2
+    tifffile.imwrite(tmp_path / "z.ome.tif", st, metadata={"axes": "ZCYX"})
+    tifffile.imwrite(tmp_path / "z_ij.tif", st, imagej=True, metadata={"axes": "ZCYX"})
+    for name in ("z.ome.tif", "z_ij.tif"):
+        z = read(segment_stack_to_zarr(tmp_path / name, tmp_path / f"{name}.zarr", **TINY))
+        assert z.shape == (3, 64, 64) and z.attrs["axes"] == "ZYX"
+
+
+def test_overwrite_replaces_only_a_label_array_napari_dsp_wrote(tmp_path):
+    """overwrite=True once emptied any folder named like the output (notes.txt gone)."""
+    foreign = tmp_path / "results.zarr"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not a label array napari-dsp wrote"):
+        segment_stack(planes(2), out=foreign, overwrite=True, **TINY)
+    assert (foreign / "notes.txt").read_text() == "mine"
+    ours = tmp_path / "labels.zarr"
+    segment_stack(planes(2), out=ours, **TINY)
+    segment_stack(planes(2, seed=3), out=ours, overwrite=True, **TINY)  # ours: replaced
+
+
+def test_an_empty_or_ragged_stack_says_what_to_change():
+    with pytest.raises(ValueError, match="at least one plane"):
+        segment_stack(np.zeros((0, 64, 64)), **TINY)
+    with pytest.raises(ValueError, match="different sizes"):
+        segment_stack([planes(1)[0], planes(1)[0][:48, :48]], **TINY)

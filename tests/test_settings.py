@@ -143,3 +143,10 @@ def test_types_are_checked_from_the_annotations_not_their_text():
         Settings(texture=1)
     with pytest.raises(ValueError, match="settle must be a finite number"):
         Settings(settle=float("nan"))
+
+
+def test_an_old_name_and_its_new_name_together_are_refused():
+    with pytest.raises(TypeError, match="'n_runs' is the old name of 'n_members'"):
+        make_settings(n_runs=3, n_members=2)
+    with pytest.raises(ValueError, match="at most 4294967295,"):
+        Settings(seed=2**64)

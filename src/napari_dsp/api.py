@@ -431,7 +431,10 @@ def _as_prior_result(prior: PriorLike, inp: Optional[_Input], channel_axis) -> P
         arr = np.asarray(_image.from_torch(prior))
         if arr.dtype.kind not in "fiub":
             raise TypeError(f"prior must be a PriorResult or a real array, got dtype {arr.dtype}")
-        chw = _image.to_channels_first(arr, channel_axis)
+        try:
+            chw = _image.to_channels_first(arr, channel_axis)
+        except ValueError as exc:  # its messages speak of "image"
+            raise ValueError(f"prior: {exc}".replace("image is", "it is")) from None
         if not np.all(np.isfinite(chw)):
             raise ValueError(
                 "prior contains NaN or infinite values; pass the prior returned by fit_prior"

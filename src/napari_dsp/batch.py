@@ -116,11 +116,11 @@ def plan_batch(
             continue
         seen[key] = p
         unique.append(p)
-    names_a_file = output.suffix.lower() in FILE_SUFFIXES and not output.is_dir()
+    names_a_file = output.suffix.lower() in FILE_SUFFIXES and not os.path.isdir(output)
     if (
         output.suffix.lower() in _io.READABLE + (".json",)
         and not names_a_file
-        and not output.is_dir()
+        and not os.path.isdir(output)
     ):
         raise BatchError(
             f"-o {output}: label images are written as TIFF; pass a .tif file name or a folder"
@@ -129,7 +129,7 @@ def plan_batch(
         raise BatchError(
             f"-o {output} names one file, but {len(unique)} inputs were given; pass a folder for -o"
         )
-    if not names_a_file and output.exists() and not output.is_dir():
+    if not names_a_file and os.path.exists(output) and not os.path.isdir(output):
         raise BatchError(
             f"-o {output} is a file; pass a folder (or a .tif name for a single input)"
         )
@@ -160,7 +160,7 @@ def plan_batch(
         problems.extend(
             f"{path} is a folder; an output file cannot replace it"
             for path in job.outputs
-            if path.is_dir()
+            if os.path.isdir(path)
         )
     limit = {folder: name_max(folder) for folder in folders}
     for job in jobs:

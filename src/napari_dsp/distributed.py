@@ -63,6 +63,11 @@ def parse_scheduler(text: str) -> tuple[str, Any]:
         raise ValueError(
             "--scheduler needs local:N or a scheduler's address such as tcp://host:8786"
         )
+    if "://" not in text and ":" not in text:
+        raise ValueError(
+            f"--scheduler {text}: write local:N (e.g. local:4), or a scheduler's address "
+            f"with its port, such as tcp://host:8786"
+        )
     return "address", text
 
 
@@ -157,7 +162,7 @@ def connect(scheduler: str, *, timeout: Optional[float] = None, note=None):
         timeout = parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"))
     try:
         return distributed.Client(value, timeout=timeout)
-    except (OSError, TimeoutError, ValueError) as exc:
+    except Exception as exc:  # not a dask scheduler there (an HTTP server...), refused...
         raise SchedulerError(
             f"cannot reach the dask scheduler at {value} within {timeout:g} s ({exc}); "
             f"check the address and that the scheduler runs (dask scheduler), or use "
@@ -336,6 +341,13 @@ def segment_files(
     napari_dsp.batch.BatchError
         When the batch is refused (nothing was submitted).
     """
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]  # one file, not its characters
+    if not hasattr(client, "submit"):
+        raise TypeError(
+            f"client must be a distributed.Client (napari_dsp.distributed.connect('local:2') "
+            f"or an address), got {type(client).__name__}"
+        )
     from .settings import make_settings
 
     settings = make_settings(settings, **overrides)

@@ -28,6 +28,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from . import io as _io
 from .core import image as _image
 from .core.postprocess import label_dtype, offset_ids
 from .core.progress import FitProgress, ProgressCallback, check_callback, drain, relay
@@ -165,6 +166,7 @@ def segment_stack_to_zarr(
     check_callback(progress)
     s = make_settings(settings, **overrides)
     output = _check_call(s, output, n_sample, overwrite, image)
+    channel_axis = channel_axis_of(image, channel_axis)
     output, meta = drain(
         _iter_to_zarr(image, output, s, channel_axis, client, n_sample, overwrite), progress
     )
@@ -211,6 +213,28 @@ def stored_at(image) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
+def channel_axis_of(image, channel_axis: Optional[int]) -> Optional[int]:
+    """The channel axis of a TIFF given by its path, from the axes its OME or ImageJ
+    metadata names (C, or S for samples), as the command line reads it: a channel axis
+    is never taken as planes. An axis given by the caller, or an array, is left as it
+    is."""
+    if channel_axis is not None or not isinstance(image, (str, os.PathLike)):
+        return channel_axis
+    if Path(image).suffix.lower() not in (".tif", ".tiff"):
+        return None
+    info = _io.read_info(image)
+    axes = info.axes or ""
+    if len(axes) != len(info.shape):
+        return None
+    channels = [i for i, (a, n) in enumerate(zip(axes, info.shape)) if a in "CS" and n > 1]
+    if len(channels) > 1:
+        raise ValueError(
+            f"{image}: has both channels and samples (axes {axes}); save one of them, or "
+            f"pass channel_axis=..."
+        )
+    return channels[0] if channels else None
+
+
 def _check_call(settings: Settings, output, n_sample: int, overwrite: bool, image=None) -> Path:
     if settings.method != "kmeans":
         raise ValueError("segment_stack_to_zarr supports method='kmeans' only")
@@ -241,11 +265,27 @@ def _check_call(settings: Settings, output, n_sample: int, overwrite: bool, imag
             "; ".join(f"{out} {what}" for out, _src, what in problems)
             + ": write the labels to another .zarr, outside the input"
         )
-    if output.exists() and not overwrite:
+    if os.path.lexists(output) and not overwrite:
         raise FileExistsError(
             f"{output} exists; pass overwrite=True to replace it, or another name"
         )
+    if os.path.lexists(output) and not ours(output):
+        raise FileExistsError(
+            f"{output} exists and is not a label array napari-dsp wrote (overwrite=True "
+            f"replaces only those, never other data); choose another name, or remove it "
+            f"yourself"
+        )
     return output
+
+
+def ours(path: Path) -> bool:
+    """Whether ``path`` is a zarr array napari-dsp wrote (its attributes say so)."""
+    try:
+        import zarr
+
+        return "napari_dsp" in dict(zarr.open_array(str(path), mode="r").attrs)
+    except Exception:  # not a zarr array, unreadable, zarr missing
+        return False
 
 
 def iter_segment_stack_to_zarr(
@@ -268,6 +308,7 @@ def iter_segment_stack_to_zarr(
 
     s = make_settings(settings, **overrides)
     output = _check_call(s, output, n_sample, overwrite, image)
+    channel_axis = channel_axis_of(image, channel_axis)
     from .planes import StackLayout
 
     probe = open_source(image)  # the stack's axes and dtype, checked now
@@ -481,10 +522,11 @@ def _axes(stack) -> str:
 
 
 def _move_into_place(tmp: Path, output: Path, overwrite: bool) -> None:
-    if output.exists():
-        if not overwrite:
+    if os.path.lexists(output):
+        if not overwrite or not ours(output):
             raise FileExistsError(
-                f"{output} appeared while the stack was segmented; the result was not written"
+                f"{output} appeared while the stack was segmented (or is not napari-dsp's); "
+                f"the result was not written"
             )
         aside = output.with_name(f".{output.name}.{os.urandom(3).hex()}.old")
         os.rename(output, aside)

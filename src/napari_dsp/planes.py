@@ -17,7 +17,15 @@ class StackLayout:
     plane's layout."""
 
     def __init__(self, image, channel_axis: Optional[int]):
-        self.shape = shape = tuple(int(v) for v in np.shape(image))
+        try:
+            self.shape = shape = tuple(int(v) for v in np.shape(image))
+        except ValueError:  # numpy: "inhomogeneous shape"
+            raise ValueError(
+                "the planes given have different sizes; pass planes of one height and width "
+                "(crop or pad them), or segment them one at a time"
+            ) from None
+        if 0 in shape:
+            raise ValueError(f"image has shape {shape}: a stack needs at least one plane of pixels")
         ndim = len(shape)
         if channel_axis is not None:
             _image.check_axis_type(channel_axis)

@@ -635,7 +635,8 @@ def _check(name: str, value: Any) -> None:
     if spec.minimum is not None and value < spec.minimum:
         raise ValueError(f"{name} must be at least {spec.minimum:g}, got {value!r}")
     if spec.maximum is not None and value > spec.maximum:
-        raise ValueError(f"{name} must be at most {spec.maximum:g}, got {value!r}")
+        top = int(spec.maximum) if float(spec.maximum).is_integer() else spec.maximum
+        raise ValueError(f"{name} must be at most {top}, got {value!r}")
 
 
 #: name -> (type, optional), resolved at the first check (see :func:`_types`)
@@ -656,6 +657,8 @@ def make_settings(settings: Optional[Settings] = None, **overrides: Any) -> Sett
     elif not isinstance(settings, Settings):
         raise TypeError(f"settings must be a napari_dsp.Settings, got {type(settings).__name__}")
     for old, new in RENAMED.items():
+        if old in overrides and new in overrides:
+            raise TypeError(f"{old!r} is the old name of {new!r}; pass {new!r} only")
         if old in overrides:
             import warnings
 

@@ -30,8 +30,10 @@ class Signals:
         self.holding = False
         self.pending: Optional[int] = None
         self.previous: dict = {}
+        self.stopping = False
 
     def install(self) -> None:
+        self.stopping = False
         for name in self.NAMES:
             sig = getattr(signal, name, None)
             if sig is None or signal.getsignal(sig) is signal.SIG_IGN:
@@ -47,9 +49,14 @@ class Signals:
         self.previous = {}
 
     def _handle(self, signum, frame) -> None:
+        if self.stopping:
+            # already stopping: a second Ctrl-C must not interrupt the clean-up (the
+            # fitting threads being joined; torch aborted the process when they were not)
+            return
         if self.holding:
             self.pending = signum
             return
+        self.stopping = True
         raise Stopped(signum)
 
     @contextlib.contextmanager
@@ -61,4 +68,5 @@ class Signals:
             self.holding = False
             if self.pending is not None:
                 signum, self.pending = self.pending, None
+                self.stopping = True
                 raise Stopped(signum)

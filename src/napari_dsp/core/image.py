@@ -31,6 +31,8 @@ def from_torch(image):
     """A torch tensor as a numpy array: detached from any graph (``requires_grad``), on
     the CPU, bfloat16 as float32 (numpy has no bfloat16); anything else as it is. Every
     entry point takes tensors alike."""
+    if isinstance(image, np.ma.MaskedArray):
+        return image  # refused where it is read, with what to do
     if type(image).__module__.startswith("torch") and hasattr(image, "detach"):
         import torch
 
@@ -48,6 +50,11 @@ def to_channels_first(image, channel_axis: Optional[int] = None) -> np.ndarray:
     3 or 4 entries (RGB/RGBA, alpha dropped).
     """
     image = from_torch(image)
+    if isinstance(image, np.ma.MaskedArray):
+        raise TypeError(
+            "image is a masked array; its mask would be ignored: pass image.filled(value) "
+            "(a value the background has), or the plain data"
+        )
     if hasattr(image, "__array__") and not isinstance(image, np.ndarray):
         image = np.asarray(image)
     if not isinstance(image, np.ndarray):
