@@ -165,8 +165,7 @@ def segment_stack_to_zarr(
     """
     check_callback(progress)
     s = make_settings(settings, **overrides)
-    output = _check_call(s, output, n_sample, overwrite, image)
-    channel_axis = channel_axis_of(image, channel_axis)
+    output, channel_axis = _check_call(s, output, n_sample, overwrite, image, channel_axis)
     output, meta = drain(
         _iter_to_zarr(image, output, s, channel_axis, client, n_sample, overwrite), progress
     )
@@ -235,7 +234,11 @@ def channel_axis_of(image, channel_axis: Optional[int]) -> Optional[int]:
     return channels[0] if channels else None
 
 
-def _check_call(settings: Settings, output, n_sample: int, overwrite: bool, image=None) -> Path:
+def _check_call(
+    settings: Settings, output, n_sample: int, overwrite: bool, image, channel_axis
+) -> tuple[Path, Optional[int]]:
+    """Everything checked at the call, before anything is fitted; returns the output
+    path and the channel axis (from a TIFF's own axes where not given)."""
     if settings.method != "kmeans":
         raise ValueError("segment_stack_to_zarr supports method='kmeans' only")
     refuse_texture(settings)
@@ -275,7 +278,7 @@ def _check_call(settings: Settings, output, n_sample: int, overwrite: bool, imag
             f"replaces only those, never other data); choose another name, or remove it "
             f"yourself"
         )
-    return output
+    return output, channel_axis_of(image, channel_axis)
 
 
 def ours(path: Path) -> bool:
@@ -307,8 +310,7 @@ def iter_segment_stack_to_zarr(
     from .results import SegmentResult
 
     s = make_settings(settings, **overrides)
-    output = _check_call(s, output, n_sample, overwrite, image)
-    channel_axis = channel_axis_of(image, channel_axis)
+    output, channel_axis = _check_call(s, output, n_sample, overwrite, image, channel_axis)
     from .planes import StackLayout
 
     probe = open_source(image)  # the stack's axes and dtype, checked now
@@ -400,6 +402,13 @@ def _to_zarr(
         dtype=dtype,
         fill_value=0,
     )
+
+    def written(fits_done: int, index: tuple) -> FitProgress:
+        """The report of a plane written; the unfinished array is touched, so a run
+        elsewhere on a shared folder sees it is alive and leaves it alone."""
+        os.utime(tmp)
+        return overall(fits_done, position[index])(FitProgress(0, 1))
+
     counts: dict = {}
     try:
         if client is None:
@@ -412,11 +421,10 @@ def _to_zarr(
                 )
                 fitted += index not in priors
                 out[index] = labels
-                os.utime(tmp)  # alive: a run elsewhere on a shared folder leaves it alone
-                yield overall(fitted, k)(FitProgress(0, 1))
+                yield written(fitted, index)
         else:
             counts = yield from _run_planes(
-                client, source_ref, source, stack, model, priors, str(tmp), overall
+                client, source_ref, source, stack, model, priors, str(tmp), written
             )
         if s.instances:  # numbered over the stack, plane by plane, as in memory
             renumbering = _number_over_the_stack(
@@ -466,9 +474,9 @@ def _number_over_the_stack(out, planes: list, counts: dict):
         yield k
 
 
-def _run_planes(client, source_ref, source, stack, model, priors, store, overall):
-    """The planes as tasks; yields a report as each plane is written (``overall(fits
-    done, plane)`` makes it a step of the run), returns the counts."""
+def _run_planes(client, source_ref, source, stack, model, priors, store, written):
+    """The planes as tasks; yields ``written(fits done, plane index)`` as each plane is
+    written, returns the counts."""
     from .workers import require_distributed
 
     dist = require_distributed()
@@ -487,14 +495,12 @@ def _run_planes(client, source_ref, source, stack, model, priors, store, overall
         )
     counts = {}
     try:
-        position = {index: k for k, index in enumerate(stack.planes)}
         fitted = len(priors)  # the sample's planes were fitted here, in the first pass
         for future in dist.as_completed(futures):
             index, count = future.result()
             counts[index] = count
             fitted += index not in priors
-            os.utime(store)  # alive (see the local loop)
-            yield overall(fitted, position[index])(FitProgress(0, 1))
+            yield written(fitted, index)
     except BaseException:
         for future in futures:
             future.cancel()
