@@ -253,6 +253,61 @@ def test_unreachable_scheduler_is_one_message_and_nothing_is_written(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.fixture
+def silent_peer():
+    """A TCP server that accepts connections and never says a word (not a scheduler)."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    accepted = []
+    stop = threading.Event()
+
+    def accept():
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"tcp://127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for conn in accepted:
+        conn.close()
+    server.close()
+
+
+def test_a_peer_that_never_answers_is_refused_in_time(tmp_path, silent_peer):
+    """It accepted the connection and then kept the command waiting for as long as it
+    stayed open: dask bounds the connection but not its greeting."""
+    [path] = write_inputs(tmp_path / "in", 1)
+    started = time.monotonic()
+    proc = cli(
+        "segment",
+        path,
+        "-o",
+        tmp_path / "out",
+        *TINY_FLAGS,
+        "--scheduler",
+        silent_peer,
+        env={"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"},
+        timeout=120,
+    )
+    assert time.monotonic() - started < 60
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "within 2 s" in lines[0], proc.stderr
+    assert "nothing was written" in lines[0]
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(dist.SchedulerError, match="within 1 s"):
+        dist.connect(silent_peer, timeout=1)
+
+
 @pytest.mark.parametrize("text", ["local:0", "local:x", "local", ""])
 def test_malformed_scheduler(text):
     with pytest.raises(ValueError, match="local:N"):

@@ -161,6 +161,7 @@ def connect(scheduler: str, *, timeout: Optional[float] = None, note=None):
 
         timeout = parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"))
     try:
+        answers_within(value, timeout)
         return distributed.Client(value, timeout=timeout)
     except Exception as exc:  # not a dask scheduler there (an HTTP server...), refused...
         raise SchedulerError(
@@ -168,6 +169,49 @@ def connect(scheduler: str, *, timeout: Optional[float] = None, note=None):
             f"check the address and that the scheduler runs (dask scheduler), or use "
             f"--scheduler local:N"
         ) from None
+
+
+def answers_within(address: str, timeout: float) -> None:
+    """Return once the dask scheduler at ``address`` answers who it is, or raise within
+    about ``timeout`` seconds. ``distributed.Client(timeout=...)`` bounds the connection
+    but not dask's handshake after it, so a peer that accepts the connection and never
+    speaks would keep the caller waiting for as long as it stays open. The question is
+    asked from a thread with its own event loop (a notebook's loop is left alone); on
+    time-out the thread is abandoned (a daemon: it never holds up the exit).
+
+    Raises ``TimeoutError`` when no answer comes in time, or what the connection raised.
+    """
+    import asyncio
+    import threading
+
+    async def identity():
+        from distributed.comm import connect as open_comm
+
+        comm = await open_comm(address, timeout=timeout)
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            return await comm.read()
+        finally:
+            comm.abort()
+
+    outcome: dict = {}
+
+    def ask():
+        try:
+            outcome["answer"] = asyncio.run(asyncio.wait_for(identity(), timeout))
+        except BaseException as exc:  # handed to the caller below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=ask, name="napari-dsp-scheduler-probe", daemon=True)
+    thread.start()
+    thread.join(timeout + 2.0)
+    if "error" in outcome:
+        error = outcome["error"]
+        if isinstance(error, asyncio.TimeoutError):
+            raise TimeoutError("no answer to dask's greeting") from None
+        raise error
+    if not isinstance(outcome.get("answer"), dict):
+        raise TimeoutError("no answer to dask's greeting")
 
 
 def close(client) -> None:
