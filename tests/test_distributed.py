@@ -253,6 +253,93 @@ def test_unreachable_scheduler_is_one_message_and_nothing_is_written(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_stopped_cluster_run_counts_the_files_on_disk(tmp_path):
+    """Files that workers finish while the cluster shuts down are in the summary, and
+    nothing is written once the command has said what it wrote."""
+    paths = write_inputs(tmp_path / "in", 6, size=96)
+    out = tmp_path / "out"
+    args = ["segment", *map(str, paths), "-o", str(out), "--members", "2"]
+    args += ["--iterations", "150", "--threads", "1", "--seed", "0", "--scheduler", "local:2"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "napari_dsp.cli", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines = []
+        for line in proc.stderr:  # the first file done: the other worker is mid-file
+            lines.append(line)
+            if line.startswith("[1/6]"):
+                break
+        proc.send_signal(signal.SIGINT)
+        lines.append(proc.stderr.read())
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = "".join(lines)
+    assert proc.returncode == 130, err
+    on_disk = sorted(out.glob("*_labels.tif"))
+    assert (
+        f"stopped by SIGINT; {len(on_disk)} of 6 file(s) finished, their outputs complete; "
+        f"the other {6 - len(on_disk)} were not written by this run"
+    ) in err
+    assert "Traceback" not in err
+    time.sleep(5)
+    assert sorted(out.glob("*_labels.tif")) == on_disk
+
+
+@pytest.mark.parametrize(
+    "sig, when",
+    [
+        (signal.SIGINT, "starting"),
+        (signal.SIGINT, "fitting"),
+        (signal.SIGHUP, "starting"),
+        (signal.SIGHUP, "fitting"),
+        (signal.SIGTERM, "fitting"),
+    ],
+)
+def test_a_signal_to_the_terminals_group_is_one_line(tmp_path, sig, when):
+    """Ctrl-C or a closed terminal reaches every process of the group, dask's workers
+    and resource tracker included: the user reads the command's one line, not theirs."""
+    import psutil
+
+    paths = write_inputs(tmp_path / "in", 4, size=96)
+    args = ["segment", *map(str, paths), "-o", str(tmp_path / "out"), "--members", "2"]
+    args += ["--iterations", "150", "--threads", "1", "--seed", "0", "--scheduler", "local:2"]
+    # a new session: the group is this command's alone, as a terminal's foreground job
+    # is; the child starts with the default handlers, as a shell would give them
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "napari_dsp.cli", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: [signal.signal(s, signal.SIG_DFL) for s in (sig, signal.SIGINT)],
+    )
+    try:
+        if when == "starting":  # the first worker process exists: they are importing
+            me = psutil.Process(proc.pid)
+            deadline = time.monotonic() + 60
+            while not me.children(recursive=True) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert me.children(recursive=True), "no worker process started"
+            time.sleep(0.3)
+        else:
+            first = proc.stderr.readline()
+            assert "dask worker(s)" in first, first
+        os.killpg(proc.pid, sig)
+        err = proc.stderr.read()
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 128 + sig, err
+    assert "Traceback" not in err and "Error" not in err, err
+    assert f"stopped by {signal.Signals(sig).name}; " in err.strip().splitlines()[-1], err
+
+
 @pytest.fixture
 def silent_peer():
     """A TCP server that accepts connections and never says a word (not a scheduler)."""

@@ -90,6 +90,32 @@ def safe_import_path():
         os.environ.update(before)
 
 
+@contextlib.contextmanager
+def hangup_kept_from_children():
+    """Start a local cluster whose processes leave a closed terminal to this one. The
+    terminal sends SIGHUP to every process of its foreground group: multiprocessing's
+    resource tracker died of it, was started again, and printed a ``KeyError``
+    traceback for each shared object it had not seen. SIGHUP is blocked in this thread
+    while the cluster starts: the threads dask creates meanwhile (its event loop, the
+    threads that start worker processes and the tracker, later restarts included)
+    inherit the block, and so do the processes they start (Python keeps it across
+    ``exec``). The block is lifted here on the way out; a SIGHUP that arrived
+    meanwhile goes to this process's own handler. (SIGINT cannot be kept from them
+    this way: Python unblocks it when it starts. The workers ignore it themselves,
+    :func:`napari_dsp.workers.dask_setup`, and the tracker ignores it by its own code.)
+    """
+    import signal
+
+    if not hasattr(signal, "SIGHUP") or not hasattr(signal, "pthread_sigmask"):  # not POSIX
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
 def local_workers(asked: int) -> tuple[int, Optional[str]]:
     """How many worker processes ``local:N`` starts: at most one per core this process
     may use (each fits on one core; more only take turns on the same cores, and every
@@ -107,7 +133,28 @@ def local_workers(asked: int) -> tuple[int, Optional[str]]:
     )
 
 
-def connect(scheduler: str, *, timeout: Optional[float] = None, note=None):
+@contextlib.contextmanager
+def output_of_children_discarded():
+    """Processes started meanwhile write their output (standard error) nowhere: file
+    descriptor 2 points at the null device while the block runs, and is given back
+    after. For a command line that reports every file's outcome itself: a worker
+    process still importing when Ctrl-C reaches the terminal's whole group printed a
+    ``KeyboardInterrupt`` traceback under the command's own last line."""
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def connect(scheduler: str, *, timeout: Optional[float] = None, note=None, quiet: bool = False):
     """A ``distributed.Client`` for ``scheduler`` (see :func:`parse_scheduler`).
 
     ``local:N`` starts N single-threaded worker processes on this machine, at most one per
@@ -117,6 +164,9 @@ def connect(scheduler: str, *, timeout: Optional[float] = None, note=None):
     to a running scheduler, waiting at most ``timeout`` seconds (default: dask's
     ``distributed.comm.timeouts.connect``, 30 s unless configured, e.g. with the
     environment variable ``DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT=5s``).
+    ``quiet=True`` sends the output of the ``local:N`` processes nowhere (see
+    :func:`output_of_children_discarded`); failures still come back as each task's
+    exception.
 
     Raises
     ------
@@ -139,8 +189,10 @@ def connect(scheduler: str, *, timeout: Optional[float] = None, note=None):
 
             warnings.warn(f"napari-dsp: {capped}", UserWarning, stacklevel=2)
 
+        cluster = None
         try:
-            with safe_import_path():
+            quieted = output_of_children_discarded() if quiet else contextlib.nullcontext()
+            with safe_import_path(), hangup_kept_from_children(), quieted:
                 cluster = distributed.LocalCluster(
                     n_workers=value,
                     threads_per_worker=1,
@@ -148,13 +200,20 @@ def connect(scheduler: str, *, timeout: Optional[float] = None, note=None):
                     dashboard_address=":0",
                     silence_logs=logging.CRITICAL,
                     env={"PYTHONSAFEPATH": "1"},  # workers restarted later too
+                    preload=["napari_dsp.workers"],  # workers.dask_setup: signals
                 )
+            return distributed.Client(cluster)
         except Exception as exc:  # ports, memory, a broken environment
+            if cluster is not None:
+                cluster.close()
             raise SchedulerError(
                 f"could not start {value} local dask workers ({exc}); "
                 f"try fewer (local:1) or leave out --scheduler"
             ) from exc
-        return distributed.Client(cluster)
+        except BaseException:  # Ctrl-C while it started: the workers go with it
+            if cluster is not None:
+                cluster.close()
+            raise
     if timeout is None:
         import dask.config
         from dask.utils import parse_timedelta
@@ -427,7 +486,7 @@ def collect(
     index = {f.key: i for i, f in enumerate(futures)}
     results: list = [None] * len(futures)
     try:
-        for n, future in enumerate(distributed.as_completed(futures), 1):
+        for n, future in enumerate(_as_completed(distributed, futures), 1):
             i = index[future.key]
             try:
                 result = future.result()
@@ -450,6 +509,19 @@ def collect(
         for folder in folders:
             remove_stale_temps(folder)
     return results
+
+
+def _as_completed(distributed, futures: list):
+    """The futures as they complete, waiting in short sleeps: a signal that the kernel
+    hands to another thread (dask's, BLAS's) runs this process's handler only once the
+    main thread runs Python again, and a wait with no end (``as_completed``'s own)
+    postponed a Ctrl-C until the next file was done."""
+    pending = distributed.as_completed(futures)
+    while not pending.is_empty():
+        batch = pending.next_batch(block=False)
+        if not batch:
+            time.sleep(0.1)
+        yield from batch
 
 
 def submit_segment(client, images: Sequence, *, settings=None, **kwargs: Any) -> list:

@@ -40,3 +40,20 @@ def worker_threads() -> int:
         return max(1, int(get_worker().state.nthreads))
     except Exception:  # not on a worker (a direct call, a test)
         return 1
+
+
+def dask_setup(worker) -> None:  # noqa: ARG001 - dask's preload interface
+    """A ``local:N`` worker's first step (a dask preload: see
+    :func:`napari_dsp.distributed.connect`): Ctrl-C and a closed terminal reach every
+    process of the terminal's group, these workers included, and each printed a
+    ``KeyboardInterrupt`` traceback under the command's own message. The command that
+    started them stops and closes them itself, so they ignore SIGINT and SIGHUP (SIGTERM
+    still ends them: it is how their nanny stops one that does not close)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return  # a worker run in a thread of another program: its signals are not ours
+    for name in ("SIGINT", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)

@@ -50,11 +50,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt as exc:
         signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
         name = signal.Signals(signum).name
-        print(
-            f"\nnapari-dsp: stopped by {name}; finished outputs are complete, the rest "
-            f"were not written",
-            file=sys.stderr,
+        outcome = getattr(
+            exc, "outcome", "finished outputs are complete, the rest were not written"
         )
+        print(f"\nnapari-dsp: stopped by {name}; {outcome}", file=sys.stderr)
         return 128 + int(signum)
     except (TypeError, ValueError, OSError) as exc:
         error(str(exc))

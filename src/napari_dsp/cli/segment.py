@@ -4,6 +4,7 @@ summary and the exit status; on a dask cluster with ``--scheduler``
 
 from __future__ import annotations
 
+import os
 import sys
 
 from .. import batch as _batch
@@ -56,8 +57,34 @@ def run_segment(args) -> int:
                 f"removed {len(removed)} unfinished temporary file(s) a stopped run "
                 f"left in {folder}"
             )
-    if args.scheduler is not None:
-        return run_on_cluster(args, jobs, settings, scribbles)
+    before = {job.labels: _signature(job.labels) for job in jobs}
+    try:
+        if args.scheduler is not None:
+            return run_on_cluster(args, jobs, settings, scribbles)
+        return run_here(args, jobs, settings, scribbles)
+    except KeyboardInterrupt as exc:
+        # counted on disk, once nothing more can be written (a cluster's workers finish
+        # files while it shuts down): what the user finds is what the summary says
+        finished = sum(_signature(job.labels) not in (None, before[job.labels]) for job in jobs)
+        exc.outcome = (
+            f"{finished} of {len(jobs)} file(s) finished, their outputs complete; "
+            f"the other {len(jobs) - finished} were not written by this run"
+        )
+        raise
+
+
+def _signature(path) -> tuple | None:
+    """Which file is at ``path`` (identity, time and size), or ``None``: a labels file
+    that appears or changes during the run was written by it."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+
+def run_here(args, jobs: list, settings: Settings, scribbles) -> int:
+    """The batch in this process, one file after the other, with a progress bar."""
     start_fit = Once(tune_allocator)
     done = skipped = failed = 0
     for i, job in enumerate(jobs, 1):
@@ -111,13 +138,32 @@ def summary(n_jobs: int, done: int, skipped: int, failed: int) -> int:
 def run_on_cluster(args, jobs: list, settings: Settings, scribbles) -> int:
     """The batch as one task per file on a dask cluster (:mod:`napari_dsp.distributed`):
     a line per finished file, then the same summary as a local run."""
+    import logging
+
+    # dask's own log lines (a connection closed while the cluster shuts down, with its
+    # traceback) are not for this command's user: each file's outcome is reported below.
+    # For the rest of the process: dask's event loop still logs once the cluster is
+    # closed, while the command says its last line.
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
+    return _run_on_cluster(args, jobs, settings, scribbles)
+
+
+def _run_on_cluster(args, jobs: list, settings: Settings, scribbles) -> int:
     from .. import distributed as _dist
 
+    client = None
     try:
-        client = _dist.connect(args.scheduler, note=note)
+        # a signal while the cluster starts waits until it has started (and is closed
+        # below): stopped half-way, dask's own exit handler failed with a traceback
+        with SIGNALS.held():
+            client = _dist.connect(args.scheduler, note=note, quiet=True)
     except (_dist.SchedulerError, ValueError) as exc:
         error(f"{exc}; nothing was written")
         return 2
+    except KeyboardInterrupt:
+        if client is not None:
+            _dist.close(client)
+        raise
     counts = {"done": 0, "skipped": 0, "failed": 0}
 
     def report(result, n: int, total: int) -> None:
