@@ -518,3 +518,25 @@ def test_a_photo_s_exif_orientation_is_noted_not_applied(tmp_path):
     assert [n for n in info.notes if "EXIF orientation (6" in n and "not applied" in n] == [
         next(n for n in info.notes if "EXIF" in n)
     ] and sum("EXIF" in n for n in info.notes) == 1
+
+
+def test_what_tifffile_says_about_a_file_is_a_note_not_a_stray_log_line(tmp_path, capfd):
+    """A TIFF whose shaped-series description disagrees with its page: tifffile logs a
+    warning, which reached the terminal (and napari's console) as a bare line."""
+    import logging
+
+    path = tmp_path / "shaped.tif"
+    tifffile.imwrite(path, np.ones((64, 64), np.uint8))
+    raw = path.read_bytes()
+    assert b'{"shape": [64, 64]}' in raw
+    path.write_bytes(raw.replace(b'{"shape": [64, 64]}', b'{"shape": [65, 64]}'))
+    log = logging.getLogger("tifffile")
+    handlers, propagate = list(log.handlers), log.propagate
+
+    info = io.read_info(path)
+    pixels = io.read_pixels(info, io.arrange(info))
+
+    assert "tifffile: shaped series shape does not match page shape" in info.notes
+    assert pixels.shape == (64, 64)
+    assert "shape does not match" not in capfd.readouterr().err
+    assert log.handlers == handlers and log.propagate == propagate

@@ -7,11 +7,13 @@ error of a file that cannot be used.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
 import stat
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -179,7 +181,48 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list = []
+
+    def emit(self, record) -> None:
+        text = record.getMessage()
+        # tifffile starts its messages with the file's repr: the caller names the file
+        if text.startswith("<tifffile.") and "> " in text:
+            text = text.split("> ", 1)[1]
+        self.messages.append(text)
+
+
+@contextlib.contextmanager
+def tifffile_messages():
+    """tifffile's own warnings while the block reads (a series shape that does not
+    match its pages, a corrupt tag...), collected into the list it yields instead of
+    reaching the terminal or napari's console as a bare log line: they become notes
+    of the file (:class:`ImageInfo`). tifffile's logger is left as it was afterwards.
+    """
+    log = logging.getLogger("tifffile")
+    collect = _Collect()
+    propagate = log.propagate
+    log.addHandler(collect)
+    log.propagate = False
+    try:
+        yield collect.messages
+    finally:
+        log.removeHandler(collect)
+        log.propagate = propagate
+
+
 def _tiff_info(path: Path) -> ImageInfo:
+    with tifffile_messages() as said:
+        info = _read_tiff_info(path)
+    if not said:
+        return info
+    notes = tuple(f"tifffile: {text}" for text in dict.fromkeys(said))
+    return replace(info, notes=info.notes + notes)
+
+
+def _read_tiff_info(path: Path) -> ImageInfo:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:

@@ -16,7 +16,7 @@ from typing import Optional
 import numpy as np
 
 from ..core.image import check_axis_type
-from .header import ImageFileError, ImageInfo, first_line
+from .header import ImageFileError, ImageInfo, first_line, tifffile_messages
 
 
 @dataclass(frozen=True)
@@ -220,7 +220,8 @@ def read_pixels(info: ImageInfo, arrangement: Optional[Arrangement] = None) -> n
         if info.format in ("ome-tiff", "imagej-tiff", "tiff"):
             import tifffile
 
-            with tifffile.TiffFile(path) as tif:
+            # what tifffile says was said when the header was read (ImageInfo.notes)
+            with tifffile_messages(), tifffile.TiffFile(path) as tif:
                 data = np.asarray(tif.series[0].asarray())
         elif info.format == "npy":
             data = np.load(path, allow_pickle=False)
