@@ -98,8 +98,10 @@ def test_refusals_write_nothing(tmp_path):
     stack = planes(2)
     with pytest.raises(ValueError, match=r"\.zarr"):
         segment_stack_to_zarr(stack, tmp_path / "x.tif", **TINY)
-    with pytest.raises(ValueError, match="volumetric"):
+    with pytest.raises(ValueError, match="volumetric.*leave out out="):
         segment_stack_to_zarr(stack, tmp_path / "v.zarr", volumetric=True, **TINY)
+    with pytest.raises(ValueError, match="spacing is used by volumetric=True"):
+        segment_stack(stack, out=tmp_path / "s.zarr", spacing=(2.0, 1.0, 1.0), **TINY)
     with pytest.raises(ValueError, match="kmeans"):
         segment_stack_to_zarr(stack, tmp_path / "k.zarr", method="kanezaki", **TINY)
     with pytest.raises(ValueError, match="constant"):

@@ -245,7 +245,8 @@ def _check_call(
     if settings.volumetric:
         raise ValueError(
             "volumetric=True fits one 3-D prior to the whole stack, which "
-            "needs it in memory: use segment_stack, or leave volumetric out"
+            "needs it in memory: leave out out= (segment_stack in memory), or leave "
+            "volumetric out to segment plane by plane into the zarr array"
         )
     if int(n_sample) < 1:
         raise ValueError(f"n_sample must be at least 1, got {n_sample}")

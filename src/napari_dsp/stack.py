@@ -49,6 +49,12 @@ def iter_segment_stack(
     if out is not None:
         from .large import iter_segment_stack_to_zarr
 
+        if spacing is not None:
+            raise ValueError(
+                "spacing is used by volumetric=True (one 3-D prior), which out= does "
+                "not do: the zarr path segments plane by plane; leave spacing out"
+            )
+
         return iter_segment_stack_to_zarr(
             image, out, channel_axis=channel_axis, settings=settings, overwrite=overwrite
         )
