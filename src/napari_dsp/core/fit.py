@@ -17,6 +17,7 @@ import atexit
 import queue
 import threading
 from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -45,6 +46,31 @@ def release_device_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+@dataclass
+class WarmStart:
+    """Weights carried from one fit to the next (the planes of a stack).
+
+    ``start`` maps a group's key (``tag`` and the group's seeds) to the weights the
+    group starts from, instead of its seeds' random ones (its input noise is still its
+    seeds', so a member goes on from where it was). ``keep_at`` asks for the weights
+    after that many optimiser steps (at most the fit's last), stored in ``kept`` under
+    the same keys: what the next fit starts from. ``tag`` tells the pieces of a tiled
+    fit apart. Each group writes its own keys, so the threads of one fit share it.
+    """
+
+    start: dict = field(default_factory=dict)
+    keep_at: Optional[int] = None
+    kept: dict = field(default_factory=dict)
+    tag: tuple = ()
+
+    def key(self, seeds: Sequence[int]) -> tuple:
+        return (*self.tag, tuple(int(s) for s in seeds))
+
+    def tagged(self, *tag) -> WarmStart:
+        """The same carried weights for one piece (tile) of a fit."""
+        return WarmStart(self.start, self.keep_at, self.kept, tuple(tag))
+
+
 def member_batches(n_members: int, batch_size: Optional[int]) -> list[range]:
     """Split ``range(n_members)`` into consecutive batches of at most ``batch_size``."""
     size = n_members if not batch_size else max(1, min(batch_size, n_members))
@@ -66,6 +92,7 @@ def iter_members(
     dtype: torch.dtype = torch.float32,
     channels_last: Optional[bool] = None,
     stop: Optional[threading.Event] = None,
+    warm: Optional[WarmStart] = None,
 ) -> Generator[FitProgress, None, np.ndarray]:
     """Fit one generator per seed to ``target``; return every member's final output.
 
@@ -94,6 +121,8 @@ def iter_members(
         Memory format of 2-D fits (default: channels-last on CPU, where oneDNN is faster).
     stop : threading.Event, optional
         Checked every iteration; when set, the fit ends early (returns None).
+    warm : WarmStart, optional
+        Weights to start each group from, and the weights to keep for the next fit.
 
     Returns
     -------
@@ -118,6 +147,10 @@ def iter_members(
         g = len(batch)
         group_seeds = [int(seeds[i]) for i in batch]
         net = make_net(g, group_seeds).to(device=device, dtype=dtype)
+        key = warm.key(group_seeds) if warm is not None else None
+        if key is not None and key in warm.start:
+            net.load_state_dict(warm.start[key])
+        keep_at = None if warm is None or warm.keep_at is None else min(warm.keep_at, n_iter - 1)
         noise = make_noise(group_seeds, NOISE_CHANNELS, *spatial).to(device=device, dtype=dtype)
         if channels_last:
             net = net.to(memory_format=torch.channels_last)
@@ -130,6 +163,8 @@ def iter_members(
             if stop is not None and stop.is_set():
                 return None
             last = it == n_iter - 1
+            if it == keep_at:  # the weights after `it` optimiser steps
+                warm.kept[key] = {k: v.detach().clone() for k, v in net.state_dict().items()}
             with (
                 torch.set_grad_enabled(not last),
                 torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast),

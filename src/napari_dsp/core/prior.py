@@ -45,10 +45,12 @@ def iter_planned_prior(
     working_size: Optional[int],
     n_threads: Optional[int],
     batch_size: Optional[int] = None,
+    warm: Optional[_fit.WarmStart] = None,
 ):
     """Plan (:func:`napari_dsp.core.plan.plan_fit`) and fit the prior of a normalised
     ``(C, Y, X)`` plane: yields progress, returns ``(median, spread, fit_info)``, the
-    plan's description with the iterations fitted."""
+    plan's description with the iterations fitted. ``warm``: see
+    :class:`napari_dsp.core.fit.WarmStart`."""
     plan = plan_fit(
         data,
         n_members=n_members,
@@ -71,6 +73,7 @@ def iter_planned_prior(
         preview_every=preview_every,
         settle=settle,
         info=info,
+        warm=warm,
     )
     fit_info = plan.describe()
     its = info["iterations"]
@@ -96,6 +99,7 @@ def iter_plane_prior(
     preview_every: int,
     settle: float = 0.0,
     info: Optional[dict] = None,
+    warm: Optional[_fit.WarmStart] = None,
 ):
     """Fit the prior of a normalised ``(C, Y, X)`` plane as ``plan`` says; yields
     progress (previews as ``(C, Y, X)`` medians at the plane's size), returns
@@ -115,6 +119,8 @@ def iter_plane_prior(
         learning_rate=learning_rate,
         precision=precision,
     )
+    if warm is not None:
+        fit_kwargs["warm"] = warm
     settle = settle if settle_applies(plan, n_members) else 0.0
     info.update(settle=settle, iterations=[], settled=[])
     if len(plan.tiles) == 1:
@@ -151,9 +157,10 @@ def _iter_tiles(data: np.ndarray, plan: FitPlan, fit_kwargs: dict, settle: float
     weight = np.zeros((h, w), np.float32)
     n = len(plan.tiles)
     for k, (ys, xs) in enumerate(plan.tiles):
-        fit = _iter_ensemble(
-            np.ascontiguousarray(data[:, ys, xs]), plan, 0, fit_kwargs, settle, info
-        )
+        kwargs = dict(fit_kwargs)
+        if "warm" in kwargs:
+            kwargs["warm"] = kwargs["warm"].tagged(k)
+        fit = _iter_ensemble(np.ascontiguousarray(data[:, ys, xs]), plan, 0, kwargs, settle, info)
         median, spread = yield from relay(
             fit,
             lambda p, k=k: p.replace(
