@@ -42,6 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests.synthetic
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
@@ -67,7 +69,7 @@ SHARED = HERE.parents[1] / "shared" / "data" / "cases"
 
 def all_cases() -> dict:
     """``{name: (set, image, mask)}``: shared cases, evaluation set, stress images."""
-    from napari_dsp._synthetic import STRESS_CASES
+    from tests.synthetic import STRESS_CASES
 
     out = {}
     for path in sorted(SHARED.glob("*.npz")):
