@@ -27,7 +27,7 @@ seed and variant):
 
     python benchmarks/study_speed.py fit  [--seeds 0 1 2] [--variants fp32 half bf16]
     python benchmarks/study_speed.py eval [--jobs 2]
-    python benchmarks/study_speed.py report [--plot benchmarks/study_speed.png]
+    python benchmarks/study_speed.py report [--plot docs/images/study_speed.png]
 
 Times are not taken here (the fits share the CPU); ``bench_segment.py`` measures the
 chosen settings against the research procedure, each in a fresh process.
