@@ -24,11 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.synthetic
 sys.path.insert(0, str(ROOT / "benchmarks"))  # quality.py: the thresholds, IoU
 
-from quality import iou, threshold_foreground  # noqa: E402
 from skimage.filters import threshold_li, threshold_otsu  # noqa: E402
+from tests.synthetic import stress_low_contrast, stress_textured  # noqa: E402
 
 from napari_dsp import segment  # noqa: E402
-from tests.synthetic import stress_low_contrast, stress_textured  # noqa: E402
+from quality import iou, threshold_foreground  # noqa: E402
 
 CASES = {
     "textured objects and background, SNR ~1": stress_textured,
