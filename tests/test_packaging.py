@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import venv
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,29 @@ def test_manifest_is_a_regular_file_in_git():
     if not staged:
         pytest.skip("the manifest is not committed yet")
     assert staged[0] == "100644", "src/napari_dsp/napari.yaml must be committed as a file"
+
+
+def test_a_clone_without_symlinks_builds_a_wheel_with_the_manifest(tmp_path):
+    """As on Windows without symlinks: clone the committed tree with symlinks checked out
+    as plain text files, build the wheel, and find the whole manifest in it."""
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    clone = tmp_path / "clone"
+    subprocess.run(
+        ["git", "clone", "-q", "-c", "core.symlinks=false", str(ROOT), str(clone)],
+        check=True,
+        timeout=120,
+    )
+    dist = tmp_path / "dist"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dist), str(clone)],
+        check=True,
+        timeout=300,
+    )
+    with zipfile.ZipFile(next(dist.glob("napari_dsp-*.whl"))) as wheel:
+        manifest = yaml.safe_load(wheel.read("napari_dsp/napari.yaml"))
+    assert manifest["name"] == "napari-dsp"
+    assert manifest["contributions"]["widgets"]
 
 
 def test_manifest_commands_import_without_napari():
