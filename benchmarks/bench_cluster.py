@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests.synthetic
+
 PEAK = """
 def peak():
     for line in open('/proc/self/status'):
@@ -68,8 +70,7 @@ else:
 
 def make_files(folder: Path, n: int, size: int) -> list:
     import tifffile
-
-    from napari_dsp._synthetic import nuclei
+    from tests.synthetic import nuclei
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -131,8 +132,7 @@ print(json.dumps({"start": started, "wall": time.perf_counter() - t0,
 
 def bench_stack(tmp: Path, planes: int, runs: int, iters: int) -> dict:
     import tifffile
-
-    from napari_dsp._synthetic import nuclei
+    from tests.synthetic import nuclei
 
     base = np.stack([nuclei((512, 512), n=40, seed=i)[0] for i in range(8)])
     data = np.concatenate([base] * (planes // 8 + 1))[:planes]

@@ -10,12 +10,15 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import adjusted_rand_score
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests.synthetic
+from tests.synthetic import textured_regions  # noqa: E402
+
 from napari_dsp import fit_prior, segment
-from napari_dsp._synthetic import textured_regions
 
 
 def main(argv=None) -> int:

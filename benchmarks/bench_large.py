@@ -4,7 +4,7 @@ Each run is a fresh Python process; its peak memory is the largest resident size
 whole process tree (worker processes included), sampled every 50 ms.
 
 1. ``large``: ``segment`` of a 4096 x 4096 uint16 synthetic nuclei field (64 tiles of
-   ``napari_dsp._synthetic.nuclei``, known mask) with the default (automatic) working size.
+   ``tests.synthetic.nuclei``, known mask) with the default (automatic) working size.
 2. ``crop-full``: the central 1024 x 1024 crop segmented at full resolution
    (``working_size=0``), the reference the working resolution is compared with.
 
@@ -28,12 +28,14 @@ import psutil
 
 from _peak import run_measured
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests.synthetic
+
 TILE = 512
 
 
 def mosaic(size: int) -> tuple[np.ndarray, np.ndarray]:
     """A ``size`` x ``size`` nuclei field: 8 tiles of 512 x 512 in 8 flips/rotations."""
-    from napari_dsp._synthetic import nuclei
+    from tests.synthetic import nuclei
 
     tiles = [nuclei((TILE, TILE), n=45, seed=s) for s in range(8)]
     n = size // TILE

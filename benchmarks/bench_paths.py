@@ -9,7 +9,7 @@ Paths, each in its own fresh Python process (imports excluded from the time):
   into a zarr array on disk (every plane in the sample, so it must equal ``memory``);
 - ``memory-ids`` / ``zarr-ids``: the two with ``instances=True``.
 
-The stack is a synthetic 16-bit nuclei time-lapse (``napari_dsp._synthetic.nuclei``, a
+The stack is a synthetic 16-bit nuclei time-lapse (``tests.synthetic.nuclei``, a
 new field per plane), 8 planes of 256x256 by default. ``--trees A B ...`` runs every path
 under each checkout's ``src`` (PYTHONPATH), interleaved, so their figures come from the
 same run on the same machine; the digest (SHA-1 of the shape and the ids as int64; the
@@ -31,6 +31,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _peak import run_measured  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests.synthetic
+
 PATHS = ("image", "memory", "zarr", "memory-ids", "zarr-ids")
 
 CHILD = r"""
@@ -39,7 +41,7 @@ import numpy as np
 import napari_dsp
 from napari_dsp import segment, segment_stack
 from napari_dsp.large import segment_stack_to_zarr
-from napari_dsp._synthetic import nuclei
+from tests.synthetic import nuclei
 
 path, planes, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 stack = np.stack([nuclei((size, size), n=max(4, size * size // 2500), radius=(5, 9),

@@ -2,7 +2,7 @@
 
 Each variant runs in its own fresh Python process, one after another (interleaved over
 repeats), on the same grayscale image: a synthetic field of nuclei
-(``napari_dsp._synthetic.nuclei``, 16-bit, radius 6-12 px, as many nuclei per area at
+(``tests.synthetic.nuclei``, 16-bit, radius 6-12 px, as many nuclei per area at
 every size) or scikit-image's bundled ``camera`` photo (``--image camera``, 512x512).
 The time is the wall time from the call to the labels, imports excluded (on a GPU,
 CUDA's start in the fresh process is included); the peak memory is the largest resident
@@ -37,6 +37,8 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _peak import run_measured  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests.synthetic
+
 VARIANTS = ("research", "default", "research-settings")
 
 
@@ -49,7 +51,7 @@ def make_image(kind: str, size: int):
 
         img = data.camera()
         return img if size == 512 else (resize(img, (size, size)) * 255).astype(np.uint8)
-    from napari_dsp._synthetic import nuclei
+    from tests.synthetic import nuclei
 
     image, _mask = nuclei((size, size), n=int(30 * (size / 256) ** 2), seed=0)
     return image

@@ -2,7 +2,7 @@
 
 Cases: the shared reference cases ``../shared/data/cases/*.npz`` (``image``, ``mask``;
 folder set with ``--cases``; skipped with a message where absent) and the synthetic
-stress images of ``napari_dsp._synthetic.STRESS_CASES`` (textured objects on a textured
+stress images of ``tests.synthetic.STRESS_CASES`` (textured objects on a textured
 background, uneven illumination, low contrast, dim small objects among bright large ones),
 built in the repository from a seed.
 
@@ -40,8 +40,10 @@ import numpy as np
 from skimage.filters import threshold_li, threshold_otsu
 from sklearn.cluster import KMeans
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests.synthetic
+from tests.synthetic import STRESS_CASES  # noqa: E402
+
 from napari_dsp import fit_prior, segment
-from napari_dsp._synthetic import STRESS_CASES
 from napari_dsp.core.cluster import choose_foreground
 from napari_dsp.core.image import normalize, to_channels_first
 

@@ -27,7 +27,7 @@ seed and variant):
 
     python benchmarks/study_speed.py fit  [--seeds 0 1 2] [--variants fp32 half bf16]
     python benchmarks/study_speed.py eval [--jobs 2]
-    python benchmarks/study_speed.py report [--plot benchmarks/study_speed.png]
+    python benchmarks/study_speed.py report [--plot docs/images/study_speed.png]
 
 Times are not taken here (the fits share the CPU); ``bench_segment.py`` measures the
 chosen settings against the research procedure, each in a fresh process.
@@ -41,6 +41,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests.synthetic
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -67,7 +69,7 @@ SHARED = HERE.parents[1] / "shared" / "data" / "cases"
 
 def all_cases() -> dict:
     """``{name: (set, image, mask)}``: shared cases, evaluation set, stress images."""
-    from napari_dsp._synthetic import STRESS_CASES
+    from tests.synthetic import STRESS_CASES
 
     out = {}
     for path in sorted(SHARED.glob("*.npz")):

@@ -13,9 +13,9 @@ from napari_dsp import (
     segment,
     segment_stack,
 )
-from napari_dsp._synthetic import dark_on_bright
 from napari_dsp.generators import fit_prior as iter_fit_prior
 from tests.fast import TINY
+from tests.synthetic import dark_on_bright
 
 
 def iou(a, b):

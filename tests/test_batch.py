@@ -15,10 +15,10 @@ import pytest
 import tifffile
 
 from napari_dsp import io
-from napari_dsp._synthetic import dark_on_bright
 from napari_dsp.cli import main
 from napari_dsp.io import temps as io_temps
 from tests.fast import TINY_FLAGS
+from tests.synthetic import dark_on_bright
 
 FAST = [*TINY_FLAGS, "--quiet"]
 
@@ -517,7 +517,7 @@ def test_volumetric_refuses_time_series_and_single_planes(tmp_path):
 
 
 def test_prior_flag_without_a_prior_writes_and_names_none(tmp_path, capsys):
-    from napari_dsp._synthetic import textured_regions
+    from tests.synthetic import textured_regions
 
     image, _ = textured_regions(3, size=48, seed=0)
     np.save(tmp_path / "img.npy", image)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_dsp._synthetic import dark_on_bright
 from napari_dsp.cli import main
 from tests.fast import TINY_FLAGS
+from tests.synthetic import dark_on_bright
 
 FAST = [*TINY_FLAGS, "--quiet"]
 
@@ -200,7 +200,7 @@ def test_demo_runs_on_builtin_data(tmp_path, capsys):
 
 
 def test_kanezaki_with_scribbles_from_a_file(tmp_path):
-    from napari_dsp._synthetic import scribbles_for, textured_regions
+    from tests.synthetic import scribbles_for, textured_regions
 
     image, truth = textured_regions(3, size=64, seed=1)
     np.save(tmp_path / "img.npy", image)
@@ -239,7 +239,7 @@ def test_kanezaki_with_scribbles_from_a_file(tmp_path):
 
 
 def test_no_prior_flag(tmp_path):
-    from napari_dsp._synthetic import textured_regions
+    from tests.synthetic import textured_regions
 
     image, _ = textured_regions(3, size=48, seed=0)
     np.save(tmp_path / "img.npy", image)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from napari_dsp import fit_prior, segment
-from napari_dsp._synthetic import nuclei, textured_regions
 from napari_dsp.core.texture import texture_channels
+from tests.synthetic import nuclei, textured_regions
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -15,9 +15,9 @@ import tifffile
 
 from napari_dsp import distributed as dist
 from napari_dsp import io
-from napari_dsp._synthetic import nuclei
 from napari_dsp.settings import make_settings
 from tests.fast import TINY, TINY_FLAGS
+from tests.synthetic import nuclei
 
 distributed = pytest.importorskip("distributed", reason="needs napari-dsp[distributed]")
 

@@ -9,8 +9,8 @@ import pytest
 import tifffile
 
 from napari_dsp import NothingToSegmentWarning, segment_stack
-from napari_dsp._synthetic import nuclei
 from tests.fast import TINY
+from tests.synthetic import nuclei
 
 zarr = pytest.importorskip("zarr", reason="needs napari-dsp[distributed]")
 from napari_dsp.large import segment_stack_to_zarr  # noqa: E402

@@ -13,9 +13,9 @@ import pytest
 from skimage.filters import threshold_li, threshold_otsu
 
 from napari_dsp import segment
-from napari_dsp._synthetic import STRESS_CASES
 from napari_dsp.core.cluster import choose_foreground
 from napari_dsp.core.image import normalize, to_channels_first
+from tests.synthetic import STRESS_CASES
 
 CASES = Path(__file__).resolve().parents[2] / "shared" / "data" / "cases"
 SHARED = ("black_eagle", "coins", "dsb2018_nuclei")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from napari_dsp import segment_stack
-from napari_dsp._synthetic import dark_on_bright
+from tests.synthetic import dark_on_bright
 
 FAST = dict(n_iter=25, n_members=2, n_threads=1, seed=0, device="cpu")  # bitwise repeats
 

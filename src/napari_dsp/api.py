@@ -76,12 +76,43 @@ def iter_fit_prior(
     batch_size: Optional[int] = None,
     **overrides: Any,
 ) -> Generator[FitProgress, None, PriorResult]:
-    """Fit the prior step by step: yields :class:`FitProgress`, returns a
-    :class:`PriorResult` (``StopIteration.value``; ``yield from`` hands it over).
+    """Fit the prior step by step: the generator form of :func:`fit_prior`.
 
-    Arguments are checked at the call. Previews (``FitProgress.preview``) are in the
-    image's layout. Stop early by no longer iterating (``close()`` the generator: the
-    fitting threads stop within one iteration). Parameters as :func:`fit_prior`.
+    Arguments are checked at the call. Stop early by closing the generator
+    (``gen.close()``): the fitting threads stop within one iteration.
+
+    Parameters
+    ----------
+    image : array_like, shape (Y, X), (Y, X, 3|4) or 3-D with ``channel_axis``
+        As for :func:`fit_prior`.
+    settings : Settings, optional
+        Defaults for every parameter (``Settings()`` when omitted).
+    channel_axis : int, optional
+        Axis of the channels for a multichannel image. Not needed for RGB(A).
+    batch_size : int, optional
+        Ensemble members trained together in one group (default: as the device and
+        memory plan decide).
+    **overrides
+        Any setting of :class:`Settings` by name, replacing the value of ``settings``.
+
+    Yields
+    ------
+    FitProgress
+        One report per iteration; ``.preview`` (every ``preview_every`` iterations)
+        holds the running prior in the image's layout.
+
+    Returns
+    -------
+    PriorResult
+        As :func:`fit_prior` returns it (``StopIteration.value``; ``yield from`` and
+        :func:`napari_dsp.generators.run` hand it over).
+
+    Raises
+    ------
+    TypeError
+        For an image or a setting of the wrong type.
+    ValueError
+        For an unsuitable image or a setting out of its bounds.
     """
     settings = make_settings(settings, **overrides)
     inp = _Input(image, channel_axis)
@@ -143,10 +174,13 @@ def fit_prior(
     channel_axis : int, optional
         Axis of the channels for a multichannel image. Not needed for RGB(A).
     settings : Settings, optional
-        Defaults for every parameter; keyword ``overrides`` (``n_iter=``, ``n_members=``,
-        ``seed=``, ``device=``, ``precision=``, ...) replace single values.
+        Defaults for every parameter (``Settings()`` when omitted).
     progress : callable, optional
         Called with a :class:`FitProgress` after every iteration.
+    **overrides
+        Any setting of :class:`Settings` by name (``n_iter=``, ``n_members=``,
+        ``seed=``, ``device=``, ``precision=``, ...), replacing the value of
+        ``settings``.
 
     Returns
     -------
@@ -156,9 +190,25 @@ def fit_prior(
 
     Raises
     ------
-    TypeError, ValueError
-        For an image of the wrong kind or shape, NaN/Inf, a constant image, or invalid
-        settings; the message says what to change.
+    TypeError
+        For an image or a setting of the wrong type; the message says what to change.
+    ValueError
+        For an image of the wrong shape, with NaN/Inf, constant or too small, or a
+        setting out of its bounds; the message says what to change.
+
+    See Also
+    --------
+    segment : Fit (or reuse) the prior and cluster it into labels.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from napari_dsp import fit_prior
+    >>> image = np.zeros((64, 64), np.float32)
+    >>> image[16:48, 16:48] = 1.0
+    >>> prior = fit_prior(image, n_members=3, n_iter=10, seed=0)
+    >>> prior.prior.shape, prior.metadata["settings"]["seed"]
+    ((64, 64), 0)
     """
     check_callback(progress)
     settings = without_unwatched_previews(make_settings(settings, **overrides), progress)
@@ -174,12 +224,46 @@ def iter_segment(
     scribbles=None,
     **overrides: Any,
 ) -> Generator[FitProgress, None, SegmentResult]:
-    """Generator form of :func:`segment`: yields progress, returns a
-    :class:`SegmentResult`. Arguments are checked at the call. With ``prior`` given
-    there is no fit; K-means then yields nothing, ``method='kanezaki'`` yields its
-    self-training steps. Where nothing stands out from the noise, the result says so in
+    """Segment step by step: the generator form of :func:`segment`.
+
+    Arguments are checked at the call. With ``prior`` given there is no fit; K-means
+    then yields nothing, ``method='kanezaki'`` yields its self-training steps. Where
+    nothing stands out from the noise, the result says so in
     ``metadata["clustering"]["decision"]["message"]`` and no warning is raised (the
-    caller shows it, as the napari widget does)."""
+    caller shows it, as the napari widget does).
+
+    Parameters
+    ----------
+    image : array_like, optional
+        As for :func:`segment`.
+    prior : PriorResult or ndarray, optional
+        A prior computed before: no refit.
+    channel_axis : int, optional
+        Axis of the channels for a multichannel image. Not needed for RGB(A).
+    settings : Settings, optional
+        Defaults for every parameter (``Settings()`` when omitted).
+    scribbles : ndarray, shape (Y, X), int, optional
+        ``method='kanezaki'`` only: user strokes, 0 = unlabelled.
+    **overrides
+        Any setting of :class:`Settings` by name, replacing the value of ``settings``.
+
+    Yields
+    ------
+    FitProgress
+        One report per iteration of the fit or the self-training.
+
+    Returns
+    -------
+    SegmentResult
+        Labels, prior and metadata (``StopIteration.value``).
+
+    Raises
+    ------
+    TypeError
+        For an image, a prior, scribbles or a setting of the wrong type.
+    ValueError
+        As :func:`segment` raises it.
+    """
     settings = make_settings(settings, **overrides)
     kanezaki = settings.method == "kanezaki"
     if scribbles is not None and not kanezaki:
@@ -294,50 +378,83 @@ def segment(
     """Segment a 2-D image with the Deep Segmentation Prior.
 
     The prior (see :func:`fit_prior`) is clustered by K-means over each pixel's
-    ``window x window`` neighbourhood of prior values (all channels).
+    ``window x window`` neighbourhood of prior values (all channels); for two classes
+    the outlines are then re-drawn from the image's pixels where they separate the
+    classes. With ``method='kanezaki'`` the number of classes is found by self-training
+    on superpixels of the prior instead.
 
     Parameters
     ----------
     image : array_like, optional
-        As for :func:`fit_prior`. May be omitted when ``prior`` is given.
+        As for :func:`fit_prior`. May be omitted when ``prior`` is given (no outline
+        refinement then).
     n_classes : int, optional
-        2 (default): foreground/background, 0 = background, 1 = foreground. The background
-        is the class that covers more of the image border (a band 2 % of the shorter side
-        wide); if both cover it about equally, the smaller class is the foreground.
-        ``invert=True`` swaps the two. K > 2: classes 1..K ordered by increasing mean
-        prior intensity.
+        2 (the default): foreground/background, 0 = background, 1 = foreground. The
+        background is the class that covers more of the image border; if both cover it
+        about equally, the smaller class is the foreground; ``invert=True`` swaps the
+        two. K > 2: classes 1..K ordered by increasing mean prior intensity.
     prior : PriorResult or ndarray, optional
-        A prior computed before (re-clustering with another ``n_classes`` or ``invert``
-        costs no refit).
-    channel_axis, settings, progress, overrides
-        As for :func:`fit_prior` (``window=``, ``invert=``, ``seed=``, ...).
-    full_output : bool
+        A prior computed before: re-clustering it (another ``n_classes``, ``invert``,
+        ``instances``...) costs no refit.
+    channel_axis : int, optional
+        Axis of the channels for a multichannel image. Not needed for RGB(A).
+    settings : Settings, optional
+        Defaults for every parameter (``Settings()`` when omitted).
+    progress : callable, optional
+        Called with a :class:`FitProgress` after every iteration.
+    full_output : bool, default False
         Return a :class:`SegmentResult` (labels, prior, metadata) instead of the labels.
     scribbles : ndarray, shape (Y, X), int, optional
         ``method='kanezaki'`` only: user strokes, 0 = unlabelled, v = class v; painted
         classes keep their ids in the output.
-
-    With ``method='kanezaki'`` the number of classes is found by self-training on
-    superpixels of the prior (see ``Settings``); labels are 1..K, scribbled ids kept, the
-    other classes numbered after them by increasing mean intensity.
+    **overrides
+        Any setting of :class:`Settings` by name (``window=``, ``invert=``,
+        ``instances=``, ``method=``, ``seed=``, ...), replacing the value of
+        ``settings``.
 
     Returns
     -------
-    labels : ndarray, shape (Y, X), uint8
-        Or a :class:`SegmentResult` with ``full_output=True``.
+    ndarray or SegmentResult
+        The labels, shape (Y, X): 0/1 for foreground/background, 1..K for K classes,
+        object ids with ``instances=True``; uint8 unless the ids need a wider type. A
+        :class:`SegmentResult` (labels, prior, metadata) with ``full_output=True``.
 
     Raises
     ------
-    TypeError, ValueError
-        As for :func:`fit_prior`, and for a prior whose shape does not match the image.
+    TypeError
+        For an image, a prior, scribbles or a setting of the wrong type.
+    ValueError
+        As for :func:`fit_prior`, and for a prior whose shape does not match the image,
+        scribbles without ``method='kanezaki'``, or neither an image nor a prior.
 
     Warns
     -----
     NothingToSegmentWarning
         Foreground/background only: when the prior's two classes do not stand out from
-        the image's noise (:mod:`napari_dsp.core.decide`). The labels are then the
-        pixels that stand out alone (one bright spot gives that spot), or empty; the
-        decision and its statistic are in ``metadata["clustering"]["decision"]``.
+        the image's noise. The labels are then the pixels that stand out alone (one
+        bright spot gives that spot), or empty; the decision and its statistic are in
+        ``metadata["clustering"]["decision"]``.
+
+    See Also
+    --------
+    fit_prior : The prior alone, to re-cluster it later.
+    segment_stack : Stacks and time-lapses, with classes shared by the planes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from napari_dsp import fit_prior, segment
+    >>> rng = np.random.default_rng(0)
+    >>> image = rng.normal(0.3, 0.1, (64, 64)).astype(np.float32)
+    >>> image[16:48, 16:48] += 0.4
+    >>> labels = segment(image, n_members=3, n_iter=10, seed=0)
+    >>> labels.shape, labels.dtype, int(labels.max())
+    ((64, 64), dtype('uint8'), 1)
+
+    Re-cluster a prior without fitting again:
+
+    >>> prior = fit_prior(image, n_members=3, n_iter=10, seed=0)
+    >>> three = segment(image, prior=prior, n_classes=3)
     """
     if n_classes is not None:
         overrides["n_classes"] = n_classes

@@ -41,6 +41,9 @@ from .workers import (  # noqa: F401 - SchedulerError, INSTALL_HINT: part of thi
     worker_threads,
 )
 
+#: What a user calls (the documented API of this module).
+__all__ = ["FileResult", "SchedulerError", "close", "connect", "segment_files", "submit_segment"]
+
 
 def parse_scheduler(text: str) -> tuple[str, Any]:
     """``"local:N"`` -> ``("local", N)``; anything else -> ``("address", text)``.
@@ -168,6 +171,20 @@ def connect(scheduler: str, *, timeout: Optional[float] = None, note=None, quiet
     :func:`output_of_children_discarded`); failures still come back as each task's
     exception.
 
+    Parameters
+    ----------
+    scheduler : str
+        ``"local:N"``, or a scheduler's address (``"tcp://head-node:8786"``).
+    timeout : float, optional
+        Seconds to wait for a scheduler at an address.
+    note : callable, optional
+        Called with a sentence when ``local:N`` starts fewer workers than asked.
+
+    Returns
+    -------
+    distributed.Client
+        Connected to the scheduler (with ``local:N``, to the cluster started for it).
+
     Raises
     ------
     SchedulerError
@@ -274,7 +291,13 @@ def answers_within(address: str, timeout: float) -> None:
 
 
 def close(client) -> None:
-    """Close ``client`` and the local cluster :func:`connect` started for it, if any."""
+    """Close ``client`` and the local cluster :func:`connect` started for it, if any.
+
+    Parameters
+    ----------
+    client : distributed.Client
+        A client from :func:`connect` (or any other).
+    """
     cluster = getattr(client, "cluster", None)
     client.close()
     if cluster is not None and type(cluster).__name__ == "LocalCluster":
@@ -283,8 +306,25 @@ def close(client) -> None:
 
 @dataclass
 class FileResult:
-    """What happened to one file: ``status`` is ``"done"``, ``"skipped"`` (outputs
-    exist) or ``"failed"`` (``message`` says why and what to do)."""
+    """What happened to one file of :func:`segment_files`.
+
+    Parameters
+    ----------
+    source : Path
+        The input file.
+    status : str
+        ``"done"``, ``"skipped"`` (outputs exist) or ``"failed"``.
+    message : str
+        For a failed file, why and what to do.
+    existing : tuple of Path
+        For a skipped file, the outputs that exist.
+    notes : list of str
+        What was assumed about the file (its axes, for example).
+    worker : str
+        The worker that ran the task.
+    seconds : float
+        How long the task took.
+    """
 
     source: Path
     status: str
@@ -428,21 +468,50 @@ def segment_files(
 
     Parameters
     ----------
-    inputs : paths of image files
-    output : folder (or a ``.tif`` name for one input), as for the command line
-    client : distributed.Client (see :func:`connect`)
-    settings, overrides : as for :func:`napari_dsp.segment`
-    overwrite : replace existing outputs; without it a file with any output is skipped
-    on_result : called with ``(result, completed, total)`` as each file finishes
+    inputs : sequence of str or Path
+        The image files.
+    output : str or Path
+        A folder (or a ``.tif`` name for one input), as for the command line.
+    client : distributed.Client
+        The cluster's client (see :func:`connect`).
+    settings : Settings, optional
+        Defaults for every parameter.
+    prior : bool, default False
+        Also write each prior (``<stem>_prior.tif``).
+    overwrite : bool, default False
+        Replace existing outputs; without it a file with any output is skipped.
+    channel_axis : int, optional
+        The channel axis of files whose metadata does not name it.
+    stack : bool, default False
+        Take leading axes of files without axes metadata as planes.
+    spacing : tuple of 3 floats (z, y, x), optional
+        Voxel size for ``volumetric=True`` (default: the files').
+    max_pixels : float, default inf
+        Refuse files with a larger plane.
+    on_result : callable, optional
+        Called with ``(result, completed, total)`` as each file finishes.
+    **overrides
+        Any setting of :class:`~napari_dsp.Settings` by name.
 
     Returns
     -------
-    list of FileResult, in the order of the (de-duplicated) inputs.
+    list of FileResult
+        In the order of the (de-duplicated) inputs.
 
     Raises
     ------
+    TypeError
+        If ``client`` is not a ``distributed.Client``.
     napari_dsp.batch.BatchError
         When the batch is refused (nothing was submitted).
+
+    Examples
+    --------
+    >>> from napari_dsp import distributed as dsp_dist
+    >>> client = dsp_dist.connect("local:2")  # doctest: +SKIP
+    >>> results = dsp_dist.segment_files(["a.tif", "b.tif"], "out/", client, seed=0)
+    >>> [r.status for r in results]
+    ['done', 'done']
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]  # one file, not its characters
@@ -525,10 +594,25 @@ def _as_completed(distributed, futures: list):
 
 
 def submit_segment(client, images: Sequence, *, settings=None, **kwargs: Any) -> list:
-    """Futures of :func:`napari_dsp.segment` ``(image, full_output=True, ...)`` for each
-    array of ``images`` (one task each; the arrays are sent to the workers). ``kwargs``
-    are :func:`~napari_dsp.segment`'s (``channel_axis=``, ``n_iter=``...). Call
-    ``.result()`` on a future for its :class:`~napari_dsp.SegmentResult`."""
+    """Segment arrays on a dask cluster, one task each.
+
+    Parameters
+    ----------
+    client : distributed.Client
+        The cluster's client (see :func:`connect`).
+    images : sequence of array_like
+        The images; they are sent to the workers.
+    settings : Settings, optional
+        Defaults for every parameter.
+    **kwargs
+        Keyword arguments of :func:`napari_dsp.segment` (``channel_axis=``,
+        ``n_classes=``, ``n_iter=``...).
+
+    Returns
+    -------
+    list of distributed.Future
+        One per image; ``.result()`` is its :class:`~napari_dsp.SegmentResult`.
+    """
     return [client.submit(_segment_one, image, settings, kwargs, pure=False) for image in images]
 
 

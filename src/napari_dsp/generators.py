@@ -30,6 +30,29 @@ __all__ = ["fit_prior", "run", "segment", "segment_stack"]
 
 
 def run(gen, progress: ProgressCallback | None = None):
-    """Run a generator of this module to its end, handing every report to
-    ``progress``; return its result."""
+    """Run a generator of this module to its end.
+
+    Parameters
+    ----------
+    gen : generator
+        A generator from :func:`fit_prior`, :func:`segment` or :func:`segment_stack`.
+    progress : callable, optional
+        Called with every :class:`~napari_dsp.FitProgress` the generator yields.
+
+    Returns
+    -------
+    PriorResult or SegmentResult
+        What the generator returns.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from napari_dsp import generators
+    >>> image = np.zeros((64, 64), np.float32)
+    >>> image[16:48, 16:48] = 1.0
+    >>> gen = generators.segment(image, n_members=3, n_iter=10, seed=0)
+    >>> result = generators.run(gen, progress=lambda p: None)
+    >>> result.labels.shape
+    (64, 64)
+    """
     return drain(gen, progress)

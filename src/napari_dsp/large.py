@@ -47,15 +47,33 @@ from .pipeline import (
 )
 from .settings import Settings, make_settings
 
+#: What a user calls (the documented API of this module).
+__all__ = ["iter_segment_stack_to_zarr", "open_source", "segment_stack_to_zarr"]
+
 #: Progress steps per plane fit in a whole run's report (a fit's own steps depend on its
 #: tiles and early stop; each plane counts the same).
 STEPS_PER_FIT = 1000
 
 
 def open_source(source):
-    """An array-like for ``source``: a path to a TIFF (read lazily through tifffile's
-    zarr store, one plane at a time) or a zarr store; a torch tensor as a numpy array;
-    other arrays as they are."""
+    """An array-like for a stack given as an array or a path.
+
+    Parameters
+    ----------
+    source : array_like or str or Path
+        A path to a TIFF (read lazily through tifffile's zarr store, one plane at a time)
+        or a zarr store; a torch tensor; any other array.
+
+    Returns
+    -------
+    array_like
+        A zarr array for a path, a numpy array for a tensor, other arrays as they are.
+
+    Raises
+    ------
+    ValueError
+        For a path that is neither a TIFF nor a zarr store.
+    """
     source = _image.from_torch(source)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
@@ -133,35 +151,53 @@ def segment_stack_to_zarr(
     image : array_like (numpy, dask, zarr) or path of a TIFF or zarr store
         ``(..., Y, X)`` with at most two leading axes (T, Z), plus ``channel_axis``.
         Planes are read one at a time.
-    output : path ending in ``.zarr``
+    output : str or Path ending in ``.zarr``
         Created with one chunk per plane (labels ``uint8``; ``uint32`` ids unique over
         the stack with ``instances``). Its attributes hold the metadata (settings, the
         shared model's numbers, counts per plane, axes).
-    settings, overrides : as for :func:`napari_dsp.segment_stack` (``method='kmeans'``;
-        ``volumetric`` needs the stack in memory and is refused).
+    channel_axis : int, optional
+        Axis of the channels, if any (a TIFF's metadata names it by itself).
+    settings : Settings, optional
+        Defaults for every parameter (``method='kmeans'``; ``volumetric`` needs the
+        stack in memory and is refused).
     client : distributed.Client, optional
         Run the planes as tasks on its workers (the workers must reach ``image`` when it
         is a path, and ``output``); without it, planes run here one after another.
-    n_sample : planes the shared model is learnt from (:func:`learn`).
-    overwrite : replace an existing ``output``.
+    n_sample : int, default 8
+        Planes the shared model (K-means centres, class order, noise decision) is
+        learnt from, evenly spaced.
+    overwrite : bool, default False
+        Replace an existing ``output`` that napari-dsp wrote.
     progress : callable, optional
         Called with a :class:`~napari_dsp.core.progress.FitProgress` after every iteration of
         every plane's fit (``plane``/``n_planes`` say which plane; without a client)
         and as each plane is written.
+    **overrides
+        Any setting of :class:`~napari_dsp.Settings` by name, replacing the value of
+        ``settings``.
 
     Returns
     -------
-    Path of the zarr array.
+    Path
+        The zarr array written.
 
     Raises
     ------
-    TypeError, ValueError
+    TypeError
+        For a stack or a setting of the wrong type (nothing is written then).
+    ValueError
         For a bad stack, settings or output (nothing is written then).
     FileExistsError
         ``output`` exists and ``overwrite`` is False.
     PermissionError
         ``output``'s folder cannot be written (or a file stands where it should be);
         said at the call, before anything is fitted.
+
+    Examples
+    --------
+    >>> from napari_dsp.large import segment_stack_to_zarr
+    >>> segment_stack_to_zarr("lightsheet.tif", "lightsheet_labels.zarr")  # doctest: +SKIP
+    PosixPath('lightsheet_labels.zarr')
     """
     check_callback(progress)
     s = make_settings(settings, **overrides)
@@ -302,12 +338,44 @@ def iter_segment_stack_to_zarr(
     overwrite: bool = False,
     **overrides: Any,
 ):
-    """Generator form of :func:`segment_stack_to_zarr` (the napari widget runs it in a
-    thread): yields a :class:`~napari_dsp.core.progress.FitProgress` after every iteration of
-    every plane's fit (``plane``/``n_planes`` set; closing the generator stops the fit
-    within an iteration and removes the unfinished output), returns a
-    :class:`~napari_dsp.SegmentResult` whose labels are a dask array read from the zarr
-    output (``prior`` None). Arguments are checked at the call."""
+    """Generator form of :func:`segment_stack_to_zarr`, in this process.
+
+    The napari widget runs it in a thread. Arguments are checked at the call. The
+    generator yields a :class:`~napari_dsp.FitProgress` after every iteration of every
+    plane's fit (``plane``/``n_planes`` set); closing it stops the fit within an
+    iteration and removes the unfinished output.
+
+    Parameters
+    ----------
+    image : array_like or str or Path
+        As for :func:`segment_stack_to_zarr`.
+    output : str or Path ending in ``.zarr``
+        The zarr array to write.
+    channel_axis : int, optional
+        Axis of the channels, if any.
+    settings : Settings, optional
+        Defaults for every parameter.
+    n_sample : int, default 8
+        Planes the shared model is learnt from.
+    overwrite : bool, default False
+        Replace an existing ``output`` that napari-dsp wrote.
+    **overrides
+        Any setting of :class:`~napari_dsp.Settings` by name.
+
+    Returns
+    -------
+    generator
+        Yields :class:`~napari_dsp.FitProgress`; returns a
+        :class:`~napari_dsp.SegmentResult` whose labels are a dask array read from the
+        zarr output (``prior`` None).
+
+    Raises
+    ------
+    TypeError
+        For a stack or a setting of the wrong type.
+    ValueError
+        For a bad stack, settings or output.
+    """
     from .results import SegmentResult
 
     s = make_settings(settings, **overrides)

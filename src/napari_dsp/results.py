@@ -28,7 +28,11 @@ class NothingToSegmentWarning(UserWarning):
 class PriorResult:
     """The prior of one image (or stack), with the ensemble's spread and how it was made.
 
-    Attributes
+    Returned by :func:`~napari_dsp.fit_prior`; pass it to :func:`~napari_dsp.segment` as
+    ``prior=`` to re-cluster without a refit. ``np.asarray(result)`` gives
+    ``result.prior``.
+
+    Parameters
     ----------
     prior : ndarray, float32 in [0, 1]
         Same layout as the input image (``(Y, X)`` or channels where the input had them).
@@ -42,8 +46,6 @@ class PriorResult:
     texture : ndarray, shape (K, Y, X), float32 in [0, 1], or None
         With ``texture=True``: the prior of the texture channels, fitted together with
         the image (:mod:`napari_dsp.core.texture`); clustering uses both.
-
-    ``np.asarray(result)`` gives ``result.prior``.
     """
 
     prior: np.ndarray
@@ -63,17 +65,30 @@ class PriorResult:
 
     @property
     def shape(self) -> tuple:
+        """The prior's shape (the input's layout)."""
         return self.prior.shape
 
     def channels_first(self) -> np.ndarray:
-        """The prior as ``(C, Y, X)`` (a view)."""
+        """The prior with its channels first.
+
+        Returns
+        -------
+        ndarray, shape (C, Y, X)
+            A view of the prior (C = 1 for grayscale).
+        """
         if self.channel_axis is None:
             return self.prior[None]
         return np.moveaxis(self.prior, self.channel_axis, 0)
 
     def features(self) -> np.ndarray:
-        """What clustering looks at: the prior as ``(C, Y, X)``, followed by the texture
-        channels' prior where there is one."""
+        """What clustering looks at.
+
+        Returns
+        -------
+        ndarray, shape (C, Y, X)
+            The prior's channels, followed by the texture channels' prior where there
+            is one.
+        """
         if self.texture is None:
             return self.channels_first()
         return np.concatenate([self.channels_first(), self.texture], 0)
@@ -81,8 +96,22 @@ class PriorResult:
 
 @dataclass(frozen=True)
 class SegmentResult:
-    """Labels with the prior they came from (None for ``method='kanezaki'`` with
-    ``prior_superpixels=False``) and the metadata of the run."""
+    """Labels with the prior they came from and the metadata of the run.
+
+    Returned by :func:`~napari_dsp.segment` and :func:`~napari_dsp.segment_stack` with
+    ``full_output=True``, and by the generators of :mod:`napari_dsp.generators`.
+
+    Parameters
+    ----------
+    labels : ndarray
+        Class or object ids, 0 = background; the image's plane shape (or the stack's).
+    prior : PriorResult or None
+        The prior the labels came from (None for ``method='kanezaki'`` with
+        ``prior_superpixels=False``, and for a stack segmented into zarr).
+    metadata : dict
+        Settings actually used (the seed included), device, package versions, and
+        what the clustering decided (``metadata["clustering"]``).
+    """
 
     labels: np.ndarray
     prior: Optional[PriorResult]

@@ -423,83 +423,13 @@ RESEARCH_FIT = {"n_members": 11, "n_iter": 50, "settle": 0.0, "precision": "floa
 
 @dataclass(frozen=True)
 class Settings:
-    """Parameters of a Deep Segmentation Prior run: the research defaults, but for the
-    departures the README lists (6 members, window 3; ``Settings.research()`` for the
-    research procedure's fit).
+    """Parameters of a Deep Segmentation Prior run, validated when made.
 
-    Parameters
-    ----------
-    n_classes : int
-        Number of K-means classes on the prior (2 = foreground/background).
-    texture : bool
-        Fit the prior to texture channels as well (``napari_dsp.core.texture``) and
-        cluster both; classes are still ordered by the intensities. 2-D images only;
-        no refinement; the noise test counts a texture difference as well.
-    invert : bool
-        Swap foreground and background (``n_classes == 2`` only).
-    instances : bool
-        One id per object (0 = background) instead of a 0/1 mask; the count is reported.
-    min_size : int
-        Foreground/background: smallest piece of foreground kept, in pixels (specks
-        removed; with ``instances`` the smallest object).
-    refine : bool
-        Re-draw the foreground outline from the image's pixels when they separate the
-        prior's two classes (see ``napari_dsp.core.postprocess``); needs the image.
-    fill_holes : bool
-        Fill background pockets enclosed by foreground (2 classes only).
-    volumetric : bool
-        ``segment_stack`` on a Z stack: one 3-D prior for the whole stack (see
-        ``napari_dsp.core.nets``) instead of a prior per plane.
-    method : {'kmeans', 'kanezaki'}
-        K-means on the prior, or Kanezaki's self-training seeded by the prior, which
-        finds the number of classes itself.
-    min_labels, max_iter, prior_superpixels, continuity_weight, stabilize_iter, n_superpixels,
-    compactness, similarity_weight, scribble_weight, kanezaki_lr, n_features, n_conv
-        Settings of ``method='kanezaki'`` (Kanezaki 2018 and its TIP 2020 variant;
-        the research defaults).
-    n_iter : int
-        Iterations of each generator fit (research default 50).
-    n_members : int
-        Ensemble size; the prior is the per-pixel median over the members (default 6; the
-        research procedure used 11: over 20 images and 3 seeds, 6 members x 50
-        iterations keep every image's worst-seed IoU within 0.01 of 11 x 50's and the
-        mean within +0.0004, ``benchmarks/study_speed.py``; see ``Settings.research()``).
-    settle : float
-        Stop the fits once the prior has settled: when the mean absolute change of the
-        members' median from one iteration to the next (in units of the normalised
-        image) falls below ``settle``, from iteration 10 on (0 = always ``n_iter``
-        iterations). The iterations fitted are in ``metadata["fit"]["iterations"]``.
-    window : int
-        Odd side of the square window of prior values used as a pixel's feature (3; the
-        research code used 7, which on the reference cases moves object outlines outwards
-        and loses 0.01-0.03 IoU: the prior is already smooth).
-    working_size : int or None
-        The prior is fitted on at most ``working_size ** 2`` pixels: larger planes are
-        scaled down for the fit (antialiased) and the prior scaled back up (bilinear).
-        ``None``: automatic (full resolution up to one tile; beyond, scaled down while the
-        estimated object radius stays >= 3 pixels, never below one tile); ``0``: full
-        resolution. Working planes larger than a tile (512 on a CPU, 2048 on CUDA,
-        whatever the memory free: a plan that does not fit is refused) are fitted in
-        overlapping tiles blended linearly.
-    seed : int or None
-        Seed of every random choice; ``None`` draws one (reported in the result).
-    device : {'auto', 'cpu', 'cuda', 'cuda:N', 'mps'}
-        Where to fit.
-    precision : {'auto', 'float32', 'bfloat16'}
-        Arithmetic of the fit.
-    n_threads : int or None
-        CPU threads sharing the ensemble (None = automatic, 0 = one fit on torch's own
-        thread pool).
-    learning_rate : float
-        Adam learning rate (0.01).
-    preview_every : int
-        Iterations between previews of the running prior (0 = none).
-
-    Raises
-    ------
-    TypeError, ValueError
-        If a value has the wrong type or lies outside its bounds; the message names the
-        setting and the accepted range.
+    The defaults are the research procedure's but for two departures (6 ensemble members
+    instead of 11, a 3x3 K-means window instead of 7x7); :meth:`Settings.research` gives
+    the research procedure's fit. The Parameters section below is generated from
+    :data:`FIELDS`, the table the command line's flags and the widget's form are built
+    from, so the three say the same.
     """
 
     n_classes: int = 2
@@ -560,13 +490,53 @@ class Settings:
 
     @classmethod
     def research(cls, **overrides: Any) -> Settings:
-        """The research procedure's fit (:data:`RESEARCH_FIT`: 11 members x 50 iterations,
-        float32, no early stop) with this package's other defaults; ``overrides``
-        replace single values."""
+        """The research procedure's fit with this package's other defaults.
+
+        Parameters
+        ----------
+        **overrides
+            Settings that replace single values (any name of :class:`Settings`).
+
+        Returns
+        -------
+        Settings
+            11 members x 50 iterations, float32, no early stop (:data:`RESEARCH_FIT`),
+            then ``overrides``.
+
+        Examples
+        --------
+        >>> from napari_dsp import Settings
+        >>> Settings.research(seed=0).n_members
+        11
+        """
         return cls(**{**RESEARCH_FIT, **overrides})
 
     def replace(self, **changes: Any) -> Settings:
-        """Return a copy with ``changes`` applied (validated); unknown names raise."""
+        """A copy with some settings changed.
+
+        Parameters
+        ----------
+        **changes
+            New values by setting name; validated as in :class:`Settings`.
+
+        Returns
+        -------
+        Settings
+            The new settings; ``self`` is unchanged (settings are frozen).
+
+        Raises
+        ------
+        TypeError
+            For a name that is not a setting, or a value of the wrong type.
+        ValueError
+            For a value outside the setting's bounds.
+
+        Examples
+        --------
+        >>> from napari_dsp import Settings
+        >>> Settings().replace(n_classes=3).n_classes
+        3
+        """
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
             raise TypeError(
@@ -576,11 +546,24 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
+        """Every setting by name, as written into results' metadata.
+
+        Returns
+        -------
+        dict
+            ``{name: value}`` for every setting.
+        """
         return dataclasses.asdict(self)
 
     def fit_values(self) -> dict:
-        """The plain values a plane's prior fit takes
-        (``napari_dsp.core.prior.iter_planned_prior``): the seed and the ``fit`` group."""
+        """The plain values a plane's prior fit takes.
+
+        Returns
+        -------
+        dict
+            The seed and the settings of the ``fit`` group by name, as
+            ``napari_dsp.core.prior.iter_planned_prior`` takes them.
+        """
         return {name: getattr(self, name) for name in ("seed", *FIT_GROUP)}
 
 
@@ -598,6 +581,59 @@ def _types() -> dict:
         kind = next(a for a in args if a is not type(None)) if optional else hint
         out[name] = (kind, optional)
     return out
+
+
+def _type_text(name: str) -> str:
+    """A setting's type as numpydoc writes it: ``int``, ``int or None``, ``{'a', 'b'}``."""
+    spec = FIELDS[name]
+    if spec.choices is not None:
+        return "{" + ", ".join(repr(c) for c in spec.choices) + "}"
+    if name == "device":
+        return "{'auto', 'cpu', 'cuda', 'cuda:N', 'mps'}"
+    kind, optional = _types()[name]
+    return kind.__name__ + (" or None" if optional else "")
+
+
+def parameters_section() -> str:
+    """The numpydoc Parameters section of :class:`Settings`, generated from :data:`FIELDS`
+    (type, default, help): one text for the docstring, the command line and the form.
+
+    Returns
+    -------
+    str
+        The section, indented by four spaces as in a class docstring.
+    """
+    import textwrap
+
+    lines = ["Parameters", "----------"]
+    for f in dataclasses.fields(Settings):
+        spec = FIELDS[f.name]
+        default = "None" if f.default is None else repr(f.default)
+        lines.append(f"{f.name} : {_type_text(f.name)}, default {default}")
+        extra = f" ({spec.none_text} if None.)" if spec.none_text else ""
+        lines += textwrap.wrap(
+            spec.help + extra, 84, initial_indent="    ", subsequent_indent="    "
+        )
+    lines += [
+        "",
+        "Raises",
+        "------",
+        "TypeError",
+        "    If a value has the wrong type.",
+        "ValueError",
+        "    If a value lies outside its bounds; the message names the setting and the",
+        "    accepted range.",
+        "",
+        "Examples",
+        "--------",
+        ">>> from napari_dsp import Settings",
+        ">>> Settings(n_members=4, seed=0).n_members",
+        "4",
+    ]
+    return textwrap.indent("\n".join(lines), "    ") + "\n"
+
+
+Settings.__doc__ = Settings.__doc__.rstrip() + "\n\n" + parameters_section()
 
 
 def _check(name: str, value: Any) -> None:

@@ -41,9 +41,46 @@ def iter_segment_stack(
     overwrite: bool = False,
     **overrides: Any,
 ) -> Generator[FitProgress, None, SegmentResult]:
-    """Generator form of :func:`segment_stack`: yields progress (``plane`` and
-    ``n_planes`` set), returns a :class:`SegmentResult` of stacks (with ``out``, labels
-    read lazily from that zarr array and no prior). Arguments are checked at the call."""
+    """Segment a stack step by step: the generator form of :func:`segment_stack`.
+
+    Arguments are checked at the call; closing the generator stops the work within an
+    iteration and leaves no partial output.
+
+    Parameters
+    ----------
+    image : array_like, shape (..., Y, X) with at most two leading axes
+        As for :func:`segment_stack`.
+    channel_axis : int, optional
+        Axis of the channels, if any.
+    settings : Settings, optional
+        Defaults for every parameter (``Settings()`` when omitted).
+    spacing : tuple of 3 floats (z, y, x), optional
+        Voxel size, as for :func:`segment_stack`.
+    out : str or Path ending in ``.zarr``, optional
+        Segment plane by plane into this zarr array, as for :func:`segment_stack`.
+    overwrite : bool, default False
+        With ``out``: replace an existing ``out`` that napari-dsp wrote.
+    **overrides
+        Any setting of :class:`Settings` by name, replacing the value of ``settings``.
+
+    Yields
+    ------
+    FitProgress
+        One report per iteration, with ``plane`` and ``n_planes`` set.
+
+    Returns
+    -------
+    SegmentResult
+        Labels, priors and metadata of the stack; with ``out``, labels read lazily from
+        that zarr array and no prior.
+
+    Raises
+    ------
+    TypeError
+        For an image or a setting of the wrong type.
+    ValueError
+        As :func:`segment_stack` raises it.
+    """
     settings = make_settings(settings, **overrides)
     image = _image.from_torch(image)
     if out is not None:
@@ -219,15 +256,21 @@ def segment_stack(
     image : array_like, shape (..., Y, X) with at most two leading axes
         Plus a channel axis anywhere when ``channel_axis`` is given. Lazy arrays (dask,
         zarr) are read one plane at a time.
-    channel_axis, settings, progress, overrides
-        As for :func:`~napari_dsp.segment` (``method='kmeans'`` only).
-    spacing : (z, y, x), optional
+    channel_axis : int, optional
+        Axis of the channels, if any.
+    settings : Settings, optional
+        Defaults for every parameter (``Settings()`` when omitted; ``method='kmeans'``
+        only).
+    spacing : tuple of 3 floats (z, y, x), optional
         Voxel size (e.g. a napari layer's ``scale``); used by ``volumetric=True``, where
         ONE 3-D prior is fitted to a Z stack with stages that follow the anisotropy (see
         ``napari_dsp.core.nets``), and by 3-D instance labelling. Default isotropic.
-    full_output : bool
+    progress : callable, optional
+        Called with a :class:`FitProgress` (``plane`` and ``n_planes`` set) after every
+        iteration.
+    full_output : bool, default False
         Return a :class:`SegmentResult` whose prior and spread are stacks too.
-    out : path ending in ``.zarr``, optional
+    out : str or Path ending in ``.zarr``, optional
         Segment plane by plane with bounded memory into this zarr array (for stacks
         larger than memory; one plane's fit in memory at a time): the classes are learnt
         from a sample of 8 evenly spaced planes (all of them in a shorter stack, which
@@ -235,15 +278,20 @@ def segment_stack(
         result appears under ``out`` only when every plane is done. The labels returned
         are a dask array read from it (no prior is kept). ``method='kmeans'`` without
         ``volumetric``. Needs ``pip install "napari-dsp[distributed]"`` (dask, zarr).
-    overwrite : bool
+    overwrite : bool, default False
         With ``out``: replace an existing ``out`` (never an input: an ``out`` that is,
         contains or lies inside the stack read is refused).
+    **overrides
+        Any setting of :class:`Settings` by name (``n_classes=``, ``instances=``,
+        ``volumetric=``, ``seed=``, ...), replacing the value of ``settings``.
 
     Returns
     -------
-    labels : ndarray (dask array with ``out``), shape (..., Y, X)
-        ``uint8`` classes (0 = background), or ``uint32`` object ids unique over the
-        stack with ``instances=True`` (numbered plane by plane).
+    ndarray or dask.array.Array or SegmentResult
+        The labels, shape (..., Y, X): ``uint8`` classes (0 = background), or ``uint32``
+        object ids unique over the stack with ``instances=True`` (numbered plane by
+        plane); a dask array read from ``out`` when given. A :class:`SegmentResult`
+        with ``full_output=True``.
 
     Warns
     -----
@@ -252,8 +300,26 @@ def segment_stack(
 
     Raises
     ------
-    TypeError, ValueError
-        For more than two leading axes, a bad ``channel_axis``, and as ``segment``.
+    TypeError
+        For an image or a setting of the wrong type.
+    ValueError
+        For more than two leading axes, a bad ``channel_axis``, ``method='kanezaki'``,
+        ``volumetric=True`` on anything but a Z stack, and as :func:`~napari_dsp.segment`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from napari_dsp import segment_stack
+    >>> rng = np.random.default_rng(0)
+    >>> stack = rng.normal(0.3, 0.1, (4, 64, 64)).astype(np.float32)
+    >>> stack[:, 16:48, 16:48] += 0.4
+    >>> labels = segment_stack(stack, n_members=3, n_iter=10, seed=0)
+    >>> labels.shape
+    (4, 64, 64)
+
+    A stack larger than memory, plane by plane into a zarr array on disk:
+
+    >>> labels = segment_stack(stack, out="labels.zarr", n_members=3)  # doctest: +SKIP
     """
     check_callback(progress)
     settings = without_unwatched_previews(make_settings(settings, **overrides), progress)

@@ -15,8 +15,8 @@ def main(path: str) -> None:
     import napari
     from qtpy.QtWidgets import QApplication
 
-    from napari_dsp._synthetic import nuclei
     from tests.fast import TINY
+    from tests.synthetic import nuclei
 
     viewer = napari.Viewer(show=False)
     _, widget = viewer.window.add_plugin_dock_widget("napari-dsp", "Deep Segmentation Prior")

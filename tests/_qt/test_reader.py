@@ -94,9 +94,9 @@ def test_a_labels_named_file_that_is_not_labels_is_left_to_napari(viewer, tmp_pa
 def test_the_cli_output_round_trips_through_napari(viewer, tmp_path):
     """A 2-D labels file from the command line: Labels, scale from the input's ImageJ
     calibration."""
-    from napari_dsp._synthetic import dark_on_bright
     from napari_dsp.cli import main
     from tests.fast import TINY_FLAGS
+    from tests.synthetic import dark_on_bright
 
     image, _ = dark_on_bright((40, 48))
     tifffile.imwrite(

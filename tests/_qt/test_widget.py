@@ -14,8 +14,8 @@ from napari.utils.notifications import notification_manager
 
 from napari_dsp._qt.outputs import META_KEY
 from napari_dsp._qt.widget import DSPWidget
-from napari_dsp._synthetic import dark_on_bright
 from tests.fast import TINY
+from tests.synthetic import dark_on_bright
 
 TIMEOUT = 120_000  # ms
 #: The settings every GUI test starts from (tests/fast.py), a little smaller.
@@ -216,7 +216,7 @@ def test_clustering_settings_recluster_without_refit(viewer, qtbot):
 
 
 def test_instances_checkbox_counts_objects_without_refit(viewer, qtbot):
-    from napari_dsp._synthetic import nuclei
+    from tests.synthetic import nuclei
 
     image, _ = nuclei((96, 96), n=8, seed=5)
     viewer.add_image(image, name="nuc")
@@ -482,7 +482,7 @@ def test_two_widgets_on_two_layers_run_at_once_without_mixing(viewer, qtbot):
 def test_self_training_mode_with_scribbles_and_cancel(viewer, qtbot):
     from sklearn.metrics import adjusted_rand_score
 
-    from napari_dsp._synthetic import scribbles_for, textured_regions
+    from tests.synthetic import scribbles_for, textured_regions
 
     image, truth = textured_regions(3, size=64, seed=1)
     viewer.add_image(image, name="regions")
@@ -622,8 +622,8 @@ def test_lazy_stack_all_planes_goes_to_disk_with_bounded_memory(viewer, qtbot, t
     labels layer reads that output lazily and matches segment_stack_to_zarr."""
     da = pytest.importorskip("dask.array")
     pytest.importorskip("zarr")
-    from napari_dsp._synthetic import nuclei
     from napari_dsp.large import segment_stack_to_zarr
+    from tests.synthetic import nuclei
 
     stack = np.stack([nuclei((48, 48), n=3, radius=(5, 8), seed=i)[0] for i in range(5)])
     layer = viewer.add_image(da.from_array(stack, chunks=(1, 48, 48)), name="lazy stack")

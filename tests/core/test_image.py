@@ -105,7 +105,7 @@ def test_normalize_values_near_the_float64_limit(recwarn):
 
 @pytest.mark.parametrize("size, radius", [(256, (2, 4)), (512, (6, 12)), (512, (16, 24))])
 def test_the_object_radius_is_found_on_blobs_of_known_size(size, radius):
-    from napari_dsp._synthetic import nuclei
+    from tests.synthetic import nuclei
 
     image, _mask = nuclei(
         (size, size), n=int(20 * (size / 256) ** 2 * (8 / radius[1]) ** 2), radius=radius, seed=0

@@ -5,7 +5,6 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from napari_dsp import fit_prior, segment
-from napari_dsp._synthetic import scribbles_for, textured_regions
 from napari_dsp.core.kanezaki import (
     compact_ids,
     majority,
@@ -15,6 +14,7 @@ from napari_dsp.core.kanezaki import (
 )
 from napari_dsp.core.nets import FeatureNet
 from napari_dsp.generators import segment as iter_segment
+from tests.synthetic import scribbles_for, textured_regions
 
 PRIOR = dict(n_members=5, n_iter=50, n_threads=1, seed=0)
 

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from napari_dsp import segment
-from napari_dsp._synthetic import dark_on_bright, nuclei, touching_discs
 from napari_dsp.core.postprocess import instances
+from tests.synthetic import dark_on_bright, nuclei, touching_discs
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

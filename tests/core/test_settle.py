@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from napari_dsp import Settings, fit_prior, segment_stack
-from napari_dsp._synthetic import nuclei
 from napari_dsp.core import fit as _fit
 from napari_dsp.core.nets import EnsembleGenerator
 from napari_dsp.core.progress import FitProgress, drain
 from napari_dsp.generators import fit_prior as iter_fit_prior
+from tests.synthetic import nuclei
 
 IMAGE = np.random.default_rng(0).random((3, 32, 40)).astype(np.float32)
 CROP = (slice(0, 32), slice(0, 40))

@@ -15,22 +15,44 @@ from typing import Any, Optional
 
 @dataclass(frozen=True)
 class FitProgress:
-    """One step of a running fit.
+    """One step of a running fit, as progress callbacks and the generators receive it.
 
     ``step`` of ``total`` are the units of a progress bar (iterations summed over member
-    groups, tiles and planes). The other fields say the same in the user's units:
+    groups, tiles and planes); the other fields say the same in the user's units, and
+    :meth:`describe` writes them as one line.
 
-    stage : ``"prior"`` (the generator fits) or ``"classes"`` (the self-training of
-        ``method="kanezaki"``; ``total`` shrinks once its stopping point is known).
-    iteration, n_iter : iteration of the generator fit that reported (1-based) and the
-        iterations of one fit (``n_iter``).
-    members_done, n_members : ensemble members finished, and the ensemble size.
-    tile, n_tiles : tile being fitted (0-based) of a plane fitted in tiles.
-    plane, n_planes : plane (0-based) of a stack.
-    elapsed : seconds since the run started.
-    preview : on preview steps, the running prior in the image's layout, or the current
+    Parameters
+    ----------
+    step : int
+        Steps done.
+    total : int
+        Steps in all (for ``stage="classes"`` it shrinks once the stopping point is
+        known).
+    preview : ndarray or None
+        On preview steps, the running prior in the image's layout, or the current
         ``(Y, X)`` label map in the ``"classes"`` stage; else None.
-    loss : the mean loss of the reporting fit, on preview steps.
+    loss : float or None
+        The mean loss of the reporting fit, on preview steps.
+    stage : {'prior', 'classes'}
+        The generator fits, or the self-training of ``method="kanezaki"``.
+    iteration : int
+        Iteration of the generator fit that reported (1-based).
+    n_iter : int
+        Iterations of one fit.
+    members_done : int
+        Ensemble members finished.
+    n_members : int
+        Ensemble size.
+    tile : int
+        Tile being fitted (0-based) of a plane fitted in tiles.
+    n_tiles : int
+        Tiles of the plane.
+    plane : int
+        Plane (0-based) of a stack.
+    n_planes : int
+        Planes of the stack.
+    elapsed : float
+        Seconds since the run started.
     """
 
     step: int
@@ -49,10 +71,23 @@ class FitProgress:
     elapsed: float = 0.0
 
     def replace(self, **changes: Any) -> FitProgress:
+        """A copy with some fields changed.
+
+        Parameters
+        ----------
+        **changes
+            New values by field name.
+
+        Returns
+        -------
+        FitProgress
+            The new report.
+        """
         return dataclasses.replace(self, **changes)
 
     @property
     def fraction(self) -> float:
+        """``step / total`` in [0, 1] (0 before the total is known)."""
         return min(1.0, self.step / self.total) if self.total > 0 else 0.0
 
     @property
@@ -63,8 +98,13 @@ class FitProgress:
         return self.elapsed * (self.total - self.step) / self.step
 
     def describe(self) -> str:
-        """One line in the user's units, e.g. ``"plane 2/5 · members 4/11 done ·
-        iteration 18/50 · about 12 s left"``."""
+        """The report as one line in the user's units.
+
+        Returns
+        -------
+        str
+            E.g. ``"plane 2/5 · members 4/11 done · iteration 18/50 · about 12 s left"``.
+        """
         parts = []
         if self.n_planes > 1:
             parts.append(f"plane {self.plane + 1}/{self.n_planes}")

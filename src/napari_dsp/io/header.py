@@ -35,13 +35,18 @@ class ImageFileError(ValueError):
 class ImageInfo:
     """What a file's header says, before any pixel is decoded.
 
-    Attributes
+    Made by :func:`read_info`.
+
+    Parameters
     ----------
     path : Path
+        The file.
     format : str
         ``"ome-tiff"``, ``"imagej-tiff"``, ``"tiff"``, ``"png"``, ``"jpeg"`` or ``"npy"``.
-    shape, dtype
+    shape : tuple of int
         Of the stored array (the first image series of a TIFF).
+    dtype : numpy.dtype
+        Of the stored array.
     axes : str or None
         One letter per axis of ``shape`` where the file names them (tifffile's codes: T,
         Z, C, Y, X, S for samples, Q or I for an axis of unknown meaning); None where the
@@ -72,6 +77,7 @@ class ImageInfo:
 
     @property
     def nbytes(self) -> int:
+        """Bytes of the stored array once decoded."""
         return int(np.prod(self.shape, dtype=np.float64)) * np.dtype(self.dtype).itemsize
 
     @property
@@ -83,11 +89,22 @@ class ImageInfo:
 
     @property
     def written_by_us(self) -> bool:
+        """The file was written by napari-dsp (its Software tag)."""
         return self.software.startswith(SOFTWARE)
 
 
 def read_info(path) -> ImageInfo:
     """The header of an image file: shape, dtype, axes, pixel size. No pixel is decoded.
+
+    Parameters
+    ----------
+    path : str or Path
+        A TIFF (plain, OME, ImageJ, BigTIFF, compressed), PNG, JPEG or ``.npy`` file.
+
+    Returns
+    -------
+    ImageInfo
+        What the header says.
 
     Raises
     ------

@@ -21,9 +21,9 @@ from .header import ImageFileError, ImageInfo, first_line, tifffile_messages
 
 @dataclass(frozen=True)
 class Arrangement:
-    """How a file's axes are used.
+    """How a file's axes are used. Made by :func:`arrange`.
 
-    Attributes
+    Parameters
     ----------
     axes : str
         One letter per axis of the arranged array (:func:`read_pixels`): T, Z (planes), C
@@ -43,6 +43,10 @@ class Arrangement:
     drop_alpha : bool
         The last sample is transparency and is dropped.
     notes : tuple of str
+        What was assumed or decided, for the user.
+    source : str, default 'assumed'
+        Not set by :func:`arrange` (it stays ``"assumed"``); ``from_metadata`` says
+        whether the file named the axes.
     """
 
     axes: str
@@ -63,6 +67,7 @@ class Arrangement:
 
     @property
     def plane_axes(self) -> str:
+        """The plane axes (T, Z) of the arranged array, in order."""
         return "".join(a for a in self.axes if a in "TZ")
 
 
@@ -77,6 +82,20 @@ def arrange(
     whose metadata calls it something else (a channel stack saved as slices). Without
     axes metadata: the rules of :func:`napari_dsp.segment` and
     :func:`napari_dsp.segment_stack`, and the planes' letters are assumed.
+
+    Parameters
+    ----------
+    info : ImageInfo
+        The file's header (:func:`read_info`).
+    channel_axis : int, optional
+        The channel axis of the stored array, where the metadata does not name it.
+    stack : bool, default False
+        Take leading axes of a file without axes metadata as planes (Z, or T x Z).
+
+    Returns
+    -------
+    Arrangement
+        The axes of the arranged array and what was assumed.
 
     Raises
     ------
@@ -196,8 +215,20 @@ def _arrange_assumed(info: ImageInfo, channel_axis: Optional[int], stack: bool) 
 
 
 def spacing_of(info: ImageInfo, arrangement: Arrangement) -> Optional[tuple]:
-    """(z, y, x) voxel size of a Z stack from the file's metadata, or None where any of
-    the three is not recorded."""
+    """The voxel size of a Z stack from the file's metadata.
+
+    Parameters
+    ----------
+    info : ImageInfo
+        The file's header.
+    arrangement : Arrangement
+        How its axes are used.
+
+    Returns
+    -------
+    tuple of 3 floats or None
+        ``(z, y, x)``, or None where any of the three is not recorded.
+    """
     if "Z" not in arrangement.axes or not arrangement.from_metadata:
         return None
     sizes = info.pixel_size
@@ -207,8 +238,20 @@ def spacing_of(info: ImageInfo, arrangement: Arrangement) -> Optional[tuple]:
 
 
 def read_pixels(info: ImageInfo, arrangement: Optional[Arrangement] = None) -> np.ndarray:
-    """The pixels of ``info``'s file, arranged (length-1 axes of a file with axes metadata
-    dropped, alpha dropped); the stored array where ``arrangement`` is None.
+    """The pixels of ``info``'s file, arranged.
+
+    Parameters
+    ----------
+    info : ImageInfo
+        The file's header (:func:`read_info`).
+    arrangement : Arrangement, optional
+        How to arrange the axes (:func:`arrange`): length-1 axes of a file with axes
+        metadata and alpha dropped. None: the stored array as it is.
+
+    Returns
+    -------
+    ndarray
+        The pixels, in the arranged axes (``arrangement.axes``).
 
     Raises
     ------
@@ -289,5 +332,18 @@ def _pil_pixels(path: Path) -> np.ndarray:
 
 
 def pixel_size_for(axes: str, info: ImageInfo) -> dict:
-    """The file's pixel sizes for the axes of an output (Y, X and Z where recorded)."""
+    """The file's pixel sizes for the axes of an output.
+
+    Parameters
+    ----------
+    axes : str
+        The output's axes (``"YX"``, ``"ZYX"``...).
+    info : ImageInfo
+        The input file's header.
+
+    Returns
+    -------
+    dict
+        Size per axis letter, for the axes of ``axes`` the file records.
+    """
     return {a: v for a, v in info.pixel_size.items() if a in axes}

@@ -99,8 +99,18 @@ def remove_stale_temps(folder) -> list[Path]:
     """Remove the temporary files and folders a killed run left in ``folder``: this
     machine's whose process is gone, another machine's after a day without a change (a
     run writing a temporary folder touches it as each plane is written), an older
-    version's after an hour; never a file whose lock a running process holds. Returns
-    what was removed."""
+    version's after an hour; never a file whose lock a running process holds.
+
+    Parameters
+    ----------
+    folder : str or Path
+        The output folder to clean.
+
+    Returns
+    -------
+    list of Path
+        What was removed.
+    """
     folder = Path(folder)
     removed = []
     try:

@@ -29,6 +29,14 @@ class Staged:
     """Outputs written to temporary files first and moved into place together by
     :meth:`commit`; leaving the ``with`` block without committing removes them.
 
+    Parameters
+    ----------
+    overwrite : bool or collection of path, default False
+        True replaces any existing output; a collection of paths replaces those only
+        (what an interrupted run of the same job left).
+
+    Examples
+    --------
     >>> with Staged(overwrite=False) as out:            # doctest: +SKIP
     ...     out.labels(folder / "cell_labels.tif", labels, axes="YX")
     ...     out.json(folder / "cell_labels.json", metadata)
@@ -36,8 +44,7 @@ class Staged:
     """
 
     def __init__(self, overwrite=False):
-        """``overwrite``: True replaces any existing output; a collection of paths
-        replaces those only (what an interrupted run of the same job left)."""
+        """See the class's Parameters."""
         if isinstance(overwrite, bool):
             self.overwrite, self._replace = overwrite, frozenset()
         else:
@@ -52,10 +59,22 @@ class Staged:
         self.discard()
 
     def replaces(self, path) -> bool:
-        """Whether ``path`` may be replaced if it exists."""
+        """Whether ``path`` may be replaced if it exists.
+
+        Parameters
+        ----------
+        path : str or Path
+            An output.
+
+        Returns
+        -------
+        bool
+            True if ``overwrite`` allows replacing it.
+        """
         return self.overwrite or Path(path) in self._replace
 
     def discard(self) -> None:
+        """Remove every staged file not yet moved into place."""
         for tmp, _ in self._files:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
@@ -89,7 +108,32 @@ class Staged:
         unit: Optional[str] = None,
         info: Optional[dict] = None,
     ) -> Path:
-        """Stage a label image (see :func:`write_labels`)."""
+        """Stage a label image.
+
+        Parameters
+        ----------
+        path : str or Path
+            Where it goes on :meth:`commit`.
+        labels : array_like of int
+            The ids.
+        axes : str
+            One of T, Z, Y, X per axis.
+        pixel_size : dict, optional
+            Size per axis letter, in ``unit``.
+        unit : str, optional
+            Unit of ``pixel_size``.
+        info : dict, optional
+            Stored as the ImageJ ``Info`` property (JSON).
+
+        Returns
+        -------
+        Path
+            ``path``.
+
+        See Also
+        --------
+        write_labels : The same, written at once.
+        """
         data, kind = _label_array(labels, axes)
         ome = kind == "ome" or is_ome_name(path)
         return self._stage(
@@ -106,7 +150,32 @@ class Staged:
         unit: Optional[str] = None,
         info: Optional[dict] = None,
     ) -> Path:
-        """Stage a float32 image (see :func:`write_image`)."""
+        """Stage a float32 image.
+
+        Parameters
+        ----------
+        path : str or Path
+            Where it goes on :meth:`commit`.
+        image : array_like
+            The image, written as float32.
+        axes : str
+            One of T, Z, C, Y, X per axis.
+        pixel_size : dict, optional
+            Size per axis letter, in ``unit``.
+        unit : str, optional
+            Unit of ``pixel_size``.
+        info : dict, optional
+            Stored as the ImageJ ``Info`` property (JSON).
+
+        Returns
+        -------
+        Path
+            ``path``.
+
+        See Also
+        --------
+        write_image : The same, written at once.
+        """
         data = np.asarray(image, dtype=np.float32)
         _check_axes(data, axes)
         return self._stage(
@@ -115,14 +184,33 @@ class Staged:
         )
 
     def json(self, path, data: dict) -> Path:
-        """Stage a strict JSON file (NaN and infinities written as null)."""
+        """Stage a strict JSON file (NaN and infinities written as null).
+
+        Parameters
+        ----------
+        path : str or Path
+            Where it goes on :meth:`commit`.
+        data : dict
+            What to write.
+
+        Returns
+        -------
+        Path
+            ``path``.
+        """
         text = json.dumps(jsonable(data), indent=2, allow_nan=False) + "\n"
         return self._stage(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
     def commit(self) -> list[Path]:
         """Move every staged file into place. If one cannot be placed, the set is rolled
         back: files this call created are removed, and files it replaced (with
-        ``overwrite``) get their earlier content back; then the error is raised."""
+        ``overwrite``) get their earlier content back; then the error is raised.
+
+        Returns
+        -------
+        list of Path
+            The files placed, in the order they were staged.
+        """
         placed: list[Path] = []
         backups: list[tuple[Path, Path]] = []
         try:
@@ -303,15 +391,39 @@ def write_labels(
 
     Parameters
     ----------
+    path : str or Path
+        The file to write (``.ome.tif`` for an OME-TIFF).
+    labels : array_like of int
+        The ids, 0 = background.
     axes : str, optional
         One of T, Z, Y, X per axis (default: the last two are Y, X, leading ones Z or T x Z).
     pixel_size : dict, optional
         Size per axis letter, e.g. ``{"Z": 2.0, "Y": 0.5, "X": 0.5}``, in ``unit``.
-    overwrite : bool
+    unit : str, optional
+        Unit of ``pixel_size`` (``"µm"``).
+    overwrite : bool, default False
         Replace an existing file; without it an existing ``path`` raises
         :class:`OutputExistsError` (nothing is written).
     info : dict, optional
         Stored as the ImageJ ``Info`` property (JSON): how the labels were made.
+
+    Returns
+    -------
+    Path
+        The file written.
+
+    Raises
+    ------
+    OutputExistsError
+        If ``path`` exists and ``overwrite`` is False.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from napari_dsp.io import write_labels
+    >>> labels = np.zeros((64, 64), np.uint8)
+    >>> write_labels("cell_labels.tif", labels, pixel_size={"Y": 0.5, "X": 0.5},
+    ...              unit="µm")  # doctest: +SKIP
     """
     labels = np.asarray(labels)
     axes = axes if axes is not None else _default_axes(labels.ndim)
@@ -330,8 +442,35 @@ def write_image(
     overwrite: bool = False,
     info: Optional[dict] = None,
 ) -> Path:
-    """Write a float32 image (the prior) with ImageJ metadata; as :func:`write_labels`,
-    and ``axes`` may contain C (channels)."""
+    """Write a float32 image (the prior) with ImageJ metadata, atomically.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file to write (``.ome.tif`` for an OME-TIFF).
+    image : array_like
+        The image, written as float32.
+    axes : str, optional
+        One of T, Z, C, Y, X per axis (default: as :func:`write_labels`).
+    pixel_size : dict, optional
+        Size per axis letter, in ``unit``.
+    unit : str, optional
+        Unit of ``pixel_size``.
+    overwrite : bool, default False
+        Replace an existing file.
+    info : dict, optional
+        Stored as the ImageJ ``Info`` property (JSON).
+
+    Returns
+    -------
+    Path
+        The file written.
+
+    Raises
+    ------
+    OutputExistsError
+        If ``path`` exists and ``overwrite`` is False.
+    """
     image = np.asarray(image)
     axes = axes if axes is not None else _default_axes(image.ndim)
     with Staged(overwrite) as out:
@@ -340,7 +479,27 @@ def write_image(
 
 
 def write_json(path, data: dict, *, overwrite: bool = False) -> Path:
-    """Write strict JSON (NaN and infinities as null), atomically."""
+    """Write strict JSON (NaN and infinities as null), atomically.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file to write.
+    data : dict
+        What to write.
+    overwrite : bool, default False
+        Replace an existing file.
+
+    Returns
+    -------
+    Path
+        The file written.
+
+    Raises
+    ------
+    OutputExistsError
+        If ``path`` exists and ``overwrite`` is False.
+    """
     with Staged(overwrite) as out:
         out.json(path, data)
         return out.commit()[0]
