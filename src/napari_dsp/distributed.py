@@ -167,9 +167,6 @@ def connect(scheduler: str, *, timeout: Optional[float] = None, note=None, quiet
     to a running scheduler, waiting at most ``timeout`` seconds (default: dask's
     ``distributed.comm.timeouts.connect``, 30 s unless configured, e.g. with the
     environment variable ``DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT=5s``).
-    ``quiet=True`` sends the output of the ``local:N`` processes nowhere (see
-    :func:`output_of_children_discarded`); failures still come back as each task's
-    exception.
 
     Parameters
     ----------
@@ -179,6 +176,9 @@ def connect(scheduler: str, *, timeout: Optional[float] = None, note=None, quiet
         Seconds to wait for a scheduler at an address.
     note : callable, optional
         Called with a sentence when ``local:N`` starts fewer workers than asked.
+    quiet : bool
+        Send what the ``local:N`` processes print nowhere (a command line that reports
+        every file's outcome itself); failures still come back as each task's exception.
 
     Returns
     -------
