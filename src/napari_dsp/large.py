@@ -38,6 +38,8 @@ from .io.write import jsonable
 from .pipeline import (
     SAMPLE_PLANES,
     StackModel,
+    fit_order,
+    fitted_by_rule,
     iter_learn,
     iter_segment_plane,
     refuse_texture,
@@ -108,9 +110,12 @@ def _open_cached(path: str, mtime_ns: int, size: int):
 
 
 def _plane_task(
-    source_ref, stack, index: tuple, model: StackModel, store: str, prior: Optional[np.ndarray]
-) -> tuple[tuple, int]:
-    """One plane on a worker: read it, segment it, write its chunk of ``store``."""
+    source_ref, stack, indices: list, model: StackModel, store: str, fitted_first: dict
+) -> list[tuple[tuple, int]]:
+    """A run of planes on a worker (:func:`napari_dsp.pipeline.fit_order`): read each,
+    segment it (each from where the one before ended; a plane fitted in the first pass
+    is in ``fitted_first``), write its chunk of ``store``. ``source_ref``: a path (with
+    ``stack``) or one :class:`_PlaneRef` per plane."""
     import zarr
 
     from .workers import prepare_worker, worker_threads
@@ -120,16 +125,23 @@ def _plane_task(
         model = dataclasses.replace(
             model, settings=model.settings.replace(n_threads=worker_threads())
         )
-    if stack is not None:  # a path: opened once per worker process
-        path = Path(source_ref)
-        st = path.stat()
-        raw = stack.raw_plane(_open_cached(str(path), st.st_mtime_ns, st.st_size), index)
-    else:
-        raw = np.asarray(source_ref)  # a _PlaneRef: (C, Y, X)
-    labels, count = segment_plane(raw, model, prior)
     out = zarr.open_array(store, mode="r+")
-    out[index] = labels
-    return index, count
+    carry: dict = {"weights": None}
+    done = []
+    for k, index in enumerate(indices):
+        if stack is not None:  # a path: opened once per worker process
+            path = Path(source_ref)
+            st = path.stat()
+            raw = stack.raw_plane(_open_cached(str(path), st.st_mtime_ns, st.st_size), index)
+        else:
+            raw = np.asarray(source_ref[k])  # a _PlaneRef: (C, Y, X)
+        prior = None
+        if index in fitted_first:
+            prior, carry["weights"] = fitted_first[index]
+        labels, count = segment_plane(raw, model, prior, carry)
+        out[index] = labels
+        done.append((index, count))
+    return done
 
 
 def segment_stack_to_zarr(
@@ -436,6 +448,9 @@ def _to_zarr(
     n = len(stack.planes)
     position = {index: k for k, index in enumerate(stack.planes)}
     sample = sample_indices(stack.planes, n_sample)
+    # every plane once, and the sampled planes not fitted as the second pass fits them
+    # (pipeline.fitted_by_rule) twice
+    n_fits = n + len(sample) - len(fitted_by_rule(stack.planes, sample, bool(s.warm_iter)))
     start = time.monotonic()
 
     def overall(fits_done: int, plane: int):
@@ -445,7 +460,7 @@ def _to_zarr(
         def stamp(p: FitProgress) -> FitProgress:
             return p.replace(
                 step=fits_done * STEPS_PER_FIT + round(p.fraction * STEPS_PER_FIT),
-                total=n * STEPS_PER_FIT,
+                total=n_fits * STEPS_PER_FIT,
                 plane=plane,
                 n_planes=n,
                 elapsed=time.monotonic() - start,
@@ -456,7 +471,8 @@ def _to_zarr(
     def sample_report(p: FitProgress) -> FitProgress:
         return overall(p.plane, position[sample[p.plane]])(p)
 
-    model, priors = yield from relay(iter_learn(source, stack, s, n_sample), sample_report)
+    model, fitted_first = yield from relay(iter_learn(source, stack, s, n_sample), sample_report)
+    n_sampled = len(sample)
     dtype = label_dtype(instances=s.instances, n_classes=s.n_classes)
     plane_shape = stack.plane_shape
     shape = stack.lead + tuple(plane_shape)
@@ -482,25 +498,32 @@ def _to_zarr(
     try:
         if client is None:
             out = zarr.open_array(str(tmp), mode="r+")
-            fitted = len(priors)
-            for k, index in enumerate(stack.planes):
-                raw = stack.raw_plane(source, index)
-                labels, counts[index] = yield from relay(
-                    iter_segment_plane(raw, model, priors.get(index)), overall(fitted, k)
-                )
-                fitted += index not in priors
-                out[index] = labels
-                yield written(fitted, index)
+            fitted = n_sampled
+            k = 0
+            for run in fit_order(stack.planes, bool(s.warm_iter)):
+                carry: dict = {"weights": None}  # an anchor: from scratch
+                for index in run:
+                    raw = stack.raw_plane(source, index)
+                    prior = None
+                    if index in fitted_first:  # fitted as here in the first pass
+                        prior, carry["weights"] = fitted_first[index]
+                    labels, counts[index] = yield from relay(
+                        iter_segment_plane(raw, model, prior, carry), overall(fitted, k)
+                    )
+                    fitted += prior is None
+                    out[index] = labels
+                    yield written(fitted, index)
+                    k += 1
         else:
             counts = yield from _run_planes(
-                client, source_ref, source, stack, model, priors, str(tmp), written
+                client, source_ref, source, stack, model, fitted_first, n_sampled, str(tmp), written
             )
         if s.instances:  # numbered over the stack, plane by plane, as in memory
             renumbering = _number_over_the_stack(
                 zarr.open_array(str(tmp), mode="r+"), stack.planes, counts
             )
             for k in renumbering:  # a report per plane: a cancel takes effect between them
-                yield overall(n, k)(FitProgress(0, 1))
+                yield overall(n_fits, k)(FitProgress(0, 1))
         axes = _axes(stack)
         meta = make_metadata(
             s,
@@ -543,33 +566,33 @@ def _number_over_the_stack(out, planes: list, counts: dict):
         yield k
 
 
-def _run_planes(client, source_ref, source, stack, model, priors, store, written):
-    """The planes as tasks; yields ``written(fits done, plane index)`` as each plane is
-    written, returns the counts."""
+def _run_planes(client, source_ref, source, stack, model, fitted_first, n_sampled, store, written):
+    """The planes as tasks, a run of :func:`napari_dsp.pipeline.fit_order` each; yields
+    ``written(fits done, plane index)`` as each plane is written, returns the counts."""
     from .workers import require_distributed
 
     dist = require_distributed()
     by_path = isinstance(source_ref, (str, os.PathLike))
     model_future = client.scatter(model, broadcast=True)
     futures = []
-    for index in stack.planes:
+    for indices in fit_order(stack.planes, bool(model.settings.warm_iter)):
         if by_path:
             ref, st = source_ref, stack
-        else:  # the plane itself (a lazy slice of dask/zarr data is read on the worker)
-            ref, st = _PlaneRef(source, stack.key(index), stack.plane_axis), None
+        else:  # the planes themselves (a lazy slice of dask/zarr data is read on the worker)
+            ref = [_PlaneRef(source, stack.key(i), stack.plane_axis) for i in indices]
+            st = None
+        given = {i: fitted_first[i] for i in indices if i in fitted_first}
         futures.append(
-            client.submit(
-                _plane_task, ref, st, index, model_future, store, priors.get(index), pure=False
-            )
+            client.submit(_plane_task, ref, st, indices, model_future, store, given, pure=False)
         )
     counts = {}
     try:
-        fitted = len(priors)  # the sample's planes were fitted here, in the first pass
+        fitted = n_sampled  # the sample's planes were fitted here, in the first pass
         for future in dist.as_completed(futures):
-            index, count = future.result()
-            counts[index] = count
-            fitted += index not in priors
-            yield written(fitted, index)
+            for index, count in future.result():
+                counts[index] = count
+                fitted += index not in fitted_first
+                yield written(fitted, index)
     except BaseException:
         for future in futures:
             future.cancel()

@@ -39,6 +39,12 @@ from .settings import Settings
 #: of them in a shorter stack).
 SAMPLE_PLANES = 8
 
+#: A plane from scratch every this many planes of a stack (its first one included): the
+#: planes between start from their neighbour's fit (``Settings.warm_iter``). It bounds
+#: how far one fit is carried, and cuts the stack into runs that can go to different
+#: workers. The same positions on every path, so every path fits the same priors.
+ANCHOR_EVERY = 32
+
 #: The decision of a run whose planes were not tested against the noise (a prior
 #: re-clustered without its image).
 UNTESTED = "no image given: not tested"
@@ -231,17 +237,58 @@ def sample_indices(planes: Sequence[tuple], n: int = SAMPLE_PLANES) -> tuple:
     return tuple(planes[i] for i in picks)
 
 
-def iter_fit_plane(normed: np.ndarray, settings: Settings):
+def neighbour_start(settings: Settings, weights: Optional[dict]):
+    """How a plane of a stack is fitted after the plane before it (its neighbour in Z or
+    T, fitted just before in the same run): from the weights that fit ended with
+    (``weights``), for ``settings.warm_iter`` iterations, since neighbours differ by a
+    little movement or focus; from scratch, with ``n_iter``, without them (the first
+    plane) or with ``warm_iter=0``. Returns the settings of this plane's fit and its
+    :class:`~napari_dsp.core.fit.WarmStart` (``None``: nothing carried), which keeps the
+    weights this fit ends with for the next plane."""
+    if not settings.warm_iter:
+        return settings, None
+    from .core.fit import WarmStart
+
+    if not weights:
+        return settings, WarmStart(keep_at=settings.n_iter)
+    warm = WarmStart(start=weights, keep_at=settings.warm_iter)
+    return settings.replace(n_iter=settings.warm_iter, settle=0.0), warm
+
+
+def iter_fit(normed: np.ndarray, settings: Settings, carry: Optional[dict] = None):
     """The prior of one normalised ``(C, Y, X)`` plane: yields the fit's
     :class:`~napari_dsp.core.progress.FitProgress` every iteration (so a consumer that
-    stops stops the fit within one), returns the median ``(C, Y, X)``."""
+    stops stops the fit within one), returns ``(median (C, Y, X), spread (Y, X),
+    fit_info)``.
+
+    ``carry`` is a dict the planes of one stack share when they are fitted in order:
+    each plane starts from the weights the plane before it ended with
+    (:func:`neighbour_start`), and leaves its own there. ``fit_info["start"]`` says
+    which: ``"neighbour"`` or ``"scratch"``."""
     from .core import plan as _plan
     from .core.prior import iter_planned_prior
 
     device = _plan.resolve_device(settings.device)
-    median, _spread, _info = yield from iter_planned_prior(
-        normed, device=device, **settings.replace(preview_every=0).fit_values()
-    )
+    weights = carry.get("weights") if carry is not None else None
+    plane_settings, warm = neighbour_start(settings, weights)
+    fit = iter_planned_prior(normed, device=device, warm=warm, **plane_settings.fit_values())
+    median, spread, info = yield from fit
+    if warm is not None and warm.start and set(warm.kept) != set(warm.start):
+        # planned in other groups than the plane before (a GPU that ran out of memory
+        # retried with smaller ones): groups without carried weights had too few
+        # iterations, so this plane is fitted again, from scratch
+        plane_settings, warm = neighbour_start(settings, None)
+        fit = iter_planned_prior(normed, device=device, warm=warm, **plane_settings.fit_values())
+        median, spread, info = yield from fit
+    info["start"] = "neighbour" if warm is not None and warm.start else "scratch"
+    if carry is not None:
+        carry["weights"] = warm.kept if warm is not None else None
+    return median, spread, info
+
+
+def iter_fit_plane(normed: np.ndarray, settings: Settings, carry: Optional[dict] = None):
+    """:func:`iter_fit` without previews, returning the median ``(C, Y, X)`` alone."""
+    median, _spread, _info = yield from iter_fit(normed, settings.replace(preview_every=0), carry)
     return median
 
 
@@ -250,8 +297,11 @@ def iter_learn(source, stack, settings: Settings, n_sample: int = SAMPLE_PLANES)
     planes of ``source`` (read through ``stack``, a
     :class:`~napari_dsp.planes.StackLayout`). Yields each sampled plane's fit progress,
     with ``plane`` (its position in the sample) and ``n_planes`` (the sample's size) set;
-    returns ``(model, priors)``, the sample's priors by plane index (the second pass
-    reuses them)."""
+    returns ``(model, fitted)``: ``fitted`` maps the index of each sampled plane that was
+    fitted as every path fits it (:func:`fit_order`: an anchor, or the neighbour of the
+    sampled plane before it, as all of them are in a short stack) to its prior and the
+    weights its fit ended with; the second pass reuses those. The other sampled planes
+    are fitted from scratch, for the model alone."""
     from .core.progress import relay
 
     s = settings
@@ -268,11 +318,18 @@ def iter_learn(source, stack, settings: Settings, n_sample: int = SAMPLE_PLANES)
             f"the sampled planes are constant (every pixel is {lo:g}); there is nothing to segment"
         )
     normed = [_image.stretch(r, lo, hi) for r in raws]
-    priors = {}
+    priors, weights = {}, {}
+    by_rule = fitted_by_rule(stack.planes, sample, bool(s.warm_iter))
+    position = {index: k for k, index in enumerate(stack.planes)}
     for i, (index, plane) in enumerate(zip(sample, normed)):
+        # from where the sampled plane before ended, when that is its neighbour
+        after = i > 0 and index in by_rule and position[index] % ANCHOR_EVERY != 0
+        carry = {"weights": weights.get(sample[i - 1]) if after else None}
         priors[index] = yield from relay(
-            iter_fit_plane(plane, s), lambda p, i=i: p.replace(plane=i, n_planes=len(sample))
+            iter_fit_plane(plane, s, carry),
+            lambda p, i=i: p.replace(plane=i, n_planes=len(sample)),
         )
+        weights[index] = carry["weights"]
     n_pixels = len(stack.planes) * int(np.prod(raws[0].shape[1:]))
     model, _ = learn([priors[i] for i in sample], raws, normed, s, n_pixels=n_pixels)
     model.lo, model.hi, model.sample = lo, hi, sample
@@ -281,18 +338,53 @@ def iter_learn(source, stack, settings: Settings, n_sample: int = SAMPLE_PLANES)
             f"judged on {len(sample)} sampled plane(s) of "
             f"{len(stack.planes)}: {model.decision['message']}"
         )
-    return model, priors
+    return model, {index: (priors[index], weights[index]) for index in sample if index in by_rule}
 
 
-def iter_segment_plane(raw: np.ndarray, model: StackModel, prior: Optional[np.ndarray] = None):
+def fitted_by_rule(planes: Sequence, sample: Sequence, warm: bool) -> set:
+    """The sampled planes whose fit in the first pass is the fit every path makes
+    (:func:`fit_order`): an anchor, or a plane that starts from its neighbour, which is
+    in the sample too and fitted by the rule (all of them in a short stack). The second
+    pass reuses their priors and fits the others again."""
+    if not warm:
+        return set(sample)
+    position = {index: k for k, index in enumerate(planes)}
+    by_rule: set = set()
+    for i, index in enumerate(sample):
+        k = position[index]
+        if k % ANCHOR_EVERY == 0 or (
+            i > 0 and position[sample[i - 1]] == k - 1 and sample[i - 1] in by_rule
+        ):
+            by_rule.add(index)
+    return by_rule
+
+
+def fit_order(planes: Sequence, warm: bool) -> list:
+    """The planes of a stack as runs fitted in order, each ``[plane indices]``: a run
+    starts at an anchor (every :data:`ANCHOR_EVERY`-th plane, from scratch) and each of
+    its other planes starts from the fit of the plane before it. Without warm starts,
+    every plane is a run of its own (all from scratch)."""
+    planes = list(planes)
+    if not warm:
+        return [[index] for index in planes]
+    return [planes[k : k + ANCHOR_EVERY] for k in range(0, len(planes), ANCHOR_EVERY)]
+
+
+def iter_segment_plane(
+    raw: np.ndarray,
+    model: StackModel,
+    prior: Optional[np.ndarray] = None,
+    carry: Optional[dict] = None,
+):
     """The second pass for one ``(C, Y, X)`` plane as read: yields the fit's progress
     (nothing when ``prior`` is given), returns ``(labels (Y, X), count)`` (with
     ``instances``: ids 1..n of this plane and n, numbered over the stack afterwards;
-    else foreground pixels or class-1 pixels)."""
+    else foreground pixels or class-1 pixels). ``carry``: as for :func:`iter_fit`, for
+    planes segmented in order."""
     s = model.settings
     normed = _image.stretch(raw, model.lo, model.hi)
     if prior is None:
-        prior = yield from iter_fit_plane(normed, s)
+        prior = yield from iter_fit_plane(normed, s, carry)
     labels = apply(model, prior, raw, normed)
     if s.instances and s.n_classes == 2:
         return plane_objects(labels, model)
@@ -300,9 +392,12 @@ def iter_segment_plane(raw: np.ndarray, model: StackModel, prior: Optional[np.nd
 
 
 def segment_plane(
-    raw: np.ndarray, model: StackModel, prior: Optional[np.ndarray] = None
+    raw: np.ndarray,
+    model: StackModel,
+    prior: Optional[np.ndarray] = None,
+    carry: Optional[dict] = None,
 ) -> tuple[np.ndarray, int]:
-    """:func:`iter_segment_plane` run to its end (a plane as a task on a worker)."""
+    """:func:`iter_segment_plane` run to its end (planes as tasks on a worker)."""
     from .core.progress import drain
 
-    return drain(iter_segment_plane(raw, model, prior))
+    return drain(iter_segment_plane(raw, model, prior, carry))

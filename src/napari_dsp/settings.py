@@ -186,6 +186,18 @@ FIELDS: dict[str, Field] = {
             flag="--iterations",
         ),
         Field(
+            "warm_iter",
+            "Stacks and time-lapses: iterations of a plane that starts from the "
+            "fit of the plane before it (its neighbour in Z or T) instead of from "
+            "scratch; the first plane gets n_iter. 0 = every plane from scratch "
+            "with n_iter (a plane's result then does not depend on the planes before it).",
+            label="warm-start iterations",
+            minimum=0,
+            maximum=5000,
+            group="fit",
+            flag="--warm-iterations",
+        ),
+        Field(
             "n_members",
             "Independent fits in the ensemble; the prior is their per-pixel median.",
             label="members",
@@ -446,6 +458,7 @@ class Settings:
     prior_superpixels: bool = True
     continuity_weight: float = 0.0
     n_iter: int = 50
+    warm_iter: int = 10
     n_members: int = 6
     settle: float = 0.0
     window: int = 3
@@ -564,7 +577,7 @@ class Settings:
             The seed and the settings of the ``fit`` group by name, as
             ``napari_dsp.core.prior.iter_planned_prior`` takes them.
         """
-        return {name: getattr(self, name) for name in ("seed", *FIT_GROUP)}
+        return {name: getattr(self, name) for name in ("seed", *FIT_GROUP) if name not in STACK_FIT}
 
 
 def _types() -> dict:
@@ -724,6 +737,8 @@ def without_unwatched_previews(settings: Settings, progress) -> Settings:
 
 #: The settings of the ``fit`` group (how a prior's ensemble is fitted).
 FIT_GROUP = tuple(name for name, f in FIELDS.items() if f.group == "fit")
+#: Fit settings of a stack's planes taken together, not of one plane's fit.
+STACK_FIT = ("warm_iter",)
 #: The settings that made a prior: a prior re-clustered keeps its own (its metadata).
 PRIOR_SETTINGS = (*FIT_GROUP, "device", "texture")
 #: The settings a prior can be re-clustered with, without a refit.

@@ -17,7 +17,7 @@ import numpy as np
 from . import pipeline as _pipeline
 from .core import image as _image
 from .core import plan as _plan
-from .core.prior import iter_planned_prior, iter_volume_prior
+from .core.prior import iter_volume_prior
 from .core.progress import (
     Clock,
     FitProgress,
@@ -153,9 +153,12 @@ def _segment_stack(image, stack: StackLayout, settings: Settings, device, spacin
             "settled": False,
         }  # no stop
     else:
-        priors, spreads, iterations, settled = [], [], [], []  # per plane
+        priors, spreads, iterations, settled, starts = [], [], [], [], []  # per plane
+        carry: dict = {}  # each plane starts from where the plane before ended
         for i, plane in enumerate(normed):
-            fit = iter_planned_prior(plane, device=device, **s.fit_values())
+            if i % _pipeline.ANCHOR_EVERY == 0:  # pipeline.fit_order: an anchor
+                carry = {}
+            fit = _pipeline.iter_fit(plane, s, carry)
             median, spread, plane_info = yield from relay(
                 fit,
                 lambda p, i=i: clock.stamp(
@@ -166,7 +169,14 @@ def _segment_stack(image, stack: StackLayout, settings: Settings, device, spacin
             spreads.append(spread)
             iterations.append(plane_info["iterations"])
             settled.append(plane_info["settled"])
-            fit_info = {**plane_info, "iterations": iterations, "settled": all(settled)}
+            starts.append(plane_info.pop("start"))
+            fit_info = {
+                **plane_info,
+                "iterations": iterations,
+                "settled": all(settled),
+                "warm_iter": s.warm_iter,
+                "start": starts,
+            }
     model, clustered = _pipeline.learn(priors, raw, normed, s)
     labels = [_pipeline.apply(model, *plane) for plane in zip(priors, raw, normed, clustered)]
     info = model.metadata()

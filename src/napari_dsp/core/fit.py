@@ -14,6 +14,7 @@ Nothing here knows about napari, Qt or files.
 from __future__ import annotations
 
 import atexit
+import copy
 import queue
 import threading
 from collections.abc import Callable, Generator, Sequence
@@ -62,13 +63,17 @@ class WarmStart:
     keep_at: Optional[int] = None
     kept: dict = field(default_factory=dict)
     tag: tuple = ()
+    optimizer: bool = False  # carry Adam's moments with the weights
+    learning_rate: Optional[float] = None  # of a fit that starts from given weights
 
     def key(self, seeds: Sequence[int]) -> tuple:
         return (*self.tag, tuple(int(s) for s in seeds))
 
     def tagged(self, *tag) -> WarmStart:
         """The same carried weights for one piece (tile) of a fit."""
-        return WarmStart(self.start, self.keep_at, self.kept, tuple(tag))
+        return WarmStart(
+            self.start, self.keep_at, self.kept, tuple(tag), self.optimizer, self.learning_rate
+        )
 
 
 def member_batches(n_members: int, batch_size: Optional[int]) -> list[range]:
@@ -148,15 +153,21 @@ def iter_members(
         group_seeds = [int(seeds[i]) for i in batch]
         net = make_net(g, group_seeds).to(device=device, dtype=dtype)
         key = warm.key(group_seeds) if warm is not None else None
-        if key is not None and key in warm.start:
-            net.load_state_dict(warm.start[key])
+        started = key is not None and key in warm.start
+        if started:
+            net.load_state_dict(warm.start[key]["net"])
         keep_at = None if warm is None or warm.keep_at is None else min(warm.keep_at, n_iter - 1)
         noise = make_noise(group_seeds, NOISE_CHANNELS, *spatial).to(device=device, dtype=dtype)
         if channels_last:
             net = net.to(memory_format=torch.channels_last)
             noise = noise.contiguous(memory_format=torch.channels_last)
         goal = target_all.repeat(g, *([1] * len(spatial)))[None]
-        opt = torch.optim.Adam(net.parameters(), lr=learning_rate)
+        lr = warm.learning_rate if started and warm.learning_rate else learning_rate
+        opt = torch.optim.Adam(net.parameters(), lr=lr)
+        if started and warm.optimizer and warm.start[key].get("opt") is not None:
+            opt.load_state_dict(warm.start[key]["opt"])
+            for group in opt.param_groups:
+                group["lr"] = lr
         net.train()
         out = None
         for it in range(n_iter):
@@ -164,7 +175,10 @@ def iter_members(
                 return None
             last = it == n_iter - 1
             if it == keep_at:  # the weights after `it` optimiser steps
-                warm.kept[key] = {k: v.detach().clone() for k, v in net.state_dict().items()}
+                warm.kept[key] = {
+                    "net": {k: v.detach().clone() for k, v in net.state_dict().items()},
+                    "opt": copy.deepcopy(opt.state_dict()) if warm.optimizer else None,
+                }
             with (
                 torch.set_grad_enabled(not last),
                 torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast),
