@@ -34,6 +34,22 @@ def test_time_lapse_of_moving_discs_has_consistent_ids():
     assert {p.plane for p in seen} == {0, 1, 2} and seen[0].n_planes == 3
 
 
+def test_planes_start_from_their_neighbour_and_follow_what_moves():
+    """A disc that moves 8 px a frame: frames after the first start from the fit of the
+    frame before (10 iterations instead of 25) and still find it where it now is, as
+    well as fits from scratch do; warm_iter=0 fits every frame from scratch."""
+    movie, masks = moving_discs(n_t=5)
+    warm = segment_stack(movie, full_output=True, **FAST)
+    cold = segment_stack(movie, full_output=True, **FAST, warm_iter=0)
+    assert warm.metadata["fit"]["start"] == ["scratch"] + ["neighbour"] * 4
+    assert warm.metadata["fit"]["iterations"] == [25] + [10] * 4
+    assert cold.metadata["fit"]["start"] == ["scratch"] * 5
+    assert cold.metadata["fit"]["iterations"] == [25] * 5
+    for t in range(5):
+        w, c = iou(warm.labels[t] == 1, masks[t]), iou(cold.labels[t] == 1, masks[t])
+        assert w > 0.85 and w > c - 0.03, (t, w, c)
+
+
 def test_multiclass_ids_mean_the_same_in_every_plane():
     rng = np.random.default_rng(1)
     base = np.repeat(np.array([0.1, 0.5, 0.9])[None, :].repeat(16, 1), 48, 0)

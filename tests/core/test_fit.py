@@ -172,3 +172,44 @@ def test_threads_stopped_from_outside_wake_their_consumer():
         for _ in gen:  # the reports already sent, then the stop
             pass
     assert not [t for t in threading.enumerate() if t.name.startswith("napari-dsp-fit-")]
+
+
+def test_a_fit_goes_on_from_the_weights_another_fit_kept():
+    """Weights kept after the last step, given to a one-iteration fit, give the same
+    output (the same weights, the same noise); kept earlier, they are another start; and
+    a fit from them goes on from there (closer to its own target sooner than from
+    scratch)."""
+    kw = dict(
+        make_net=make_2d,
+        learning_rate=0.01,
+        device=torch.device("cpu"),
+        dtype=torch.float64,
+        channels_last=False,
+    )
+    seeds = [3, 4]
+    first = _fit.WarmStart(keep_at=8)
+    done = drain(_fit.iter_members(IMAGE, CROP, seeds=seeds, n_iter=9, warm=first, **kw))
+    assert set(first.kept) == {((3, 4),)}
+    again = _fit.WarmStart(start=first.kept)
+    same = drain(_fit.iter_members(IMAGE, CROP, seeds=seeds, n_iter=1, warm=again, **kw))
+    np.testing.assert_allclose(same, done, rtol=0, atol=1e-12)
+    scratch = drain(_fit.iter_members(IMAGE, CROP, seeds=seeds, n_iter=1, **kw))
+    assert np.abs(scratch - done).max() > 1e-3
+    # the neighbour: a shifted image; three iterations from the kept weights fit it
+    # better than three from scratch
+    shifted = np.roll(IMAGE, 2, axis=2)
+    warm = drain(
+        _fit.iter_members(
+            shifted, CROP, seeds=seeds, n_iter=3, warm=_fit.WarmStart(start=first.kept), **kw
+        )
+    )
+    cold = drain(_fit.iter_members(shifted, CROP, seeds=seeds, n_iter=3, **kw))
+    assert np.abs(warm - shifted).mean() < np.abs(cold - shifted).mean()
+    # the threaded form shares one WarmStart between its threads
+    kept = _fit.WarmStart(keep_at=8)
+    drain(
+        _fit.iter_members_threaded(
+            IMAGE, CROP, threads=2, seeds=seeds, n_iter=9, warm=kept, batch_size=1, **kw
+        )
+    )
+    assert set(kept.kept) == {((3,),), ((4,),)}
