@@ -33,7 +33,7 @@ def test_all_planes_sampled_gives_the_in_memory_result(tmp_path):
         reference.metadata["fit"]["start"]
         == ["scratch"] + ["neighbour"] * 31 + ["scratch"] + ["neighbour"] * 7
     )
-    assert reference.metadata["fit"]["iterations"][:3] == [4, 10, 10]
+    assert reference.metadata["fit"]["iterations"][:3] == [4, 15, 15]
     out = segment_stack_to_zarr(stack, tmp_path / "labels.zarr", n_sample=40, **TINY)
     z = read(out)
     assert z.shape == stack.shape and z.dtype == np.uint8 and z.chunks == (1, 48, 48)

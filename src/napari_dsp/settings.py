@@ -458,7 +458,7 @@ class Settings:
     prior_superpixels: bool = True
     continuity_weight: float = 0.0
     n_iter: int = 50
-    warm_iter: int = 10
+    warm_iter: int = 15
     n_members: int = 6
     settle: float = 0.0
     window: int = 3
