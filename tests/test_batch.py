@@ -708,6 +708,38 @@ def test_a_set_left_by_a_run_killed_while_placing_its_outputs_is_redone(tmp_path
     assert not (out / "b_labels.tif").exists()
 
 
+def test_a_prior_of_another_input_with_the_same_name_is_never_replaced(tmp_path, capsys):
+    """Hunt F4: A/x.tif's prior, left without its labels and sidecar, was taken for an
+    interrupted run of B/x.tif (the stamp named the file name only) and replaced
+    without --overwrite. Only a set made from this very file (path, size, time) is
+    redone; anything else is skipped as existing outputs."""
+    (tmp_path / "A").mkdir()
+    (tmp_path / "B").mkdir()
+    tifffile.imwrite(tmp_path / "A" / "x.tif", disc(seed=1)[0])
+    tifffile.imwrite(tmp_path / "B" / "x.tif", disc(seed=2)[0])
+    out = tmp_path / "o"
+
+    def run(folder):
+        return main(["segment", str(tmp_path / folder / "x.tif"), "-o", str(out), "--prior", *FAST])
+
+    assert run("A") == 0
+    (out / "x_labels.tif").unlink()
+    (out / "x_labels.json").unlink()
+    before = (out / "x_prior.tif").read_bytes()
+    capsys.readouterr()
+    assert run("B") == 0
+    err = capsys.readouterr().err
+    assert "0 done, 1 skipped" in err, err
+    assert "was stopped" not in err
+    assert (out / "x_prior.tif").read_bytes() == before
+    assert not (out / "x_labels.tif").exists()
+    # the same path holding another image since: not provably its outputs either
+    os.replace(tmp_path / "B" / "x.tif", tmp_path / "A" / "x.tif")
+    assert run("A") == 0
+    assert "0 done, 1 skipped" in capsys.readouterr().err
+    assert (out / "x_prior.tif").read_bytes() == before
+
+
 def test_ctrl_c_twice_stops_a_batch_once_and_cleanly(tmp_path):
     """A second SIGINT while the first one's clean-up joins the fitting threads used to
     abort the process ('terminate called without an active exception', exit 134)."""
