@@ -253,6 +253,28 @@ def test_unreachable_scheduler_is_one_message_and_nothing_is_written(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("value", ["banana", "1e999", "[1,2]", "-5s"])
+def test_a_bad_connect_timeout_names_the_variable_and_how_to_write_it(tmp_path, monkeypatch, value):
+    """Hunt F1: a connect timeout that is not a duration gave dask's traceback (KeyError,
+    AttributeError) or a message about '1-5'; now one line (a ValueError in the API)."""
+    [path] = write_inputs(tmp_path / "in", 1, size=32)
+    env = {"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": value}
+    proc = cli(
+        "segment", path, "-o", tmp_path / "out", *TINY_FLAGS,
+        "--scheduler", "tcp://127.0.0.1:9", env=env,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT" in lines[0] and "5s" in lines[0]
+    assert not (tmp_path / "out").exists()
+    import dask.config
+
+    with dask.config.set({"distributed.comm.timeouts.connect": value}):
+        with pytest.raises(ValueError, match="like 5s"):
+            dist.connect("tcp://127.0.0.1:9")
+
+
 def test_a_stopped_cluster_run_counts_the_files_on_disk(tmp_path):
     """Files that workers finish while the cluster shuts down are in the summary, and
     nothing is written once the command has said what it wrote."""

@@ -22,6 +22,7 @@ importing this module does not import it, torch or napari.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import time
@@ -191,7 +192,10 @@ def connect(scheduler: str, *, timeout: Optional[float] = None, note=None, quiet
         dask.distributed is not installed, the scheduler cannot be reached within
         ``timeout`` seconds, or the local cluster cannot start.
     ValueError
-        For a malformed ``scheduler``.
+        For a malformed ``scheduler``, or a ``timeout`` (or dask's
+        ``distributed.comm.timeouts.connect``) that is not a positive duration.
+    TypeError
+        For a ``timeout`` that is not a number.
     """
     kind, value = parse_scheduler(scheduler)
     distributed = require_distributed()
@@ -231,11 +235,7 @@ def connect(scheduler: str, *, timeout: Optional[float] = None, note=None, quiet
             if cluster is not None:
                 cluster.close()
             raise
-    if timeout is None:
-        import dask.config
-        from dask.utils import parse_timedelta
-
-        timeout = parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"))
+    timeout = connect_timeout(timeout)
     try:
         answers_within(value, timeout)
         return distributed.Client(value, timeout=timeout)
@@ -245,6 +245,34 @@ def connect(scheduler: str, *, timeout: Optional[float] = None, note=None, quiet
             f"check the address and that the scheduler runs (dask scheduler), or use "
             f"--scheduler local:N"
         ) from None
+
+
+def connect_timeout(timeout: Optional[float] = None) -> float:
+    """Seconds to wait for a scheduler at an address: ``timeout``, or dask's
+    ``distributed.comm.timeouts.connect``; a ValueError that says how to write it when
+    it is not a positive, finite duration (dask's own parser raised a KeyError or an
+    AttributeError that named neither the setting nor the fix)."""
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise TypeError(f"timeout must be a number of seconds, got {type(timeout).__name__}")
+        if not (math.isfinite(timeout) and timeout > 0):
+            raise ValueError(f"timeout must be a positive, finite number of seconds, got {timeout}")
+        return float(timeout)
+    import dask.config
+    from dask.utils import parse_timedelta
+
+    value = dask.config.get("distributed.comm.timeouts.connect")
+    try:
+        seconds = parse_timedelta(value)
+    except (KeyError, ValueError, TypeError, AttributeError, OverflowError):
+        seconds = None
+    if not isinstance(seconds, (int, float)) or not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(
+            f"dask's connect timeout (distributed.comm.timeouts.connect, e.g. the "
+            f"environment variable DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT) is {value!r}, "
+            f"not a positive duration: write it like 5s or 30s, or unset it"
+        )
+    return float(seconds)
 
 
 def answers_within(address: str, timeout: float) -> None:
