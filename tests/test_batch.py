@@ -764,3 +764,114 @@ def test_ctrl_c_twice_stops_a_batch_once_and_cleanly(tmp_path):
     assert proc.returncode == 130, err
     assert "terminate called" not in err and "Traceback" not in err
     assert err.count("stopped by SIGINT") == 1
+
+
+def _three_inputs(tmp_path):
+    for i in range(3):
+        tifffile.imwrite(tmp_path / f"s{i}.tif", disc((32, 32), seed=i)[0])
+    return [str(tmp_path / f"s{i}.tif") for i in range(3)] + ["-o", str(tmp_path / "o")]
+
+
+def test_a_stop_turned_into_another_exception_still_stops_the_batch(tmp_path, monkeypatch, capsys):
+    """Hunt F3: a SIGINT that landed in tifffile's lazy import came out as a RuntimeError
+    (Python reports a KeyboardInterrupt raised in ``__set_name__`` so); the batch counted
+    a failed file, went on, and ignored every later signal. Now it stops there."""
+    import functools
+
+    from napari_dsp import batch
+
+    calls = []
+
+    def run_job(job, **kwargs):
+        calls.append(job)
+
+        class Hook(functools.cached_property):
+            def __set_name__(self, owner, name):
+                os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C lands in an import
+                for _ in range(10_000):
+                    pass
+
+        class Page:
+            dataoffset = Hook(lambda self: 0)
+
+    monkeypatch.setattr(batch, "run_job", run_job)
+    assert main(["segment", *_three_inputs(tmp_path), *FAST]) == 130
+    err = capsys.readouterr().err
+    assert len(calls) == 1, err
+    assert "stopped by SIGINT; 0 of 3 file(s) finished" in err
+    assert "error" not in err and "failed" not in err
+
+
+def test_a_signal_after_a_swallowed_stop_still_stops_the_run(tmp_path, monkeypatch, capsys):
+    """Hunt F3: once a stop had been requested, every later SIGINT/SIGTERM was ignored,
+    even when the first one was swallowed and the run went on: only SIGKILL ended it."""
+    from napari_dsp import batch
+
+    calls = []
+
+    def run_job(job, **kwargs):
+        calls.append(job)
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(10_000):
+                pass
+        except KeyboardInterrupt:
+            pass  # a library that swallows it
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(10_000):
+            pass
+        raise AssertionError("the SIGTERM was ignored")
+
+    monkeypatch.setattr(batch, "run_job", run_job)
+    assert main(["segment", *_three_inputs(tmp_path), *FAST]) == 143
+    err = capsys.readouterr().err
+    assert len(calls) == 1, err
+    assert "stopped by SIGTERM" in err and "ignored" not in err
+
+
+def test_a_signal_while_the_command_exits_prints_no_traceback(tmp_path):
+    """Hunt F2: a second Ctrl-C after the last line, while the interpreter ran its exit
+    handlers (logging's, torch's), printed 'Exception ignored in atexit callback' and a
+    traceback. The command ignores signals once it has said its last line."""
+    script = (
+        "import atexit, os, signal, sys, time\n"
+        "from napari_dsp.cli import main\n"
+        f"sys.argv = ['napari-dsp', 'segment', {str(tmp_path / 'missing.tif')!r}, '-o', "
+        f"{str(tmp_path / 'o')!r}]\n"
+        "status = main()\n"
+        "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(0.2)))\n"
+        "sys.exit(status)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].endswith("1 failed"), proc.stderr
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_sigterm_and_sighup_while_starting_say_so(tmp_path, sig):
+    """Hunt F8: SIGTERM or SIGHUP while the command imports its modules killed it
+    without a word (SIGINT said 'stopped ... while starting'). The handlers are now
+    installed before those imports."""
+    script = (
+        "import importlib.abc, os, signal, sys\n"
+        "from napari_dsp.cli import main\n"
+        "class Hook(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'napari_dsp.cli.parser':\n"
+        f"            os.kill(os.getpid(), signal.{sig})\n"
+        "            for _ in range(10_000):\n"
+        "                pass\n"
+        "sys.meta_path.insert(0, Hook())\n"
+        f"sys.exit(main(['segment', 'x.tif', '-o', {str(tmp_path / 'o')!r}]))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 128 + getattr(signal, sig), proc.stderr
+    assert (
+        proc.stderr.strip() == f"napari-dsp: stopped by {sig} while starting; nothing was written"
+    )
+    assert not (tmp_path / "o").exists()

@@ -1,6 +1,5 @@
-"""What every command of the command line shares: the signal handling of the
-process (:data:`SIGNALS`), the text progress bar, the one-line error and note
-messages, the settings read from the parsed flags, and the allocator tuning right
+"""What every command of the command line shares: the text progress bar, the one-line
+error and note messages, the settings read from the parsed flags, and the allocator tuning right
 before the first fit."""
 
 from __future__ import annotations
@@ -14,16 +13,11 @@ import numpy as np
 
 from .. import io as _io
 from ..settings import FIELDS, Settings
-from .signals import Signals
 
 
 def read_image(path: Path) -> np.ndarray:
     """Read a .tif/.tiff, .png, .jpg/.jpeg or .npy file as a numpy array (as stored)."""
     return _io.read_pixels(_io.read_info(path))
-
-
-#: SIGINT, SIGTERM and SIGHUP of this process (installed by :func:`~napari_dsp.cli.main`).
-SIGNALS = Signals()
 
 
 class ProgressBar:

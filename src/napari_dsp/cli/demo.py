@@ -10,7 +10,8 @@ import time
 import numpy as np
 
 from .. import io as _io
-from .common import SIGNALS, ProgressBar, error, settings_from_args, tune_allocator
+from .common import ProgressBar, error, settings_from_args, tune_allocator
+from .signals import SIGNALS
 
 
 def run_demo(args) -> int:
