@@ -270,9 +270,11 @@ def test_a_bad_connect_timeout_names_the_variable_and_how_to_write_it(tmp_path, 
     assert not (tmp_path / "out").exists()
     import dask.config
 
-    with dask.config.set({"distributed.comm.timeouts.connect": value}):
-        with pytest.raises(ValueError, match="like 5s"):
-            dist.connect("tcp://127.0.0.1:9")
+    with (
+        dask.config.set({"distributed.comm.timeouts.connect": value}),
+        pytest.raises(ValueError, match="like 5s"),
+    ):
+        dist.connect("tcp://127.0.0.1:9")
 
 
 def test_a_stopped_cluster_run_counts_the_files_on_disk(tmp_path):
@@ -503,3 +505,25 @@ def test_local_workers_are_capped_at_the_cores_with_the_reason(monkeypatch):
     finally:
         dist.close(client)
     assert notes == [why]
+
+
+def test_submit_segment_checks_its_arguments_at_the_call(client):
+    """Hunt F5b, F10: client=None gave an AttributeError; one array instead of a list
+    made one task per row; an unknown or bad setting failed only in .result()."""
+    image = nuclei((32, 32), n=3, radius=(4, 7), seed=0)[0]
+    with pytest.raises(
+        TypeError, match=r"client must be a distributed\.Client.*connect\('local:2'\)"
+    ):
+        dist.submit_segment(None, [image])
+    with pytest.raises(TypeError, match=r"list of images.*shape \(32, 32\).*pass \[image\]"):
+        dist.submit_segment(client, image)
+    with pytest.raises(TypeError, match="unknown setting.*bogus"):
+        dist.submit_segment(client, [image], bogus=2)
+    with pytest.raises(TypeError, match="settings must be a napari_dsp.Settings"):
+        dist.submit_segment(client, [image], settings={"n_iter": 2})
+    with pytest.raises(ValueError, match="n_iter must be at least 1"):
+        dist.submit_segment(client, [image], n_iter=0)
+    with pytest.warns(FutureWarning, match="'n_runs' is now called 'n_members'"):
+        fast = {k: v for k, v in TINY.items() if k != "n_members"}
+        [future] = dist.submit_segment(client, [image], n_runs=2, **fast)
+    assert future.result().labels.shape == (32, 32)

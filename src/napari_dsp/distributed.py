@@ -37,6 +37,7 @@ from .io.write import existing
 from .workers import (  # noqa: F401 - SchedulerError, INSTALL_HINT: part of this API
     INSTALL_HINT,
     SchedulerError,
+    check_client,
     prepare_worker,
     require_distributed,
     worker_threads,
@@ -543,11 +544,7 @@ def segment_files(
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]  # one file, not its characters
-    if not hasattr(client, "submit"):
-        raise TypeError(
-            f"client must be a distributed.Client (napari_dsp.distributed.connect('local:2') "
-            f"or an address), got {type(client).__name__}"
-        )
+    check_client(client)
     from .settings import make_settings
 
     settings = make_settings(settings, **overrides)
@@ -640,8 +637,30 @@ def submit_segment(client, images: Sequence, *, settings=None, **kwargs: Any) ->
     -------
     list of distributed.Future
         One per image; ``.result()`` is its :class:`~napari_dsp.SegmentResult`.
+
+    Raises
+    ------
+    TypeError
+        For a ``client`` that is not a ``distributed.Client``, one array instead of a
+        list of them, or an unknown setting; nothing is submitted then.
+    ValueError
+        For a setting out of its range; nothing is submitted then.
     """
-    return [client.submit(_segment_one, image, settings, kwargs, pure=False) for image in images]
+    check_client(client)
+    if hasattr(images, "shape") and hasattr(images, "ndim") or isinstance(images, (str, bytes)):
+        shape = getattr(images, "shape", None)
+        raise TypeError(
+            f"images must be a list of images (one task each), got one "
+            f"{type(images).__name__}{f' of shape {tuple(shape)}' if shape else ''}: "
+            f"pass [image]"
+        )
+    if "full_output" in kwargs:
+        raise TypeError("submit_segment always returns full results; leave out full_output")
+    from .settings import make_settings
+
+    passed = {k: kwargs.pop(k) for k in ("channel_axis", "progress", "scribbles") if k in kwargs}
+    settings = make_settings(settings, **kwargs)  # checked here, not on the workers
+    return [client.submit(_segment_one, image, settings, passed, pure=False) for image in images]
 
 
 def _segment_one(image, settings, kwargs):
@@ -649,7 +668,7 @@ def _segment_one(image, settings, kwargs):
     from .settings import make_settings
 
     settings = make_settings(settings)
-    if settings.n_threads is None and "n_threads" not in kwargs:
+    if settings.n_threads is None:
         settings = settings.replace(n_threads=worker_threads())
     prepare_worker()
     return segment(image, settings=settings, full_output=True, **kwargs)
