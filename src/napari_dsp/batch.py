@@ -99,6 +99,8 @@ def plan_batch(
         file name is too long for its file system, or ``output`` does not fit the inputs;
         nothing has been written then.
     """
+    if isinstance(output, str) and not output.strip():
+        raise BatchError("output is empty (is a variable unset?); give an output folder")
     output = Path(output)
     _check_name_lengths(output)
     notes = []
