@@ -592,8 +592,8 @@ def test_nohup_keeps_a_run_alive_after_sighup(tmp_path):
 
 
 def test_outputs_keep_the_files_calibration_and_axis_order(tmp_path):
-    """--spacing steers the fit only; labels of a ZTYX OME-TIFF are written (and
-    described in the sidecar) in ImageJ's order TZYX."""
+    """Labels of a ZTYX OME-TIFF are written (and described in the sidecar) in ImageJ's
+    order TZYX, with the file's calibration."""
     data = np.stack([np.stack([disc(seed=z + t)[0] for t in range(2)]) for z in range(3)])
     path = tmp_path / "ztyx.ome.tif"
     tifffile.imwrite(
@@ -602,7 +602,7 @@ def test_outputs_keep_the_files_calibration_and_axis_order(tmp_path):
         ome=True,
         metadata={"axes": "ZTYX", "PhysicalSizeX": 0.3, "PhysicalSizeY": 0.3, "PhysicalSizeZ": 2.0},
     )
-    proc = cli("segment", path, "-o", tmp_path / "o", "--spacing", "5", "1", "1", *FAST)
+    proc = cli("segment", path, "-o", tmp_path / "o", *FAST)
     assert proc.returncode == 0, proc.stderr
     info = io.read_info(tmp_path / "o" / "ztyx_labels.tif")
     assert info.axes == "TZYX" and info.shape == (2, 3, 32, 40)
@@ -653,6 +653,14 @@ def test_flag_combinations_refused_up_front(tmp_path, capsys):
                 ["segment", str(tmp_path / "a.tif"), "-o", str(tmp_path / "o"), "--max-pixels", bad]
             )
         assert "is not a positive number" in capsys.readouterr().err
+    # hunt (left out): --spacing without --volumetric was ignored without a word
+    a = str(tmp_path / "a.tif")
+    assert main(["segment", a, "-o", str(tmp_path / "o"), "--spacing", "2", "1", "1", *FAST]) == 2
+    assert "add --volumetric, or leave out --spacing" in capsys.readouterr().err
+    # and a setting's refusal names the flag, not the API's setting
+    assert main(["segment", a, "-o", str(tmp_path / "o"), "--iterations", "0", "--quiet"]) == 2
+    assert capsys.readouterr().err == "napari-dsp: error: --iterations must be at least 1, got 0\n"
+    assert not (tmp_path / "o").exists()
 
 
 def test_animated_png_says_which_frame_is_used(tmp_path):

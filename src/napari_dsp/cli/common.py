@@ -61,7 +61,22 @@ def settings_from_args(args) -> Settings:
     chosen = {name: getattr(args, name) for name in FIELDS if getattr(args, name) is not None}
     # no live display here: previews are never computed, whatever --preview-every says
     base = Settings.research() if getattr(args, "research_defaults", False) else Settings()
-    return base.replace(**{**chosen, "preview_every": 0})
+    try:
+        return base.replace(**{**chosen, "preview_every": 0})
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(in_flags(str(exc))) from None
+
+
+def in_flags(text: str) -> str:
+    """A message of the settings' checks in the command line's words: ``n_iter`` as
+    ``--iterations``, ``device='cuda'`` as ``--device cuda``."""
+    import re
+
+    for name in sorted(FIELDS, key=len, reverse=True):
+        flag = FIELDS[name].flag
+        text = re.sub(rf"\b{name}=(['\"]?)([^'\"\s,;)]*)\1", rf"{flag} \2", text)
+        text = re.sub(rf"(?<![-\w]){name}\b", flag, text)
+    return text
 
 
 def error(text: str) -> None:

@@ -34,6 +34,11 @@ def run_segment(args) -> int:
             texture=settings.texture,
             protected=protected,
         )
+        if args.spacing is not None and not settings.volumetric:
+            raise _batch.BatchError(
+                "--spacing is the voxel size of --volumetric (one 3-D fit); add "
+                "--volumetric, or leave out --spacing"
+            )
         if args.scribbles is not None and args.stack:
             raise _batch.BatchError("--scribbles is for single images; leave out --stack")
         if args.scribbles is not None and settings.method != "kanezaki":
