@@ -214,7 +214,7 @@ def connect(scheduler: str, *, timeout: Optional[float] = None, note=None, quiet
         cluster = None
         try:
             quieted = output_of_children_discarded() if quiet else contextlib.nullcontext()
-            with safe_import_path(), hangup_kept_from_children(), quieted:
+            with safe_import_path(), hangup_kept_from_children(), quieted, worker_ttl_bounded():
                 cluster = distributed.LocalCluster(
                     n_workers=value,
                     threads_per_worker=1,
@@ -246,6 +246,27 @@ def connect(scheduler: str, *, timeout: Optional[float] = None, note=None, quiet
             f"check the address and that the scheduler runs (dask scheduler), or use "
             f"--scheduler local:N"
         ) from None
+
+
+#: How long the scheduler of a ``local:N`` cluster waits for a worker that stopped
+#: answering (frozen, stopped with SIGSTOP) before its tasks go to another worker; dask's
+#: default, 5 minutes, kept a run waiting that long. A fit keeps answering (heartbeats
+#: come from the worker's own event loop), so this does not cut long fits short.
+LOCAL_WORKER_TTL = "60s"
+
+
+@contextlib.contextmanager
+def worker_ttl_bounded():
+    """dask's ``distributed.scheduler.worker-ttl`` as :data:`LOCAL_WORKER_TTL` while a
+    local cluster's scheduler is made, unless the user configured it (e.g.
+    ``DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL``)."""
+    import dask.config
+
+    if str(dask.config.get("distributed.scheduler.worker-ttl", None)) != "5 minutes":
+        yield  # the user's own value
+        return
+    with dask.config.set({"distributed.scheduler.worker-ttl": LOCAL_WORKER_TTL}):
+        yield
 
 
 def connect_timeout(timeout: Optional[float] = None) -> float:
