@@ -45,12 +45,12 @@ def _main(argv: Optional[Sequence[str]]) -> int:
 
         parser = build_parser()
         args = parser.parse_args(argv)
+    except Exception as exc:
+        if SIGNALS.requested is None:
+            raise
+        return _stopped(exc, "while starting; nothing was written")  # an import's own error
     except KeyboardInterrupt as exc:
-        name = signal.Signals(_signum(exc)).name
-        print(
-            f"\nnapari-dsp: stopped by {name} while starting; nothing was written", file=sys.stderr
-        )
-        return 128 + _signum(exc)
+        return _stopped(exc, "while starting; nothing was written")
     try:
         if args.command == "demo":
             from .demo import run_demo
@@ -60,16 +60,34 @@ def _main(argv: Optional[Sequence[str]]) -> int:
 
         return run_segment(args)
     except KeyboardInterrupt as exc:
-        name = signal.Signals(_signum(exc)).name
         outcome = getattr(
             exc, "outcome", "finished outputs are complete, the rest were not written"
         )
-        print(f"\nnapari-dsp: stopped by {name}; {outcome}", file=sys.stderr)
-        return 128 + _signum(exc)
-    except (TypeError, ValueError, OSError) as exc:
+        return _stopped(exc, outcome)
+    except Exception as exc:
+        if SIGNALS.requested is not None:
+            # a stop that a library turned into its own error (an import cut short)
+            return _stopped(exc, "finished outputs are complete, the rest were not written")
+        if not isinstance(exc, (TypeError, ValueError, OSError)):
+            raise
         error(str(exc))
         return 2
 
 
-def _signum(exc: KeyboardInterrupt) -> int:
-    return int(exc.signum if isinstance(exc, Stopped) else signal.SIGINT)
+def _stopped(exc: BaseException, outcome: str) -> int:
+    """The last line of a run that a signal stopped, and its exit status. ``exc`` is
+    :class:`Stopped`, a plain KeyboardInterrupt (SIGINT), or what a library made of
+    the signal (then :attr:`Signals.requested` says which)."""
+    SIGNALS.end()
+    if isinstance(exc, Stopped):
+        signum = exc.signum
+    elif isinstance(exc, KeyboardInterrupt):
+        signum = int(signal.SIGINT)
+    else:
+        signum = SIGNALS.requested
+    name = signal.Signals(signum).name
+    if outcome.startswith("while"):
+        print(f"\nnapari-dsp: stopped by {name} {outcome}", file=sys.stderr)
+    else:
+        print(f"\nnapari-dsp: stopped by {name}; {outcome}", file=sys.stderr)
+    return 128 + int(signum)

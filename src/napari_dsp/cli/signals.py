@@ -39,10 +39,12 @@ class Signals:
         self.previous: dict = {}
         #: the signal that asked this run to stop, if one did
         self.requested: Optional[int] = None
+        self.ending = False
 
     def install(self) -> None:
         self.requested = None
         self.pending = None
+        self.ending = False
         for name in self.NAMES:
             sig = getattr(signal, name, None)
             if sig is None or signal.getsignal(sig) is signal.SIG_IGN:
@@ -67,7 +69,13 @@ class Signals:
         if self.requested is not None:
             raise Stopped(self.requested)
 
+    def end(self) -> None:
+        """The run is over and says its last line: later signals are ignored."""
+        self.ending = True
+
     def _handle(self, signum, frame) -> None:
+        if self.ending:
+            return
         if self.requested is not None and _stopping():
             # the stop is under way: a second Ctrl-C must not interrupt the clean-up (the
             # fitting threads being joined; torch aborted the process when they were not)
