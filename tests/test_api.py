@@ -411,3 +411,11 @@ def test_torch_tensors_are_taken_by_every_entry_point_whatever_their_grad_and_dt
         torch.stack([tensor, tensor]).detach(), Path(tempfile.mkdtemp()) / "t.zarr", **TINY
     )
     assert out.exists()
+
+
+def test_a_meta_tensor_says_what_to_pass():
+    """Hunt F5a: a tensor on torch's 'meta' device gave NotImplementedError."""
+    import torch
+
+    with pytest.raises(TypeError, match=r"'meta' device.*pass a tensor with data"):
+        segment(torch.empty((64, 64), device="meta"), **TINY)

@@ -592,8 +592,8 @@ def test_nohup_keeps_a_run_alive_after_sighup(tmp_path):
 
 
 def test_outputs_keep_the_files_calibration_and_axis_order(tmp_path):
-    """--spacing steers the fit only; labels of a ZTYX OME-TIFF are written (and
-    described in the sidecar) in ImageJ's order TZYX."""
+    """Labels of a ZTYX OME-TIFF are written (and described in the sidecar) in ImageJ's
+    order TZYX, with the file's calibration."""
     data = np.stack([np.stack([disc(seed=z + t)[0] for t in range(2)]) for z in range(3)])
     path = tmp_path / "ztyx.ome.tif"
     tifffile.imwrite(
@@ -602,7 +602,7 @@ def test_outputs_keep_the_files_calibration_and_axis_order(tmp_path):
         ome=True,
         metadata={"axes": "ZTYX", "PhysicalSizeX": 0.3, "PhysicalSizeY": 0.3, "PhysicalSizeZ": 2.0},
     )
-    proc = cli("segment", path, "-o", tmp_path / "o", "--spacing", "5", "1", "1", *FAST)
+    proc = cli("segment", path, "-o", tmp_path / "o", *FAST)
     assert proc.returncode == 0, proc.stderr
     info = io.read_info(tmp_path / "o" / "ztyx_labels.tif")
     assert info.axes == "TZYX" and info.shape == (2, 3, 32, 40)
@@ -653,6 +653,14 @@ def test_flag_combinations_refused_up_front(tmp_path, capsys):
                 ["segment", str(tmp_path / "a.tif"), "-o", str(tmp_path / "o"), "--max-pixels", bad]
             )
         assert "is not a positive number" in capsys.readouterr().err
+    # hunt (left out): --spacing without --volumetric was ignored without a word
+    a = str(tmp_path / "a.tif")
+    assert main(["segment", a, "-o", str(tmp_path / "o"), "--spacing", "2", "1", "1", *FAST]) == 2
+    assert "add --volumetric, or leave out --spacing" in capsys.readouterr().err
+    # and a setting's refusal names the flag, not the API's setting
+    assert main(["segment", a, "-o", str(tmp_path / "o"), "--iterations", "0", "--quiet"]) == 2
+    assert capsys.readouterr().err == "napari-dsp: error: --iterations must be at least 1, got 0\n"
+    assert not (tmp_path / "o").exists()
 
 
 def test_animated_png_says_which_frame_is_used(tmp_path):
@@ -708,6 +716,38 @@ def test_a_set_left_by_a_run_killed_while_placing_its_outputs_is_redone(tmp_path
     assert not (out / "b_labels.tif").exists()
 
 
+def test_a_prior_of_another_input_with_the_same_name_is_never_replaced(tmp_path, capsys):
+    """Hunt F4: A/x.tif's prior, left without its labels and sidecar, was taken for an
+    interrupted run of B/x.tif (the stamp named the file name only) and replaced
+    without --overwrite. Only a set made from this very file (path, size, time) is
+    redone; anything else is skipped as existing outputs."""
+    (tmp_path / "A").mkdir()
+    (tmp_path / "B").mkdir()
+    tifffile.imwrite(tmp_path / "A" / "x.tif", disc(seed=1)[0])
+    tifffile.imwrite(tmp_path / "B" / "x.tif", disc(seed=2)[0])
+    out = tmp_path / "o"
+
+    def run(folder):
+        return main(["segment", str(tmp_path / folder / "x.tif"), "-o", str(out), "--prior", *FAST])
+
+    assert run("A") == 0
+    (out / "x_labels.tif").unlink()
+    (out / "x_labels.json").unlink()
+    before = (out / "x_prior.tif").read_bytes()
+    capsys.readouterr()
+    assert run("B") == 0
+    err = capsys.readouterr().err
+    assert "0 done, 1 skipped" in err, err
+    assert "was stopped" not in err
+    assert (out / "x_prior.tif").read_bytes() == before
+    assert not (out / "x_labels.tif").exists()
+    # the same path holding another image since: not provably its outputs either
+    os.replace(tmp_path / "B" / "x.tif", tmp_path / "A" / "x.tif")
+    assert run("A") == 0
+    assert "0 done, 1 skipped" in capsys.readouterr().err
+    assert (out / "x_prior.tif").read_bytes() == before
+
+
 def test_ctrl_c_twice_stops_a_batch_once_and_cleanly(tmp_path):
     """A second SIGINT while the first one's clean-up joins the fitting threads used to
     abort the process ('terminate called without an active exception', exit 134)."""
@@ -732,3 +772,123 @@ def test_ctrl_c_twice_stops_a_batch_once_and_cleanly(tmp_path):
     assert proc.returncode == 130, err
     assert "terminate called" not in err and "Traceback" not in err
     assert err.count("stopped by SIGINT") == 1
+
+
+def _three_inputs(tmp_path):
+    for i in range(3):
+        tifffile.imwrite(tmp_path / f"s{i}.tif", disc((32, 32), seed=i)[0])
+    return [str(tmp_path / f"s{i}.tif") for i in range(3)] + ["-o", str(tmp_path / "o")]
+
+
+def test_a_stop_turned_into_another_exception_still_stops_the_batch(tmp_path, monkeypatch, capsys):
+    """Hunt F3: a SIGINT that landed in tifffile's lazy import came out as a RuntimeError
+    (Python reports a KeyboardInterrupt raised in ``__set_name__`` so); the batch counted
+    a failed file, went on, and ignored every later signal. Now it stops there."""
+    import functools
+
+    from napari_dsp import batch
+
+    calls = []
+
+    def run_job(job, **kwargs):
+        calls.append(job)
+
+        class Hook(functools.cached_property):
+            def __set_name__(self, owner, name):
+                os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C lands in an import
+                for _ in range(10_000):
+                    pass
+
+        class Page:
+            dataoffset = Hook(lambda self: 0)
+
+    monkeypatch.setattr(batch, "run_job", run_job)
+    assert main(["segment", *_three_inputs(tmp_path), *FAST]) == 130
+    err = capsys.readouterr().err
+    assert len(calls) == 1, err
+    assert "stopped by SIGINT; 0 of 3 file(s) finished" in err
+    assert "error" not in err and "failed" not in err
+
+
+def test_a_signal_after_a_swallowed_stop_still_stops_the_run(tmp_path, monkeypatch, capsys):
+    """Hunt F3: once a stop had been requested, every later SIGINT/SIGTERM was ignored,
+    even when the first one was swallowed and the run went on: only SIGKILL ended it."""
+    from napari_dsp import batch
+
+    calls = []
+
+    def run_job(job, **kwargs):
+        calls.append(job)
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(10_000):
+                pass
+        except KeyboardInterrupt:
+            pass  # a library that swallows it
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(10_000):
+            pass
+        raise AssertionError("the SIGTERM was ignored")
+
+    monkeypatch.setattr(batch, "run_job", run_job)
+    assert main(["segment", *_three_inputs(tmp_path), *FAST]) == 143
+    err = capsys.readouterr().err
+    assert len(calls) == 1, err
+    assert "stopped by SIGTERM" in err and "ignored" not in err
+
+
+def test_a_signal_while_the_command_exits_prints_no_traceback(tmp_path):
+    """Hunt F2: a second Ctrl-C after the last line, while the interpreter ran its exit
+    handlers (logging's, torch's), printed 'Exception ignored in atexit callback' and a
+    traceback. The command ignores signals once it has said its last line."""
+    script = (
+        "import atexit, os, signal, sys, time\n"
+        "from napari_dsp.cli import main\n"
+        f"sys.argv = ['napari-dsp', 'segment', {str(tmp_path / 'missing.tif')!r}, '-o', "
+        f"{str(tmp_path / 'o')!r}]\n"
+        "status = main()\n"
+        "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(0.2)))\n"
+        "sys.exit(status)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].endswith("1 failed"), proc.stderr
+
+
+@pytest.mark.parametrize(
+    "sig, converted", [("SIGTERM", False), ("SIGHUP", False), ("SIGTERM", True)]
+)
+def test_sigterm_and_sighup_while_starting_say_so(tmp_path, sig, converted):
+    """Hunt F8: SIGTERM or SIGHUP while the command imports its modules killed it
+    without a word (SIGINT said 'stopped ... while starting'). The handlers are now
+    installed before those imports. A signal that the module being imported turns into
+    its own error (numpy: 'ImportError: PyCapsule_Import could not import module
+    datetime', seen by hand) says the same line, not a traceback."""
+    script = (
+        "import importlib.abc, os, signal, sys\n"
+        "from napari_dsp.cli import main\n"
+        "class Hook(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'napari_dsp.cli.parser':\n"
+        "            try:\n"
+        f"                os.kill(os.getpid(), signal.{sig})\n"
+        "                for _ in range(10_000):\n"
+        "                    pass\n"
+        "            except KeyboardInterrupt:\n"
+        f"                if {converted}:\n"
+        "                    raise ImportError('could not import module datetime') from None\n"
+        "                raise\n"
+        "sys.meta_path.insert(0, Hook())\n"
+        f"sys.exit(main(['segment', 'x.tif', '-o', {str(tmp_path / 'o')!r}]))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 128 + getattr(signal, sig), proc.stderr
+    assert (
+        proc.stderr.strip() == f"napari-dsp: stopped by {sig} while starting; nothing was written"
+    )
+    assert not (tmp_path / "o").exists()

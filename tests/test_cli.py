@@ -460,3 +460,48 @@ def test_ctrl_c_while_the_command_starts_is_one_line_not_a_traceback(tmp_path):
     assert proc.returncode == 130, proc.stderr
     assert "stopped by SIGINT while starting; nothing was written" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("command", ["segment", "demo"])
+def test_an_empty_output_is_refused(images, tmp_path, capsys, monkeypatch, command):
+    """Hunt F11: -o '' (-o "$OUT" with OUT unset) wrote into the current folder."""
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    args = [command, *([str(images["a"])] if command == "segment" else []), "-o", "", *FAST]
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code == 2
+    assert "-o is empty (is a shell variable unset?); give an output folder" in (
+        capsys.readouterr().err
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    from napari_dsp.batch import BatchError, plan_batch
+
+    with pytest.raises(BatchError, match="output is empty"):
+        plan_batch([images["a"]], "")  # the API (segment_files) alike
+
+
+def test_demo_checks_its_output_folder_before_fitting(tmp_path, capsys, monkeypatch):
+    """Hunt F12: demo -o into a folder that cannot be written ran the whole fit, then
+    said '[Errno 1] Operation not permitted'; it is refused up front, as segment does."""
+    from napari_dsp import api
+    from napari_dsp.io import places
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("fitted before the output folder was checked")
+
+    monkeypatch.setattr(api, "segment", no_fit)
+    (tmp_path / "file").write_text("not a folder")
+    assert main(["demo", "-o", str(tmp_path / "file" / "sub"), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "is a file, so the folder" in err and "nothing was computed" in err
+
+    def read_only(folder):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(places, "new_temp", read_only)
+    assert main(["demo", "-o", str(tmp_path / "ro"), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write in {tmp_path} (Operation not permitted)" in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "ro").exists()

@@ -253,6 +253,30 @@ def test_unreachable_scheduler_is_one_message_and_nothing_is_written(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("value", ["banana", "1e999", "[1,2]", "-5s"])
+def test_a_bad_connect_timeout_names_the_variable_and_how_to_write_it(tmp_path, monkeypatch, value):
+    """Hunt F1: a connect timeout that is not a duration gave dask's traceback (KeyError,
+    AttributeError) or a message about '1-5'; now one line (a ValueError in the API)."""
+    [path] = write_inputs(tmp_path / "in", 1, size=32)
+    env = {"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": value}
+    proc = cli(
+        "segment", path, "-o", tmp_path / "out", *TINY_FLAGS,
+        "--scheduler", "tcp://127.0.0.1:9", env=env,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT" in lines[0] and "5s" in lines[0]
+    assert not (tmp_path / "out").exists()
+    import dask.config
+
+    with (
+        dask.config.set({"distributed.comm.timeouts.connect": value}),
+        pytest.raises(ValueError, match="like 5s"),
+    ):
+        dist.connect("tcp://127.0.0.1:9")
+
+
 def test_a_stopped_cluster_run_counts_the_files_on_disk(tmp_path):
     """Files that workers finish while the cluster shuts down are in the summary, and
     nothing is written once the command has said what it wrote."""
@@ -481,3 +505,48 @@ def test_local_workers_are_capped_at_the_cores_with_the_reason(monkeypatch):
     finally:
         dist.close(client)
     assert notes == [why]
+
+
+def test_submit_segment_checks_its_arguments_at_the_call(client):
+    """Hunt F5b, F10: client=None gave an AttributeError; one array instead of a list
+    made one task per row; an unknown or bad setting failed only in .result()."""
+    image = nuclei((32, 32), n=3, radius=(4, 7), seed=0)[0]
+    with pytest.raises(
+        TypeError, match=r"client must be a distributed\.Client.*connect\('local:2'\)"
+    ):
+        dist.submit_segment(None, [image])
+    with pytest.raises(TypeError, match=r"list of images.*shape \(32, 32\).*pass \[image\]"):
+        dist.submit_segment(client, image)
+    with pytest.raises(TypeError, match="unknown setting.*bogus"):
+        dist.submit_segment(client, [image], bogus=2)
+    with pytest.raises(TypeError, match="settings must be a napari_dsp.Settings"):
+        dist.submit_segment(client, [image], settings={"n_iter": 2})
+    with pytest.raises(ValueError, match="n_iter must be at least 1"):
+        dist.submit_segment(client, [image], n_iter=0)
+    with pytest.warns(FutureWarning, match="'n_runs' is now called 'n_members'"):
+        fast = {k: v for k, v in TINY.items() if k != "n_members"}
+        [future] = dist.submit_segment(client, [image], n_runs=2, **fast)
+    assert future.result().labels.shape == (32, 32)
+
+
+def test_a_local_cluster_gives_up_on_a_frozen_worker_within_a_minute(monkeypatch):
+    """Hunt F7: with one worker of --scheduler local:2 stopped (SIGSTOP), the run waited
+    for dask's worker-ttl, 5 minutes. The clusters napari-dsp starts use 60 s (a user's
+    own DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL is kept); measured by hand with 20 s: the
+    frozen worker's file went to the other worker and the run ended, 6 done."""
+
+    def ttl(dask_scheduler):
+        return dask_scheduler.worker_ttl
+
+    with dist.connect("local:1") as c:
+        assert c.run_on_scheduler(ttl) == 60
+    monkeypatch.setenv("DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL", "7s")
+    import dask.config
+
+    dask.config.refresh()
+    try:
+        with dist.connect("local:1") as c:
+            assert c.run_on_scheduler(ttl) == 7
+    finally:
+        monkeypatch.delenv("DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL")
+        dask.config.refresh()

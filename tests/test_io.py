@@ -324,6 +324,20 @@ def test_staged_outputs_appear_together_or_not_at_all(tmp_path):
     assert taken.read_text() == "appeared meanwhile"
 
 
+def test_a_stop_right_after_a_temporary_file_is_created_leaves_none(tmp_path, monkeypatch):
+    """Seen by hand (two SIGINTs as the first output file appeared): a Ctrl-C between
+    creating a temporary file and recording it left the .part file behind (a later run
+    removed it). Its name is now recorded before it is created."""
+
+    def interrupted(fd):
+        raise KeyboardInterrupt  # the signal lands right after os.open
+
+    monkeypatch.setattr(io_temps, "try_lock", interrupted)
+    with pytest.raises(KeyboardInterrupt), io.Staged() as out:
+        out.labels(tmp_path / "a_labels.tif", np.zeros((20, 20), np.uint8), axes="YX")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
 def test_outputs_get_the_mode_the_umask_gives(tmp_path, umask):
     path = tmp_path / "m_labels.tif"

@@ -386,3 +386,26 @@ def test_an_empty_or_ragged_stack_says_what_to_change():
         segment_stack(np.zeros((0, 64, 64)), **TINY)
     with pytest.raises(ValueError, match="different sizes"):
         segment_stack([planes(1)[0], planes(1)[0][:48, :48]], **TINY)
+
+
+def test_a_wrong_client_or_an_unreadable_tiff_is_said_at_once(tmp_path, monkeypatch):
+    """Hunt F5c: client='local:1' fitted the sample first, then AttributeError ('str' has
+    no 'scatter'). F5d: a TIFF cut short gave tifffile's own TiffFileError."""
+    from napari_dsp import io, large
+
+    tifffile.imwrite(tmp_path / "st.tif", planes(3), imagej=True, metadata={"axes": "ZYX"})
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("fitted before the client was checked")
+
+    monkeypatch.setattr(large, "iter_learn", no_fit)
+    for client in ("local:1", 5):
+        with pytest.raises(TypeError, match=r"distributed\.Client.*connect\('local:2'\)"):
+            segment_stack_to_zarr(tmp_path / "st.tif", tmp_path / "c.zarr", client=client, **TINY)
+    monkeypatch.undo()
+    tifffile.imwrite(tmp_path / "st.tif", planes(3))  # pages of their own, no ImageJ header
+    data = (tmp_path / "st.tif").read_bytes()
+    (tmp_path / "trunc.tif").write_bytes(data[: len(data) * 5 // 6])  # the last plane cut
+    with pytest.raises(io.ImageFileError, match=r"trunc\.tif: cannot be read .*cut short"):
+        segment_stack_to_zarr(tmp_path / "trunc.tif", tmp_path / "t.zarr", **TINY)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["st.tif", "trunc.tif"]

@@ -150,3 +150,19 @@ def test_an_old_name_and_its_new_name_together_are_refused():
         make_settings(n_runs=3, n_members=2)
     with pytest.raises(ValueError, match="at most 4294967295,"):
         Settings(seed=2**64)
+
+
+def test_settings_takes_the_old_names_like_segment_does():
+    """Hunt F9: Settings(n_runs=3) gave the dataclass's bare 'unexpected keyword
+    argument' while segment(img, n_runs=3) took it with a FutureWarning."""
+    for old, new, value in [
+        ("n_runs", "n_members", 3),
+        ("n_workers", "n_threads", 2),
+        ("use_prior", "prior_superpixels", False),
+    ]:
+        with pytest.warns(FutureWarning, match=f"'{old}' is now called '{new}'") as caught:
+            assert getattr(Settings(**{old: value}), new) == value
+        assert caught[0].filename == __file__  # pointed at the caller's line
+        with pytest.raises(TypeError, match=f"'{old}' is the old name of '{new}'"):
+            Settings(**{old: value, new: value})
+    assert Settings(n_members=4) == Settings().replace(n_members=4)

@@ -99,6 +99,8 @@ def plan_batch(
         file name is too long for its file system, or ``output`` does not fit the inputs;
         nothing has been written then.
     """
+    if isinstance(output, str) and not output.strip():
+        raise BatchError("output is empty (is a variable unset?); give an output folder")
     output = Path(output)
     _check_name_lengths(output)
     notes = []
@@ -207,16 +209,32 @@ def _written_for(path: Path, job: Job) -> bool:
         if path.suffix.lower() == ".json":
             meta = json.loads(path.read_text(encoding="utf-8"))
             named = meta.get("input_file")
-            return isinstance(named, str) and path_key(Path(named)) == path_key(job.source)
+            if not (isinstance(named, str) and path_key(Path(named)) == path_key(job.source)):
+                return False
+            return meta.get("input_fingerprint") == input_fingerprint(job.source)
         if not _io.read_info(path).written_by_us:
             return False
         import tifffile
 
         with tifffile.TiffFile(path) as tif:
             stamp = json.loads((tif.imagej_metadata or {}).get("Info") or "{}")
-        return stamp.get("source") == job.source.name and stamp.get("sidecar") == job.sidecar.name
+        return (
+            stamp.get("input") == input_fingerprint(job.source)
+            and stamp.get("sidecar") == job.sidecar.name
+        )
     except (OSError, ValueError, TypeError, AttributeError, _io.ImageFileError):
         return False
+
+
+def input_fingerprint(source: Path) -> Optional[dict]:
+    """What identifies the very input file an output was made from: its full real path,
+    its size and its modification time (a file of the same name elsewhere, or the same
+    path holding another image since, does not match); None if it cannot be read."""
+    try:
+        st = os.stat(source)
+    except OSError:
+        return None
+    return {"path": path_key(source), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def _check_name_lengths(output: Path) -> None:
@@ -310,6 +328,7 @@ def run_job(
     from .core.memory import available_memory
 
     volumetric = settings.volumetric
+    fingerprint = input_fingerprint(job.source)  # the file as it is read
     info = _io.read_info(job.source)
     arr = _io.arrange(info, channel_axis, stack or volumetric)
     for note in arr.notes:
@@ -378,7 +397,12 @@ def run_job(
     # the outputs keep the file's own calibration (--spacing steers the fit only)
     sizes = _io.pixel_size_for(axes, info)
     unit = info.unit if sizes else None
-    stamp = {"written_by": "napari-dsp", "source": job.source.name, "sidecar": job.sidecar.name}
+    stamp = {
+        "written_by": "napari-dsp",
+        "source": job.source.name,
+        "input": fingerprint,
+        "sidecar": job.sidecar.name,
+    }
     with _io.Staged(overwrite) as out:
         prior_file = None
         if job.prior is not None and result.prior is not None:
@@ -400,6 +424,7 @@ def run_job(
         meta = dict(
             result.metadata,
             input_file=str(job.source),
+            input_fingerprint=fingerprint,
             labels_file=str(job.labels),
             prior_file=str(prior_file) if prior_file is not None else None,
             texture_prior_file=str(texture_file) if texture_file else None,

@@ -22,6 +22,7 @@ importing this module does not import it, torch or napari.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import time
@@ -36,6 +37,7 @@ from .io.write import existing
 from .workers import (  # noqa: F401 - SchedulerError, INSTALL_HINT: part of this API
     INSTALL_HINT,
     SchedulerError,
+    check_client,
     prepare_worker,
     require_distributed,
     worker_threads,
@@ -191,7 +193,10 @@ def connect(scheduler: str, *, timeout: Optional[float] = None, note=None, quiet
         dask.distributed is not installed, the scheduler cannot be reached within
         ``timeout`` seconds, or the local cluster cannot start.
     ValueError
-        For a malformed ``scheduler``.
+        For a malformed ``scheduler``, or a ``timeout`` (or dask's
+        ``distributed.comm.timeouts.connect``) that is not a positive duration.
+    TypeError
+        For a ``timeout`` that is not a number.
     """
     kind, value = parse_scheduler(scheduler)
     distributed = require_distributed()
@@ -209,7 +214,7 @@ def connect(scheduler: str, *, timeout: Optional[float] = None, note=None, quiet
         cluster = None
         try:
             quieted = output_of_children_discarded() if quiet else contextlib.nullcontext()
-            with safe_import_path(), hangup_kept_from_children(), quieted:
+            with safe_import_path(), hangup_kept_from_children(), quieted, worker_ttl_bounded():
                 cluster = distributed.LocalCluster(
                     n_workers=value,
                     threads_per_worker=1,
@@ -231,11 +236,7 @@ def connect(scheduler: str, *, timeout: Optional[float] = None, note=None, quiet
             if cluster is not None:
                 cluster.close()
             raise
-    if timeout is None:
-        import dask.config
-        from dask.utils import parse_timedelta
-
-        timeout = parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"))
+    timeout = connect_timeout(timeout)
     try:
         answers_within(value, timeout)
         return distributed.Client(value, timeout=timeout)
@@ -245,6 +246,55 @@ def connect(scheduler: str, *, timeout: Optional[float] = None, note=None, quiet
             f"check the address and that the scheduler runs (dask scheduler), or use "
             f"--scheduler local:N"
         ) from None
+
+
+#: How long the scheduler of a ``local:N`` cluster waits for a worker that stopped
+#: answering (frozen, stopped with SIGSTOP) before its tasks go to another worker; dask's
+#: default, 5 minutes, kept a run waiting that long. A fit keeps answering (heartbeats
+#: come from the worker's own event loop), so this does not cut long fits short.
+LOCAL_WORKER_TTL = "60s"
+
+
+@contextlib.contextmanager
+def worker_ttl_bounded():
+    """dask's ``distributed.scheduler.worker-ttl`` as :data:`LOCAL_WORKER_TTL` while a
+    local cluster's scheduler is made, unless the user configured it (e.g.
+    ``DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL``)."""
+    import dask.config
+
+    if str(dask.config.get("distributed.scheduler.worker-ttl", None)) != "5 minutes":
+        yield  # the user's own value
+        return
+    with dask.config.set({"distributed.scheduler.worker-ttl": LOCAL_WORKER_TTL}):
+        yield
+
+
+def connect_timeout(timeout: Optional[float] = None) -> float:
+    """Seconds to wait for a scheduler at an address: ``timeout``, or dask's
+    ``distributed.comm.timeouts.connect``; a ValueError that says how to write it when
+    it is not a positive, finite duration (dask's own parser raised a KeyError or an
+    AttributeError that named neither the setting nor the fix)."""
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise TypeError(f"timeout must be a number of seconds, got {type(timeout).__name__}")
+        if not (math.isfinite(timeout) and timeout > 0):
+            raise ValueError(f"timeout must be a positive, finite number of seconds, got {timeout}")
+        return float(timeout)
+    import dask.config
+    from dask.utils import parse_timedelta
+
+    value = dask.config.get("distributed.comm.timeouts.connect")
+    try:
+        seconds = parse_timedelta(value)
+    except (KeyError, ValueError, TypeError, AttributeError, OverflowError):
+        seconds = None
+    if not isinstance(seconds, (int, float)) or not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(
+            f"dask's connect timeout (distributed.comm.timeouts.connect, e.g. the "
+            f"environment variable DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT) is {value!r}, "
+            f"not a positive duration: write it like 5s or 30s, or unset it"
+        )
+    return float(seconds)
 
 
 def answers_within(address: str, timeout: float) -> None:
@@ -515,11 +565,7 @@ def segment_files(
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]  # one file, not its characters
-    if not hasattr(client, "submit"):
-        raise TypeError(
-            f"client must be a distributed.Client (napari_dsp.distributed.connect('local:2') "
-            f"or an address), got {type(client).__name__}"
-        )
+    check_client(client)
     from .settings import make_settings
 
     settings = make_settings(settings, **overrides)
@@ -612,8 +658,30 @@ def submit_segment(client, images: Sequence, *, settings=None, **kwargs: Any) ->
     -------
     list of distributed.Future
         One per image; ``.result()`` is its :class:`~napari_dsp.SegmentResult`.
+
+    Raises
+    ------
+    TypeError
+        For a ``client`` that is not a ``distributed.Client``, one array instead of a
+        list of them, or an unknown setting; nothing is submitted then.
+    ValueError
+        For a setting out of its range; nothing is submitted then.
     """
-    return [client.submit(_segment_one, image, settings, kwargs, pure=False) for image in images]
+    check_client(client)
+    if hasattr(images, "shape") and hasattr(images, "ndim") or isinstance(images, (str, bytes)):
+        shape = getattr(images, "shape", None)
+        raise TypeError(
+            f"images must be a list of images (one task each), got one "
+            f"{type(images).__name__}{f' of shape {tuple(shape)}' if shape else ''}: "
+            f"pass [image]"
+        )
+    if "full_output" in kwargs:
+        raise TypeError("submit_segment always returns full results; leave out full_output")
+    from .settings import make_settings
+
+    passed = {k: kwargs.pop(k) for k in ("channel_axis", "progress", "scribbles") if k in kwargs}
+    settings = make_settings(settings, **kwargs)  # checked here, not on the workers
+    return [client.submit(_segment_one, image, settings, passed, pure=False) for image in images]
 
 
 def _segment_one(image, settings, kwargs):
@@ -621,7 +689,7 @@ def _segment_one(image, settings, kwargs):
     from .settings import make_settings
 
     settings = make_settings(settings)
-    if settings.n_threads is None and "n_threads" not in kwargs:
+    if settings.n_threads is None:
         settings = settings.replace(n_threads=worker_threads())
     prepare_worker()
     return segment(image, settings=settings, full_output=True, **kwargs)

@@ -48,6 +48,7 @@ from .pipeline import (
     warn_if_nothing,
 )
 from .settings import Settings, make_settings
+from .workers import check_client
 
 #: What a user calls (the documented API of this module).
 __all__ = ["iter_segment_stack_to_zarr", "open_source", "segment_stack_to_zarr"]
@@ -196,9 +197,12 @@ def segment_stack_to_zarr(
     Raises
     ------
     TypeError
-        For a stack or a setting of the wrong type (nothing is written then).
+        For a stack, a setting or a ``client`` of the wrong type (nothing is written
+        then).
     ValueError
-        For a bad stack, settings or output (nothing is written then).
+        For a bad stack, settings or output (nothing is written then); an
+        :class:`~napari_dsp.io.ImageFileError` (a ValueError) for a TIFF that cannot be
+        read (cut short, damaged), with nothing left behind.
     FileExistsError
         ``output`` exists and ``overwrite`` is False.
     PermissionError
@@ -212,6 +216,8 @@ def segment_stack_to_zarr(
     PosixPath('lightsheet_labels.zarr')
     """
     check_callback(progress)
+    if client is not None:
+        check_client(client)
     s = make_settings(settings, **overrides)
     output, channel_axis = _check_call(s, output, n_sample, overwrite, image, channel_axis)
     output, meta = drain(
@@ -394,7 +400,8 @@ def iter_segment_stack_to_zarr(
     output, channel_axis = _check_call(s, output, n_sample, overwrite, image, channel_axis)
     from .planes import StackLayout
 
-    probe = open_source(image)  # the stack's axes and dtype, checked now
+    with unreadable_file_said(image):
+        probe = open_source(image)  # the stack's axes and dtype, checked now
     StackLayout(probe, channel_axis)
     _close_opened(probe, image)
 
@@ -415,15 +422,36 @@ def _iter_to_zarr(
     """Both passes; yields :class:`~napari_dsp.core.progress.FitProgress`, returns ``(output,
     metadata)``."""
     source_ref = image
-    source = open_source(image)
-    try:
-        return (
-            yield from _to_zarr(
-                source_ref, source, output, s, channel_axis, client, n_sample, overwrite
+    with unreadable_file_said(image):
+        source = open_source(image)
+        try:
+            return (
+                yield from _to_zarr(
+                    source_ref, source, output, s, channel_axis, client, n_sample, overwrite
+                )
             )
-        )
-    finally:
-        _close_opened(source, image)
+        finally:
+            _close_opened(source, image)
+
+
+@contextlib.contextmanager
+def unreadable_file_said(image):
+    """What tifffile raises for a stack given by path that cannot be read (a file cut
+    short, a damaged strip: found only when that plane is read) becomes an
+    :class:`~napari_dsp.io.ImageFileError` naming the file and what to do."""
+    try:
+        yield
+    except Exception as exc:
+        if not (
+            isinstance(image, (str, os.PathLike))
+            and type(exc).__module__.split(".")[0] == "tifffile"
+        ):
+            raise
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise _io.ImageFileError(
+            f"{image}: cannot be read ({text}); the file may be cut short or damaged: "
+            f"check it (open it in Fiji), or write it again"
+        ) from exc
 
 
 def _to_zarr(

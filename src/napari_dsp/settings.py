@@ -695,16 +695,12 @@ _TYPES: Optional[dict] = None
 RENAMED = {"n_runs": "n_members", "n_workers": "n_threads", "use_prior": "prior_superpixels"}
 
 
-def make_settings(settings: Optional[Settings] = None, **overrides: Any) -> Settings:
-    """Combine an optional :class:`Settings` with keyword overrides. ``None`` for a
-    setting that cannot be None (``n_iter=None``) is ignored, so a caller may pass
-    "not given" through; for the optional ones (``seed``, ``working_size``,
-    ``n_threads``) None is a value ("random", "automatic"). The names of earlier
-    versions (:data:`RENAMED`) are accepted with a ``FutureWarning``."""
-    if settings is None:
-        settings = Settings()
-    elif not isinstance(settings, Settings):
-        raise TypeError(f"settings must be a napari_dsp.Settings, got {type(settings).__name__}")
+def renamed(overrides: dict, stacklevel: int = 3) -> dict:
+    """``overrides`` with the names of earlier versions (:data:`RENAMED`) replaced by
+    today's, each with a ``FutureWarning`` (``stacklevel`` points it at the user's
+    line); a TypeError when a setting is given under both names. The one home of that
+    rule, for :func:`make_settings` and ``Settings(...)`` alike."""
+    overrides = dict(overrides)
     for old, new in RENAMED.items():
         if old in overrides and new in overrides:
             raise TypeError(f"{old!r} is the old name of {new!r}; pass {new!r} only")
@@ -715,9 +711,40 @@ def make_settings(settings: Optional[Settings] = None, **overrides: Any) -> Sett
                 f"napari-dsp: the setting {old!r} is now called {new!r}; {old!r} will stop "
                 f"working in a later version",
                 FutureWarning,
-                stacklevel=3,
+                stacklevel=stacklevel,
             )
             overrides[new] = overrides.pop(old)
+    return overrides
+
+
+def _accepting_old_names(init: Callable) -> Callable:
+    """The dataclass's ``__init__``, taking the names of earlier versions as
+    :func:`make_settings` does (a FutureWarning naming the new one)."""
+    import functools
+
+    @functools.wraps(init)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if any(old in kwargs for old in RENAMED):
+            kwargs = renamed(kwargs, stacklevel=3)
+        init(self, *args, **kwargs)
+
+    return __init__
+
+
+Settings.__init__ = _accepting_old_names(Settings.__init__)
+
+
+def make_settings(settings: Optional[Settings] = None, **overrides: Any) -> Settings:
+    """Combine an optional :class:`Settings` with keyword overrides. ``None`` for a
+    setting that cannot be None (``n_iter=None``) is ignored, so a caller may pass
+    "not given" through; for the optional ones (``seed``, ``working_size``,
+    ``n_threads``) None is a value ("random", "automatic"). The names of earlier
+    versions (:data:`RENAMED`) are accepted with a ``FutureWarning``."""
+    if settings is None:
+        settings = Settings()
+    elif not isinstance(settings, Settings):
+        raise TypeError(f"settings must be a napari_dsp.Settings, got {type(settings).__name__}")
+    overrides = renamed(overrides, stacklevel=4)
     if overrides:
         global _TYPES
         if _TYPES is None:

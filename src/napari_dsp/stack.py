@@ -83,6 +83,7 @@ def iter_segment_stack(
     """
     settings = make_settings(settings, **overrides)
     image = _image.from_torch(image)
+    _image.refuse_masked(image)
     if out is not None:
         from .large import iter_segment_stack_to_zarr
 

@@ -13,6 +13,17 @@ class SchedulerError(RuntimeError):
     """The cluster could not be reached or started; the message says what to do."""
 
 
+def check_client(client) -> None:
+    """A TypeError that says what to pass unless ``client`` is a dask
+    ``distributed.Client`` (anything that submits and scatters like one)."""
+    if not (hasattr(client, "submit") and hasattr(client, "scatter")):
+        raise TypeError(
+            f"client must be a distributed.Client (e.g. "
+            f"napari_dsp.distributed.connect('local:2'), or connect('tcp://host:8786') "
+            f"for a running scheduler), got {type(client).__name__}"
+        )
+
+
 def require_distributed():
     try:
         import distributed

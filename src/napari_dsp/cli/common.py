@@ -1,6 +1,5 @@
-"""What every command of the command line shares: the signal handling of the
-process (:data:`SIGNALS`), the text progress bar, the one-line error and note
-messages, the settings read from the parsed flags, and the allocator tuning right
+"""What every command of the command line shares: the text progress bar, the one-line
+error and note messages, the settings read from the parsed flags, and the allocator tuning right
 before the first fit."""
 
 from __future__ import annotations
@@ -14,16 +13,11 @@ import numpy as np
 
 from .. import io as _io
 from ..settings import FIELDS, Settings
-from .signals import Signals
 
 
 def read_image(path: Path) -> np.ndarray:
     """Read a .tif/.tiff, .png, .jpg/.jpeg or .npy file as a numpy array (as stored)."""
     return _io.read_pixels(_io.read_info(path))
-
-
-#: SIGINT, SIGTERM and SIGHUP of this process (installed by :func:`~napari_dsp.cli.main`).
-SIGNALS = Signals()
 
 
 class ProgressBar:
@@ -67,7 +61,22 @@ def settings_from_args(args) -> Settings:
     chosen = {name: getattr(args, name) for name in FIELDS if getattr(args, name) is not None}
     # no live display here: previews are never computed, whatever --preview-every says
     base = Settings.research() if getattr(args, "research_defaults", False) else Settings()
-    return base.replace(**{**chosen, "preview_every": 0})
+    try:
+        return base.replace(**{**chosen, "preview_every": 0})
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(in_flags(str(exc))) from None
+
+
+def in_flags(text: str) -> str:
+    """A message of the settings' checks in the command line's words: ``n_iter`` as
+    ``--iterations``, ``device='cuda'`` as ``--device cuda``."""
+    import re
+
+    for name in sorted(FIELDS, key=len, reverse=True):
+        flag = FIELDS[name].flag
+        text = re.sub(rf"\b{name}=(['\"]?)([^'\"\s,;)]*)\1", rf"{flag} \2", text)
+        text = re.sub(rf"(?<![-\w]){name}\b", flag, text)
+    return text
 
 
 def error(text: str) -> None:

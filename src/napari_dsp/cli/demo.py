@@ -10,7 +10,9 @@ import time
 import numpy as np
 
 from .. import io as _io
-from .common import SIGNALS, ProgressBar, error, settings_from_args, tune_allocator
+from ..io.places import probe_folder
+from .common import ProgressBar, error, settings_from_args, tune_allocator
+from .signals import SIGNALS
 
 
 def run_demo(args) -> int:
@@ -25,6 +27,10 @@ def run_demo(args) -> int:
     if out is not None:
         if out.exists() and not out.is_dir():
             error(f"-o {out} is a file; pass a folder")
+            return 2
+        problem, _ = probe_folder(out)  # as segment does: before anything is fitted
+        if problem:
+            error(f"-o {out}: {problem}; pass another folder; nothing was computed")
             return 2
         present = [out / n for n in names if (out / n).exists()]
         if present and not args.overwrite:

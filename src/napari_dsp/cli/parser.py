@@ -86,6 +86,16 @@ def positive_float(text: str) -> float:
     return value
 
 
+def output_path(text: str) -> Path:
+    """``-o``: a path, never an empty one (``-o "$OUT"`` with OUT unset would otherwise
+    write into the current folder without a word)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            "-o is empty (is a shell variable unset?); give an output folder"
+        )
+    return Path(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
@@ -117,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument(
         "-o",
         "--output",
-        type=Path,
+        type=output_path,
         required=True,
         help="output file for one input, or a directory (one <stem>_labels.tif per input)",
     )
@@ -188,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "-o",
         "--output",
-        type=Path,
+        type=output_path,
         default=None,
         help="directory to also write the labels, prior and settings to",
     )

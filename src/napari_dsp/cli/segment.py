@@ -11,7 +11,6 @@ from .. import batch as _batch
 from .. import io as _io
 from ..settings import Settings
 from .common import (
-    SIGNALS,
     Once,
     ProgressBar,
     error,
@@ -20,6 +19,7 @@ from .common import (
     settings_from_args,
     tune_allocator,
 )
+from .signals import SIGNALS
 
 
 def run_segment(args) -> int:
@@ -34,6 +34,11 @@ def run_segment(args) -> int:
             texture=settings.texture,
             protected=protected,
         )
+        if args.spacing is not None and not settings.volumetric:
+            raise _batch.BatchError(
+                "--spacing is the voxel size of --volumetric (one 3-D fit); add "
+                "--volumetric, or leave out --spacing"
+            )
         if args.scribbles is not None and args.stack:
             raise _batch.BatchError("--scribbles is for single images; leave out --stack")
         if args.scribbles is not None and settings.method != "kanezaki":
@@ -106,6 +111,8 @@ def run_here(args, jobs: list, settings: Settings, scribbles) -> int:
                 notify=lambda text, src=src: note(f"{src}: {text}"),
             )
         except Exception as exc:  # every failure of one file is one line; the batch goes on
+            # unless it is a stop that a library turned into another exception
+            SIGNALS.check()
             failed += 1
             if bar is not None:
                 bar.close()
@@ -113,6 +120,7 @@ def run_here(args, jobs: list, settings: Settings, scribbles) -> int:
             continue
         if bar is not None:
             bar.close()  # a fit that stopped early leaves its line open
+        SIGNALS.check()  # a stop that was swallowed on the way
         if outcome.status == "skipped":
             skipped += 1
             names = ", ".join(str(p) for p in outcome.existing)
@@ -205,6 +213,7 @@ def _run_on_cluster(args, jobs: list, settings: Settings, scribbles) -> int:
             scribbles=scribbles,
         )
         _dist.collect(futures, jobs, list(dict.fromkeys(j.labels.parent for j in jobs)), report)
+        SIGNALS.check()
     finally:
         _dist.close(client)
     return summary(len(jobs), counts["done"], counts["skipped"], counts["failed"])

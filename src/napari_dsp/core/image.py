@@ -36,11 +36,26 @@ def from_torch(image):
     if type(image).__module__.startswith("torch") and hasattr(image, "detach"):
         import torch
 
+        if getattr(image, "is_meta", False):
+            raise TypeError(
+                "image is a torch tensor on the 'meta' device, which holds no data: pass "
+                "a tensor with data (on 'cpu' or 'cuda') or a numpy array"
+            )
         tensor = image.detach().cpu()
         if tensor.dtype == torch.bfloat16:
             tensor = tensor.float()
         return tensor.numpy()
     return image
+
+
+def refuse_masked(image) -> None:
+    """A masked array is refused (TypeError), by every entry point alike: the
+    segmentation reads the data under the mask too."""
+    if isinstance(image, np.ma.MaskedArray):
+        raise TypeError(
+            "image is a masked array; its mask would be ignored: pass image.filled(value) "
+            "(a value the background has), or the plain data"
+        )
 
 
 def to_channels_first(image, channel_axis: Optional[int] = None) -> np.ndarray:
@@ -50,11 +65,7 @@ def to_channels_first(image, channel_axis: Optional[int] = None) -> np.ndarray:
     3 or 4 entries (RGB/RGBA, alpha dropped).
     """
     image = from_torch(image)
-    if isinstance(image, np.ma.MaskedArray):
-        raise TypeError(
-            "image is a masked array; its mask would be ignored: pass image.filled(value) "
-            "(a value the background has), or the plain data"
-        )
+    refuse_masked(image)
     if hasattr(image, "__array__") and not isinstance(image, np.ndarray):
         image = np.asarray(image)
     if not isinstance(image, np.ndarray):

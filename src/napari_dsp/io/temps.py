@@ -15,6 +15,7 @@ import secrets
 import socket
 import time
 from pathlib import Path
+from typing import Optional
 
 
 class OutputExistsError(FileExistsError):
@@ -60,15 +61,21 @@ def try_lock(fd: int) -> bool:
         return True
 
 
-def new_temp(folder: Path) -> tuple[Path, int]:
+def new_temp(folder: Path, created: Optional[list] = None) -> tuple[Path, int]:
     """Create an empty temporary file in ``folder`` with the mode the umask gives a new
     file (``tempfile.mkstemp`` would make it 0600), locked while this process writes it.
-    Returns its path and the open descriptor that holds the lock."""
+    Returns its path and the open descriptor that holds the lock. ``created``, if
+    given, gets the path before the file exists: a Ctrl-C right after it is created
+    (before this returns) still leaves its owner the name to remove."""
     for _ in range(100):
         path = folder / f"{TEMP_PREFIX}{host_tag()}-{os.getpid()}-{secrets.token_hex(3)}.part"
+        if created is not None:
+            created.append(path)
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
+            if created is not None:
+                created.remove(path)  # another's: never removed by us
             continue
         try_lock(fd)
         return path, fd

@@ -51,6 +51,7 @@ class Staged:
             self.overwrite, self._replace = False, frozenset(Path(p) for p in overwrite)
         self._files: list[tuple[Path, Path]] = []
         self._fds: list[int] = []
+        self._created: list[Path] = []  # every temporary file, named before it exists
 
     def __enter__(self) -> Staged:
         return self
@@ -75,13 +76,13 @@ class Staged:
 
     def discard(self) -> None:
         """Remove every staged file not yet moved into place."""
-        for tmp, _ in self._files:
+        for tmp in dict.fromkeys([*(tmp for tmp, _ in self._files), *self._created]):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
         for fd in self._fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
-        self._files, self._fds = [], []
+        self._files, self._fds, self._created = [], [], []
 
     def _stage(self, path, write: Callable[[Path], None]) -> Path:
         path = Path(path)
@@ -92,7 +93,7 @@ class Staged:
                 errno.EISDIR, "is a folder; an output file cannot replace it", str(path)
             )
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp, fd = new_temp(path.parent)
+        tmp, fd = new_temp(path.parent, self._created)
         self._fds.append(fd)
         self._files.append((tmp, path))
         write(tmp)
