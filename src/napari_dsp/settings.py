@@ -189,8 +189,9 @@ FIELDS: dict[str, Field] = {
             "warm_iter",
             "Stacks and time-lapses: iterations of a plane that starts from the "
             "fit of the plane before it (its neighbour in Z or T) instead of from "
-            "scratch; the first plane gets n_iter. 0 = every plane from scratch "
-            "with n_iter (a plane's result then does not depend on the planes before it).",
+            "scratch; the first plane, and one in every 32, gets the full iterations. "
+            "0 = every plane from scratch (a plane's result then does not depend on "
+            "the planes before it).",
             label="warm-start iterations",
             minimum=0,
             maximum=5000,
