@@ -94,8 +94,11 @@ def _segment_stack(image, stack: StackLayout, settings: Settings, device, spacin
             precision=precision,
             device=device,
             threads=threads,
+            preview_every=s.preview_every,
         )
-        median, spread, stages = yield from relay(fit, clock.stamp)
+        median, spread, stages = yield from relay(
+            fit, lambda p: clock.stamp(p.replace(preview=stack.plane_layout(p.preview)))
+        )
         priors = [median[:, z] for z in range(n)]
         spreads = list(spread)
         fit_info = {
