@@ -118,8 +118,16 @@ def _segment_stack(image, stack: StackLayout, settings: Settings, device, spacin
             fit = iter_planned_prior(plane, device=device, **s.fit_values())
             median, spread, plane_info = yield from relay(
                 fit,
+                # step of total count the whole stack (FitProgress's units), as the
+                # out-of-core path does: a bar does not fill at the end of each plane
                 lambda p, i=i: clock.stamp(
-                    p.replace(preview=stack.plane_layout(p.preview), plane=i, n_planes=n)
+                    p.replace(
+                        preview=stack.plane_layout(p.preview),
+                        plane=i,
+                        n_planes=n,
+                        step=i * p.total + p.step,
+                        total=n * p.total,
+                    )
                 ),
             )
             priors.append(median)

@@ -5,6 +5,8 @@ a source and its labels, progress, the live prior, messages, and the small thing
 Run under Xvfb: xvfb-run -a -s "-screen 0 1280x1024x24" python -m pytest tests/_qt
 """
 
+import re
+
 import numpy as np
 import pytest
 import tifffile
@@ -134,6 +136,24 @@ def test_1_an_axis_whose_entries_differ_wildly_is_channels_and_the_widget_says_s
     assert widget.form.shown("planes")
 
 
+def test_1_a_volume_of_a_t_x_z_layer_is_the_time_point_the_sliders_show(viewer, qtbot):
+    from napari_dsp._synthetic import dark_on_bright
+
+    disc = dark_on_bright((32, 32), seed=1)[0]
+    layer = viewer.add_image(np.stack([np.stack([disc] * 3)] * 2), name="tz")
+    widget = open_widget(viewer, n_members=1)
+    widget.planes = "all planes"
+    widget.set_values(volumetric=True)
+    assert widget.form.shown("volumetric")  # offered, and not refused
+    viewer.dims.set_point(0, 1)
+    run_and_wait(qtbot, widget)
+    assert widget.status.startswith("done"), widget.status
+    labels = viewer.layers["tz labels"]
+    assert labels.data.shape == layer.data.shape
+    assert labels.data[1].any() and not labels.data[0].any()
+    assert labels.metadata["napari_dsp"]["napari"]["volume"].startswith("time point 2 of 2")
+
+
 # -- 2. a source and its labels -------------------------------------------------------------
 def _cli(*args) -> None:
     from napari_dsp.cli import main
@@ -191,7 +211,8 @@ def test_2_labels_of_a_zcyx_file_land_on_the_4d_layer_napari_opened(viewer, zcyx
 def test_3_the_bar_counts_the_whole_stack_and_the_status_says_members(viewer, qtbot):
     rng = np.random.default_rng(0)
     viewer.add_image(rng.random((3, 32, 32)).astype(np.float32), name="z")
-    widget = open_widget(viewer, preview_every=1)
+    # two threads fit members side by side: their reports interleave
+    widget = open_widget(viewer, preview_every=1, n_members=4, n_threads=2)
     widget.planes = "all planes"
     seen = []
     worker = widget.run()
@@ -203,6 +224,13 @@ def test_3_the_bar_counts_the_whole_stack_and_the_status_says_members(viewer, qt
     counts = [n for _, n, _, _ in seen]
     assert counts == sorted(counts) and bar.n == bar.total
     assert any("plane 2/3 · members" in s and "iteration" in s for *_, s in seen), seen
+    where = [
+        tuple(int(v) for v in m.groups())
+        for *_, s in seen
+        if (m := re.search(r"plane (\d)/3 · members (\d)/4 done · .*iteration (\d+)/", s))
+    ]
+    for (plane, done, it), (plane2, done2, it2) in zip(where, where[1:]):
+        assert (plane, done) != (plane2, done2) or it2 >= it, where  # never backwards
     assert len(bar.desc) <= 40
 
 

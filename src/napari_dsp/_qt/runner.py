@@ -22,7 +22,7 @@ from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_warning
 from superqt.utils import GeneratorWorker
 
-from ..core.progress import RunEstimate, format_seconds, run_fraction
+from ..core.progress import RunEstimate, format_seconds
 from .outputs import PREVIEW_INTERVAL, Job, Outputs
 from .words import in_widget_words
 
@@ -33,10 +33,11 @@ logger = logging.getLogger(__name__)
 SHORT_NAME = 24
 
 
-def describe(p, left: Optional[float] = None) -> str:
+def describe(p, left: Optional[float] = None, iteration: Optional[int] = None) -> str:
     """The status line of a report, in the user's units: where the run is (plane,
-    tile, members finished, iteration of the members being fitted now) and, when known,
-    the time left of the whole run (``left``)."""
+    tile, members finished, ``iteration`` (default ``p.iteration``) of the members being
+    fitted now) and, when known, the time left of the whole run (``left``)."""
+    iteration = p.iteration if iteration is None else iteration
     parts = []
     if p.n_planes > 1:
         parts.append(f"plane {p.plane + 1}/{p.n_planes}")
@@ -50,7 +51,7 @@ def describe(p, left: Optional[float] = None) -> str:
         if p.n_iter:
             # members are fitted in groups: each group counts its own iterations
             later = 0 < p.members_done < p.n_members
-            parts.append(f"{'next members at ' if later else ''}iteration {p.iteration}/{p.n_iter}")
+            parts.append(f"{'next members at ' if later else ''}iteration {iteration}/{p.n_iter}")
     if left is not None:
         parts.append(f"about {format_seconds(left)} left")
     return " · ".join(parts)
@@ -139,6 +140,7 @@ class Runner:
         self._spread, self._stage, self._start = False, "prior", 0.0
         self._latest, self._busy, self._cancelling = None, False, False
         self._estimate = RunEstimate()
+        self._group, self._furthest = None, 0
 
     def start(self, gen, job: Job, outputs: Outputs, spread: bool):
         self._gen, self.job, self._outputs, self._spread = gen, job, outputs, spread
@@ -146,6 +148,7 @@ class Runner:
         self._stage, self._start = "prior", time.monotonic()
         self._latest, self._busy, self._cancelling = None, False, False
         self._estimate = RunEstimate()
+        self._group, self._furthest = None, 0
         outputs.begin()
         # The total is corrected by the first report (it depends on tiles and planes).
         self.progress = napari_progress(
@@ -210,8 +213,14 @@ class Runner:
             self._busy = False
 
     def _show(self, p) -> None:
-        left = None if p.stage == "classes" else self._estimate.seconds_left(run_fraction(p))
-        self.report(describe(p, left))
+        left = None if p.stage == "classes" else self._estimate.seconds_left(p.fraction)
+        # threads fitting members side by side report their own iterations: show the
+        # furthest of the group being fitted, so the count never steps back within it
+        group = (p.stage, p.plane, p.tile, p.members_done)
+        if group != self._group:
+            self._group, self._furthest = group, 0
+        self._furthest = max(self._furthest, p.iteration)
+        self.report(describe(p, left, self._furthest))
         job, now = self.job, time.monotonic()
         if (
             p.preview is not None
@@ -223,20 +232,16 @@ class Runner:
         self._advance(p)  # last: the bar's redraw may run the end of the run
 
     def _advance(self, p) -> None:
-        """The bar counts the whole run: a stack's planes one after the other (a
-        report's ``step`` of ``total`` counts within its plane)."""
         bar = self.progress
-        n_planes = max(1, p.n_planes)
-        total, step = p.total * n_planes, p.total * min(p.plane, n_planes - 1) + p.step
         if p.stage != self._stage:
             self._stage = p.stage
-            bar.reset(total=total)
-        elif total != bar.total:
-            bar.total = total
-        if step > bar.n and self.worker is not None:
-            bar.update(step - bar.n)  # update() emits napari's value event; .n does not
+            bar.reset(total=p.total)
+        elif p.total != bar.total:
+            bar.total = p.total
+        if p.step > bar.n and self.worker is not None:
+            bar.update(p.step - bar.n)  # update() emits napari's value event; .n does not
         if self.worker is not None:
-            where = f" · plane {p.plane + 1}/{n_planes}" if n_planes > 1 else ""
+            where = f" · plane {p.plane + 1}/{p.n_planes}" if p.n_planes > 1 else ""
             bar.set_description(f"{short_name(self.job.name)}{where}")
 
     def _on_returned(self, result) -> None:

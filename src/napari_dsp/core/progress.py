@@ -139,15 +139,9 @@ class Clock:
         return p.replace(elapsed=self._now() - self.start)
 
 
-def run_fraction(p: FitProgress) -> float:
-    """The fraction of a whole run done at report ``p``: the planes before it and the
-    part of its own plane (``p.fraction`` counts within one plane)."""
-    n = max(1, p.n_planes)
-    return min(1.0, (min(p.plane, n - 1) + p.fraction) / n)
-
-
 class RunEstimate:
-    """Seconds left of a run from the fraction of it done, at the rate measured since
+    """Seconds left of a run from the fraction of it done (``FitProgress.fraction``:
+    its units count the whole run, every plane of a stack), at the rate measured since
     the first report (the start-up before it, reading and planning, is not work that
     repeats). Says nothing until ``min_seconds`` of work and ``min_fraction`` of the
     run have been measured: an estimate from the first iterations alone is far off."""
