@@ -193,6 +193,11 @@ def prepare_run(
     level = level if multiscale else None
     if layer.rgb:
         channel_axis = None
+    if channel_axis is not None and not 0 <= channel_axis < layer.ndim - 2:
+        raise ValueError(
+            f"layer '{layer.name}' has no axis {channel_axis} before Y and X (its data "
+            f"changed?); choose the channel axis again under 'channels'"
+        )
     data, plane = read_layer(layer, point, level, all_planes, channel_axis)
     axes = plane_axes(layer, channel_axis)
     shape = tuple(np.shape(data))
@@ -262,10 +267,8 @@ def _volume_spacing(layer, level, job: Job) -> tuple:
     axes, or the source file's pixel size where napari placed the layer at scale 1."""
     from .axes import file_spacing
 
-    ndim = layer.ndim
-    y, x = ndim - 2 - (1 if layer.rgb else 0), ndim - 1 - (1 if layer.rgb else 0)
-    plane_ax = plane_axes(layer, job.channel_axis)
-    z = plane_ax[-1]
+    y, x = layer.ndim - 2, layer.ndim - 1  # (napari's ndim leaves out RGB's colours)
+    z = plane_axes(layer, job.channel_axis)[-1]
     from_file = file_spacing(layer, (z, y, x))
     if from_file is not None:
         job.notes["spacing_from"] = "the source file (napari placed the layer at scale 1)"

@@ -80,7 +80,6 @@ class DSPWidget(Container):
         self._viewer = viewer = napari_viewer
         self._outputs: dict[int, Outputs] = {}
         self._rows_for = None  # the layer the rows were last set up for
-        self._axes_note, self._noted_for = "", None  # a guessed channel axis, said
         self.form = form = SettingsForm(name="settings_form")
         add_widget_rows(form)
         self.run_button = PushButton(name="run_button", text="Run")
@@ -182,11 +181,7 @@ class DSPWidget(Container):
         note = update_widget_rows(self.form, new_layer=self.image_layer is not self._rows_for)
         self._rows_for = self.image_layer
         if note and not self.running:
-            self._axes_note = note
-            self._report(note)
-        elif self.image_layer is not self._noted_for:
-            self._axes_note = ""
-        self._noted_for = self.image_layer
+            self._report(note)  # a channel axis guessed from the pixels is said
 
     # -- running ------------------------------------------------------------------------
     def _on_button(self, *_: Any) -> None:
@@ -224,6 +219,12 @@ class DSPWidget(Container):
             show_error(f"napari-dsp: {text}")
             self._report(f"not started: {text}")
             return None
+        guessed = job.notes.get("channel_axis_from", "")
+        if "differ" in guessed:  # never taken silently: said at Run too
+            show_info(
+                f"napari-dsp: axis {job.channel_axis} of '{layer.name}' is fitted as "
+                f"channels ({guessed}); choose 'none' under 'channels' to segment it as planes"
+            )
         outputs = self._outputs.setdefault(id(layer), Outputs())
         self.run_button.text = "Cancel"
         self._report("starting...")
