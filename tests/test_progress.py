@@ -21,7 +21,7 @@ def test_time_left_is_unknown_before_the_first_step():
     assert format_seconds(75) == "1 min 15 s" and format_seconds(7300) == "2 h 01 min"
 
 
-def test_the_time_left_of_a_stack_counts_its_planes_and_not_the_start_up():
+def test_the_time_left_is_measured_from_the_first_report_on():
     """Issue 31: the seconds before the first report (reading, planning) do not inflate
     the estimate, and nothing is said before a few seconds are measured."""
     from napari_dsp.core.progress import RunEstimate
