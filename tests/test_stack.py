@@ -32,6 +32,10 @@ def test_time_lapse_of_moving_discs_has_consistent_ids():
     for t in range(len(movie)):
         assert iou(labels[t] == 1, masks[t]) > 0.85  # the disc is 1 in every frame
     assert {p.plane for p in seen} == {0, 1, 2} and seen[0].n_planes == 3
+    # step of total count the whole stack: a bar does not fill after the first plane
+    steps = [p.step for p in seen]
+    assert steps == sorted(steps) and seen[-1].step == seen[-1].total
+    assert all(p.step < p.total for p in seen if p.plane == 0)
 
 
 def test_planes_start_from_their_neighbour_and_follow_what_moves():

@@ -359,6 +359,14 @@ def fitted_by_rule(planes: Sequence, sample: Sequence, warm: bool) -> set:
     return by_rule
 
 
+def planned_iterations(position: int, settings: Settings) -> int:
+    """The iterations the fit of the plane at ``position`` in a stack takes under
+    :func:`fit_order` (the progress of a whole stack is counted with them)."""
+    if not settings.warm_iter or position % ANCHOR_EVERY == 0:
+        return settings.n_iter
+    return settings.warm_iter
+
+
 def fit_order(planes: Sequence, warm: bool) -> list:
     """The planes of a stack as runs fitted in order, each ``[plane indices]``: a run
     starts at an anchor (every :data:`ANCHOR_EVERY`-th plane, from scratch) and each of

@@ -126,3 +126,40 @@ def is_lazy(image) -> bool:
         and hasattr(image, "__getitem__")
         and hasattr(image, "dtype")
     )
+
+
+#: An axis with this many entries or fewer may be channels rather than planes.
+MAX_CHANNELS = 4
+
+
+def entries_differ_wildly(image, axis: int, n_lead: int, side: int = 128) -> bool:
+    """Whether the entries along ``axis`` (2 to :data:`MAX_CHANNELS` of them) of a stack
+    ``image`` (``n_lead`` leading axes, then Y and X) differ as channels do, not as
+    neighbouring planes: their pixels are barely correlated (the same structures are not
+    in each) and their intensity ranges or levels differ severalfold. Reads one sample:
+    the middle of the other leading axes, every few pixels (``side`` x ``side`` at most);
+    lazy arrays read only that."""
+    shape = tuple(int(v) for v in np.shape(image))
+    n = shape[axis]
+    if not 2 <= n <= MAX_CHANNELS:
+        return False
+    key: list = [s // 2 for s in shape[:n_lead]] + [slice(None)] * (len(shape) - n_lead)
+    key[axis] = slice(None)
+    for k, s in enumerate(shape[n_lead:], start=n_lead):
+        key[k] = slice(None, None, max(1, s // side))
+    sample = np.asarray(image[tuple(key)], dtype=np.float64)  # (n, y, x)
+    sample = sample.reshape(n, -1)
+    if not np.isfinite(sample).all():
+        sample = np.nan_to_num(sample)
+    lo, mid, hi = np.percentile(sample, [1, 50, 99], axis=1)
+    ranges = np.maximum(hi - lo, 1e-12)
+    span = max(float(hi.max() - lo.min()), 1e-12)
+    scale_ratio = float(ranges.max() / ranges.min())
+    level_gap = float((mid.max() - mid.min()) / span)
+    centred = sample - sample.mean(axis=1, keepdims=True)
+    norms = np.sqrt((centred**2).sum(axis=1))
+    if (norms == 0).any():
+        return scale_ratio > 3 or level_gap > 0.25
+    corr = (centred @ centred.T) / np.outer(norms, norms)
+    weakest = float(corr[np.triu_indices(n, 1)].min())
+    return weakest < 0.5 and (scale_ratio > 3 or level_gap > 0.25)

@@ -37,6 +37,10 @@ APPLIES: dict[str, Callable[[dict], bool]] = {
     "always": lambda v: True,
     "kmeans": lambda v: v.get("method") == "kmeans",
     "fgbg": lambda v: v.get("method") == "kmeans" and v.get("n_classes") == 2,
+    # the outline refinement works from intensities; texture features skip it
+    "refine": lambda v: (
+        v.get("method") == "kmeans" and v.get("n_classes") == 2 and not v.get("texture")
+    ),
     "kanezaki": lambda v: v.get("method") == "kanezaki",
     "superpixels": lambda v: v.get("method") == "kanezaki" and not v.get("continuity_weight"),
     "stack": lambda v: bool(v.get("stack")) and v.get("method") == "kmeans",
@@ -287,7 +291,7 @@ FIELDS: dict[str, Field] = {
             label="sharpen outlines from the pixels",
             group="clustering",
             flag="--no-refine",
-            applies="fgbg",
+            applies="refine",
         ),
         Field(
             "window",

@@ -115,6 +115,22 @@ def iter_segment_stack(
     return _segment_stack(image, stack, settings, device, spacing)
 
 
+class _StepsAfter:
+    """The progress steps the planes after plane ``i`` will take, from plane ``i``'s own
+    steps per iteration and each plane's planned iterations
+    (:func:`napari_dsp.pipeline.planned_iterations`); remembers the steps of the plane
+    reported last."""
+
+    def __init__(self, iterations: list):
+        self.iterations = iterations
+        self.after = [sum(iterations[k + 1 :]) for k in range(len(iterations))]
+        self.plane_total = 0
+
+    def __call__(self, i: int, plane_total: int) -> int:
+        self.plane_total = plane_total
+        return round(plane_total / self.iterations[i] * self.after[i])
+
+
 def _segment_stack(image, stack: StackLayout, settings: Settings, device, spacing: tuple):
     clock = Clock()
     normed, raw = stack.read(image)
@@ -138,8 +154,11 @@ def _segment_stack(image, stack: StackLayout, settings: Settings, device, spacin
             precision=precision,
             device=device,
             threads=threads,
+            preview_every=s.preview_every,
         )
-        median, spread, stages = yield from relay(fit, clock.stamp)
+        median, spread, stages = yield from relay(
+            fit, lambda p: clock.stamp(p.replace(preview=stack.plane_layout(p.preview)))
+        )
         priors = [median[:, z] for z in range(n)]
         spreads = list(spread)
         fit_info = {
@@ -156,16 +175,28 @@ def _segment_stack(image, stack: StackLayout, settings: Settings, device, spacin
     else:
         priors, spreads, iterations, settled, starts = [], [], [], [], []  # per plane
         carry: dict = {}  # each plane starts from where the plane before ended
+        done = 0  # progress steps of the planes fitted
+        later = _StepsAfter([_pipeline.planned_iterations(j, s) for j in range(n)])
         for i, plane in enumerate(normed):
             if i % _pipeline.ANCHOR_EVERY == 0:  # pipeline.fit_order: an anchor
                 carry = {}
             fit = _pipeline.iter_fit(plane, s, carry)
             median, spread, plane_info = yield from relay(
                 fit,
-                lambda p, i=i: clock.stamp(
-                    p.replace(preview=stack.plane_layout(p.preview), plane=i, n_planes=n)
+                # step of total count the whole stack (FitProgress's units), as the
+                # out-of-core path does: a bar does not fill at the end of each plane;
+                # planes that start from their neighbour take fewer iterations
+                lambda p, i=i, done=done: clock.stamp(
+                    p.replace(
+                        preview=stack.plane_layout(p.preview),
+                        plane=i,
+                        n_planes=n,
+                        step=done + p.step,
+                        total=done + p.total + later(i, p.total),
+                    )
                 ),
             )
+            done += later.plane_total
             priors.append(median)
             spreads.append(spread)
             iterations.append(plane_info["iterations"])

@@ -274,6 +274,19 @@ def add_widget_rows(form: SettingsForm) -> None:
         tooltip="Multiscale layers: the resolution level to segment (0 = "
         "finest); the result is placed at that level's pixel size.",
     )
+    from .axes import NO_CHANNELS, channel_choices
+
+    channels = ComboBox(
+        name="channel_axis",
+        # a callable: napari resets a dock widget's choices when its layers change
+        choices=lambda _: channel_choices(_layer_of(form)),
+        value=NO_CHANNELS,
+        label="channels",
+        tooltip="Which axis of the layer holds its channels (fitted together, not "
+        "segmented as planes). Set from the layer's axis labels, the file it was "
+        "opened from, or an axis of 2-4 entries that differ wildly; 'none' takes "
+        "every axis before Y and X as planes (Z, T).",
+    )
     planes = ComboBox(
         name="planes",
         choices=PLANES,
@@ -299,18 +312,32 @@ def add_widget_rows(form: SettingsForm) -> None:
         tooltip="Also add the per-pixel standard deviation across the "
         "ensemble (high where the fits disagree), hidden.",
     )
-    for i, row in enumerate((image, level, planes)):
+    for i, row in enumerate((image, level, channels, planes)):
         form.insert(i, row)
     form.insert(form.index("min_labels") + 1, scribbles)
     form.insert(form.index(ADVANCED), spread)
 
 
-def update_widget_rows(form: SettingsForm, new_layer: bool) -> None:
+def _layer_of(form: SettingsForm):
+    """The form's image layer (None while the rows are being inserted)."""
+    try:
+        return form["image"].value
+    except AttributeError:
+        return None
+
+
+def update_widget_rows(form: SettingsForm, new_layer: bool) -> str:
     """Show the level row for a multiscale layer (for a ``new_layer``, preset to the
-    finest level whose plane has at most 4096 x 4096 pixels), the planes row for a
-    stack, the scribbles row for self-training; tell the form whether a stack is
-    segmented whole (the ``stack`` context of the ``applies`` rules)."""
+    finest level whose plane has at most 4096 x 4096 pixels), the channels row for a
+    layer with axes before Y and X (for a ``new_layer``, preset from its axis labels,
+    its file or its pixels: see :mod:`.axes`), the planes row when plane axes remain,
+    the scribbles row for self-training; tell the form whether a stack is segmented
+    whole (the ``stack`` context of the ``applies`` rules). Returns a note for the
+    user when the channel axis was guessed from the pixels, else ``""``."""
+    from .axes import NO_CHANNELS, describe_axis, guess_channel, lead_ndim
+
     layer = form["image"].value
+    note = ""
     multiscale = layer is not None and getattr(layer, "multiscale", False)
     if multiscale and new_layer:
         spatial = 3 if layer.rgb else 2
@@ -323,7 +350,22 @@ def update_widget_rows(form: SettingsForm, new_layer: bool) -> None:
         ]
         form["level"].value = fits[0] if fits else len(shapes) - 1
     form["level"].visible = multiscale
-    stack = layer is not None and layer.ndim > 2
+    channels = form["channel_axis"]
+    if new_layer:
+        with channels.changed.blocked():
+            channels.reset_choices()
+            guess = guess_channel(layer) if layer is not None else None
+            channels.value = NO_CHANNELS if guess is None or guess.axis is None else guess.axis
+        if guess is not None and guess.axis is not None and "differ" in guess.why:
+            note = (  # an axis guessed from the pixels is said, never silently taken
+                f"{describe_axis(layer, guess.axis)} is taken as channels: {guess.why}; "
+                f"choose 'none' under 'channels' to segment its entries as planes"
+            )
+    lead = 0 if layer is None else lead_ndim(layer)
+    channels.visible = layer is not None and not layer.rgb and lead > 0
+    chosen = channels.value != NO_CHANNELS
+    stack = layer is not None and lead - chosen > 0
     form["planes"].visible = stack
     form["scribbles"].visible = form["method"].value == "kanezaki"
     form.set_context(stack=stack and form["planes"].value == PLANES[1])
+    return note

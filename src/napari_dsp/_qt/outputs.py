@@ -17,6 +17,7 @@ are added hidden. A layer of an earlier run is updated in place rather than stac
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ from ..stack import choose_path
 META_KEY = "napari_dsp"
 #: Seconds between two updates of a live preview layer (the GUI never drowns).
 PREVIEW_INTERVAL = 0.4
+#: Opacity of the live prior over the user's image (the image stays in sight).
+PREVIEW_OPACITY = 0.5
 
 
 def spatial_ndim(layer) -> int:
@@ -42,47 +45,53 @@ def spatial_ndim(layer) -> int:
     return 3 if getattr(layer, "rgb", False) else 2
 
 
-def read_layer(layer, point, level: Optional[int], all_planes: bool):
+def _level_data(layer, level: Optional[int]):
+    if not getattr(layer, "multiscale", False):
+        return layer.data, None
+    level = 0 if level is None else int(level)
+    if not 0 <= level < len(layer.data):
+        raise ValueError(
+            f"layer '{layer.name}' has {len(layer.data)} levels; choose "
+            f"a level from 0 to {len(layer.data) - 1} in the form"
+        )
+    return layer.data[level], level
+
+
+def read_layer(layer, point, level: Optional[int], all_planes: bool, channel_axis=None):
     """The pixels of ``layer`` to segment, and for a stack in current-plane mode the
-    index of the plane at the viewer's ``point`` (world coordinates), else None.
+    index of the plane at the viewer's ``point`` (world coordinates) along the plane
+    axes (every leading axis but ``channel_axis``), else None.
 
     In-memory data is copied (the user may edit the layer during the fit); lazy data
     (dask, zarr) is left lazy and read plane by plane by the fit. Raises ValueError for
-    layers the fit cannot take."""
-    data = layer.data
-    if getattr(layer, "multiscale", False):
-        level = 0 if level is None else int(level)
-        if not 0 <= level < len(layer.data):
-            raise ValueError(
-                f"layer '{layer.name}' has {len(layer.data)} levels; choose "
-                f"a level from 0 to {len(layer.data) - 1}"
-            )
-        data = layer.data[level]
-    else:
-        level = None
+    layers the fit cannot take, in the words of the form."""
+    data, level = _level_data(layer, level)
+    lead = plane_axes(layer, channel_axis)
+    if all_planes and len(lead) > 2:
+        raise ValueError(
+            f"layer '{layer.name}' has {len(lead)} plane axes; segment all planes of at most "
+            f"two (T and Z): choose the channel axis under 'channels', or 'current plane' "
+            f"under 'planes'"
+        )
     if isinstance(data, np.ndarray):
         data = data.copy()
-    spatial = spatial_ndim(layer)
-    lead = data.ndim - spatial
-    if lead > 2:
-        raise ValueError(
-            f"layer '{layer.name}' has {data.ndim} dimensions; stacks up to "
-            f"T x Z x Y x X are supported; add a sub-stack as its own layer, "
-            f"e.g. viewer.add_image(viewer.layers['{layer.name}'].data[0])"
-        )
-    if lead == 0 or all_planes:
+    if not lead or all_planes:
         return data, None
+    return data, plane_at(layer, point, level, lead, np.shape(data))
+
+
+def plane_axes(layer, channel_axis) -> list:
+    """The layer's plane axes: its leading axes but the channel axis."""
+    return [a for a in range(layer.ndim - 2) if a != channel_axis]
+
+
+def plane_at(layer, point, level, axes, shape) -> tuple:
+    """The index along ``axes`` of the plane at the viewer's ``point``."""
     where = np.asarray(layer.world_to_data(point), float)
     factors = (
-        np.ones(lead)
-        if level is None
-        else np.asarray(layer.downsample_factors[level], float)[:lead]
+        np.ones(len(shape)) if level is None else np.asarray(layer.downsample_factors[level], float)
     )
-    plane = tuple(
-        int(np.clip(np.floor(where[i] / factors[i] + 0.5), 0, data.shape[i] - 1))
-        for i in range(lead)
-    )
-    return data, plane
+    return tuple(int(np.clip(np.floor(where[a] / factors[a] + 0.5), 0, shape[a] - 1)) for a in axes)
 
 
 def placement(layer, level: Optional[int] = None) -> dict:
@@ -100,15 +109,23 @@ def placement(layer, level: Optional[int] = None) -> dict:
 
 @dataclass
 class Job:
-    """What one run works on, captured on the main thread when Run is pressed."""
+    """What one run works on, captured on the main thread when Run is pressed.
+
+    Results are handled in one layout: the plane axes (``lead``), Y, X, then the
+    channels if any; :meth:`to_layer` puts the layer's channel axis back (a result
+    without channels gets a single entry there, drawn across every channel by
+    :meth:`where`)."""
 
     layer: Any  # the source Image layer
     settings: Settings
-    lead: tuple  # shape of the plane axes (empty for a 2-D layer)
-    plane: Optional[tuple] = None  # current-plane mode: the plane's index
+    lead: tuple  # shape of the plane axes (empty for a 2-D image)
+    plane: Optional[tuple] = None  # current plane (or time point): its index on lead
     level: Optional[int] = None  # multiscale: the level read
     image: Any = None  # the 2-D pixels fitted (for re-clustering with refine)
     last_preview: float = 0.0  # monotonic time of the last preview shown
+    channel_axis: Optional[int] = None  # the layer's channel axis (not RGB's colour)
+    n_channels: int = 1
+    notes: dict = field(default_factory=dict)  # how the axes were decided (metadata)
 
     @property
     def name(self) -> str:
@@ -122,42 +139,155 @@ class Job:
             return tuple(int(i) for i in np.unravel_index(p.plane, self.lead))
         return None
 
+    def to_layer(self, arr, channels: bool):
+        """A result in the layer's layout (see the class)."""
+        c = self.channel_axis
+        if c is None:
+            return arr
+        return np.moveaxis(arr, -1, c) if channels else np.expand_dims(arr, c)
 
-def prepare_run(layer, settings: Settings, point, *, level: int, all_planes: bool, scribbles=None):
+    def from_layer(self, arr, channels: bool):
+        """The inverse of :meth:`to_layer` (None if ``arr`` does not fit)."""
+        c = self.channel_axis
+        if c is None:
+            return arr
+        if np.ndim(arr) <= c or (not channels and np.shape(arr)[c] != 1):
+            return None
+        return np.moveaxis(arr, c, -1) if channels else np.take(arr, 0, axis=c)
+
+    def where(self, channels: bool) -> dict:
+        """The placement of an output layer: the source's; a result without channels
+        stretched over the channel axis, so it shows whichever channel the slider is on."""
+        where = placement(self.layer, self.level)
+        c = self.channel_axis
+        if c is not None and not channels and self.n_channels > 1:
+            scale, translate = where["scale"].copy(), where["translate"].copy()
+            translate[c] += (self.n_channels - 1) / 2 * scale[c]
+            scale[c] *= self.n_channels
+            where.update(scale=scale, translate=translate)
+        return where
+
+
+def prepare_run(
+    layer,
+    settings: Settings,
+    point,
+    *,
+    level: int,
+    all_planes: bool,
+    scribbles=None,
+    channel_axis: Optional[int] = None,
+    notes: Optional[dict] = None,
+):
     """Read ``layer`` (see :func:`read_layer`) and start the API's generator on it, on the
     path :func:`napari_dsp.stack.choose_path` gives (the one the command line takes for
     the same data): :func:`napari_dsp.generators.segment` for a plane,
     :func:`napari_dsp.generators.segment_stack` for a stack segmented whole
-    (``volumetric`` with the layer's voxel size), or the same with ``out`` in a new
-    temporary folder for a lazy (dask, zarr) stack in all-planes mode. All validate at
-    the call, so bad input raises TypeError/ValueError here, before any thread starts.
-    Returns the :class:`Job` and the generator."""
+    (``volumetric`` with the layer's voxel size, or the source file's where napari placed
+    the layer at scale 1; on a T x Z layer the time point the sliders show), or the same
+    with ``out`` in a new temporary folder for a lazy (dask, zarr) stack in all-planes
+    mode. ``channel_axis``: the layer's axis of channels (an RGB layer's colours are
+    channels anyway). All validate at the call, so bad input raises TypeError/ValueError
+    here, before any thread starts. Returns the :class:`Job` and the generator."""
     multiscale = getattr(layer, "multiscale", False)
     level = level if multiscale else None
-    data, plane = read_layer(layer, point, level, all_planes)
-    lead = tuple(data.shape[: data.ndim - spatial_ndim(layer)])
+    if layer.rgb:
+        channel_axis = None
+    if channel_axis is not None and not 0 <= channel_axis < layer.ndim - 2:
+        raise ValueError(
+            f"layer '{layer.name}' has no axis {channel_axis} before Y and X (its data "
+            f"changed?); choose the channel axis again under 'channels'"
+        )
+    data, plane = read_layer(layer, point, level, all_planes, channel_axis)
+    axes = plane_axes(layer, channel_axis)
+    shape = tuple(np.shape(data))
+    lead = tuple(shape[a] for a in axes)
+    notes = dict(notes or {})
+    n_channels = shape[channel_axis] if channel_axis is not None else 1
+    job = Job(layer, settings, lead, plane, level, None, 0.0, channel_axis, n_channels, notes)
+    # the channels of what is fitted, and where they are in it
+    colour = -1 if layer.rgb else None
     image = None
     path = choose_path(data, settings, planes=bool(lead) and plane is None)
+    if settings.volumetric and path != "image" and len(lead) == 2:
+        # a T x Z layer: one volume, the time point the sliders show
+        t_axis = axes[0]
+        t = plane_at(layer, point, level, [t_axis], shape)[0]
+        job.plane = (t,)
+        notes["volume"] = f"time point {t + 1} of {shape[t_axis]} (axis {t_axis})"
+        key = [slice(None)] * len(shape)
+        key[t_axis] = t
+        data = data[tuple(key)]
+        axes = [a - (a > t_axis) for a in axes[1:]]
+        if channel_axis is not None:
+            channel_axis -= channel_axis > t_axis
+    stack_channels = channel_axis if channel_axis is not None else colour
     if path == "out of core":
         out = zarr_output(layer)
         gen = _removing_empty(
-            out.parent,
-            segment_stack(data, out=out, settings=settings, channel_axis=-1 if layer.rgb else None),
+            out.parent, segment_stack(data, out=out, settings=settings, channel_axis=stack_channels)
         )
     elif path == "stack":
-        spacing = tuple(placement(layer, level)["scale"][-3:]) if settings.volumetric else None
-        gen = segment_stack(
-            data, settings=settings, spacing=spacing, channel_axis=-1 if layer.rgb else None
+        spacing = None
+        if settings.volumetric:
+            spacing = _volume_spacing(layer, level, job)
+            notes["spacing"] = list(spacing)
+        gen = _canonical(
+            segment_stack(data, settings=settings, spacing=spacing, channel_axis=stack_channels),
+            stack_channels,
         )
     else:
-        image = np.asarray(data if plane is None else data[plane])
+        image = np.asarray(data if plane is None else data[_key(shape, axes, plane)])
+        if channel_axis is not None:  # (C, Y, X) of the layer -> (Y, X, C)
+            image = np.moveaxis(image, sum(1 for a in range(channel_axis) if a not in axes), -1)
         strokes = None
         if settings.method == "kanezaki" and scribbles is not None:
             strokes = np.array(scribbles.data)  # a copy: the user may paint meanwhile
             if plane is not None and strokes.ndim == len(lead) + 2:
                 strokes = strokes[plane]
-        gen = segment(image, settings=settings, scribbles=strokes)
-    return Job(layer, settings, lead, plane, level, image), gen
+        gen = segment(
+            image,
+            settings=settings,
+            scribbles=strokes,
+            channel_axis=-1 if channel_axis is not None else None,
+        )
+    job.image = image
+    return job, gen
+
+
+def _key(shape: tuple, axes: list, index: tuple) -> tuple:
+    key = [slice(None)] * len(shape)
+    for a, i in zip(axes, index):
+        key[a] = i
+    return tuple(key)
+
+
+def _volume_spacing(layer, level, job: Job) -> tuple:
+    """(z, y, x) voxel size of the volume fitted: the layer's scale at its Z, Y and X
+    axes, or the source file's pixel size where napari placed the layer at scale 1."""
+    from .axes import file_spacing
+
+    y, x = layer.ndim - 2, layer.ndim - 1  # (napari's ndim leaves out RGB's colours)
+    z = plane_axes(layer, job.channel_axis)[-1]
+    from_file = file_spacing(layer, (z, y, x))
+    if from_file is not None:
+        job.notes["spacing_from"] = "the source file (napari placed the layer at scale 1)"
+        return from_file
+    scale = placement(layer, level)["scale"]
+    return (float(scale[z]), float(scale[y]), float(scale[x]))
+
+
+def _canonical(gen, channel_axis: Optional[int]):
+    """``gen`` (a stack's segment generator), its result's prior with the channels last
+    (the layout :class:`Job` handles)."""
+    result = yield from gen
+    prior = result.prior
+    if prior is not None and channel_axis is not None and prior.prior.ndim > 0:
+        moved = np.moveaxis(prior.prior, channel_axis, -1)
+        result = dataclasses.replace(
+            result, prior=dataclasses.replace(prior, prior=moved, channel_axis=-1)
+        )
+    return result
 
 
 def _removing_empty(folder: Path, gen):
@@ -189,6 +319,7 @@ class Slot:
     layer: Any = None
     previous: Any = None  # data before this run's previews
     was_visible: bool = True
+    was_opacity: float = 1.0
     was_where: dict = field(default_factory=dict)  # placement before this run
     created: bool = False  # made by this run
 
@@ -205,24 +336,31 @@ class Slot:
         running: bool = False,
         visible: bool = True,
         where: Optional[dict] = None,
+        opacity: Optional[float] = None,
         **kwargs,
     ) -> None:
         """Put ``data`` in the layer (made with ``add`` if needed). ``running`` marks a
-        preview: the layer is named "... (running)" and the undo state is kept."""
+        preview: the layer is named "... (running)" and the undo state is kept.
+        ``opacity``: the layer's opacity (else left as it is)."""
         label = name + " (running)" if running else name
         where = where or {}
         if self.alive(viewer):
             if running and self.previous is None and not self.created:
                 self.previous, self.was_visible = self.layer.data, self.layer.visible
+                self.was_opacity = self.layer.opacity
                 self.was_where = _where(self.layer)
             _place(self.layer, where)
             self.layer.data = data
             self.layer.name = label
             if "metadata" in kwargs:
                 self.layer.metadata.update(kwargs["metadata"])
+            if opacity is not None:
+                self.layer.opacity = opacity
             self.layer.visible = visible
         else:
             kwargs.setdefault("metadata", {META_KEY: {"running": True}})
+            if opacity is not None:
+                kwargs["opacity"] = opacity
             self.layer = add(data, name=label, visible=visible, **where, **kwargs)
             self.created = running
         if not running:
@@ -245,6 +383,7 @@ class Slot:
                 _place(self.layer, self.was_where)
                 self.layer.data = self.previous
                 self.layer.name = name
+                self.layer.opacity = self.was_opacity
                 self.layer.visible = self.was_visible
         self.commit()
 
@@ -277,6 +416,7 @@ class Outputs:
     image: Optional[np.ndarray] = None  # the pixels the prior was fitted to (refine)
     level: Optional[int] = None  # the multiscale level the result was computed on
     settings: Optional[Settings] = None  # the settings of the run (seed resolved)
+    job: Optional[Job] = None  # the run the kept result came from (its layout)
     prior_slot: Slot = field(default_factory=Slot)
     labels_slot: Slot = field(default_factory=Slot)
     spread_slot: Slot = field(default_factory=Slot)
@@ -286,22 +426,28 @@ class Outputs:
         for slot in (self.prior_slot, self.labels_slot, self.spread_slot, self.texture_slot):
             slot.commit()
 
-    def _full(self, viewer, slot: Slot, part: np.ndarray, index, job: Job, dtype):
+    def _full(self, viewer, slot: Slot, part: np.ndarray, index, job: Job, dtype, channels=False):
         """``part`` (one plane, or everything when ``index`` is None) placed in an array
-        of the source layer's shape, keeping the other planes of an earlier result."""
+        of the source layer's shape (:meth:`Job.to_layer`; ``channels``: whether ``part``
+        has them, last), keeping the other planes of an earlier result. Real numbers of
+        planes not fitted are NaN: napari draws them transparent, so a prior shown over
+        the image never blacks out the planes it does not cover."""
         if index is None:
-            return part
-        shape = tuple(job.lead) + part.shape
-        if slot.alive(viewer) and slot.layer.data.shape == shape:
-            full = np.array(slot.layer.data, dtype=np.result_type(slot.layer.data, dtype))
+            return job.to_layer(part, channels)
+        shape = tuple(job.lead[: len(index)]) + part.shape
+        earlier = job.from_layer(slot.layer.data, channels) if slot.alive(viewer) else None
+        if earlier is not None and earlier.shape == shape:
+            full = np.array(earlier, dtype=np.result_type(earlier, dtype))
         else:
-            full = np.zeros(shape, dtype=dtype)
+            fill = np.nan if np.dtype(dtype).kind == "f" else 0
+            full = np.full(shape, fill, dtype=dtype)
         full[index] = part
-        return full
+        return job.to_layer(full, channels)
 
     def preview(self, viewer, job: Job, p: FitProgress) -> None:
-        """Show the running prior (or, while self-training, the running labels)."""
-        index, where = job.index(p), placement(job.layer, job.level)
+        """Show the running prior (or, while self-training, the running labels), half
+        transparent over the image."""
+        index, channels = job.index(p), job.channel_axis is not None
         if p.stage == "classes":
             self.labels_slot.show(
                 viewer,
@@ -309,16 +455,17 @@ class Outputs:
                 self._full(viewer, self.labels_slot, p.preview, index, job, np.int32),
                 f"{job.name} labels",
                 running=True,
-                where=where,
+                where=job.where(False),
             )
         else:
             self.prior_slot.show(
                 viewer,
                 viewer.add_image,
-                self._full(viewer, self.prior_slot, p.preview, index, job, np.float32),
+                self._full(viewer, self.prior_slot, p.preview, index, job, np.float32, channels),
                 f"{job.name} prior",
                 running=True,
-                where=where,
+                where=job.where(channels),
+                opacity=PREVIEW_OPACITY,
                 rgb=job.layer.rgb,
             )
 
@@ -330,20 +477,28 @@ class Outputs:
         two_d = index is None and result.labels.ndim == 2
         self.prior = result.prior if two_d else None
         self.image = job.image if self.prior is not None else None
-        self.level = job.level
+        self.level, self.job = job.level, job
         try:  # the run's settings with the seed it used, for re-clustering
             self.settings = Settings(**result.metadata["settings"])
         except (KeyError, TypeError, ValueError):
             self.settings = job.settings
-        where, meta = placement(job.layer, job.level), {META_KEY: result.metadata}
+        channels = job.channel_axis is not None
+        where = job.where(False)
+        metadata = dict(result.metadata)
+        if job.notes:
+            metadata["napari"] = dict(job.notes)
+        meta = {META_KEY: metadata}
         if result.prior is not None:
             self.prior_slot.show(
                 viewer,
                 viewer.add_image,
-                self._full(viewer, self.prior_slot, result.prior.prior, index, job, np.float32),
+                self._full(
+                    viewer, self.prior_slot, result.prior.prior, index, job, np.float32, channels
+                ),
                 f"{job.name} prior",
                 visible=False,
-                where=where,
+                where=job.where(channels),
+                opacity=1.0,
                 metadata=meta,
                 rgb=job.layer.rgb,
             )
@@ -370,7 +525,7 @@ class Outputs:
             self.texture_slot.show(
                 viewer,
                 viewer.add_image,
-                np.moveaxis(texture[:3], 0, -1),
+                job.to_layer(np.moveaxis(texture[:3], 0, -1), False),
                 f"{job.name} texture prior",
                 visible=False,
                 where=where,
@@ -391,15 +546,18 @@ class Outputs:
             metadata=meta,
         )
         self._labels_on_top(viewer)
+        # the result is what the user looks at next (never a hidden layer)
+        viewer.layers.selection.active = self.labels_slot.layer
 
     def relabel(self, viewer, layer, result: SegmentResult) -> None:
         """Replace the labels after re-clustering the kept prior."""
+        job = self.job
         self.labels_slot.show(
             viewer,
             viewer.add_labels,
-            result.labels,
+            result.labels if job is None else job.to_layer(result.labels, False),
             f"{layer.name} labels",
-            where=placement(layer, self.level),
+            where=placement(layer, self.level) if job is None else job.where(False),
             metadata={META_KEY: result.metadata},
         )
 

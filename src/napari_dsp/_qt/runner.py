@@ -22,10 +22,48 @@ from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_warning
 from superqt.utils import GeneratorWorker
 
-from ..core.progress import format_seconds
+from ..core.progress import RunEstimate, format_seconds
 from .outputs import PREVIEW_INTERVAL, Job, Outputs
+from .words import in_widget_words
 
 logger = logging.getLogger(__name__)
+
+
+#: Longest layer name shown in napari's activity panel (its description is one line).
+SHORT_NAME = 24
+
+
+def describe(p, left: Optional[float] = None, iteration: Optional[int] = None) -> str:
+    """The status line of a report, in the user's units: where the run is (plane,
+    tile, members finished, ``iteration`` (default ``p.iteration``) of the members being
+    fitted now) and, when known, the time left of the whole run (``left``)."""
+    iteration = p.iteration if iteration is None else iteration
+    parts = []
+    if p.n_planes > 1:
+        parts.append(f"plane {p.plane + 1}/{p.n_planes}")
+    if p.n_tiles > 1:
+        parts.append(f"tile {p.tile + 1}/{p.n_tiles}")
+    if p.stage == "classes":
+        parts.append(f"self-training iteration {p.step} (at most {p.total})")
+    else:
+        if p.n_members:
+            parts.append(f"members {p.members_done}/{p.n_members} done")
+        if p.n_iter:
+            # members are fitted in groups: each group counts its own iterations
+            later = 0 < p.members_done < p.n_members
+            parts.append(f"{'next members at ' if later else ''}iteration {iteration}/{p.n_iter}")
+    if left is not None:
+        parts.append(f"about {format_seconds(left)} left")
+    return " · ".join(parts)
+
+
+def objects(count: int) -> str:
+    """``"1 object"``, ``"3 objects"``."""
+    return f"{count} object" + ("" if count == 1 else "s")
+
+
+def short_name(name: str) -> str:
+    return name if len(name) <= SHORT_NAME else name[: SHORT_NAME - 1] + "…"
 
 
 class FitError(Exception):
@@ -101,15 +139,21 @@ class Runner:
         self._stop = threading.Event()
         self._spread, self._stage, self._start = False, "prior", 0.0
         self._latest, self._busy, self._cancelling = None, False, False
+        self._estimate = RunEstimate()
+        self._group, self._furthest = None, 0
 
     def start(self, gen, job: Job, outputs: Outputs, spread: bool):
         self._gen, self.job, self._outputs, self._spread = gen, job, outputs, spread
         self._stop = threading.Event()
         self._stage, self._start = "prior", time.monotonic()
         self._latest, self._busy, self._cancelling = None, False, False
+        self._estimate = RunEstimate()
+        self._group, self._furthest = None, 0
         outputs.begin()
         # The total is corrected by the first report (it depends on tiles and planes).
-        self.progress = napari_progress(total=job.settings.n_iter, desc=f"napari-dsp: {job.name}")
+        self.progress = napari_progress(
+            total=job.settings.n_iter, desc=f"napari-dsp: {short_name(job.name)}"
+        )
         self.worker = create_worker(
             _drive,
             gen,
@@ -169,7 +213,14 @@ class Runner:
             self._busy = False
 
     def _show(self, p) -> None:
-        self.report(p.describe())
+        left = None if p.stage == "classes" else self._estimate.seconds_left(p.fraction)
+        # threads fitting members side by side report their own iterations: show the
+        # furthest of the group being fitted, so the count never steps back within it
+        group = (p.stage, p.plane, p.tile, p.members_done)
+        if group != self._group:
+            self._group, self._furthest = group, 0
+        self._furthest = max(self._furthest, p.iteration)
+        self.report(describe(p, left, self._furthest))
         job, now = self.job, time.monotonic()
         if (
             p.preview is not None
@@ -190,7 +241,8 @@ class Runner:
         if p.step > bar.n and self.worker is not None:
             bar.update(p.step - bar.n)  # update() emits napari's value event; .n does not
         if self.worker is not None:
-            bar.set_description(f"{self.job.name}: {p.describe()}")
+            where = f" · plane {p.plane + 1}/{p.n_planes}" if p.n_planes > 1 else ""
+            bar.set_description(f"{short_name(self.job.name)}{where}")
 
     def _on_returned(self, result) -> None:
         if result is None:  # cancelled (see cancel)
@@ -218,7 +270,7 @@ class Runner:
         self.report(
             f"done on {result.metadata['device']} in "
             f"{format_seconds(time.monotonic() - self._start)} (seed {seed})"
-            + ("" if count is None else f"; {count} objects")
+            + ("" if count is None else f"; {objects(count)}")
             + empty
             + ("" if where is None else f"; labels on disk in {where}")
         )
@@ -230,7 +282,7 @@ class Runner:
         if not self.alive():
             return
         self._outputs.rollback(self.viewer, self.job.name)
-        text = str(exc) or type(exc).__name__
+        text = in_widget_words(str(exc)) or type(exc).__name__
         if not isinstance(exc, (FitError, ValueError)):
             text = f"{type(exc).__name__}: {text}"
         if "out of memory" in text.lower():

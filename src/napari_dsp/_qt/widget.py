@@ -22,9 +22,11 @@ from qtpy.QtWidgets import QSizePolicy
 from ..core.fit import warm_up
 from ..generators import run, segment
 from ..settings import CLUSTERING_SETTINGS, Settings
+from .axes import NO_CHANNELS
 from .form import PLANES, SettingsForm, add_widget_rows, update_widget_rows
 from .outputs import META_KEY, Outputs, prepare_run
-from .runner import Runner
+from .runner import Runner, objects
+from .words import in_widget_words
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -92,6 +94,7 @@ class DSPWidget(Container):
             form[name].changed.connect(self._recluster)
         form["image"].changed.connect(self._layer_rows)
         form["planes"].changed.connect(self._layer_rows)
+        form["channel_axis"].changed.connect(self._layer_rows)
         form["method"].changed.connect(self._layer_rows)
         viewer.layers.selection.events.active.connect(self._follow_selection)
         viewer.layers.events.removed.connect(self._on_layer_removed)
@@ -106,6 +109,17 @@ class DSPWidget(Container):
     image_layer = _row("image", "The Image layer to segment.")
     scribbles_layer = _row("scribbles", "The Labels layer of strokes (self-training).")
     planes = _row("planes", "Stacks: 'current plane' or 'all planes'.")
+
+    @property
+    def channel_axis(self):
+        """The layer's axis of channels chosen in the form (None: no channels)."""
+        value = self.form["channel_axis"].value
+        return None if value == NO_CHANNELS else int(value)
+
+    @channel_axis.setter
+    def channel_axis(self, axis) -> None:
+        self.form["channel_axis"].value = NO_CHANNELS if axis is None else int(axis)
+
     level = _row("level", "Multiscale layers: the level to segment (0 = finest).")
     show_spread = _row("show_spread", "Whether an ensemble spread layer is added.")
 
@@ -164,8 +178,10 @@ class DSPWidget(Container):
             self.image_layer = active
 
     def _layer_rows(self, *_: Any) -> None:
-        update_widget_rows(self.form, new_layer=self.image_layer is not self._rows_for)
+        note = update_widget_rows(self.form, new_layer=self.image_layer is not self._rows_for)
         self._rows_for = self.image_layer
+        if note and not self.running:
+            self._report(note)  # a channel axis guessed from the pixels is said
 
     # -- running ------------------------------------------------------------------------
     def _on_button(self, *_: Any) -> None:
@@ -195,15 +211,41 @@ class DSPWidget(Container):
                 level=self.level,
                 all_planes=self.planes == PLANES[1],
                 scribbles=self.scribbles_layer,
+                channel_axis=self.channel_axis,
+                notes=self._axes_notes(layer),
             )
         except (TypeError, ValueError) as exc:
-            show_error(f"napari-dsp: {exc}")
-            self._report(f"not started: {exc}")
+            text = in_widget_words(str(exc))
+            show_error(f"napari-dsp: {text}")
+            self._report(f"not started: {text}")
             return None
+        guessed = job.notes.get("channel_axis_from", "")
+        if "differ" in guessed:  # never taken silently: said at Run too
+            show_info(
+                f"napari-dsp: axis {job.channel_axis} of '{layer.name}' is fitted as "
+                f"channels ({guessed}); choose 'none' under 'channels' to segment it as planes"
+            )
         outputs = self._outputs.setdefault(id(layer), Outputs())
         self.run_button.text = "Cancel"
         self._report("starting...")
         return self._runner.start(gen, job, outputs, self.show_spread)
+
+    def _axes_notes(self, layer) -> dict:
+        """How the layer's axes were read, for the results' metadata."""
+        from .axes import axis_names, guess_channel
+
+        axis = self.channel_axis
+        notes: dict = {"channel_axis": axis}
+        guess = guess_channel(layer) if axis is not None else None
+        if guess is not None and guess.axis == axis:
+            notes["channel_axis_from"] = guess.why
+        elif axis is not None:
+            notes["channel_axis_from"] = "chosen in the form"
+        names, where = axis_names(layer)
+        if where:
+            notes["axes"] = "".join(n or "?" for n in names)
+            notes["axes_from"] = where
+        return notes
 
     def cancel(self) -> None:
         """Ask the running fit to stop (takes effect within an iteration)."""
@@ -218,8 +260,8 @@ class DSPWidget(Container):
             return
         if out.prior is None:
             self._report(
-                "changed settings apply at the next Run (a stack or a plane of "
-                "one is re-clustered by running it again)"
+                "changed settings apply at the next Run, which fits the prior again "
+                "(only a single 2-D image is re-clustered without a refit)"
             )
             return
         try:
@@ -240,7 +282,7 @@ class DSPWidget(Container):
         count = result.metadata.get("clustering", {}).get("count")
         self._report(
             "re-clustered the existing prior (no refit)"
-            + ("" if count is None else f"; {count} objects")
+            + ("" if count is None else f"; {objects(count)}")
         )
 
     def _on_parent_changed(self, parent) -> None:

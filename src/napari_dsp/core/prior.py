@@ -252,10 +252,12 @@ def iter_volume_prior(
     device,
     threads: int,
     batch_size: Optional[int] = 2,
+    preview_every: int = 0,
 ):
     """The volumetric prior of a normalised ``(C, Z, Y, X)`` volume with voxel size
-    ``spacing`` (z, y, x): yields progress, returns ``(median (C, Z, Y, X), spread
-    (Z, Y, X), z stages)``."""
+    ``spacing`` (z, y, x): yields progress (every ``preview_every`` iterations with the
+    members' median ``(C, Z, Y, X)`` as preview), returns ``(median (C, Z, Y, X),
+    spread (Z, Y, X), z stages)``."""
     stages = nets.z_stages(spacing, volume.shape[1])
     padded, crop = nets.pad_volume(volume, stages)
     c = padded.shape[0]
@@ -277,9 +279,12 @@ def iter_volume_prior(
             learning_rate=learning_rate,
             precision=precision,
             batch_size=batch,
+            preview_every=preview_every,
         )
 
     with trimmed_heap(device):
-        members = yield from _retry_smaller_groups(start, batch_size or n_members, device)
+        members = yield from relay(
+            _retry_smaller_groups(start, batch_size or n_members, device), _preview_median
+        )
         median, spread = _fit.summarize(members)
     return median, spread, stages

@@ -177,3 +177,29 @@ class Clock:
 
     def stamp(self, p: FitProgress) -> FitProgress:
         return p.replace(elapsed=self._now() - self.start)
+
+
+class RunEstimate:
+    """Seconds left of a run from the fraction of it done (``FitProgress.fraction``:
+    its units count the whole run, every plane of a stack), at the rate measured since
+    the first report (the start-up before it, reading and planning, is not work that
+    repeats). Says nothing until ``min_seconds`` of work and ``min_fraction`` of the
+    run have been measured: an estimate from the first iterations alone is far off."""
+
+    def __init__(self, min_seconds: float = 2.0, min_fraction: float = 0.02, now=None):
+        import time
+
+        self._now = now or time.monotonic
+        self.min_seconds, self.min_fraction = min_seconds, min_fraction
+        self._first: Optional[tuple] = None
+
+    def seconds_left(self, fraction: float) -> Optional[float]:
+        now = self._now()
+        if self._first is None:
+            self._first = (now, fraction)
+            return None
+        t0, f0 = self._first
+        dt, df = now - t0, fraction - f0
+        if dt < self.min_seconds or df < self.min_fraction or df <= 0:
+            return None
+        return max(0.0, (1.0 - fraction) * dt / df)
