@@ -29,7 +29,8 @@ import numpy as np
 import tifffile
 from qtpy.QtWidgets import QApplication
 
-from napari_dsp._synthetic import nuclei
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.synthetic
+from tests.synthetic import nuclei  # noqa: E402
 
 SIZE = (1500, 900)
 FIT = dict(seed=0, n_iter=40, n_members=4)

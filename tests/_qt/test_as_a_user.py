@@ -137,7 +137,7 @@ def test_1_an_axis_whose_entries_differ_wildly_is_channels_and_the_widget_says_s
 
 
 def test_1_a_volume_of_a_t_x_z_layer_is_the_time_point_the_sliders_show(viewer, qtbot):
-    from napari_dsp._synthetic import dark_on_bright
+    from tests.synthetic import dark_on_bright
 
     disc = dark_on_bright((32, 32), seed=1)[0]
     layer = viewer.add_image(np.stack([np.stack([disc] * 3)] * 2), name="tz")
@@ -162,7 +162,7 @@ def _cli(*args) -> None:
 
 
 def test_2_labels_land_on_their_source_however_it_was_opened(viewer, tmp_path):
-    from napari_dsp._synthetic import dark_on_bright
+    from tests.synthetic import dark_on_bright
 
     image = (dark_on_bright((40, 48))[0] * 1000).astype(np.uint16)
     source_file = tmp_path / "cells.tif"
