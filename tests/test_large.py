@@ -41,6 +41,9 @@ def test_all_planes_sampled_gives_the_in_memory_result(tmp_path):
     meta = z.attrs["napari_dsp"]
     assert z.attrs["axes"] == "ZYX"
     assert meta["settings"]["seed"] == 0 and meta["stack"]["n_planes"] == 40
+    # what each plane started from is recorded, as in memory
+    assert meta["fit"]["start"] == reference.metadata["fit"]["start"]
+    assert meta["fit"]["iterations"] == reference.metadata["fit"]["iterations"]
     assert meta["clustering"]["decision"]["result"] == "prior"
 
 

@@ -54,6 +54,22 @@ def test_planes_start_from_their_neighbour_and_follow_what_moves():
         assert w > 0.85 and w > c - 0.03, (t, w, c)
 
 
+def test_a_fit_that_settles_early_still_hands_its_weights_on():
+    """With the early stop (settle), the first plane's fit ended before the step at which
+    its weights were kept, and every later plane silently started from scratch with a
+    neighbour's few iterations."""
+    movie, masks = moving_discs(n_t=3)
+    for threads in (1, 2):
+        res = segment_stack(
+            movie, full_output=True, **dict(FAST, n_members=4, n_threads=threads), settle=0.5
+        )
+        assert res.metadata["fit"]["start"] == ["scratch", "neighbour", "neighbour"]
+        assert all(n <= 15 for n in res.metadata["fit"]["iterations"][1:])
+        assert res.metadata["fit"]["iterations"][0] < 25  # it did settle early
+        for t in range(3):
+            assert iou(res.labels[t] == 1, masks[t]) > 0.85
+
+
 def test_multiclass_ids_mean_the_same_in_every_plane():
     rng = np.random.default_rng(1)
     base = np.repeat(np.array([0.1, 0.5, 0.9])[None, :].repeat(16, 1), 48, 0)

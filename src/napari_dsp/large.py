@@ -36,12 +36,14 @@ from .io.places import overlaps, probe_folder
 from .io.temps import new_temp_folder, remove_stale_temps
 from .io.write import jsonable
 from .pipeline import (
+    ANCHOR_EVERY,
     SAMPLE_PLANES,
     StackModel,
     fit_order,
     fitted_by_rule,
     iter_learn,
     iter_segment_plane,
+    planned_iterations,
     refuse_texture,
     sample_indices,
     segment_plane,
@@ -566,6 +568,16 @@ def _to_zarr(
                 "mode": "plane by plane (bounded memory)",
             },
         )
+        # each plane's start and iterations, as pipeline.fit_order fits them on every path
+        # (the most, where the fits stop once settled)
+        first_of_run = {run[0] for run in fit_order(stack.planes, bool(s.warm_iter))}
+        meta["fit"] = {
+            "warm_iter": s.warm_iter,
+            "anchor_every": ANCHOR_EVERY,
+            "start": ["scratch" if i in first_of_run else "neighbour" for i in stack.planes],
+            "iterations": [planned_iterations(k, s) for k in range(n)],
+            "settle": s.settle,
+        }
         per_plane = [counts[i] for i in stack.planes]
         if s.instances:
             meta["clustering"]["counts_per_plane"] = per_plane

@@ -252,7 +252,9 @@ def neighbour_start(settings: Settings, weights: Optional[dict]):
     if not weights:
         return settings, WarmStart(keep_at=settings.n_iter)
     warm = WarmStart(start=weights, keep_at=settings.warm_iter)
-    return settings.replace(n_iter=settings.warm_iter, settle=0.0), warm
+    # settle stays: it also decides how members are grouped (all together, to watch
+    # their median), and a plane's groups must be its neighbour's to take its weights
+    return settings.replace(n_iter=settings.warm_iter), warm
 
 
 def iter_fit(normed: np.ndarray, settings: Settings, carry: Optional[dict] = None):

@@ -170,52 +170,70 @@ def iter_members(
                 group["lr"] = lr
         net.train()
         out = None
-        for it in range(n_iter):
-            if stop is not None and stop.is_set():
-                return None
-            last = it == n_iter - 1
-            if it == keep_at:  # the weights after `it` optimiser steps
-                warm.kept[key] = {
-                    "net": {k: v.detach().clone() for k, v in net.state_dict().items()},
-                    "opt": copy.deepcopy(opt.state_dict()) if warm.optimizer else None,
-                }
-            with (
-                torch.set_grad_enabled(not last),
-                torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast),
-            ):
-                out = net(noise)
-            loss_value = None
-            if not last:
-                # Sum of the members' mean L1 losses: each member gets exactly the gradient
-                # of its own loss, as if it were trained alone.
-                loss = (out.float() - goal).abs().mean(dim=(0, *dims)).view(g, c).mean(1).sum()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            step += 1
-            preview = None
-            if preview_every and (step % preview_every == 0 or last):
-                current = members(out, g)
-                preview = (
-                    (torch.cat([torch.stack(outputs), current], 0) if outputs else current)
-                    .cpu()
-                    .numpy()
-                )
+
+        try:
+            for it in range(n_iter):
+                if stop is not None and stop.is_set():
+                    _keep_early(warm, key, keep_at, net, opt)
+                    return None
+                last = it == n_iter - 1
+                if it == keep_at:  # the weights after `it` optimiser steps
+                    _keep_weights(warm, key, net, opt)
+                with (
+                    torch.set_grad_enabled(not last),
+                    torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast),
+                ):
+                    out = net(noise)
+                loss_value = None
                 if not last:
-                    loss_value = float(loss.detach()) / g
-            yield FitProgress(
-                step,
-                total,
-                preview,
-                loss_value,
-                iteration=it + 1,
-                n_iter=n_iter,
-                members_done=len(outputs) + (g if last else 0),
-                n_members=len(seeds),
-            )
+                    # Sum of the members' mean L1 losses: each member gets exactly the gradient
+                    # of its own loss, as if it were trained alone.
+                    loss = (out.float() - goal).abs().mean(dim=(0, *dims)).view(g, c).mean(1).sum()
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                step += 1
+                preview = None
+                if preview_every and (step % preview_every == 0 or last):
+                    current = members(out, g)
+                    preview = (
+                        (torch.cat([torch.stack(outputs), current], 0) if outputs else current)
+                        .cpu()
+                        .numpy()
+                    )
+                    if not last:
+                        loss_value = float(loss.detach()) / g
+                yield FitProgress(
+                    step,
+                    total,
+                    preview,
+                    loss_value,
+                    iteration=it + 1,
+                    n_iter=n_iter,
+                    members_done=len(outputs) + (g if last else 0),
+                    n_members=len(seeds),
+                )
+        except GeneratorExit:  # the consumer ended the fit (settled, cancelled)
+            _keep_early(warm, key, keep_at, net, opt)
+            raise
         outputs.extend(members(out, g).unbind(0))
         del net, opt, out, noise, goal
     return torch.stack(outputs, 0).cpu().numpy()
+
+
+def _keep_weights(warm: WarmStart, key: tuple, net, opt) -> None:
+    warm.kept[key] = {
+        "net": {k: v.detach().clone() for k, v in net.state_dict().items()},
+        "opt": copy.deepcopy(opt.state_dict()) if warm.optimizer else None,
+    }
+
+
+def _keep_early(warm: Optional[WarmStart], key, keep_at: Optional[int], net, opt) -> None:
+    """A fit that ended before ``keep_at`` (it settled, or was stopped) keeps the weights
+    it ended with: the next plane starts from them (else it would start from scratch
+    with a neighbour's few iterations)."""
+    if keep_at is not None and key not in warm.kept:
+        _keep_weights(warm, key, net, opt)
 
 
 def warm_up() -> None:
