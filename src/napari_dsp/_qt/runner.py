@@ -34,27 +34,10 @@ SHORT_NAME = 24
 
 
 def describe(p, left: Optional[float] = None, iteration: Optional[int] = None) -> str:
-    """The status line of a report, in the user's units: where the run is (plane,
-    tile, members finished, ``iteration`` (default ``p.iteration``) of the members being
-    fitted now) and, when known, the time left of the whole run (``left``)."""
-    iteration = p.iteration if iteration is None else iteration
-    parts = []
-    if p.n_planes > 1:
-        parts.append(f"plane {p.plane + 1}/{p.n_planes}")
-    if p.n_tiles > 1:
-        parts.append(f"tile {p.tile + 1}/{p.n_tiles}")
-    if p.stage == "classes":
-        parts.append(f"self-training iteration {p.step} (at most {p.total})")
-    else:
-        if p.n_members:
-            parts.append(f"members {p.members_done}/{p.n_members} done")
-        if p.n_iter:
-            # members are fitted in groups: each group counts its own iterations
-            later = 0 < p.members_done < p.n_members
-            parts.append(f"{'next members at ' if later else ''}iteration {iteration}/{p.n_iter}")
-    if left is not None:
-        parts.append(f"about {format_seconds(left)} left")
-    return " · ".join(parts)
+    """The status line of a report (:meth:`FitProgress.describe`): where the run is and,
+    when known, the time left of the whole run (``left``, the widget's own estimate);
+    ``iteration`` (default ``p.iteration``) of the members being fitted now."""
+    return p.describe(left=left, iteration=iteration)
 
 
 def objects(count: int) -> str:

@@ -12,6 +12,9 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, Optional
 
+#: ``FitProgress.describe``'s default: the time left the report itself carries.
+SEEN_LEFT = object()
+
 
 @dataclass(frozen=True)
 class FitProgress:
@@ -97,14 +100,27 @@ class FitProgress:
             return None
         return self.elapsed * (self.total - self.step) / self.step
 
-    def describe(self) -> str:
-        """The report as one line in the user's units.
+    def describe(self, left=SEEN_LEFT, iteration: Optional[int] = None) -> str:
+        """The report as one line in the user's units (the command line's bar, the
+        widget's status line).
+
+        Parameters
+        ----------
+        left : float or None, optional
+            Seconds left to show (None: show none); default :attr:`seconds_left`, not
+            shown while the classes self-train.
+        iteration : int, optional
+            The iteration to show (default :attr:`iteration`; the widget shows the
+            furthest reached, so the count never steps back).
 
         Returns
         -------
         str
             E.g. ``"plane 2/5 · members 4/11 done · iteration 18/50 · about 12 s left"``.
         """
+        if left is SEEN_LEFT:
+            left = self.seconds_left if self.stage != "classes" else None
+        iteration = self.iteration if iteration is None else iteration
         parts = []
         if self.n_planes > 1:
             parts.append(f"plane {self.plane + 1}/{self.n_planes}")
@@ -116,9 +132,12 @@ class FitProgress:
             if self.n_members:
                 parts.append(f"members {self.members_done}/{self.n_members} done")
             if self.n_iter:
-                parts.append(f"iteration {self.iteration}/{self.n_iter}")
-        left = self.seconds_left
-        if left is not None and self.stage != "classes":
+                # members are fitted in groups: each group counts its own iterations
+                later = 0 < self.members_done < self.n_members
+                parts.append(
+                    f"{'next members at ' if later else ''}iteration {iteration}/{self.n_iter}"
+                )
+        if left is not None:
             parts.append(f"about {format_seconds(left)} left")
         return " · ".join(parts)
 
