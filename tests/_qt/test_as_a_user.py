@@ -24,25 +24,6 @@ from tests._qt.test_widget import (
 from tests.fast import TINY_FLAGS
 
 
-@pytest.fixture
-def viewer(make_napari_viewer):
-    return make_napari_viewer()
-
-
-@pytest.fixture
-def notes():
-    from napari.utils.notifications import notification_manager
-
-    seen = []
-
-    def keep(notification):
-        seen.append(str(notification.message))
-
-    notification_manager.notification_ready.connect(keep)
-    yield seen
-    notification_manager.notification_ready.disconnect(keep)
-
-
 def zcyx_stack(n_z: int = 4, side: int = 48) -> np.ndarray:
     """A Z stack of two channels that look nothing alike: nuclei (discs, ~1000-3000) and
     a dim membrane-like ring pattern ten times brighter in places."""

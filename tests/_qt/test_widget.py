@@ -10,7 +10,6 @@ import re
 import numpy as np
 import pytest
 from napari.layers import Image, Labels
-from napari.utils.notifications import notification_manager
 
 from napari_dsp._qt.outputs import META_KEY
 from napari_dsp._qt.widget import DSPWidget
@@ -22,23 +21,6 @@ TIMEOUT = 120_000  # ms
 FAST = dict(TINY, n_iter=6, n_members=2, seed=3)
 #: A fit that runs until it is cancelled.
 ENDLESS = dict(FAST, n_iter=3000, preview_every=1)
-
-
-@pytest.fixture
-def viewer(make_napari_viewer):
-    return make_napari_viewer()
-
-
-@pytest.fixture
-def notes():
-    seen = []
-
-    def keep(notification):
-        seen.append(str(notification.message))
-
-    notification_manager.notification_ready.connect(keep)
-    yield seen
-    notification_manager.notification_ready.disconnect(keep)
 
 
 @pytest.fixture
