@@ -758,6 +758,8 @@ def test_ctrl_c_twice_stops_a_batch_once_and_cleanly(tmp_path):
         [sys.executable, "-m", "napari_dsp.cli", "segment", *args, "--iterations", "2000",
          "--members", "2", "--threads", "2", "--seed", "0", "--device", "cpu"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # Ctrl-C as a terminal's shell gives it, even under a runner that ignores it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     err_seen = StreamReader(proc.stderr)
     try:
@@ -785,6 +787,10 @@ def test_a_stop_turned_into_another_exception_still_stops_the_batch(tmp_path, mo
     (Python reports a KeyboardInterrupt raised in ``__set_name__`` so); the batch counted
     a failed file, went on, and ignored every later signal. Now it stops there."""
     import functools
+
+    # the command keeps a SIGINT ignored where it started ignored (a background job):
+    # here it starts as a terminal's shell gives it
+    monkeypatch.setattr(signal, "getsignal", lambda sig: signal.default_int_handler)
 
     from napari_dsp import batch
 

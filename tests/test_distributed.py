@@ -289,6 +289,8 @@ def test_a_stopped_cluster_run_counts_the_files_on_disk(tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C as a terminal's shell gives it, even under a runner that ignores it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         lines = []
