@@ -211,3 +211,69 @@ STRESS_CASES = {
     "low_contrast": stress_low_contrast,
     "dim_small": stress_dim_small,
 }
+
+
+def phase_contrast(
+    shape: tuple[int, int] = (96, 96), seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """A phase-contrast field: dark rods (bacteria) on a mid-grey background, each ringed
+    by a bright halo, two of them touching along a one-pixel bright gap, with noise;
+    ``(uint16 image, cells mask)``. Returns the cells as the reference (halos and the gap
+    are background)."""
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    cells = np.zeros(shape, bool)
+    rods = [(0.3, 0.3, 0.0), (0.7, 0.25, 1.2), (0.3, 0.72, 0.5), (0.72, 0.7, -0.6)]
+    for cy, cx, angle in rods:
+        dy, dx = yy - cy * h, xx - cx * w
+        u = dx * np.cos(angle) + dy * np.sin(angle)
+        v = -dx * np.sin(angle) + dy * np.cos(angle)
+        cells |= (np.abs(u) <= 0.12 * w) & (np.abs(v) <= 0.035 * h)
+    # two rods side by side, a one-pixel gap between them
+    y0, x0 = int(0.5 * h) - 4, int(0.45 * w)
+    pair = np.zeros(shape, bool)
+    pair[y0 : y0 + 3, x0 : x0 + 22] = True
+    pair[y0 + 4 : y0 + 7, x0 : x0 + 22] = True
+    cells |= pair
+    gap = np.zeros(shape, bool)
+    gap[y0 + 3, x0 : x0 + 22] = True
+    near = ndi.binary_dilation(cells, iterations=3) & ~cells
+    image = np.full(shape, 0.5)
+    image[near] = 0.8
+    image[gap] = 0.85
+    image[cells] = 0.18
+    image = ndi.gaussian_filter(image, 0.7) + rng.normal(0, 0.02, shape)
+    return (np.clip(image, 0, 1) * 4000).astype(np.uint16), cells
+
+
+def stained_section(
+    shape: tuple[int, int] = (96, 96), seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """An H&E-like RGB section: purple-blue nuclei (haematoxylin) in pink cytoplasm
+    (eosin) beside a patch of bare glass, with noise; ``(uint8 RGB image, nuclei
+    mask)``. Nuclei are darker than the cytoplasm and also bluer."""
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    stained = _blob_mask(shape, n=9, radius=(4, 8), rng=rng)
+    rgb = np.empty(shape + (3,))
+    rgb[...] = (225, 150, 200)  # eosin-pink cytoplasm
+    glass = np.zeros(shape, bool)
+    glass[: h // 4, : w // 3] = True
+    rgb[glass & ~stained] = (242, 240, 244)
+    rgb[stained] = (95, 80, 165)  # haematoxylin purple-blue
+    rgb = ndi.gaussian_filter(rgb, (0.8, 0.8, 0)) + rng.normal(0, 6, rgb.shape)
+    return np.clip(rgb, 0, 255).astype(np.uint8), stained
+
+
+def bright_crowd(shape: tuple[int, int] = (96, 96), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A crowded fluorescence field: bright cells cover the image border and most of the
+    field, the dark background shows in pockets between them; ``(float32 image, cells
+    mask)``. The border rule takes the wrong side here; a modality that knows objects are
+    bright does not."""
+    rng = np.random.default_rng(seed)
+    pockets = _blob_mask(shape, n=6, radius=(6, 10), rng=rng)
+    pockets[:4], pockets[-4:], pockets[:, :4], pockets[:, -4:] = False, False, False, False
+    cells = ~pockets
+    image = np.where(cells, 0.7, 0.1) + rng.normal(0, 0.04, shape)
+    return ndi.gaussian_filter(image, 0.7).astype(np.float32), cells

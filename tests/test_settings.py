@@ -92,7 +92,7 @@ def test_the_settings_a_user_needs_first_are_up_front_and_the_rest_grouped():
 
     main = [n for n, f in FIELDS.items() if f.group == "main"]
     assert set(main) == {
-        "method", "n_classes", "min_labels", "texture", "invert", "instances",
+        "method", "n_classes", "min_labels", "modality", "texture", "invert", "instances",
         "min_size", "volumetric", "seed", "device",
     }  # fmt: skip
     assert all(f.group in GROUPS for f in FIELDS.values())

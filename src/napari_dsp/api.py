@@ -21,6 +21,7 @@ import numpy as np
 
 from . import pipeline as _pipeline
 from .core import image as _image
+from .core import modality as _modality
 from .core import plan as _plan
 from .core import postprocess as _post
 from .core.prior import iter_planned_prior
@@ -116,6 +117,7 @@ def iter_fit_prior(
     """
     settings = make_settings(settings, **overrides)
     inp = _Input(image, channel_axis)
+    _modality.check_channels(settings.modality, inp.data.shape[0])
     settings = settings.replace(seed=resolve_seed(settings.seed))
     device = _plan.resolve_device(settings.device)
     return _fit(inp, settings, device, batch_size)
@@ -129,6 +131,9 @@ def _fit(inp: _Input, settings: Settings, device, batch_size=None, start=None):
         from .core import texture as _texture
 
         data = np.concatenate([data, _texture.texture_channels(data, device=device)], 0)
+    derived = _modality.derived_channels(settings.modality, inp.data, inp.raw)
+    if derived is not None:  # the modality's channels, fitted with the image, after it
+        data = np.concatenate([data, derived], 0)
     fit = iter_planned_prior(data, device=device, batch_size=batch_size, **settings.fit_values())
     median, spread, fit_info = yield from relay(
         fit,
@@ -142,13 +147,18 @@ def _fit(inp: _Input, settings: Settings, device, batch_size=None, start=None):
             "frequencies": list(_texture.FREQUENCIES),
             "orientations": _texture.ORIENTATIONS,
         }
+    if derived is not None:
+        fit_info["derived"] = {
+            "modality": settings.modality,
+            "channels": list(_modality.DERIVED_NAMES[settings.modality]),
+        }
     meta = inp.metadata(settings, fit_info["device"], fit=fit_info)
     return PriorResult(
         inp.layout.to_user(median[:c]),
         spread,
         meta,
         inp.layout.out_axis,
-        texture=median[c:] if settings.texture else None,
+        texture=median[c:] if (settings.texture or derived is not None) else None,
     )
 
 
@@ -285,8 +295,11 @@ def iter_segment(
     if image is None and prior is None:
         raise ValueError("segment needs an image, a prior, or both")
     inp = _Input(image, channel_axis) if image is not None else None
+    if inp is not None:
+        _modality.check_channels(settings.modality, inp.data.shape[0])
     if prior is not None:
         prior = _check_texture(_as_prior_result(prior, inp, channel_axis), settings)
+        settings = _check_modality(prior, settings)
     if kanezaki:
         scribbles = _check_scribbles(scribbles, inp.data.shape[1:], settings.n_features)
     settings = settings.replace(seed=resolve_seed(settings.seed, prior_seed(prior)))
@@ -470,6 +483,25 @@ def segment(
     return result if full_output else result.labels
 
 
+def _check_modality(prior: PriorResult, settings: Settings) -> Settings:
+    """A prior is clustered with the modality it was fitted for (its derived channels):
+    the settings take the prior's modality where they leave it 'auto', and an explicit
+    other one is an error, not a silent mix."""
+    fitted = ((prior.metadata.get("fit") or {}).get("derived") or {}).get("modality")
+    if fitted is None:
+        fitted = (prior.metadata.get("settings") or {}).get("modality", "auto")
+    if settings.modality == fitted or (settings.modality == "auto" and fitted == "auto"):
+        return settings
+    if settings.modality == "auto":
+        return settings.replace(modality=fitted)
+    if fitted in ("auto", "fluorescence") and settings.modality == "fluorescence":
+        return settings  # fluorescence fits the image alone
+    raise ValueError(
+        f"this prior was fitted for modality={fitted!r}, not {settings.modality!r}; refit "
+        f"with fit_prior(image, modality={settings.modality!r}), or leave the prior out"
+    )
+
+
 def _check_texture(prior: PriorResult, settings: Settings) -> PriorResult:
     """A prior is clustered with the texture channels it was fitted with; asking for
     texture features from a prior without them is an error, not a silent fallback."""
@@ -487,7 +519,8 @@ def _cluster_prior(
 ) -> SegmentResult:
     """K-means on the prior (and its texture channels), then (2 classes) the clean-up
     and the instance ids."""
-    texture = prior.texture is not None
+    # the prior's extra channels: texture energies, or the modality's derived channels
+    texture = prior.texture is not None and settings.modality not in _modality.DERIVED_NAMES
     if texture:  # the pixels' two-Gaussian rule sees intensities only
         settings = settings.replace(refine=False)
     features = prior.features()
@@ -509,6 +542,10 @@ def _cluster_prior(
     )
     labels = _pipeline.apply(model, features, raw, data, labels=two)
     info = model.metadata()
+    if settings.modality == "auto" and settings.n_classes == 2 and inp is not None:
+        suggestion = _modality.suggestion(inp.raw, inp.data)
+        if suggestion is not None:
+            info["suggestion"] = suggestion
     if texture and settings.n_classes == 2:
         info.update(refined=False, refine_skipped="texture features")
     if settings.instances:

@@ -388,6 +388,9 @@ def run_job(
         if progress is not None and hasattr(progress, "close"):
             progress.close()
         notify(decision["message"])
+    suggestion = result.metadata.get("clustering", {}).get("suggestion") or {}
+    if suggestion.get("message"):
+        notify(suggestion["message"])
     labels = np.asarray(result.labels)
     axes = (
         arr.labels_axes

@@ -31,6 +31,7 @@ import numpy as np
 from .core import cluster as _cluster
 from .core import decide as _decide
 from .core import image as _image
+from .core import modality as _modality
 from .core import postprocess as _post
 from .results import NothingToSegmentWarning
 from .settings import Settings
@@ -52,10 +53,16 @@ UNTESTED = "no image given: not tested"
 
 def refuse_texture(settings: Settings) -> None:
     """Stacks, in memory or plane by plane, share one model across planes; texture
-    features have none yet (:mod:`napari_dsp.core.texture` is per image)."""
+    features and the modalities' derived channels have none yet
+    (:mod:`napari_dsp.core.texture` and :mod:`napari_dsp.core.modality` are per image)."""
     if settings.texture:
         raise ValueError(
             "texture=True is for single 2-D images in this version; segment one plane at a time"
+        )
+    if settings.modality != "auto":
+        raise ValueError(
+            f"modality={settings.modality!r} is for single 2-D images in this version; "
+            f"segment one plane at a time, or leave modality='auto' for the stack"
         )
 
 
@@ -72,6 +79,10 @@ class StackModel:
     outlier_limits: Optional[dict] = None
     refine_models: Optional[list] = None
     info: dict = field(default_factory=dict)
+    #: the image's channels in a prior's features (the modalities' derived ones follow)
+    n_image: Optional[int] = None
+    #: modality 'phase': the cut learnt from the prior's three classes
+    phase: Optional[_modality.PhaseCut] = None
     lo: float = 0.0
     hi: float = 1.0
     sample: tuple = ()
@@ -107,14 +118,32 @@ def learn(
     texture separation of a 0/1 map (:func:`napari_dsp.core.texture.separation`).
     """
     s = settings
+    mod = s.modality
+    n_image = brightness if brightness is not None else priors[0].shape[0]
+    feats = [_modality.clustered(mod, p, n_image) for p in priors]
     model, info = _cluster.fit_cluster_model(
-        priors, n_classes=s.n_classes, window=s.window, seed=s.seed, brightness=brightness
+        feats,
+        n_classes=3 if mod == "phase" else s.n_classes,
+        window=s.window,
+        seed=s.seed,
+        brightness=1 if mod in ("phase", "brightfield-stain") else brightness,
+        brighter=mod in ("fluorescence", "brightfield-stain"),
     )
-    out = StackModel(s, model, info=dict(info))
-    two = [model.apply(p) for p in priors]
+    out = StackModel(s, model, info=dict(info, modality=mod), n_image=n_image)
+    two = [model.apply(f) for f in feats]
     if s.n_classes != 2:
         return out, two
-    fgs = [t == 1 for t in two]
+    if mod == "phase":
+        if normed is None or any(im is None for im in normed):
+            raise ValueError(
+                "modality='phase' draws the cells from the image's pixels: pass the image "
+                "with its prior"
+            )
+        out.phase = _modality.learn_phase(feats, two, normed)
+        out.info.update(out.phase.info(), foreground_rule="darker than the flat background")
+        fgs = [out.phase.apply(t, im) for t, im in zip(two, normed)]
+    else:
+        fgs = [t == 1 for t in two]
     if raws is None:
         decision = {"result": "prior", "separated": None, "note": UNTESTED}
     else:
@@ -129,11 +158,18 @@ def learn(
             out.outlier_limits = _decide.outlier_limits(raws, n_pixels=n_pixels)
         out.info.update(refined=False, inverted=False)
         return out, two
-    if s.refine and normed is not None and all(im is not None for im in normed):
-        _, refined = _post.refine_foreground(normed, fgs)
+    if mod in ("phase", "brightfield-stain"):
+        why = {
+            "phase": "modality 'phase' draws the cut from the pixels",
+            "brightfield-stain": "modality 'brightfield-stain' keeps the prior's outlines",
+        }[mod]
+        out.info.update(refined=False, refine_skipped=why)
+    elif s.refine and normed is not None and all(im is not None for im in normed):
+        pixels = [_modality.refine_space(mod, im) for im in normed]
+        _, refined = _post.refine_foreground(pixels, fgs)
         out.info.update(refined)
         if refined["refined"]:
-            out.refine_models = _post.class_models(normed, fgs)
+            out.refine_models = _post.class_models(pixels, fgs)
     elif s.refine:
         out.info.update(
             refined=False,
@@ -175,7 +211,10 @@ def apply(
     ``raw`` (as read) is needed where the decision is ``"outliers"``, ``normed`` where
     the outlines are refined; ``labels``, the plane's cluster labels if known."""
     s = model.settings
-    labels = model.cluster.apply(prior) if labels is None else labels
+    mod = s.modality
+    if labels is None:
+        n_image = model.n_image if model.n_image is not None else prior.shape[0]
+        labels = model.cluster.apply(_modality.clustered(mod, prior, n_image))
     if s.n_classes != 2:
         return labels
     result = model.decision.get("result", "prior")
@@ -184,10 +223,13 @@ def apply(
     elif result == "outliers":
         fg = _decide.outliers_of(raw, model.outlier_limits)
     else:
-        fg = labels == 1
+        fg = model.phase.apply(labels, normed) if model.phase is not None else labels == 1
         if model.refine_models is not None:
-            fg = _post.log_odds_of(normed, model.refine_models) > 0
-        fg = _post.clean_up(fg, fill=s.fill_holes, min_size=s.min_size, invert=s.invert)
+            pixels = _modality.refine_space(mod, normed)
+            fg = _post.log_odds_of(pixels, model.refine_models) > 0
+        # phase: an enclosed gap between touching cells is background, not a hole
+        fill = s.fill_holes and model.phase is None
+        fg = _post.clean_up(fg, fill=fill, min_size=s.min_size, invert=s.invert)
     return fg.astype(_post.label_dtype(instances=False))
 
 

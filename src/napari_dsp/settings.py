@@ -18,6 +18,8 @@ from typing import Any, Optional
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
 METHODS = ("kmeans", "kanezaki")
+#: What kind of image it is (:mod:`napari_dsp.core.modality`): "auto" assumes nothing.
+MODALITIES = ("auto", "fluorescence", "phase", "brightfield-stain")
 PRECISIONS = ("auto", "float32", "bfloat16")
 
 
@@ -113,6 +115,24 @@ FIELDS: dict[str, Field] = {
             maximum=99,
             flag="--min-labels",
             applies="kanezaki",
+        ),
+        Field(
+            "modality",
+            "What kind of image it is. 'auto': nothing assumed (the foreground is the "
+            "class that covers less of the image border; the result says when the image "
+            "looks like phase contrast or a stained section). 'fluorescence': objects "
+            "brighter than the background, dim ones kept beside bright ones. 'phase': "
+            "phase contrast, cells darker than the background with bright halos, dense "
+            "colonies included (the prior is fitted to the local contrast too; halos and "
+            "the gaps between touching cells stay background). 'brightfield-stain': a "
+            "stained section in transmitted light (H&E...), RGB; the prior is fitted to "
+            "the stain densities, the foreground is the haematoxylin-rich class (nuclei). "
+            "Foreground/background of single 2-D images.",
+            label="modality",
+            choices=MODALITIES,
+            choice_labels=("auto", "fluorescence", "phase contrast", "brightfield, stained"),
+            flag="--modality",
+            applies="fgbg",
         ),
         Field(
             "texture",
@@ -450,6 +470,7 @@ class Settings:
     """
 
     n_classes: int = 2
+    modality: str = "auto"
     texture: bool = False
     invert: bool = False
     instances: bool = False
@@ -500,6 +521,24 @@ class Settings:
                 "instances=True needs foreground/background segmentation "
                 "(n_classes=2, method='kmeans')"
             )
+        if self.modality != "auto":
+            clash = (
+                "method='kanezaki'"
+                if self.method != "kmeans"
+                else f"n_classes={self.n_classes}"
+                if self.n_classes != 2
+                else "texture=True"
+                if self.texture
+                else "volumetric=True"
+                if self.volumetric
+                else None
+            )
+            if clash:
+                raise ValueError(
+                    f"modality={self.modality!r} is for foreground/background of 2-D "
+                    f"images (method='kmeans', n_classes=2, without texture or volumetric); "
+                    f"got {clash}. Use modality='auto' with it, or drop {clash}"
+                )
         if self.invert and self.n_classes != 2:
             raise ValueError(
                 "invert only applies to foreground/background "
@@ -772,7 +811,7 @@ FIT_GROUP = tuple(name for name, f in FIELDS.items() if f.group == "fit")
 #: Fit settings of a stack's planes taken together, not of one plane's fit.
 STACK_FIT = ("warm_iter",)
 #: The settings that made a prior: a prior re-clustered keeps its own (its metadata).
-PRIOR_SETTINGS = (*FIT_GROUP, "device", "texture")
+PRIOR_SETTINGS = (*FIT_GROUP, "device", "texture", "modality")
 #: The settings a prior can be re-clustered with, without a refit.
 CLUSTERING_SETTINGS = (
     "n_classes",

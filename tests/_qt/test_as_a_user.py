@@ -303,3 +303,30 @@ def test_6_the_plugin_is_called_napari_dsp_in_the_menus():
     manifest = PluginManager.instance().get_manifest("napari-dsp")
     assert manifest.display_name == "napari-dsp"  # File > Open Sample > napari-dsp
     assert [w.display_name for w in manifest.contributions.widgets] == ["Deep Segmentation Prior"]
+
+
+# -- 7. modalities (issue 28) ------------------------------------------------------------
+def test_7_the_widget_suggests_a_modality_and_runs_it(viewer, qtbot, notes):
+    """A phase-contrast image: the default run says in its status line that it looks like
+    phase contrast; with the modality chosen in the form the rods are found, the local
+    contrast's prior is a hidden layer, and no suggestion is made. A stained-section
+    modality on a grey layer is refused with what to do, and the viewer goes on."""
+    from tests.synthetic import phase_contrast
+
+    image, cells = phase_contrast(seed=0)
+    viewer.add_image(image, name="rods")
+    widget = open_widget(viewer, n_iter=30)
+    assert widget.form.shown("modality")
+    run_and_wait(qtbot, widget)
+    assert "looks like phase contrast: try the modality 'phase contrast'" in widget.status
+    widget.set_values(modality="phase")
+    run_and_wait(qtbot, widget)
+    assert "looks like" not in widget.status and widget.status.startswith("done"), widget.status
+    found = np.asarray(viewer.layers["rods labels"].data) > 0
+    assert (found & cells).sum() / (found | cells).sum() >= 0.9
+    contrast = viewer.layers["rods local contrast prior"]
+    assert not contrast.visible and contrast.data.shape == image.shape
+    widget.set_values(modality="brightfield-stain")
+    assert widget.run() is None  # refused before anything is fitted
+    assert "'brightfield-stain' needs an RGB image" in notes[-1], notes[-3:]
+    assert "rods" in viewer.layers and "rods labels" in viewer.layers

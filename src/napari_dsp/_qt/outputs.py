@@ -521,7 +521,20 @@ class Outputs:
         texture = result.prior.texture if result.prior is not None else None
         if texture is None or index is not None:
             self.texture_slot.remove(viewer)  # an earlier run's texture layer: now stale
-        if texture is not None and index is None:
+        derived = ((result.metadata.get("fit") or {}).get("derived") or {}).get("channels")
+        if texture is not None and index is None and derived:
+            # a modality's channel (phase: the local contrast; a stained section: the
+            # haematoxylin density), one grey layer
+            self.texture_slot.show(
+                viewer,
+                viewer.add_image,
+                job.to_layer(texture[0], False),
+                f"{job.name} {derived[0]} prior",
+                visible=False,
+                where=where,
+                metadata={META_KEY: {"what": f"prior of the {derived[0]} channel"}},
+            )
+        elif texture is not None and index is None:
             self.texture_slot.show(
                 viewer,
                 viewer.add_image,

@@ -23,6 +23,7 @@ from napari.utils.notifications import show_error, show_warning
 from superqt.utils import GeneratorWorker
 
 from ..core.progress import RunEstimate, format_seconds
+from ..settings import FIELDS
 from .outputs import PREVIEW_INTERVAL, Job, Outputs
 from .words import in_widget_words
 
@@ -31,6 +32,16 @@ logger = logging.getLogger(__name__)
 
 #: Longest layer name shown in napari's activity panel (its description is one line).
 SHORT_NAME = 24
+
+
+def suggested(suggestion: Optional[dict]) -> str:
+    """The status line's hint for an image that looks like another modality than the
+    one chosen ('auto'): the choice stays the user's."""
+    if not suggestion:
+        return ""
+    label = dict(zip(FIELDS["modality"].choices, FIELDS["modality"].choice_labels))
+    name = label.get(suggestion["modality"], suggestion["modality"])
+    return f"; looks like {name}: try the modality '{name}'"
 
 
 def describe(p, left: Optional[float] = None, iteration: Optional[int] = None) -> str:
@@ -256,6 +267,7 @@ class Runner:
             + ("" if count is None else f"; {objects(count)}")
             + empty
             + ("" if where is None else f"; labels on disk in {where}")
+            + suggested(clustering.get("suggestion"))
         )
         if decision.get("message"):
             show_warning(f"napari-dsp: {decision['message']}")

@@ -192,12 +192,20 @@ class ClusterModel:
 
 
 def fit_cluster_model(
-    priors: list, *, n_classes: int, window: int, seed: int, brightness: Optional[int] = None
+    priors: list,
+    *,
+    n_classes: int,
+    window: int,
+    seed: int,
+    brightness: Optional[int] = None,
+    brighter: bool = False,
 ) -> tuple[ClusterModel, dict]:
     """The :class:`ClusterModel` of several ``(C, Y, X)`` priors (the planes of a stack,
     or a sample of them), and the foreground rule's numbers (two classes). Classes are
     ordered by the mean of the first ``brightness`` channels (default: all), so that
-    texture channels clustered with the image do not change what "brighter" means."""
+    texture channels clustered with the image do not change what "brighter" means.
+    Two classes: the foreground is the brighter one with ``brighter`` (a modality that
+    knows its side), else the border rule's (:func:`choose_foreground`)."""
     rng = np.random.default_rng(seed)
     axes, mean = principal_axes(priors, window, rng)
     feats = [project(p, axes, mean) for p in priors]
@@ -222,7 +230,9 @@ def fit_cluster_model(
     rank[np.argsort(means, kind="stable")] = np.arange(1, n_classes + 1)
     info: dict = {}
     foreground = None
-    if n_classes == 2:
+    if n_classes == 2 and brighter:
+        foreground, info = 2, {"foreground_rule": "the brighter class (the modality's side)"}
+    elif n_classes == 2:
         # 1 = the brighter class
         two = [(rank[r].reshape(p.shape[1:]) == 2).astype(np.uint8) for r, p in zip(raw, priors)]
         fg, info = choose_foreground_planes(two)
