@@ -255,35 +255,35 @@ def measure(kind: str, name: str, image: np.ndarray, mask: np.ndarray, seed: int
 
 
 def table(rows: list, kind: str) -> list:
-    """Markdown lines: per case (mean over seeds) IoU per column, dsp Dice, then means."""
+    """Markdown lines: per case (mean over seeds) IoU per column, napari-dsp's two columns
+    with their range over seeds, dsp Dice, then means."""
     names = list(dict.fromkeys(r["case"] for r in rows if r["set"] == kind))
     if not names:
         return []
-    lines = [
-        f"| {kind} case | " + " | ".join(f"{c} IoU" for c in COLUMNS) + " | dsp Dice | dsp time |",
-        "|---|" + "---|" * (len(COLUMNS) + 2),
-    ]
+    plain = COLUMNS[:-2]
+    lines = [f"| {kind} case | modality | " + " | ".join(f"{c} IoU" for c in COLUMNS)
+             + " | dsp Dice | dsp time |", "|---|---|" + "---|" * (len(COLUMNS) + 2)]
     means = {c: [] for c in COLUMNS + ("dsp_dice",)}
+
+    def ranged(rs, c):
+        mean = float(np.mean([r[f"{c}_iou"] for r in rs]))
+        if len(rs) == 1:
+            return f"**{mean:.3f}**"
+        lo, hi = min(r[f"{c}_iou"] for r in rs), max(r[f"{c}_iou"] for r in rs)
+        return f"**{mean:.3f}** ({lo:.3f}-{hi:.3f})"
+
     for name in names:
         rs = [r for r in rows if r["case"] == name]
         vals = {c: float(np.mean([r[f"{c}_iou"] for r in rs])) for c in COLUMNS}
         vals["dsp_dice"] = float(np.mean([r["dsp_dice"] for r in rs]))
         for c in means:
             means[c].append(vals[c])
-        spread = ""
-        if len(rs) > 1:
-            spread = f" ({min(r['dsp_iou'] for r in rs):.3f}-{max(r['dsp_iou'] for r in rs):.3f})"
-        lines.append(
-            f"| {name} | "
-            + " | ".join(f"{vals[c]:.3f}" for c in COLUMNS[:-1])
-            + f" | **{vals['dsp']:.3f}**{spread} | {vals['dsp_dice']:.3f} | "
-            f"{np.mean([r['seconds'] for r in rs]):.1f} s |"
-        )
-    lines.append(
-        "| **mean** | "
-        + " | ".join(f"{np.mean(means[c]):.3f}" for c in COLUMNS)
-        + f" | {np.mean(means['dsp_dice']):.3f} | |"
-    )
+        lines.append(f"| {name} | {MODALITY.get(name, 'auto')} | "
+                     + " | ".join(f"{vals[c]:.3f}" for c in plain)
+                     + f" | {ranged(rs, 'dsp')} | {ranged(rs, 'dsp_modality')} | "
+                     f"{vals['dsp_dice']:.3f} | {np.mean([r['seconds'] for r in rs]):.1f} s |")
+    lines.append("| **mean** | | " + " | ".join(f"{np.mean(means[c]):.3f}" for c in COLUMNS)
+                 + f" | {np.mean(means['dsp_dice']):.3f} | |")
     return lines
 
 

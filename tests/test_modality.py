@@ -126,7 +126,8 @@ def test_a_field_of_noise_stays_empty_in_every_modality(name, modality):
         "grey": rng.poisson(30, (96, 96)).astype(np.uint16),
         "rgb": np.clip(rng.normal(210, 8, (96, 96, 3)), 0, 255).astype(np.uint8),
     }[name]
-    with pytest.warns(NothingToSegmentWarning, match="nothing in this image stands out"):
+    said = "no nuclei stand out" if modality == "brightfield-stain" else "nothing in this image"
+    with pytest.warns(NothingToSegmentWarning, match=said):
         result = segment(field, modality=modality, full_output=True, **FIT)
     assert not np.any(result.labels)
     assert result.metadata["clustering"]["decision"]["result"] == "empty"
@@ -187,3 +188,38 @@ def test_command_line_modality_and_its_suggestion(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--modality phase is for foreground/background" in err and "--classes 3" in err
     assert "Traceback" not in err
+
+
+def test_a_stained_section_without_nuclei_is_empty_not_the_glass():
+    """Eosin-pink tissue beside bare glass and no nuclei: the two classes split glass from
+    tissue, and neither has haematoxylin: nothing is segmented, with a warning."""
+    image, _ = stained_section(seed=1)
+    rng = np.random.default_rng(0)
+    pink = np.clip(rng.normal((225, 150, 200), 6, image.shape), 0, 255).astype(np.uint8)
+    glass = np.all(image > 235, -1)
+    pink[glass] = image[glass]
+    with pytest.warns(NothingToSegmentWarning, match="no nuclei stand out"):
+        result = segment(pink, modality="brightfield-stain", full_output=True, **FIT)
+    assert not np.any(result.labels)
+
+
+def test_fluorescence_composites_are_not_taken_for_stained_sections():
+    a, _ = nuclei((64, 64), n=6, seed=0)
+    b, _ = nuclei((64, 64), n=4, seed=1)
+    empty = np.zeros_like(a)
+    assert looks(np.stack([b, empty, a], -1)) is None  # red and blue, no green
+    assert looks(np.stack([a, empty, empty], -1)) is None  # red only
+
+
+def test_a_modality_prior_reclusters_into_more_classes_and_records_what_ran():
+    image, _ = phase_contrast(seed=1)
+    prior = fit_prior(image, modality="phase", **FIT)
+    three = segment(image, prior=prior, n_classes=3, full_output=True)
+    assert set(np.unique(three.labels)) == {1, 2, 3}
+    assert three.metadata["settings"]["modality"] == "auto"
+    plain = fit_prior(image, **FIT)
+    fluo = segment(image, prior=plain, modality="fluorescence", full_output=True)
+    assert fluo.metadata["settings"]["modality"] == "fluorescence"
+    stained, _ = stained_section(seed=0)
+    with pytest.raises(ValueError, match="needs an RGB image"):
+        segment(image, prior=fit_prior(stained, modality="brightfield-stain", **TINY))

@@ -14,6 +14,7 @@ loses its alpha channel); labels and the spread are always ``(Y, X)``.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Generator
 from typing import Any, Optional, Union
 
@@ -299,7 +300,9 @@ def iter_segment(
         _modality.check_channels(settings.modality, inp.data.shape[0])
     if prior is not None:
         prior = _check_texture(_as_prior_result(prior, inp, channel_axis), settings)
-        settings = _check_modality(prior, settings)
+        prior, settings = _check_modality(prior, settings)
+        if inp is not None:
+            _modality.check_channels(settings.modality, inp.data.shape[0])
     if kanezaki:
         scribbles = _check_scribbles(scribbles, inp.data.shape[1:], settings.n_features)
     settings = settings.replace(seed=resolve_seed(settings.seed, prior_seed(prior)))
@@ -483,19 +486,27 @@ def segment(
     return result if full_output else result.labels
 
 
-def _check_modality(prior: PriorResult, settings: Settings) -> Settings:
+def _check_modality(prior: PriorResult, settings: Settings) -> tuple[PriorResult, Settings]:
     """A prior is clustered with the modality it was fitted for (its derived channels):
     the settings take the prior's modality where they leave it 'auto', and an explicit
-    other one is an error, not a silent mix."""
+    other one is an error, not a silent mix. Clustered into more than two classes (or
+    self-trained), a prior fitted for a modality is clustered on the image's channels
+    alone, as a plain prior."""
     fitted = ((prior.metadata.get("fit") or {}).get("derived") or {}).get("modality")
     if fitted is None:
         fitted = (prior.metadata.get("settings") or {}).get("modality", "auto")
-    if settings.modality == fitted or (settings.modality == "auto" and fitted == "auto"):
-        return settings
+    if settings.n_classes != 2 or settings.method != "kmeans":
+        if fitted in _modality.DERIVED_NAMES:  # the derived channels serve its own rule
+            prior = dataclasses.replace(prior, texture=None)
+        return prior, settings
+    if settings.modality == fitted:
+        return prior, settings
     if settings.modality == "auto":
-        return settings.replace(modality=fitted)
-    if fitted in ("auto", "fluorescence") and settings.modality == "fluorescence":
-        return settings  # fluorescence fits the image alone
+        return prior, settings.replace(modality=fitted)
+    if fitted == "auto" and settings.modality == "fluorescence":
+        return prior, settings  # fluorescence fits the image alone
+    if fitted == "fluorescence" and settings.modality == "auto":
+        return prior, settings
     raise ValueError(
         f"this prior was fitted for modality={fitted!r}, not {settings.modality!r}; refit "
         f"with fit_prior(image, modality={settings.modality!r}), or leave the prior out"
@@ -542,7 +553,12 @@ def _cluster_prior(
     )
     labels = _pipeline.apply(model, features, raw, data, labels=two)
     info = model.metadata()
-    if settings.modality == "auto" and settings.n_classes == 2 and inp is not None:
+    if (
+        settings.modality == "auto"
+        and settings.n_classes == 2
+        and inp is not None
+        and inp.channel_axis is None  # grey or RGB(A): what the suggestion knows
+    ):
         suggestion = _modality.suggestion(inp.raw, inp.data)
         if suggestion is not None:
             info["suggestion"] = suggestion

@@ -423,7 +423,7 @@ def run_job(
                 pixel_size=sizes,
                 unit=unit,
                 info=stamp,
-            )  # (6, Y, X) principal components
+            )  # texture: (6, Y, X) principal components; a modality: its derived channels
         meta = dict(
             result.metadata,
             input_file=str(job.source),

@@ -571,7 +571,10 @@ def segment_files(
     settings = make_settings(settings, **overrides)
     makes_prior = settings.method != "kanezaki" or settings.prior_superpixels
     jobs, _notes = _batch.plan_batch(
-        inputs, output, prior=prior and makes_prior, texture=settings.texture
+        inputs,
+        output,
+        prior=prior and makes_prior,
+        texture=settings.texture or settings.modality in ("phase", "brightfield-stain"),
     )
     folders = list(dict.fromkeys(job.labels.parent for job in jobs))
     for folder in folders:

@@ -129,6 +129,8 @@ def learn(
         brightness=1 if mod in ("phase", "brightfield-stain") else brightness,
         brighter=mod in ("fluorescence", "brightfield-stain"),
     )
+    if mod == "brightfield-stain":
+        info = dict(info, foreground_rule="the class with more haematoxylin")
     out = StackModel(s, model, info=dict(info, modality=mod), n_image=n_image)
     two = [model.apply(f) for f in feats]
     if s.n_classes != 2:
@@ -140,12 +142,19 @@ def learn(
                 "with its prior"
             )
         out.phase = _modality.learn_phase(feats, two, normed)
-        out.info.update(out.phase.info(), foreground_rule="darker than the flat background")
+        out.info.update(
+            out.phase.info(),
+            foreground_rule="darker than the flat background",
+            holes_filled=False,
+        )
         fgs = [out.phase.apply(t, im) for t, im in zip(two, normed)]
     else:
         fgs = [t == 1 for t in two]
     if raws is None:
         decision = {"result": "prior", "separated": None, "note": UNTESTED}
+    elif mod == "brightfield-stain":
+        # tested on what the classes were split by: the haematoxylin density
+        decision = _modality.stain_decision([_modality.haematoxylin(r) for r in raws], fgs)
     else:
         _, decision = _decide.decide(raws, fgs)
     if texture is not None:
@@ -222,6 +231,8 @@ def apply(
         fg = np.zeros(labels.shape, bool)
     elif result == "outliers":
         fg = _decide.outliers_of(raw, model.outlier_limits)
+        if model.phase is not None:  # phase: cells are dark; a bright pixel is a halo
+            fg &= _modality.grey(normed) < model.phase.level
     else:
         fg = model.phase.apply(labels, normed) if model.phase is not None else labels == 1
         if model.refine_models is not None:

@@ -811,7 +811,7 @@ FIT_GROUP = tuple(name for name, f in FIELDS.items() if f.group == "fit")
 #: Fit settings of a stack's planes taken together, not of one plane's fit.
 STACK_FIT = ("warm_iter",)
 #: The settings that made a prior: a prior re-clustered keeps its own (its metadata).
-PRIOR_SETTINGS = (*FIT_GROUP, "device", "texture", "modality")
+PRIOR_SETTINGS = (*FIT_GROUP, "device", "texture")
 #: The settings a prior can be re-clustered with, without a refit.
 CLUSTERING_SETTINGS = (
     "n_classes",
