@@ -405,10 +405,11 @@ def segment(
         As for :func:`fit_prior`. May be omitted when ``prior`` is given (no outline
         refinement then).
     n_classes : int, optional
-        2 (the default): foreground/background, 0 = background, 1 = foreground. The
-        background is the class that covers more of the image border; if both cover it
-        about equally, the smaller class is the foreground; ``invert=True`` swaps the
-        two. K > 2: classes 1..K ordered by increasing mean prior intensity.
+        2 (the default): foreground/background, 0 = background, 1 = foreground. With
+        ``modality='auto'`` the background is the class that covers more of the image
+        border; if both cover it about equally, the smaller class is the foreground
+        (the other modalities know their side: see :class:`Settings`); ``invert=True``
+        swaps the two. K > 2: classes 1..K ordered by increasing mean prior intensity.
     prior : PriorResult or ndarray, optional
         A prior computed before: re-clustering it (another ``n_classes``, ``invert``,
         ``instances``...) costs no refit.
@@ -505,8 +506,6 @@ def _check_modality(prior: PriorResult, settings: Settings) -> tuple[PriorResult
         return prior, settings.replace(modality=fitted)
     if fitted == "auto" and settings.modality == "fluorescence":
         return prior, settings  # fluorescence fits the image alone
-    if fitted == "fluorescence" and settings.modality == "auto":
-        return prior, settings
     raise ValueError(
         f"this prior was fitted for modality={fitted!r}, not {settings.modality!r}; refit "
         f"with fit_prior(image, modality={settings.modality!r}), or leave the prior out"
