@@ -521,34 +521,26 @@ class Outputs:
         texture = result.prior.texture if result.prior is not None else None
         if texture is None or index is not None:
             self.texture_slot.remove(viewer)  # an earlier run's texture layer: now stale
-        derived = ((result.metadata.get("fit") or {}).get("derived") or {}).get("channels")
-        if texture is not None and index is None and derived:
-            # a modality's channel (phase: the local contrast; a stained section: the
-            # haematoxylin density), one grey layer
+        if texture is not None and index is None:
+            derived = ((result.metadata.get("fit") or {}).get("derived") or {}).get("channels")
+            if derived:
+                # a modality's first channel (phase: the local contrast; a stained
+                # section: the haematoxylin density), one grey layer
+                data, rgb = texture[0], False
+                name, what = f"{derived[0]} prior", f"prior of the {derived[0]} channel"
+            else:
+                data, rgb = np.moveaxis(texture[:3], 0, -1), True
+                name = "texture prior"
+                what = "prior of the texture channels, first three principal components as RGB"
             self.texture_slot.show(
                 viewer,
                 viewer.add_image,
-                job.to_layer(texture[0], False),
-                f"{job.name} {derived[0]} prior",
+                job.to_layer(data, False),
+                f"{job.name} {name}",
                 visible=False,
                 where=where,
-                metadata={META_KEY: {"what": f"prior of the {derived[0]} channel"}},
-            )
-        elif texture is not None and index is None:
-            self.texture_slot.show(
-                viewer,
-                viewer.add_image,
-                job.to_layer(np.moveaxis(texture[:3], 0, -1), False),
-                f"{job.name} texture prior",
-                visible=False,
-                where=where,
-                rgb=True,
-                metadata={
-                    META_KEY: {
-                        "what": "prior of the texture channels, first "
-                        "three principal components as RGB"
-                    }
-                },
+                rgb=rgb,
+                metadata={META_KEY: {"what": what}},
             )
         self.labels_slot.show(
             viewer,
