@@ -58,6 +58,15 @@ class Job:
         )
 
 
+def fits_derived(settings) -> bool:
+    """Whether a run with these settings fits channels beside the image's (the texture
+    channels, or a modality's derived ones): ``--prior`` writes their prior as
+    ``<stem>_prior_texture.tif``."""
+    from .core.modality import DERIVED_NAMES
+
+    return settings.texture or settings.modality in DERIVED_NAMES
+
+
 def job_for(source: Path, labels: Path, prior: bool, texture: bool = False) -> Job:
     """The job writing ``labels``: its sidecar ``<labels stem>.json`` and, with
     ``prior``, ``<stem>_prior.tif`` beside it (and ``<stem>_prior_texture.tif`` with

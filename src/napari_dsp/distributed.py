@@ -574,7 +574,7 @@ def segment_files(
         inputs,
         output,
         prior=prior and makes_prior,
-        texture=settings.texture or settings.modality in ("phase", "brightfield-stain"),
+        texture=_batch.fits_derived(settings),
     )
     folders = list(dict.fromkeys(job.labels.parent for job in jobs))
     for folder in folders:

@@ -31,7 +31,7 @@ def run_segment(args) -> int:
             args.inputs,
             args.output,
             prior=args.prior and makes_prior,
-            texture=settings.texture or settings.modality in ("phase", "brightfield-stain"),
+            texture=_batch.fits_derived(settings),
             protected=protected,
         )
         if args.spacing is not None and not settings.volumetric:
