@@ -40,6 +40,8 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage as ndi
 
+from .decide import noise_sigma, separation
+
 #: The Gaussian window (sigma, pixels) of the local contrast fitted beside a phase image.
 LOCAL_SIGMA = 2.0
 #: Phase: light smoothing of the pixels before the cut (sigma, pixels).
@@ -112,14 +114,24 @@ def stain_densities(raw: np.ndarray) -> np.ndarray:
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
-def _optical_density(raw: np.ndarray) -> np.ndarray:
-    """``(3, Y, X)`` optical density of an RGB plane against its own white (each
-    channel's 99.5th percentile; a channel with no light counts as white 1)."""
+def _light(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An RGB ``(3, Y, X)`` plane as read, as non-negative float64, and each channel's
+    white (its 99.5th percentile: the glass; 0 for a channel without light)."""
     x = np.asarray(raw, np.float64)
     x = x - min(0.0, float(x.min()))
-    white = np.percentile(x.reshape(3, -1), 99.5, axis=1)
+    return x, np.percentile(x.reshape(3, -1), 99.5, axis=1)
+
+
+def _density(x: np.ndarray, white: np.ndarray) -> np.ndarray:
+    """The optical density of :func:`_light`'s pixels against its white (a channel with
+    no light counts as white 1)."""
     white = np.where(white > 0, white, 1.0)
     return -np.log(np.clip(x / white[:, None, None], 1e-3, 1.0))
+
+
+def _optical_density(raw: np.ndarray) -> np.ndarray:
+    """``(3, Y, X)`` optical density of an RGB plane against its own white."""
+    return _density(*_light(raw))
 
 
 def haematoxylin(raw: np.ndarray) -> np.ndarray:
@@ -135,8 +147,6 @@ def stain_decision(densities: list, foregrounds: list) -> dict:
     the haematoxylin density the classes were split by, and a floor: the foreground's
     median density must reach :data:`STAIN_FLOOR` (bare glass and eosin-only tissue have
     about none), else nothing is segmented. Isolated pixels are not objects here."""
-    from .decide import separation
-
     decision = separation(densities, foregrounds)
     inside = np.concatenate([d[0][f] for d, f in zip(densities, foregrounds)])
     level = float(np.median(inside)) if inside.size else 0.0
@@ -240,8 +250,6 @@ def learn_phase(priors: list, labels: list, normed: list) -> PhaseCut:
     means = np.where(counts > 0, sums / np.maximum(counts, 1), np.inf)
     means[0] = np.inf
     background = int(np.argmin(means))
-    from .decide import noise_sigma
-
     smooth = [ndi.gaussian_filter(grey(n), PHASE_SMOOTH, mode="reflect") for n in normed]
     level = float(
         np.median(np.concatenate([s[lab == background] for s, lab in zip(smooth, labels)]))
@@ -291,12 +299,10 @@ def stain_statistics(raw: np.ndarray) -> dict:
     of pixels that absorb (optical density summed over channels above 0.3, against the
     image's white) and, of those, the share that absorb green most (haematoxylin and
     eosin both do; a blue sky, foliage or a fluorescence composite does not)."""
-    x = np.asarray(raw, np.float64)
-    x = x - min(0.0, float(x.min()))
-    white = np.percentile(x.reshape(3, -1), 99.5, axis=1)
+    x, white = _light(raw)
     # transmitted light: every channel has light, and the median pixel is not dark
     lit = float(min(np.median(x[c]) / white[c] if white[c] > 0 else 0.0 for c in range(3)))
-    od = _optical_density(x)
+    od = _density(x, white)
     tissue = od.sum(0) > 0.3
     n = int(tissue.sum())
     green = (od[1] > od[0]) & (od[1] > od[2]) & tissue
