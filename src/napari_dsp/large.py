@@ -44,7 +44,7 @@ from .pipeline import (
     iter_learn,
     iter_segment_plane,
     planned_iterations,
-    refuse_texture,
+    refuse_per_image,
     sample_indices,
     segment_plane,
     warn_if_nothing,
@@ -297,7 +297,7 @@ def _check_call(
     path and the channel axis (from a TIFF's own axes where not given)."""
     if settings.method != "kmeans":
         raise ValueError("segment_stack_to_zarr supports method='kmeans' only")
-    refuse_texture(settings)
+    refuse_per_image(settings)
     if settings.volumetric:
         raise ValueError(
             "volumetric=True fits one 3-D prior to the whole stack, which "

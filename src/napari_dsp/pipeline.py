@@ -51,7 +51,7 @@ ANCHOR_EVERY = 32
 UNTESTED = "no image given: not tested"
 
 
-def refuse_texture(settings: Settings) -> None:
+def refuse_per_image(settings: Settings) -> None:
     """Stacks, in memory or plane by plane, share one model across planes; texture
     features and the modalities' derived channels have none yet
     (:mod:`napari_dsp.core.texture` and :mod:`napari_dsp.core.modality` are per image)."""

@@ -96,7 +96,7 @@ def iter_segment_stack(
         return iter_segment_stack_to_zarr(
             image, out, channel_axis=channel_axis, settings=settings, overwrite=overwrite
         )
-    _pipeline.refuse_texture(settings)
+    _pipeline.refuse_per_image(settings)
     if settings.method != "kmeans":
         raise ValueError(
             "segment_stack supports method='kmeans' only in this version; "
