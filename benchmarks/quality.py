@@ -152,12 +152,21 @@ REFERENCE: dict = {}
 MODALITY: dict = {}
 
 
+def thresholds_and_worst(rows: list, name: str, column: str) -> tuple[float, float, float]:
+    """Otsu's and Li's IoU on case ``name`` (mean over its rows) and napari-dsp's worst
+    seed in ``column`` (``"dsp"`` or ``"dsp_modality"``)."""
+    rs = [r for r in rows if r["case"] == name]
+    otsu = float(np.mean([r["otsu_iou"] for r in rs]))
+    li = float(np.mean([r["li_iou"] for r in rs]))
+    return otsu, li, min(r[f"{column}_iou"] for r in rs)
+
+
 def bar_modality(rows: list) -> list:
     """Issue 28's bar, on the evaluation images whose reference is not a threshold's
     output (and without a reference defect): napari-dsp's worst seed with the image's
     modality against max(Otsu, Li) - 0.02 per image, and the mean of the worst seeds
     against the better threshold's mean + 0.02. The default ('auto') beside it."""
-    names = [n for n in dict.fromkeys(r["case"] for r in rows if r["set"] == "evalset")]
+    names = list(dict.fromkeys(r["case"] for r in rows if r["set"] == "evalset"))
     if not names:
         return []
     lines = [
@@ -165,20 +174,15 @@ def bar_modality(rows: list) -> list:
         "**with its modality** (worst seed) | - best threshold | ok |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    worst, best, left_out = [], [], []
+    worst, best = [], []
     for name in names:
-        rs = [r for r in rows if r["case"] == name]
-        otsu = float(np.mean([r["otsu_iou"] for r in rs]))
-        li = float(np.mean([r["li_iou"] for r in rs]))
-        auto = min(r["dsp_iou"] for r in rs)
-        w = min(r["dsp_modality_iou"] for r in rs)
+        otsu, li, w = thresholds_and_worst(rows, name, "dsp_modality")
+        auto = thresholds_and_worst(rows, name, "dsp")[2]
         b = max(otsu, li)
         counted = REFERENCE.get(name) != "threshold" and name not in EXCLUDED
         if counted:
             worst.append(w)
             best.append(b)
-        else:
-            left_out.append(name)
         ok = ("yes" if w >= b - 0.02 else "NO") if counted else "(left out)"
         lines.append(
             f"| {name} | {MODALITY.get(name)} | {REFERENCE.get(name)} | {otsu:.3f} | "
@@ -206,13 +210,13 @@ def bar(rows: list, kinds=("shared", "evalset")) -> list:
     ]
     worst, best = [], []
     for name in names:
-        rs = [r for r in rows if r["case"] == name]
-        b = max(np.mean([r["otsu_iou"] for r in rs]), np.mean([r["li_iou"] for r in rs]))
-        w = min(r["dsp_iou"] for r in rs)
+        otsu, li, w = thresholds_and_worst(rows, name, "dsp")
+        b = max(otsu, li)
         worst.append(w)
         best.append(b)
+        kind = next(r["set"] for r in rows if r["case"] == name)
         lines.append(
-            f"| {name} | {rs[0]['set']} | {b:.3f} | {w:.3f} | {w - b:+.3f} | "
+            f"| {name} | {kind} | {b:.3f} | {w:.3f} | {w - b:+.3f} | "
             f"{'yes' if w >= b - 0.01 else 'NO'} |"
         )
     gap = float(np.mean(worst) - np.mean(best))
@@ -261,8 +265,12 @@ def table(rows: list, kind: str) -> list:
     if not names:
         return []
     plain = COLUMNS[:-2]
-    lines = [f"| {kind} case | modality | " + " | ".join(f"{c} IoU" for c in COLUMNS)
-             + " | dsp Dice | dsp time |", "|---|---|" + "---|" * (len(COLUMNS) + 2)]
+    lines = [
+        f"| {kind} case | modality | "
+        + " | ".join(f"{c} IoU" for c in COLUMNS)
+        + " | dsp Dice | dsp time |",
+        "|---|---|" + "---|" * (len(COLUMNS) + 2),
+    ]
     means = {c: [] for c in COLUMNS + ("dsp_dice",)}
 
     def ranged(rs, c):
@@ -278,12 +286,17 @@ def table(rows: list, kind: str) -> list:
         vals["dsp_dice"] = float(np.mean([r["dsp_dice"] for r in rs]))
         for c in means:
             means[c].append(vals[c])
-        lines.append(f"| {name} | {MODALITY.get(name, 'auto')} | "
-                     + " | ".join(f"{vals[c]:.3f}" for c in plain)
-                     + f" | {ranged(rs, 'dsp')} | {ranged(rs, 'dsp_modality')} | "
-                     f"{vals['dsp_dice']:.3f} | {np.mean([r['seconds'] for r in rs]):.1f} s |")
-    lines.append("| **mean** | | " + " | ".join(f"{np.mean(means[c]):.3f}" for c in COLUMNS)
-                 + f" | {np.mean(means['dsp_dice']):.3f} | |")
+        lines.append(
+            f"| {name} | {MODALITY.get(name, 'auto')} | "
+            + " | ".join(f"{vals[c]:.3f}" for c in plain)
+            + f" | {ranged(rs, 'dsp')} | {ranged(rs, 'dsp_modality')} | "
+            f"{vals['dsp_dice']:.3f} | {np.mean([r['seconds'] for r in rs]):.1f} s |"
+        )
+    lines.append(
+        "| **mean** | | "
+        + " | ".join(f"{np.mean(means[c]):.3f}" for c in COLUMNS)
+        + f" | {np.mean(means['dsp_dice']):.3f} | |"
+    )
     return lines
 
 
